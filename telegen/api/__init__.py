@@ -1,0 +1,1 @@
+"""The self-telemetry REST API (Klein): probes, status, config, admin, debug, OpenAPI."""

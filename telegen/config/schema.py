@@ -1,0 +1,170 @@
+"""
+The configuration schema: every key Telegen reads, its type, default and limits.
+
+This tree is the single source of truth for validation, defaults, environment overrides
+(TELEGEN_<SECTION>_<KEY>), redaction and the documented default file. A loaded config is a plain
+nested dict with every key present: durations are float seconds, sizes are int bytes.
+"""
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class Field:
+    """
+    One leaf key.
+
+    kind is one of: str, int, float, bool, duration (-> seconds), size (-> bytes), enum,
+    list_str, list_int, list_ports (ints or "a-b" ranges -> list of (lo, hi)), map_str, listen
+    (":19090" or "host:port"), endpoint (Twisted endpoint string), selectors (list of dicts).
+    secret marks values /config and logs must redact.
+    """
+
+    kind: str
+    default: Any = None
+    doc: str = ""
+    choices: tuple = ()
+    min: Optional[float] = None
+    max: Optional[float] = None
+    secret: bool = False
+    nullable: bool = False
+    power_of_two: bool = False
+
+
+@dataclass(frozen=True)
+class Section:
+    """A mapping of names to Fields or nested Sections."""
+
+    fields: dict = field(default_factory=dict)
+    doc: str = ""
+
+
+def _signal(enabled=True):
+    return Section({
+        "enabled": Field("bool", enabled, "Export this signal."),
+        "endpoint": Field("str", None, "Override otlp.endpoint for this signal.", nullable=True),
+    })
+
+
+def _queue(capacity, batch_size, max_bytes=64 * 1024 * 1024):
+    return Section({
+        "capacity": Field("int", capacity, "Items the queue holds before dropping (reason=queue_full).", min=1, max=10_000_000),
+        "max_bytes": Field("size", max_bytes, "Encoded bytes the queue holds before dropping.", min=1024),
+        "batch_size": Field("int", batch_size, "Items per export request.", min=1, max=100_000),
+        "batch_timeout": Field("duration", 5.0, "Send a partial batch after this long.", min=0.001),
+    })
+
+
+SCHEMA = Section({
+    "telegen": Section({
+        "mode": Field("enum", "agent", "Run mode.", choices=("agent",)),
+        "service_name": Field("str", "telegen", "service.name of the agent's own telemetry."),
+        "instance_id": Field("str", None, "service.instance.id; defaults to the host name.", nullable=True),
+        "log_level": Field("enum", "info", "Log verbosity.", choices=("debug", "info", "warn", "error")),
+        "log_format": Field("enum", "json", "Log line format.", choices=("json", "text")),
+        "shutdown_timeout": Field("duration", 10.0, "Graceful stop budget, flush included.", min=0.1, max=600),
+        "data_dir": Field("str", "/var/lib/telegen", "State: file sink output, manhole host key."),
+    }),
+    "otlp": Section({
+        "endpoint": Field("str", None, "Collector address (host:port or URL). Unset: write OTLP JSON lines under telegen.data_dir.", nullable=True),
+        "protocol": Field("enum", "grpc", "OTLP transport.", choices=("grpc", "http")),
+        "compression": Field("enum", "gzip", "Request compression.", choices=("gzip", "none")),
+        "timeout": Field("duration", 10.0, "Per-request timeout.", min=0.001, max=600),
+        "insecure": Field("bool", False, "Plain text (no TLS)."),
+        "headers": Field("map_str", {}, "Extra request headers / gRPC metadata. Values are secret.", secret=True),
+        "tls": Section({
+            "ca_file": Field("str", None, "CA bundle to verify the collector.", nullable=True),
+            "cert_file": Field("str", None, "Client certificate (mTLS).", nullable=True),
+            "key_file": Field("str", None, "Client key (mTLS).", nullable=True, secret=True),
+            "insecure_skip_verify": Field("bool", False, "Do not verify the server certificate."),
+        }),
+        "traces": _signal(),
+        "metrics": _signal(),
+        "logs": _signal(),
+        "profiles": _signal(),
+        "file": Section({
+            "max_bytes": Field("size", 100 * 1024 * 1024, "Rotate a sink file at this size.", min=1024),
+            "max_files": Field("int", 5, "Rotated files kept per signal.", min=1, max=1000),
+        }),
+    }),
+    "agent": Section({
+        "ebpf": Section({
+            "enabled": Field("bool", True, "Load the eBPF programs."),
+            "ringbuf_size": Field("size", 16 * 1024 * 1024, "Ring buffer bytes (power of two, >= 4096).", min=4096, max=1 << 30, power_of_two=True),
+            "network": Section({
+                "enabled": Field("bool", True, "Network capture (HTTP and TCP)."),
+                "http": Field("bool", True, "HTTP/1.x spans and RED metrics."),
+                "tcp": Field("bool", True, "TCP connection telemetry."),
+                "include_ports": Field("list_ports", [], "Only these ports (empty: all)."),
+                "exclude_ports": Field("list_ports", [], "Never these ports."),
+                "exclude_paths": Field("list_str", [], "Drop exchanges whose path matches one of these globs."),
+                "routes": Field("list_str", [], "Route patterns like /users/{id}; a match sets http.route."),
+            }),
+        }),
+        "profiling": Section({
+            "enabled": Field("bool", False, "CPU profiling."),
+            "sample_rate": Field("int", 99, "Samples per second per CPU.", min=1, max=1000),
+            "upload_interval": Field("duration", 60.0, "Profile upload period.", min=1),
+        }),
+        "discovery": Section({
+            "poll_interval": Field("duration", 5.0, "/proc rescan period.", min=0.1),
+            "instrument": Field("selectors", [], "Only processes matching one of these selectors (empty: all)."),
+            "exclude_instrument": Field("selectors", [], "Never processes matching one of these selectors."),
+            "kubernetes": Section({"enabled": Field("bool", False, "Kubernetes metadata.")}),
+            "docker": Section({
+                "enabled": Field("bool", False, "Docker metadata."),
+                "socket": Field("str", "/var/run/docker.sock", "Docker API socket."),
+            }),
+        }),
+        "host_metrics": Section({
+            "enabled": Field("bool", True, "system.* metrics from /proc."),
+            "interval": Field("duration", 15.0, "Collection period.", min=0.1),
+        }),
+    }),
+    "queues": Section({
+        "traces": _queue(10000, 512),
+        "metrics": _queue(5000, 1000),
+        "logs": _queue(10000, 1000),
+        "profiles": _queue(1000, 100),
+    }),
+    "backoff": Section({
+        "initial": Field("duration", 5.0, "First retry delay.", min=0.001),
+        "max": Field("duration", 30.0, "Largest retry delay.", min=0.001),
+        "multiplier": Field("float", 1.5, "Delay growth per attempt.", min=1.0, max=10.0),
+        "jitter": Field("float", 0.5, "Randomization factor (0..1).", min=0.0, max=1.0),
+        "max_elapsed": Field("duration", 300.0, "Give up on a batch after this long (reason=retry_exhausted).", min=0.001),
+    }),
+    "self_telemetry": Section({
+        "listen": Field("listen", ":19090", "API address, \":port\" or \"host:port\"."),
+        "max_body_bytes": Field("size", 65536, "Largest request body accepted (413 beyond).", min=0),
+        "auth": Section({
+            "enabled": Field("bool", False, "Require a bearer token."),
+            "bearer_token": Field("str", None, "The token (use ${VAR}).", nullable=True, secret=True),
+            "exempt_probes": Field("bool", True, "Let /healthz and /ready through without a token."),
+        }),
+        "rate_limit": Section({
+            "enabled": Field("bool", False, "Token-bucket rate limit."),
+            "requests_per_second": Field("float", 100.0, "Sustained rate.", min=0.001),
+            "burst": Field("int", None, "Bucket size (default: requests_per_second).", nullable=True, min=1),
+        }),
+        "cors": Section({
+            "enabled": Field("bool", False, "Answer CORS for listed origins."),
+            "allowed_origins": Field("list_str", [], "Origins allowed (exact match)."),
+        }),
+        "debug": Section({"enabled": Field("bool", False, "Serve /debug/pprof and /debug/vars.")}),
+    }),
+    "manhole": Section({
+        "enabled": Field("bool", False, "SSH Python prompt into the live agent."),
+        "listen": Field("endpoint", "tcp:2222:interface=127.0.0.1", "Twisted endpoint string."),
+        "allow_non_loopback": Field("bool", False, "Permit a non-loopback bind (logs a warning)."),
+        "authorized_keys": Field("str", "/etc/telegen/manhole_authorized_keys", "Public keys allowed in."),
+        "host_key": Field("str", None, "Host private key; default: generated under data_dir.", nullable=True, secret=True),
+    }),
+    "cloud": Section({
+        name: Section({
+            "enabled": Field("bool", False, f"{name} instance metadata."),
+            "timeout": Field("duration", 0.2, "Metadata request timeout.", min=0.001),
+        })
+        for name in ("aws", "gcp", "azure")
+    }),
+})

@@ -1,0 +1,68 @@
+"""
+The agent's own Prometheus metrics (the telegen_* families of DESIGN.md).
+
+One SelfMetrics object per agent owns a private CollectorRegistry, so tests can build as many
+agents as they like and /metrics shows only these families plus the process collector, which is
+registered under the "telegen" namespace (telegen_process_resident_memory_bytes ...).
+"""
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.exposition import generate_latest
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+SIGNALS = ("traces", "metrics", "logs", "profiles")
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_BATCH_BUCKETS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+class SelfMetrics:
+    """Holds every telegen_* family; subsystems increment them, /metrics renders them."""
+
+    def __init__(self, registry=None):
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        ProcessCollector(namespace="telegen", registry=r)
+
+        # Collection and export, per signal.
+        self.spans_collected = Counter("telegen_spans_collected", "Spans built from observations", registry=r)
+        self.spans_exported = Counter("telegen_spans_exported", "Spans accepted by the exporter's destination", registry=r)
+        self.spans_dropped = Counter("telegen_spans_dropped", "Spans dropped, by reason", ["reason"], registry=r)
+        self.metrics_collected = Counter("telegen_metrics_collected", "Metric data points collected", registry=r)
+        self.metrics_exported = Counter("telegen_metrics_exported", "Metric data points exported", registry=r)
+        self.logs_collected = Counter("telegen_logs_collected", "Log records collected", registry=r)
+        self.logs_exported = Counter("telegen_logs_exported", "Log records exported", registry=r)
+        self.profiles_collected = Counter("telegen_profiles_collected", "Profiles collected", registry=r)
+
+        # Export pipeline.
+        self.export_requests = Counter("telegen_export_requests", "Export requests by outcome", ["endpoint", "status"], registry=r)
+        self.export_errors = Counter("telegen_export_errors", "Export errors by type", ["endpoint", "error_type"], registry=r)
+        self.export_latency = Histogram("telegen_export_latency_seconds", "Export request latency", ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.export_batch_size = Histogram("telegen_export_batch_size", "Items per export request", ["signal_type"], buckets=_BATCH_BUCKETS, registry=r)
+        self.export_queue_size = Gauge("telegen_export_queue_size", "Items waiting in the export queue", ["signal_type"], registry=r)
+        self.queue_dropped = Counter("telegen_queue_dropped", "Items dropped from export, by reason", ["signal_type", "reason"], registry=r)
+        self.export_retries = Counter("telegen_export_retries", "Export attempts that were retried", ["endpoint"], registry=r)
+
+        # eBPF.
+        self.ebpf_programs_loaded = Gauge("telegen_ebpf_programs_loaded", "BPF programs attached", ["program_type"], registry=r)
+        self.ebpf_maps_created = Gauge("telegen_ebpf_maps_created", "BPF maps created", ["map_type"], registry=r)
+        self.ebpf_map_entries = Gauge("telegen_ebpf_map_entries", "Live entries per BPF map", ["map_name"], registry=r)
+        self.ebpf_ringbuf_events = Counter("telegen_ebpf_ringbuf_events", "Ring buffer events received", registry=r)
+        self.ebpf_ringbuf_lost = Counter("telegen_ebpf_ringbuf_lost", "Ring buffer events lost (reserve failed in the kernel)", registry=r)
+        self.ebpf_events_dropped = Counter("telegen_ebpf_events_dropped", "Kernel events dropped in user space, by reason", ["reason"], registry=r)
+        self.metric_overflow = Counter("telegen_metric_attribute_overflow", "Data points folded into the overflow series (cardinality cap)", ["metric"], registry=r)
+
+        # Discovery.
+        self.k8s_pods_discovered = Gauge("telegen_k8s_pods_discovered", "Kubernetes pods known", registry=r)
+        self.k8s_services_discovered = Gauge("telegen_k8s_services_discovered", "Kubernetes services known", registry=r)
+        self.processes_tracked = Gauge("telegen_processes_tracked", "Processes in the process table", registry=r)
+
+        # The API itself.
+        self.api_requests = Counter("telegen_api_requests", "API requests by route and status code", ["route", "code"], registry=r)
+
+        for signal in SIGNALS:
+            self.export_queue_size.labels(signal_type=signal).set(0)
+
+    def render(self):
+        """The Prometheus text exposition of every family."""
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""Builders that turn typed records into OTLP protobuf messages with semantic-convention names."""

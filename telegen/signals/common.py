@@ -1,0 +1,94 @@
+"""
+OTLP building blocks shared by every signal: attribute lists, resources, scopes, host identity.
+"""
+import os
+import platform
+import socket
+import uuid
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+from telegen import __version__
+
+SCOPE = InstrumentationScope(name="telegen", version=__version__)
+
+# One id per agent process, as the resource conventions ask for service.instance.id.
+_AGENT_INSTANCE_ID = str(uuid.uuid4())
+
+
+def any_value(value):
+    """Wrap a Python scalar (or list of scalars) as an OTLP AnyValue."""
+    if isinstance(value, bool):
+        return AnyValue(bool_value=value)
+    if isinstance(value, int):
+        return AnyValue(int_value=value)
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
+    if isinstance(value, (list, tuple)):
+        out = AnyValue()
+        out.array_value.values.extend(any_value(v) for v in value)
+        return out
+    if isinstance(value, bytes):
+        return AnyValue(bytes_value=value)
+    return AnyValue(string_value=str(value))
+
+
+def attributes(mapping):
+    """A list of KeyValue from a dict, skipping None values, in the dict's order."""
+    return [KeyValue(key=k, value=any_value(v)) for k, v in mapping.items() if v is not None]
+
+
+def resource(mapping):
+    """An OTLP Resource from a dict of attributes."""
+    return Resource(attributes=attributes(mapping))
+
+
+def goarch():
+    """The machine architecture in the Go/OTel spelling (amd64, arm64 ...)."""
+    machine = platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64", "i686": "386", "armv7l": "arm"}.get(machine, machine)
+
+
+def host_identity():
+    """Host facts used by /status and by resources: name, os, arch, kernel."""
+    uname = os.uname()
+    return {
+        "name": socket.gethostname(),
+        "os": uname.sysname.lower(),
+        "arch": goarch(),
+        "kernel": uname.release,
+    }
+
+
+def parse_resource_attributes(text):
+    """Parse OTEL_RESOURCE_ATTRIBUTES ("k=v,k2=v2", values percent-decoded) into a dict."""
+    from urllib.parse import unquote
+
+    out = {}
+    for part in (text or "").split(","):
+        if "=" in part:
+            key, value = part.split("=", 1)
+            if key.strip():
+                out[key.strip()] = unquote(value.strip())
+    return out
+
+
+def host_resource_attributes(config):
+    """
+    The resource of the agent's own signals (host metrics): host.*, os.*, service.* from config,
+    plus OTEL_RESOURCE_ATTRIBUTES (already folded into config by the loader as telegen.resource).
+    """
+    host = host_identity()
+    tconf = config["telegen"]
+    attrs = {
+        "service.name": tconf["service_name"],
+        "service.version": __version__,
+        "service.instance.id": tconf.get("instance_id") or _AGENT_INSTANCE_ID,
+        "host.name": host["name"],
+        "host.arch": host["arch"],
+        "os.type": host["os"],
+        "os.description": f"{os.uname().sysname} {host['kernel']}",
+    }
+    attrs.update(tconf.get("resource_attributes") or {})
+    return attrs
