@@ -1,0 +1,45 @@
+"""
+The Probe interface: one BPF C source file, compiled into one BCC BPF object, per concern.
+
+EbpfService (telegen.ebpf.service) knows nothing about HTTP or TCP. It asks each Probe what to
+compile (source, -D flags), what to attach and which ring buffers to read, and hands ring buffer
+events back to the probe's handlers. That keeps each concern (HTTP, TCP, processes) in its own
+module, owned and tested on its own.
+"""
+from typing import Callable
+
+
+class Probe:
+    """
+    One BPF source file = one BCC BPF object. Subclass per concern.
+
+    Handlers returned by ring_buffers() run on the reactor thread from RingBufferReader.doRead;
+    they must be cheap (decode with struct, defer the rest) and must not raise (the reader guards
+    them anyway and counts the failure, because an exception inside a BCC callback is swallowed
+    by ctypes).
+    """
+
+    name = "probe"        # unique; used in status and logs
+    source = ""           # file in bpf/ (telegen.paths.bpf_dir()); it #includes "telegen.h"
+
+    def enabled(self, config) -> bool:
+        """Whether this probe should be loaded with this config."""
+        return True
+
+    def cflags(self, config) -> list:
+        """Extra -D flags, e.g. ["-DRINGBUF_PAGES=4096"]; the service adds TELEGEN_PID itself."""
+        return []
+
+    def tracepoints(self) -> list:
+        """(category:event, fn_name) pairs. TRACEPOINT_PROBE functions auto-attach in BCC; list them anyway for status."""
+        return []
+
+    def ring_buffers(self) -> "dict[str, Callable[[int, int], None]]":
+        """Ring buffer map name -> handler(data_ptr, size), called on the reactor thread."""
+        return {}
+
+    def attached(self, bpf) -> None:
+        """Hook after load and attach (seed maps from config, start timers)."""
+
+    def detached(self) -> None:
+        """Hook when the service stops or the probe is unloaded (flush aggregated state)."""
