@@ -1,0 +1,1 @@
+"""OTLP export: per-signal bounded queues, batching, retry policy and the gRPC, HTTP and file senders."""
