@@ -1,0 +1,1 @@
+"""What runs on this host: processes (/proc plus sched events) and, later, containers and pods."""

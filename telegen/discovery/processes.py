@@ -1,0 +1,198 @@
+"""
+The process table: which processes run on this host, and the resource attributes of their telemetry.
+
+It is filled by an initial /proc scan (in a thread, so the API is up meanwhile), kept current by
+sched:sched_process_exec/exit events from the `process` probe (on_exec/on_exit), and corrected by a
+periodic rescan every agent.discovery.poll_interval (events can be lost; listening ports change
+without any event). An exited process stays for `exit_grace` seconds so that ring buffer events
+it caused before exiting, which may be consumed after its exit event, still find their resource.
+"""
+from twisted.application import service
+from twisted.internet import threads
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from telegen.discovery import procfs
+from telegen.signals.common import host_identity, host_resource_attributes
+
+log = Logger()
+
+
+class ProcessTable(service.Service):
+    """Processes by pid, their OTel resources, and the services they expose (listening ports)."""
+
+    name = "processes"
+
+    def __init__(self, config, metrics, reactor=None, proc_root="/proc", exit_grace=2.0, run_in_thread=None):
+        """
+        proc_root and run_in_thread (fn, *args) -> Deferred exist for unit tests: a fake /proc tree
+        and a synchronous runner under a Clock. By default scans run in the reactor's thread pool.
+        """
+        self.config = config
+        self.metrics = metrics
+        self._reactor = reactor
+        self.proc_root = proc_root
+        self.exit_grace = exit_grace
+        self.poll_interval = config["agent"]["discovery"]["poll_interval"]
+        self._table = {}            # pid -> ProcessInfo
+        self._resources = {}        # pid -> resource attribute dict (cache)
+        self._exited = {}           # pid -> IDelayedCall removing it after the grace period
+        self._host = {k: v for k, v in host_resource_attributes(config).items() if not k.startswith("service.")}
+        self._hostname = host_identity()["name"]
+        self._scanning = False
+        self._scans = 0
+        self._error = None
+        self._loop = None
+        self._listeners = {}        # port -> set of pids listening on it (from the last scan)
+        self._run_in_thread = run_in_thread or self._thread_pool
+
+    @property
+    def reactor(self):
+        if self._reactor is None:
+            from twisted.internet import reactor
+            self._reactor = reactor
+        return self._reactor
+
+    # -- service -----------------------------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        self._loop = LoopingCall(self.rescan)
+        self._loop.clock = self.reactor
+        self._loop.start(self.poll_interval, now=True)
+
+    def stopService(self):
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        for call in self._exited.values():
+            if call.active():
+                call.cancel()
+        self._exited.clear()
+        return super().stopService()
+
+    def rescan(self):
+        """Re-read /proc in a thread and replace the table; skipped while a scan is still running."""
+        if self._scanning:
+            return None
+        self._scanning = True
+        d = self._run_in_thread(procfs.scan, dict(self._table), self.proc_root)
+        d.addCallbacks(self._scanned, self._scan_failed)
+        return d
+
+    def _thread_pool(self, fn, *args):
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *args)
+
+    def _scanned(self, table):
+        self._scanning = False
+        self._scans += 1
+        self._error = None
+        for pid in self._exited:            # an exited process keeps its info until its grace period ends
+            if pid in self._table:
+                table[pid] = self._table[pid]
+        for pid, info in table.items():
+            old = self._table.get(pid)
+            if old is None or old.start_time != info.start_time:
+                self._resources.pop(pid, None)
+        self._table = table
+        self._resources = {pid: attrs for pid, attrs in self._resources.items() if pid in table}
+        listeners = {}
+        for pid, info in table.items():
+            for port in info.ports:
+                listeners.setdefault(port, set()).add(pid)
+        self._listeners = listeners
+        self._update_gauge()
+
+    def _scan_failed(self, failure):
+        self._scanning = False
+        self._error = failure.getErrorMessage() or failure.type.__name__
+        log.failure("/proc scan failed", failure)
+
+    # -- events from the process probe ----------------------------------------------------------
+
+    def on_exec(self, pid):
+        """A process called exec: (re-)read it now, while it most likely still runs."""
+        pending = self._exited.pop(pid, None)
+        if pending is not None and pending.active():
+            pending.cancel()
+        info = procfs.read_process(pid, self.proc_root)
+        self._resources.pop(pid, None)
+        if info is None:
+            self._table.pop(pid, None)
+        else:
+            old = self._table.get(pid)
+            info.ports = old.ports if old is not None else set()
+            self._table[pid] = info
+        self._update_gauge()
+
+    def on_exit(self, pid):
+        """A process exited: forget it after the grace period."""
+        if pid not in self._table or pid in self._exited:
+            return
+        self._exited[pid] = self.reactor.callLater(self.exit_grace, self._forget, pid)
+
+    def _forget(self, pid):
+        self._exited.pop(pid, None)
+        self._table.pop(pid, None)
+        self._resources.pop(pid, None)
+        self._update_gauge()
+
+    def _update_gauge(self):
+        self.metrics.processes_tracked.set(len(self._table))
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def lookup(self, pid):
+        """The ProcessInfo of pid, or None when unknown."""
+        return self._table.get(pid)
+
+    def resource_attributes(self, pid):
+        """
+        The OTel resource of telemetry caused by pid: service.* of that process, process.* and the
+        host facts. An unknown pid gets only the host facts (no guessed service).
+        """
+        attrs = self._resources.get(pid)
+        if attrs is not None:
+            return attrs
+        info = self._table.get(pid)
+        if info is None:
+            return dict(self._host)
+        attrs = {
+            "service.name": info.service_name,
+            "service.namespace": info.service_namespace or None,
+            "service.instance.id": f"{self._hostname}:{pid}",
+            "process.pid": pid,
+            "process.executable.name": info.exe_name,
+            "process.executable.path": info.exe_path,
+            "process.command_line": info.command_line,
+        }
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        attrs.update(self._host)
+        self._resources[pid] = attrs
+        return attrs
+
+    def listener_pid(self, port):
+        """The one process listening on TCP port, or None when none or several (known at the last scan)."""
+        owners = self._listeners.get(port, ())
+        return next(iter(owners)) if len(owners) == 1 else None
+
+    def services(self):
+        """Processes with listening sockets grouped by service: [{name, namespace, instances, ports}]."""
+        grouped = {}
+        for info in self._table.values():
+            if not info.ports:
+                continue
+            entry = grouped.setdefault((info.service_name, info.service_namespace), {"pids": set(), "ports": set()})
+            entry["pids"].add(info.pid)
+            entry["ports"] |= info.ports
+        return [
+            {"name": name, "namespace": namespace or None, "instances": len(e["pids"]), "ports": sorted(e["ports"])}
+            for (name, namespace), e in sorted(grouped.items())
+        ]
+
+    def ready_check(self):
+        """"ok" once the first /proc scan has completed."""
+        if self._scans:
+            return "ok"
+        if self._error:
+            return f"failed: /proc scan: {self._error}"
+        return "failed: initial /proc scan not finished"

@@ -1,0 +1,148 @@
+"""
+Reading facts about processes from /proc, without the reactor.
+
+Every function here blocks on the file system and tolerates processes that vanish mid-read
+(they return None or skip), because on a busy host a pid can exit between listdir and open.
+ProcessTable calls the whole-host functions from a thread and the single-pid ones for exec events.
+"""
+import os
+from dataclasses import dataclass, field, replace
+
+from telegen.signals.common import parse_resource_attributes
+
+# /proc/net/tcp{,6} state column value of a listening socket (TCP_LISTEN = 10).
+_LISTEN = "0A"
+_ENV_KEYS = (b"OTEL_SERVICE_NAME=", b"OTEL_RESOURCE_ATTRIBUTES=")
+
+
+@dataclass
+class ProcessInfo:
+    """One process as the resource attributes and /status/discovery need it."""
+
+    pid: int
+    start_time: int                     # clock ticks after boot (/proc/PID/stat field 22): pid reuse guard
+    exe_path: str = ""
+    exe_name: str = ""
+    command_line: str = ""
+    service_name: str = ""              # OTEL_SERVICE_NAME, else service.name in OTEL_RESOURCE_ATTRIBUTES, else exe_name
+    service_namespace: str = ""
+    ports: set = field(default_factory=set)   # TCP ports it listens on
+
+
+def _read(path, limit=65536):
+    with open(path, "rb") as f:
+        return f.read(limit)
+
+
+def start_time(pid, root="/proc"):
+    """The process's start time in clock ticks, or None when it is gone (a kernel thread has one too)."""
+    try:
+        stat = _read(f"{root}/{pid}/stat", 4096)
+    except OSError:
+        return None
+    # comm (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rfind(b")") + 2:].split()
+    return int(fields[19])
+
+
+def _environ_service(pid, root):
+    """(service name, namespace) from the process's OTel environment variables; ('', '') when absent."""
+    try:
+        env = _read(f"{root}/{pid}/environ", 1 << 20)
+    except OSError:
+        return "", ""
+    found = {}
+    for entry in env.split(b"\0"):
+        for key in _ENV_KEYS:
+            if entry.startswith(key):
+                found[key] = entry[len(key):].decode("utf-8", "replace")
+    resource = parse_resource_attributes(found.get(_ENV_KEYS[1], ""))
+    name = found.get(_ENV_KEYS[0]) or resource.get("service.name", "")
+    return name, resource.get("service.namespace", "")
+
+
+def read_process(pid, root="/proc"):
+    """A ProcessInfo for pid, or None for a vanished process or a kernel thread (no executable)."""
+    started = start_time(pid, root)
+    if started is None:
+        return None
+    try:
+        exe_path = os.readlink(f"{root}/{pid}/exe")
+    except OSError:
+        return None
+    try:
+        argv = _read(f"{root}/{pid}/cmdline").rstrip(b"\0").split(b"\0")
+    except OSError:
+        return None
+    exe_path = exe_path.removesuffix(" (deleted)")
+    exe_name = os.path.basename(exe_path)
+    service, namespace = _environ_service(pid, root)
+    return ProcessInfo(
+        pid=pid,
+        start_time=started,
+        exe_path=exe_path,
+        exe_name=exe_name,
+        command_line=" ".join(a.decode("utf-8", "replace") for a in argv),
+        service_name=service or exe_name,
+        service_namespace=namespace,
+    )
+
+
+def pids(root="/proc"):
+    """Every process id present now."""
+    return [int(name) for name in os.listdir(root) if name.isdigit()]
+
+
+def listening_inodes(root="/proc"):
+    """{socket inode: port} of every listening TCP socket (IPv4 and IPv6) in this network namespace."""
+    out = {}
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = _read(f"{root}/net/{table}", 64 << 20).splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) > 9 and cols[3] == _LISTEN.encode():
+                out[int(cols[9])] = int(cols[1].rsplit(b":", 1)[1], 16)
+    return out
+
+
+def socket_inodes(pid, root="/proc"):
+    """Inodes of the sockets pid holds open (from its fd links); empty when unreadable."""
+    out = []
+    try:
+        fds = os.listdir(f"{root}/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            target = os.readlink(f"{root}/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            out.append(int(target[8:-1]))
+    return out
+
+
+def scan(known, root="/proc"):
+    """
+    Read the whole host: {pid: ProcessInfo} with listening ports filled in.
+
+    known ({pid: ProcessInfo}) lets an unchanged process (same start time) keep its info without
+    re-reading cmdline and environ, which keeps the periodic rescan cheap.
+    """
+    listening = listening_inodes(root)
+    table = {}
+    for pid in pids(root):
+        old = known.get(pid)
+        if old is not None and old.start_time == start_time(pid, root):
+            info = replace(old, ports=set())
+        else:
+            info = read_process(pid, root)
+        if info is None:
+            continue
+        if listening:
+            info.ports = {listening[i] for i in socket_inodes(pid, root) if i in listening}
+        table[pid] = info
+    return table

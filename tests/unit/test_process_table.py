@@ -1,0 +1,188 @@
+"""
+ProcessTable over a fake /proc tree and a Clock: resources, exec/exit handling, listening ports.
+
+No root, no threads: the table's scans run synchronously through an injected runner.
+"""
+import os
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from telegen.config.schema import SCHEMA
+from telegen.discovery.processes import ProcessTable
+from telegen.selfmetrics import SelfMetrics
+
+
+def defaults(section):
+    """The schema's default config as the loader would return it."""
+    return {k: defaults(v) if hasattr(v, "fields") else v.default for k, v in section.fields.items()}
+
+
+def make_config(**telegen):
+    config = defaults(SCHEMA)
+    config["telegen"]["resource_attributes"] = {"service.name": "agent-own", "deployment.environment": "test"}
+    config["telegen"].update(telegen)
+    return config
+
+
+class FakeProc:
+    """Writes /proc-shaped files for made-up processes and listening sockets."""
+
+    def __init__(self, root):
+        self.root = root
+        (root / "net").mkdir(parents=True)
+        self.sockets = []
+        self._write_net()
+
+    def add(self, pid, exe, argv, env=None, start=100, socket_inodes=()):
+        d = self.root / str(pid)
+        (d / "fd").mkdir(parents=True, exist_ok=True)
+        (d / "stat").write_text(f"{pid} (my (odd) prog) S " + " ".join(["0"] * 18) + f" {start} 0 0\n")
+        if (d / "exe").is_symlink():
+            (d / "exe").unlink()
+        os.symlink(exe, d / "exe")
+        (d / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+        (d / "environ").write_bytes(b"".join(f"{k}={v}\0".encode() for k, v in (env or {}).items()))
+        for n, inode in enumerate(socket_inodes, start=3):
+            os.symlink(f"socket:[{inode}]", d / "fd" / str(n))
+
+    def remove(self, pid):
+        d = self.root / str(pid)
+        for p in sorted(d.rglob("*"), key=lambda p: -len(p.parts)):
+            p.unlink() if p.is_symlink() or p.is_file() else p.rmdir()
+        d.rmdir()
+
+    def listen(self, inode, port, v6=False):
+        self.sockets.append((inode, port, v6))
+        self._write_net()
+
+    def _write_net(self):
+        header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+        for table, want_v6 in (("tcp", False), ("tcp6", True)):
+            lines = [header]
+            for n, (inode, port, v6) in enumerate(self.sockets):
+                if v6 == want_v6:
+                    addr = ("0" * 32 if v6 else "0100007F") + f":{port:04X}"
+                    lines.append(f"   {n}: {addr} {'0' * (32 if v6 else 8)}:0000 0A 00000000:00000000 00:00000000 00000000     0        0 {inode} 1 0\n")
+                    lines.append(f"   {n}: {addr} {'0' * (32 if v6 else 8)}:1234 01 00000000:00000000 00:00000000 00000000     0        0 {inode + 1} 1 0\n")
+            (self.root / "net" / table).write_text("".join(lines))
+
+
+def make_table(tmp_path, clock=None):
+    proc = FakeProc(tmp_path / "proc")
+    metrics = SelfMetrics()
+    table = ProcessTable(make_config(), metrics, reactor=clock or Clock(), proc_root=str(proc.root),
+                         run_in_thread=lambda fn, *a: defer.succeed(fn(*a)))
+    return proc, metrics, table
+
+
+def gauge(metrics):
+    return metrics.registry.get_sample_value("telegen_processes_tracked")
+
+
+def test_initial_scan_reads_service_name_from_environment(tmp_path):
+    """OTEL_SERVICE_NAME names the service; without it the executable's name does."""
+    proc, metrics, table = make_table(tmp_path)
+    proc.add(10, "/usr/bin/python3.11", ["python3", "app.py", "--port", "80"], {"OTEL_SERVICE_NAME": "foo", "PATH": "/bin"})
+    proc.add(11, "/usr/sbin/nginx", ["nginx: worker"])
+    assert table.ready_check() == "failed: initial /proc scan not finished"
+    table.startService()
+    assert table.ready_check() == "ok"
+    assert gauge(metrics) == 2
+    attrs = table.resource_attributes(10)
+    assert attrs["service.name"] == "foo"
+    assert attrs["process.pid"] == 10
+    assert attrs["process.executable.name"] == "python3.11"
+    assert attrs["process.executable.path"] == "/usr/bin/python3.11"
+    assert attrs["process.command_line"] == "python3 app.py --port 80"
+    assert attrs["service.instance.id"].endswith(":10")
+    assert attrs["host.name"] and attrs["deployment.environment"] == "test"
+    assert table.resource_attributes(11)["service.name"] == "nginx"
+    table.stopService()
+
+
+def test_resource_attributes_fall_back_to_resource_env_and_never_take_agent_service(tmp_path):
+    """service.name/namespace from OTEL_RESOURCE_ATTRIBUTES; an unknown pid gets host facts only."""
+    proc, _, table = make_table(tmp_path)
+    proc.add(12, "/usr/bin/java", ["java"], {"OTEL_RESOURCE_ATTRIBUTES": "service.name=billing,service.namespace=shop%20a"})
+    table.startService()
+    attrs = table.resource_attributes(12)
+    assert (attrs["service.name"], attrs["service.namespace"]) == ("billing", "shop a")
+    unknown = table.resource_attributes(999)
+    assert "host.name" in unknown
+    assert not any(k.startswith(("service.", "process.")) for k in unknown)
+    table.stopService()
+
+
+def test_exit_removes_after_grace_and_exec_rereads(tmp_path):
+    """on_exit forgets the pid only after the grace period; on_exec re-reads the new image."""
+    clock = Clock()
+    proc, metrics, table = make_table(tmp_path, clock)
+    proc.add(20, "/bin/sh", ["sh"])
+    table.startService()
+    assert table.resource_attributes(20)["service.name"] == "sh"
+    proc.add(20, "/usr/bin/curl", ["curl", "x"], {"OTEL_SERVICE_NAME": "fetcher"}, start=200)
+    table.on_exec(20)
+    assert table.resource_attributes(20)["service.name"] == "fetcher"
+    table.on_exit(20)
+    assert table.lookup(20) is not None
+    clock.advance(table.exit_grace)
+    assert table.lookup(20) is None
+    assert gauge(metrics) == 0
+    table.stopService()
+
+
+def test_exec_of_new_process_and_rescan_during_exit_grace(tmp_path):
+    """A pid seen by exec is added at once; a rescan during the exit grace keeps it, then it goes."""
+    clock = Clock()
+    proc, metrics, table = make_table(tmp_path, clock)
+    table.startService()
+    proc.add(30, "/usr/bin/redis-server", ["redis-server"])
+    table.on_exec(30)
+    assert table.lookup(30).exe_name == "redis-server"
+    assert gauge(metrics) == 1
+    table.on_exit(30)
+    proc.remove(30)
+    table.rescan()
+    assert table.lookup(30).exe_name == "redis-server"
+    clock.advance(table.exit_grace)
+    assert table.lookup(30) is None
+    table.rescan()
+    assert table.lookup(30) is None and gauge(metrics) == 0
+    table.stopService()
+
+
+def test_listening_ports_make_services_and_listener_owner(tmp_path):
+    """Listening sockets map to pids through fd links; services() groups pids by service name."""
+    proc, _, table = make_table(tmp_path)
+    proc.listen(5001, 8080)
+    proc.listen(5003, 8443, v6=True)
+    proc.listen(5005, 9000)
+    proc.add(40, "/usr/sbin/nginx", ["nginx"], socket_inodes=[5001, 5003])
+    proc.add(41, "/usr/sbin/nginx", ["nginx"], socket_inodes=[5001, 5002])   # 5002: an established socket
+    proc.add(42, "/usr/bin/app", ["app"], {"OTEL_SERVICE_NAME": "api"}, socket_inodes=[5005])
+    proc.add(43, "/bin/bash", ["bash"])
+    table.startService()
+    assert table.services() == [
+        {"name": "api", "namespace": None, "instances": 1, "ports": [9000]},
+        {"name": "nginx", "namespace": None, "instances": 2, "ports": [8080, 8443]},
+    ]
+    assert table.listener_pid(9000) == 42
+    assert table.listener_pid(8443) == 40
+    assert table.listener_pid(8080) is None          # two owners: no guess
+    assert table.listener_pid(1) is None
+    table.stopService()
+
+
+def test_vanished_process_and_kernel_threads_are_skipped(tmp_path):
+    """A pid without exe (kernel thread) or gone mid-scan is not tracked."""
+    proc, _, table = make_table(tmp_path)
+    proc.add(50, "/bin/true", ["true"])
+    (proc.root / "51").mkdir()
+    (proc.root / "51" / "stat").write_text("51 (kthreadd) S " + " ".join(["0"] * 20) + "\n")
+    table.startService()
+    assert table.lookup(50) is not None and table.lookup(51) is None
+    proc.remove(50)
+    table.on_exec(50)
+    assert table.lookup(50) is None
+    table.stopService()
