@@ -64,6 +64,7 @@ SCHEMA = Section({
         "log_format": Field("enum", "json", "Log line format.", choices=("json", "text")),
         "shutdown_timeout": Field("duration", 10.0, "Graceful stop budget, flush included.", min=0.1, max=600),
         "data_dir": Field("str", "/var/lib/telegen", "State: file sink output, manhole host key."),
+        "resource_attributes": Field("map_str", {}, "Extra resource attributes of the agent's own telemetry (also from OTEL_RESOURCE_ATTRIBUTES)."),
     }),
     "otlp": Section({
         "endpoint": Field("str", None, "Collector address (host:port or URL). Unset: write OTLP JSON lines under telegen.data_dir.", nullable=True),
@@ -168,3 +169,12 @@ SCHEMA = Section({
         for name in ("aws", "gcp", "azure")
     }),
 })
+
+
+def leaves(section=SCHEMA, prefix=()):
+    """Every leaf as (path tuple, Field), in schema order: what env overrides, docs and redaction walk."""
+    for name, spec in section.fields.items():
+        if isinstance(spec, Section):
+            yield from leaves(spec, prefix + (name,))
+        else:
+            yield prefix + (name,), spec
