@@ -1,0 +1,213 @@
+"""
+One signal's path from queue to destination: batching, a small fixed number of requests in
+flight, retries by the OTLP rules, and the counting of every item as exported or dropped.
+
+Why per signal: each signal has its own queue, timer, in-flight slots and retry timers, so a
+collector refusing metrics never delays traces, and nothing here ever blocks the reactor.
+A batch holds its in-flight slot while it waits to be retried (as the Collector's queue
+consumers do): with the destination down the queue fills and overflow is dropped as queue_full.
+"""
+from twisted.internet.defer import Deferred, DeferredList
+
+from telegen.export.queue import BoundedQueue
+from telegen.export.retry import PERMANENT, RETRYABLE, SUCCESS, Outcome
+from telegen.signals.common import SCOPE, resource
+
+MAX_IN_FLIGHT = 2
+
+# Drop reasons (telegen_queue_dropped_total{reason}); docs/export.md explains each.
+QUEUE_FULL = "queue_full"
+RETRY_EXHAUSTED = "retry_exhausted"
+REJECTED = "rejected"
+PARTIAL_REJECTED = "partial_rejected"
+SHUTDOWN = "shutdown"
+
+
+def resource_key(attrs):
+    """A hashable identity for a resource attribute dict (values may be lists)."""
+    try:
+        return tuple(sorted(attrs.items()))
+    except TypeError:
+        return tuple(sorted((k, repr(v)) for k, v in attrs.items()))
+
+
+class Batch:
+    """An export request being sent, with the items it holds and a Deferred fired when settled."""
+
+    __slots__ = ("request", "items", "first_attempt", "attempt", "retry_call", "settled", "done")
+
+    def __init__(self, request, items, now):
+        self.request = request
+        self.items = items
+        self.first_attempt = now
+        self.attempt = 0
+        self.retry_call = None
+        self.settled = False
+        self.done = Deferred()
+
+
+def build_request(kind, chunks):
+    """One export request from queued chunks, one Resource* per distinct resource."""
+    request = kind.request_cls()
+    by_resource = {}
+    for chunk in chunks:
+        scope = by_resource.get(chunk.resource_key)
+        if scope is None:
+            container = getattr(request, kind.resource_field).add()
+            container.resource.CopyFrom(resource(chunk.resource_attrs))
+            scope = getattr(container, kind.scope_field).add()
+            scope.scope.CopyFrom(SCOPE)
+            by_resource[chunk.resource_key] = scope
+        getattr(scope, kind.records_field).extend(chunk.records)
+    return request
+
+
+class SignalExporter:
+    """Queue, batcher and retrying sender of one signal."""
+
+    def __init__(self, kind, queue_config, sender, backoff, counters, reactor, on_attempt,
+                 max_in_flight=MAX_IN_FLIGHT):
+        self.kind = kind
+        self.sender = sender
+        self.queue = BoundedQueue(queue_config["capacity"], queue_config["max_bytes"])
+        self.exported = 0
+        self.dropped = 0
+        self._batch_size = queue_config["batch_size"]
+        self._batch_timeout = queue_config["batch_timeout"]
+        self._backoff = backoff
+        self._counters = counters
+        self._reactor = reactor
+        self._on_attempt = on_attempt
+        self._max_in_flight = max_in_flight
+        self._in_flight = set()
+        self._timer = None
+        self._overdue = False
+        self._endpoint = sender.target.label
+        self._closed = False
+
+    # -- intake ------------------------------------------------------------------------------
+
+    def submit(self, resource_attrs, records):
+        """Queue what fits, count the rest as queue_full; return the number of records accepted."""
+        total = self.kind.items(records)
+        self._counters.collected(total)
+        if self._closed:
+            self._drop(total, SHUTDOWN)
+            return 0
+        taken, items = self.queue.offer(resource_key(resource_attrs), resource_attrs, records, self.kind.weight)
+        if items < total:
+            self._drop(total - items, QUEUE_FULL)
+        self._pump()
+        return taken
+
+    # -- batching ----------------------------------------------------------------------------
+
+    def _pump(self):
+        """Start batches while slots are free: full ones always, partial ones once the timer fired."""
+        if self._closed:
+            return
+        while len(self._in_flight) < self._max_in_flight and self.queue.items and (
+                self.queue.items >= self._batch_size or self._overdue):
+            self._start(self.queue.take(self._batch_size))
+        if not self.queue.items:
+            self._overdue = False
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        elif self._timer is None and not self._overdue:
+            self._timer = self._reactor.callLater(self._batch_timeout, self._timer_fired)
+        self._counters.queue_size(self.queue.items)
+
+    def _timer_fired(self):
+        self._timer = None
+        self._overdue = True
+        self._pump()
+
+    def _start(self, chunks):
+        items = sum(c.items for c in chunks)
+        batch = Batch(build_request(self.kind, chunks), items, self._reactor.seconds())
+        self._counters.batch_size(items)
+        self._in_flight.add(batch)
+        self._attempt(batch)
+        return batch
+
+    # -- sending and retrying ----------------------------------------------------------------
+
+    def _attempt(self, batch):
+        batch.retry_call = None
+        started = self._reactor.seconds()
+        d = self.sender.send(batch.request)
+        d.addErrback(self._sender_failed)
+        d.addCallback(self._answered, batch, started)
+
+    @staticmethod
+    def _sender_failed(failure):
+        """A sender bug must not strand a batch: treat it as a retryable local error."""
+        return Outcome(RETRYABLE, "error", False, type(failure.value).__name__, "internal")
+
+    def _answered(self, outcome, batch, started):
+        if batch.settled:  # abandoned at shutdown while this attempt was out
+            return
+        now = self._reactor.seconds()
+        self._counters.request(self._endpoint, outcome, now - started)
+        self._on_attempt(outcome, now)
+        if outcome.kind == SUCCESS:
+            self.exported += batch.items - outcome.rejected
+            self._counters.exported(batch.items - outcome.rejected)
+            if outcome.rejected:
+                self._drop(outcome.rejected, PARTIAL_REJECTED)
+            return self._settle(batch)
+        self._counters.error(self._endpoint, outcome.error_type or "unknown")
+        if outcome.kind == RETRYABLE:
+            delay = self._backoff.delay(batch.attempt, outcome.retry_after)
+            if not self._backoff.gives_up(now - batch.first_attempt, delay):
+                batch.attempt += 1
+                self._counters.retry(self._endpoint)
+                batch.retry_call = self._reactor.callLater(delay, self._attempt, batch)
+                return None
+            self._drop(batch.items, RETRY_EXHAUSTED)
+        else:
+            assert outcome.kind == PERMANENT
+            self._drop(batch.items, REJECTED)
+        return self._settle(batch)
+
+    def _settle(self, batch):
+        batch.settled = True
+        self._in_flight.discard(batch)
+        batch.done.callback(batch.items)
+        self._pump()
+
+    def _drop(self, items, reason):
+        self.dropped += items
+        self._counters.dropped(items, reason)
+
+    # -- flush and shutdown ------------------------------------------------------------------
+
+    def flush(self):
+        """Send everything queued now, past the in-flight cap; return (items, Deferred settled)."""
+        batches = []
+        while self.queue.items:
+            batches.append(self._start(self.queue.take(self._batch_size)))
+        self._pump()
+        items = sum(b.items for b in batches)
+        return items, DeferredList([b.done for b in batches])
+
+    def pending(self):
+        """Deferreds of every batch not settled yet."""
+        return [b.done for b in self._in_flight]
+
+    def abandon(self):
+        """At the shutdown deadline: count whatever is still queued or unsettled as dropped (shutdown)."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for batch in list(self._in_flight):
+            if batch.retry_call is not None and batch.retry_call.active():
+                batch.retry_call.cancel()
+            self._drop(batch.items, SHUTDOWN)
+            self._settle(batch)
+        leftover = self.queue.take(self.queue.items)
+        if leftover:
+            self._drop(sum(c.items for c in leftover), SHUTDOWN)
+        self._counters.queue_size(0)

@@ -1,0 +1,101 @@
+"""
+A bounded per-signal queue of (resource, records) chunks, measured in items and encoded bytes.
+
+Why chunks: submit() hands over a list of records of one resource; keeping the list whole makes
+enqueueing O(1) per call and lets the batcher merge records of one resource into one
+ResourceSpans/ResourceMetrics. A chunk is split only when it straddles a batch boundary.
+Overflow never blocks and never grows past the bounds: the caller is told how many records fit.
+"""
+from collections import deque
+
+
+class Chunk:
+    """Records of one resource, with their item weight and encoded size."""
+
+    __slots__ = ("resource_key", "resource_attrs", "records", "weights", "items", "nbytes")
+
+    def __init__(self, resource_key, resource_attrs, records, weights, nbytes):
+        self.resource_key = resource_key
+        self.resource_attrs = resource_attrs
+        self.records = records
+        self.weights = weights  # None when every record weighs 1
+        self.items = len(records) if weights is None else sum(weights)
+        self.nbytes = nbytes
+
+
+class BoundedQueue:
+    """FIFO of Chunks with capacity in items and bytes; take() pops up to n items."""
+
+    def __init__(self, capacity, max_bytes):
+        self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.items = 0
+        self.nbytes = 0
+        self._chunks = deque()
+
+    def __len__(self):
+        return self.items
+
+    def offer(self, resource_key, resource_attrs, records, weight):
+        """
+        Enqueue as many leading records as fit both bounds; return (accepted_records, accepted_items).
+        `weight` maps a record to its item count (data points for metrics); None: one each.
+        """
+        room_items = self.capacity - self.items
+        room_bytes = self.max_bytes - self.nbytes
+        taken, items, nbytes, weights = 0, 0, 0, (None if weight is None else [])
+        for record in records:
+            w = 1 if weight is None else weight(record)
+            size = record.ByteSize()
+            if items + w > room_items or nbytes + size > room_bytes:
+                break
+            taken += 1
+            items += w
+            nbytes += size
+            if weights is not None:
+                weights.append(w)
+        if taken:
+            accepted = records if taken == len(records) else records[:taken]
+            self._chunks.append(Chunk(resource_key, resource_attrs, accepted, weights, nbytes))
+            self.items += items
+            self.nbytes += nbytes
+        return taken, items
+
+    def take(self, max_items):
+        """Pop chunks holding up to max_items items (at least one record if any is queued)."""
+        out, items = [], 0
+        while self._chunks and items < max_items:
+            chunk = self._chunks[0]
+            if items + chunk.items <= max_items:
+                self._chunks.popleft()
+            else:
+                chunk = self._split(chunk, max_items - items, first=not out)
+                if chunk is None:
+                    break
+            out.append(chunk)
+            items += chunk.items
+            self.items -= chunk.items
+            self.nbytes -= chunk.nbytes
+        return out
+
+    def _split(self, chunk, room, first):
+        """Detach the head of `chunk` worth at most `room` items (one record anyway if `first`)."""
+        if chunk.weights is None:
+            n = room
+        else:
+            n, total = 0, 0
+            while n < len(chunk.weights) and total + chunk.weights[n] <= room:
+                total += chunk.weights[n]
+                n += 1
+        if n == 0:
+            if not first:
+                return None
+            n = 1
+        head_records = chunk.records[:n]
+        head_bytes = sum(r.ByteSize() for r in head_records)
+        head = Chunk(chunk.resource_key, chunk.resource_attrs, head_records,
+                     None if chunk.weights is None else chunk.weights[:n], head_bytes)
+        rest = Chunk(chunk.resource_key, chunk.resource_attrs, chunk.records[n:],
+                     None if chunk.weights is None else chunk.weights[n:], chunk.nbytes - head_bytes)
+        self._chunks[0] = rest
+        return head
