@@ -1,0 +1,38 @@
+/*
+ * Process lifecycle for the process table: one event per exec and per process exit.
+ *
+ * User space reads everything else from /proc/PID when the exec event arrives, so the event
+ * carries only the header. Exits are reported when the thread-group leader exits (tid == tgid):
+ * a thread exiting is not a process exit. The periodic /proc rescan corrects what this misses
+ * (a leader exiting before its other threads, lost events).
+ */
+#include "telegen.h"
+
+enum { TELEGEN_RB_process_events = 0 };
+enum { PROCESS_EXEC = 1, PROCESS_EXIT = 2 };
+
+BPF_RINGBUF_OUTPUT(process_events, RINGBUF_PAGES);
+
+static __always_inline void emit(u32 kind)
+{
+    struct telegen_event_header *e = telegen_reserved(
+        process_events.ringbuf_reserve(sizeof(*e)), TELEGEN_RB_process_events);
+    if (!e)
+        return;
+    telegen_fill_header(e, kind);
+    process_events.ringbuf_submit(e, 0);
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    emit(PROCESS_EXEC);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if ((u32)id == (u32)(id >> 32))
+        emit(PROCESS_EXIT);
+    return 0;
+}

@@ -1,0 +1,150 @@
+"""
+The `tcp` probe: connection lifecycle from sock:inet_sock_set_state (bpf/tcp.c), decoded into
+TcpConnection records for telegen.signals.tcp.
+
+Who owns a connection: for outgoing ones the kernel records the tgid of the task inside
+connect(). Incoming ones are established in softirq, where the current task is unrelated, so
+the kernel leaves the pid at 0 until the owner's close()/shutdown() (the FIN_WAIT1/LAST_ACK
+transitions run in its context); until then, and for the `accepted` event, user space asks the
+process table which single process listens on the local port (none or several: pid stays 0 and
+the data points carry the host resource only). The agent's own connections are dropped: the
+kernel skips its connects, this module skips connections whose owner is the agent.
+"""
+import ctypes
+import os
+import socket
+import struct
+from dataclasses import replace
+
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from telegen.ebpf.probe import Probe
+from telegen.ebpf.process_events import ringbuf_pages
+from telegen.signals import tcp as signals
+
+log = Logger()
+
+# struct tcp_event: telegen_event_header {u64 ts; u32 pid, tid, kind; pad}, u64 start, u64 established,
+# u16 family, sport, dport, u8 direction, error, u8 saddr[16], daddr[16].
+EVENT = struct.Struct("<QIII4xQQHHHBB16s16s")
+
+_KINDS = {1: signals.OPENED, 2: signals.ACCEPTED, 3: signals.CLOSED, 4: signals.FAILED, 5: signals.RETRANSMIT}
+_DIRECTIONS = {0: "", 1: signals.OUTGOING, 2: signals.INCOMING}
+_ERRORS = {0: "", 1: "connection_refused", 2: "connect_failed"}
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+METRIC_INTERVAL = 15.0   # seconds between metric flushes (docs/tcp.md)
+
+
+def _address(family, raw):
+    """(network.type, text) of a tracepoint address; IPv4-mapped IPv6 reads as IPv4."""
+    if family == socket.AF_INET:
+        return "ipv4", socket.inet_ntop(socket.AF_INET, raw[:4])
+    if raw.startswith(_V4_MAPPED):
+        return "ipv4", socket.inet_ntop(socket.AF_INET, raw[12:])
+    return "ipv6", socket.inet_ntop(socket.AF_INET6, raw)
+
+
+def decode(data):
+    """A TcpConnection from the bytes of one struct tcp_event."""
+    ts, pid, _, kind, start, established, family, sport, dport, direction, error, saddr, daddr = EVENT.unpack_from(data)
+    network_type, local = _address(family, saddr)
+    _, peer = _address(family, daddr)
+    return signals.TcpConnection(
+        kind=_KINDS[kind], pid=pid, direction=_DIRECTIONS[direction], network_type=network_type,
+        local_address=local, local_port=sport, peer_address=peer, peer_port=dport,
+        start_ns=start, established_ns=established, end_ns=ts, error_type=_ERRORS[error],
+    )
+
+
+def _in_ranges(port, ranges):
+    return any(lo <= port <= hi for lo, hi in ranges)
+
+
+class TcpProbe(Probe):
+    """TCP connections opened, accepted, closed, failed and retransmitting, as metrics and spans."""
+
+    name = "tcp"
+    source = "tcp.c"
+
+    def __init__(self, config, pipeline, processes, metrics, reactor=None, interval=METRIC_INTERVAL, max_series=1000):
+        self.processes = processes
+        self.metrics = metrics
+        self._reactor = reactor
+        self.interval = interval
+        network = config["agent"]["ebpf"]["network"]
+        self.include_ports = network["include_ports"]
+        self.exclude_ports = network["exclude_ports"]
+        self.telemetry = signals.TcpTelemetry(pipeline, processes, metrics, max_series=max_series)
+        self._self_pid = os.getpid()
+        self._bpf = None
+        self._untracked = 0
+        self._loop = None
+
+    @property
+    def reactor(self):
+        if self._reactor is None:
+            from twisted.internet import reactor
+            self._reactor = reactor
+        return self._reactor
+
+    def enabled(self, config):
+        ebpf = config["agent"]["ebpf"]
+        return ebpf["enabled"] and ebpf["network"]["enabled"] and ebpf["network"]["tcp"]
+
+    def cflags(self, config):
+        return [ringbuf_pages(config)]
+
+    def tracepoints(self):
+        return [(f"{category}:{event}", f"tracepoint__{category}__{event}") for category, event in (
+            ("sock", "inet_sock_set_state"), ("syscalls", "sys_enter_connect"), ("syscalls", "sys_exit_connect"),
+            ("tcp", "tcp_receive_reset"), ("tcp", "tcp_retransmit_skb"))]
+
+    def ring_buffers(self):
+        return {"tcp_events": self.on_event}
+
+    def attached(self, bpf):
+        self._bpf = bpf
+        self._loop = LoopingCall(self.flush)
+        self._loop.clock = self.reactor
+        self._loop.start(self.interval, now=False)
+
+    def detached(self):
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self.flush()
+        self._bpf = None
+
+    # -- events --------------------------------------------------------------------------------
+
+    def on_event(self, data, size):
+        """Decode, attribute to a process, filter, and account one event (reactor thread)."""
+        conn = decode(ctypes.string_at(data, size))
+        self.handle(conn)
+
+    def handle(self, conn):
+        """Filter one decoded connection by port and owner, then hand it to the signal builder."""
+        server_port = conn.server[1]
+        if (self.include_ports and not _in_ranges(server_port, self.include_ports)) or _in_ranges(server_port, self.exclude_ports):
+            return
+        if conn.pid == 0 and conn.direction == signals.INCOMING:
+            owner = self.processes.listener_pid(conn.local_port)
+            if owner is not None:
+                conn = replace(conn, pid=owner)
+        if conn.pid == self._self_pid:
+            return
+        self.telemetry.record(conn)
+
+    def flush(self):
+        """Send the interval's metrics and count connections the kernel could not track."""
+        self._count_untracked()
+        return self.telemetry.flush()
+
+    def _count_untracked(self):
+        if self._bpf is None:
+            return
+        total = sum(self._bpf["tcp_untracked"][0])
+        if total > self._untracked:
+            self.metrics.ebpf_events_dropped.labels(reason="tcp_conn_table_full").inc(total - self._untracked)
+        self._untracked = total

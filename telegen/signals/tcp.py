@@ -1,0 +1,214 @@
+"""
+TCP connection records -> OTLP: delta metrics per process and CLIENT spans for failed connects.
+
+Metrics are aggregated in memory per (process, attribute set) and flushed with DELTA temporality:
+each flush sends what happened since the previous one and forgets it, so memory stays bounded by
+the cardinality cap no matter how many peers and processes come and go. A new attribute set beyond
+`max_series` distinct sets per metric and interval is folded into one series carrying
+`otel.metric.overflow=true` and counted in telegen_metric_attribute_overflow{metric}.
+Names, attributes and units: docs/tcp.md.
+"""
+import os
+import time
+from bisect import bisect_left
+from dataclasses import dataclass
+
+from opentelemetry.proto.metrics.v1 import metrics_pb2 as m
+from opentelemetry.proto.trace.v1 import trace_pb2 as t
+
+from telegen.signals.common import attributes
+
+OPENED, ACCEPTED, CLOSED, FAILED, RETRANSMIT = "opened", "accepted", "closed", "failed", "retransmit"
+OUTGOING, INCOMING = "outgoing", "incoming"
+
+CONNECT_SPAN_NAME = "tcp connect"
+DIRECTION = "telegen.tcp.direction"
+OVERFLOW = (("otel.metric.overflow", True),)
+
+# Handshakes: the HTTP conventions' duration buckets. Connections: up to an hour.
+CONNECT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+CONNECTION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric's identity: name, unit, description, and histogram bounds (None: a counter)."""
+
+    name: str
+    unit: str
+    description: str
+    buckets: tuple = None
+
+
+OPENED_METRIC = MetricSpec("telegen.tcp.connections.opened", "{connection}", "Outgoing TCP connections established.")
+ACCEPTED_METRIC = MetricSpec("telegen.tcp.connections.accepted", "{connection}", "Incoming TCP connections established.")
+CLOSED_METRIC = MetricSpec("telegen.tcp.connections.closed", "{connection}", "Established TCP connections closed.")
+FAILED_METRIC = MetricSpec("telegen.tcp.connections.failed", "{connection}", "Outgoing TCP connects that never got established.")
+RETRANSMITS_METRIC = MetricSpec("telegen.tcp.retransmits", "{segment}", "TCP segments retransmitted.")
+CONNECT_DURATION = MetricSpec("telegen.tcp.connect.duration", "s", "Outgoing handshake time, SYN sent to established or failed.", CONNECT_BUCKETS)
+CONNECTION_DURATION = MetricSpec("telegen.tcp.connection.duration", "s", "Lifetime of closed connections, established to closed.", CONNECTION_BUCKETS)
+
+
+@dataclass(frozen=True)
+class TcpConnection:
+    """
+    One decoded TCP event. Times are CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns); pid 0 means
+    the owning process is not known; local_* is this host's side, peer_* the other end.
+    """
+
+    kind: str
+    pid: int
+    direction: str          # outgoing, incoming, or "" (retransmit on a connection seen before start)
+    network_type: str       # ipv4 or ipv6
+    local_address: str
+    local_port: int
+    peer_address: str
+    peer_port: int
+    start_ns: int
+    established_ns: int
+    end_ns: int
+    error_type: str = ""    # FAILED only: connection_refused or connect_failed
+
+    @property
+    def server(self):
+        """(address, port) of the listening side."""
+        if self.direction == INCOMING:
+            return self.local_address, self.local_port
+        return self.peer_address, self.peer_port
+
+
+def metric_attributes(conn):
+    """The low-cardinality attributes of a connection's data points (never the client's ephemeral port)."""
+    server_address, server_port = conn.server
+    attrs = {
+        DIRECTION: conn.direction or None,
+        "network.type": conn.network_type,
+        "network.peer.address": conn.peer_address,
+        "server.address": server_address,
+        "server.port": server_port,
+        "client.address": conn.peer_address if conn.direction == INCOMING else None,
+        "error.type": conn.error_type or None,
+    }
+    return tuple((k, v) for k, v in attrs.items() if v is not None)
+
+
+class _Series:
+    """The points of one metric for one interval: {(pid, attrs): count or [count, sum, bucket counts]}."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.points = {}
+
+    def add(self, key, value, cap, overflow):
+        point = self.points.get(key)
+        if point is None:
+            if len(self.points) >= cap:
+                key = (key[0], OVERFLOW)
+                overflow.labels(metric=self.spec.name).inc()
+                point = self.points.get(key)
+            if point is None:
+                point = self.points[key] = [0, 0.0, [0] * (len(self.spec.buckets) + 1)] if self.spec.buckets else [0]
+        point[0] += 1
+        if self.spec.buckets:
+            point[1] += value
+            point[2][bisect_left(self.spec.buckets, value)] += 1
+
+    def to_protos(self, start_ns, end_ns):
+        """{pid: Metric} for this interval's points."""
+        out = {}
+        for (pid, attrs), point in self.points.items():
+            metric = out.get(pid)
+            if metric is None:
+                metric = out[pid] = m.Metric(name=self.spec.name, unit=self.spec.unit, description=self.spec.description)
+                if self.spec.buckets:
+                    metric.histogram.aggregation_temporality = m.AGGREGATION_TEMPORALITY_DELTA
+                else:
+                    metric.sum.aggregation_temporality = m.AGGREGATION_TEMPORALITY_DELTA
+                    metric.sum.is_monotonic = True
+            if self.spec.buckets:
+                metric.histogram.data_points.add(
+                    attributes=attributes(dict(attrs)), start_time_unix_nano=start_ns, time_unix_nano=end_ns,
+                    count=point[0], sum=point[1], bucket_counts=point[2], explicit_bounds=self.spec.buckets)
+            else:
+                metric.sum.data_points.add(
+                    attributes=attributes(dict(attrs)), start_time_unix_nano=start_ns, time_unix_nano=end_ns,
+                    as_int=point[0])
+        return out
+
+
+class TcpTelemetry:
+    """
+    Turns TcpConnection records into metrics (aggregated until flush()) and failed-connect spans
+    (submitted at once). pipeline is the ExportPipeline; processes gives resources by pid.
+    """
+
+    def __init__(self, pipeline, processes, metrics, max_series=1000, wall_clock=time.time_ns, monotonic_clock=time.monotonic_ns):
+        self.pipeline = pipeline
+        self.processes = processes
+        self.metrics = metrics
+        self.max_series = max_series
+        self._wall = wall_clock
+        self._series = {spec.name: _Series(spec) for spec in (
+            OPENED_METRIC, ACCEPTED_METRIC, CLOSED_METRIC, FAILED_METRIC, RETRANSMITS_METRIC,
+            CONNECT_DURATION, CONNECTION_DURATION)}
+        # bpf_ktime_get_ns() is CLOCK_MONOTONIC: this offset turns kernel times into Unix times.
+        self._mono_to_wall = wall_clock() - monotonic_clock()
+        self._interval_start = wall_clock()
+
+    def _add(self, spec, conn, value=1.0):
+        self._series[spec.name].add((conn.pid, metric_attributes(conn)), value, self.max_series, self.metrics.metric_overflow)
+
+    def record(self, conn):
+        """Account one connection event."""
+        if conn.kind == OPENED:
+            self._add(OPENED_METRIC, conn)
+            self._add(CONNECT_DURATION, conn, (conn.established_ns - conn.start_ns) / 1e9)
+        elif conn.kind == ACCEPTED:
+            self._add(ACCEPTED_METRIC, conn)
+        elif conn.kind == CLOSED:
+            self._add(CLOSED_METRIC, conn)
+            self._add(CONNECTION_DURATION, conn, (conn.end_ns - conn.established_ns) / 1e9)
+        elif conn.kind == FAILED:
+            self._add(FAILED_METRIC, conn)
+            self._add(CONNECT_DURATION, conn, (conn.end_ns - conn.start_ns) / 1e9)
+            self._submit_failed_span(conn)
+        elif conn.kind == RETRANSMIT:
+            self._add(RETRANSMITS_METRIC, conn)
+
+    def _submit_failed_span(self, conn):
+        span = t.Span(
+            trace_id=os.urandom(16),
+            span_id=os.urandom(8),
+            name=CONNECT_SPAN_NAME,
+            kind=t.Span.SPAN_KIND_CLIENT,
+            start_time_unix_nano=conn.start_ns + self._mono_to_wall,
+            end_time_unix_nano=conn.end_ns + self._mono_to_wall,
+            attributes=attributes({
+                "server.address": conn.peer_address,
+                "server.port": conn.peer_port,
+                "network.peer.address": conn.peer_address,
+                "network.peer.port": conn.peer_port,
+                "network.transport": "tcp",
+                "network.type": conn.network_type,
+                "error.type": conn.error_type,
+            }),
+            status=t.Status(code=t.Status.STATUS_CODE_ERROR, message=conn.error_type.replace("_", " ")),
+        )
+        self.metrics.spans_collected.inc()
+        self.pipeline.submit("traces", self.processes.resource_attributes(conn.pid), [span])
+
+    def flush(self):
+        """Submit this interval's metrics, one submit per process, and start a new interval."""
+        start, end = self._interval_start, self._wall()
+        self._interval_start = end
+        by_pid = {}
+        for series in self._series.values():
+            for pid, metric in series.to_protos(start, end).items():
+                by_pid.setdefault(pid, []).append(metric)
+            series.points = {}
+        points = 0
+        for pid, metrics in by_pid.items():
+            self.pipeline.submit("metrics", self.processes.resource_attributes(pid), metrics)
+            points += sum(len(x.sum.data_points) + len(x.histogram.data_points) for x in metrics)
+        self.metrics.metrics_collected.inc(points)
+        return points
