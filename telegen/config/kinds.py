@@ -326,7 +326,8 @@ PARSERS = {
 _UNITS = {"duration": "s", "size": " bytes"}
 
 
-def _number(value, kind):
+def format_number(value, kind):
+    """A limit or value for messages and docs, with the kind's unit (0.1s, 4096 bytes)."""
     text = str(int(value)) if float(value).is_integer() else str(value)
     return text + _UNITS.get(kind, "")
 
@@ -334,9 +335,9 @@ def _number(value, kind):
 def check_limits(value, field):
     """Apply the field's min, max and power_of_two to a parsed number."""
     if field.min is not None and value < field.min:
-        raise Invalid(f"must be >= {_number(field.min, field.kind)}, got {_number(value, field.kind)}")
+        raise Invalid(f"must be >= {format_number(field.min, field.kind)}, got {format_number(value, field.kind)}")
     if field.max is not None and value > field.max:
-        raise Invalid(f"must be <= {_number(field.max, field.kind)}, got {_number(value, field.kind)}")
+        raise Invalid(f"must be <= {format_number(field.max, field.kind)}, got {format_number(value, field.kind)}")
     if field.power_of_two and (value <= 0 or value & (value - 1)):
         raise Invalid(f"must be a power of two, got {value}")
 
