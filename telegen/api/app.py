@@ -170,6 +170,16 @@ class TelegenApi:
         return write_error(request, ApiError(500, "internal error", {"type": failure.type.__name__}))
 
 
+class ApiSite(Site):
+    """A Site whose access log is written only at log_level debug: probes would flood it otherwise."""
+
+    access_log = False
+
+    def log(self, request):
+        if self.access_log:
+            super().log(request)
+
+
 def make_site(agent):
     """The web Site: the gate in front of the Klein resource, with the body cap."""
     settings = agent.config["self_telemetry"]
@@ -178,7 +188,8 @@ def make_site(agent):
     class Request(CappedRequest):
         max_body_bytes = settings["max_body_bytes"]
 
-    site = Site(gate)
+    site = ApiSite(gate)
+    site.access_log = agent.config["telegen"]["log_level"] == "debug"
     site.requestFactory = Request
     site.displayTracebacks = False
     site.noisy = False
