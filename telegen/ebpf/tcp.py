@@ -49,8 +49,8 @@ def _address(family, raw):
 def decode(data):
     """A TcpConnection from the bytes of one struct tcp_event."""
     ts, pid, _, kind, start, established, family, sport, dport, direction, error, saddr, daddr = EVENT.unpack_from(data)
-    network_type, local = _address(family, saddr)
-    _, peer = _address(family, daddr)
+    network_type, peer = _address(family, daddr)
+    _, local = _address(family, saddr)
     return signals.TcpConnection(
         kind=_KINDS[kind], pid=pid, direction=_DIRECTIONS[direction], network_type=network_type,
         local_address=local, local_port=sport, peer_address=peer, peer_port=dport,
