@@ -8,18 +8,14 @@ import os
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from telegen.config.schema import SCHEMA
+from telegen.config.loader import defaults
 from telegen.discovery.processes import ProcessTable
 from telegen.selfmetrics import SelfMetrics
 
 
-def defaults(section):
-    """The schema's default config as the loader would return it."""
-    return {k: defaults(v) if hasattr(v, "fields") else v.default for k, v in section.fields.items()}
-
-
 def make_config(**telegen):
-    config = defaults(SCHEMA)
+    """The default config with agent resource attributes (which process resources must not take)."""
+    config = defaults()
     config["telegen"]["resource_attributes"] = {"service.name": "agent-own", "deployment.environment": "test"}
     config["telegen"].update(telegen)
     return config
