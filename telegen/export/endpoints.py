@@ -30,7 +30,7 @@ def resolve(otlp, kind):
     raw = override or otlp["endpoint"]
     if not raw:
         return None
-    return _target(otlp, raw, "" if override else kind.http_path)
+    return _target(otlp, raw, None if override else kind.http_path)
 
 
 def main_target(otlp):
@@ -39,6 +39,7 @@ def main_target(otlp):
 
 
 def _target(otlp, raw, http_suffix):
+    """http_suffix: appended to the URL path (trailing slash removed); None keeps the path as is."""
     protocol = otlp["protocol"]
     has_scheme = "://" in raw
     parts = urlsplit(raw if has_scheme else "//" + raw)
@@ -50,6 +51,6 @@ def _target(otlp, raw, http_suffix):
         return Target("grpc", address, tls, address)
     if not has_port:
         netloc = f"{netloc}:4318"
-    path = parts.path.rstrip("/") + http_suffix if http_suffix else parts.path
+    path = parts.path if http_suffix is None else parts.path.rstrip("/") + http_suffix
     url = f"{'https' if tls else 'http'}://{netloc}{path}"
     return Target("http", url, tls, url)

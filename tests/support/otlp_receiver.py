@@ -96,6 +96,7 @@ class Received:
     headers: dict
     compressed: Optional[bool]  # None over gRPC: grpcio does not tell the servicer
     reply: Reply = field(default_factory=Reply)
+    at: float = field(default_factory=time.monotonic)  # arrival, for Retry-After/backoff gaps
 
 
 @dataclass

@@ -1,0 +1,177 @@
+"""
+The pieces under the pipeline: queue bounds and splitting, the OTLP retry tables and backoff,
+endpoint resolution, the OTLP/JSON codec and the file sink with rotation.
+"""
+import json
+import random
+
+import pytest
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from telegen.config import defaults
+from telegen.export import otlpjson
+from telegen.export.endpoints import main_target, resolve
+from telegen.export.exporter import build_request
+from telegen.export.file_sink import FileSink
+from telegen.export.kinds import KINDS, data_points
+from telegen.export.queue import BoundedQueue
+from telegen.export.retry import (PERMANENT, RETRYABLE, Backoff, grpc_outcome, http_outcome,
+                                  parse_retry_after)
+from tests.support.otlp_files import read_spans, sink_files
+
+
+def spans(n):
+    return [Span(name=f"s{i}", trace_id=bytes(range(16)), span_id=bytes(range(8)), kind=2) for i in range(n)]
+
+
+# -- queue -------------------------------------------------------------------------------------
+
+def test_queue_accepts_leading_records_up_to_item_capacity():
+    q = BoundedQueue(capacity=10, max_bytes=1 << 20)
+    assert q.offer("r", {}, spans(7), None) == (7, 7)
+    assert q.offer("r", {}, spans(7), None) == (3, 3)
+    assert len(q) == 10
+
+
+def test_queue_byte_bound():
+    one = spans(1)[0].ByteSize()
+    q = BoundedQueue(capacity=1000, max_bytes=one * 3 + 1)
+    assert q.offer("r", {}, spans(5), None) == (3, 3)
+    assert q.nbytes == one * 3
+    q.take(2)
+    assert q.nbytes == one and len(q) == 1
+
+
+def test_take_splits_a_chunk_at_the_batch_boundary_and_keeps_order():
+    q = BoundedQueue(100, 1 << 20)
+    q.offer("a", {}, spans(4), None)
+    q.offer("b", {}, spans(4), None)
+    first = q.take(6)
+    assert [(c.resource_key, [s.name for s in c.records]) for c in first] == [
+        ("a", ["s0", "s1", "s2", "s3"]), ("b", ["s0", "s1"])]
+    rest = q.take(6)
+    assert [s.name for c in rest for s in c.records] == ["s2", "s3"]
+    assert len(q) == 0 and q.nbytes == 0
+
+
+def test_weighted_records_split_at_record_boundaries():
+    """A metric with 3 points and a batch of 4: the batch takes whole metrics (at least one)."""
+    metric = Metric(name="m")
+    for i in range(3):
+        metric.sum.data_points.add(as_int=i)
+    q = BoundedQueue(100, 1 << 20)
+    q.offer("r", {}, [metric, metric, metric], data_points)
+    assert len(q) == 9
+    assert sum(c.items for c in q.take(4)) == 3
+    big = BoundedQueue(100, 1 << 20)
+    big.offer("r", {}, [metric], data_points)
+    assert sum(c.items for c in big.take(1)) == 3  # never stuck on an oversized record
+
+
+def test_build_request_groups_by_resource():
+    q = BoundedQueue(100, 1 << 20)
+    q.offer(("x",), {"service.name": "x"}, spans(2), None)
+    q.offer(("y",), {"service.name": "y"}, spans(1), None)
+    q.offer(("x",), {"service.name": "x"}, spans(1), None)
+    request = build_request(KINDS["traces"], q.take(10))
+    assert [len(rs.scope_spans[0].spans) for rs in request.resource_spans] == [3, 1]
+
+
+# -- retry rules -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("code", ["CANCELLED", "DEADLINE_EXCEEDED", "ABORTED", "OUT_OF_RANGE", "UNAVAILABLE", "DATA_LOSS"])
+def test_retryable_grpc_codes(code):
+    assert grpc_outcome(code, False, None, "x", "x", True).kind == RETRYABLE
+
+
+@pytest.mark.parametrize("code", ["INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
+                                  "UNAUTHENTICATED", "FAILED_PRECONDITION", "UNIMPLEMENTED", "INTERNAL", "UNKNOWN",
+                                  "RESOURCE_EXHAUSTED"])
+def test_permanent_grpc_codes(code):
+    assert grpc_outcome(code, False, None, "x", "x", True).kind == PERMANENT
+
+
+def test_resource_exhausted_is_retryable_only_with_retry_info():
+    assert grpc_outcome("RESOURCE_EXHAUSTED", True, 2.0, "x", "x", True).kind == RETRYABLE
+
+
+@pytest.mark.parametrize("code,kind", [(429, RETRYABLE), (502, RETRYABLE), (503, RETRYABLE), (504, RETRYABLE),
+                                       (400, PERMANENT), (401, PERMANENT), (403, PERMANENT), (404, PERMANENT),
+                                       (413, PERMANENT), (500, PERMANENT)])
+def test_http_codes(code, kind):
+    outcome = http_outcome(code, None, f"HTTP {code}")
+    assert (outcome.kind, outcome.status, outcome.error_type) == (kind, str(code), f"http_{code}")
+
+
+def test_retry_after_forms():
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+def test_backoff_is_exponential_capped_and_jittered_within_bounds():
+    config = {"initial": 5.0, "max": 30.0, "multiplier": 1.5, "jitter": 0.5, "max_elapsed": 300.0}
+    b = Backoff(config, rng=random.Random(1))
+    for attempt, base in enumerate([5.0, 7.5, 11.25, 16.875, 25.3125, 30.0, 30.0]):
+        for _ in range(50):
+            assert base * 0.5 <= b.delay(attempt) <= base * 1.5
+    assert b.delay(3, hint=2.0) == 2.0
+    assert not b.gives_up(290.0, 10.0) and b.gives_up(290.0, 10.1)
+
+
+# -- endpoints ---------------------------------------------------------------------------------
+
+def otlp(**kw):
+    o = defaults()["otlp"]
+    o.update(kw)
+    return o
+
+
+def test_grpc_endpoint_forms():
+    assert resolve(otlp(endpoint="collector"), KINDS["traces"]).address == "collector:4317"
+    t = resolve(otlp(endpoint="http://c:1234"), KINDS["traces"])
+    assert (t.address, t.tls) == ("c:1234", False)
+    assert resolve(otlp(endpoint="c:1234"), KINDS["traces"]).tls is True
+    assert resolve(otlp(endpoint="c:1234", insecure=True), KINDS["traces"]).tls is False
+    assert resolve(otlp(endpoint=None), KINDS["traces"]) is None
+
+
+def test_http_endpoint_appends_signal_path_but_override_is_used_as_is():
+    o = otlp(endpoint="https://user:pw@c/base/", protocol="http")
+    assert resolve(o, KINDS["metrics"]).address == "https://c:4318/base/v1/metrics"
+    o["logs"]["endpoint"] = "http://logs:9999/custom"
+    assert resolve(o, KINDS["logs"]).address == "http://logs:9999/custom"
+    assert main_target(o).label == "https://c:4318/base"  # no credentials in the label
+
+
+# -- OTLP/JSON and the file sink ---------------------------------------------------------------
+
+def test_otlp_json_uses_hex_ids_and_integer_enums():
+    request = build_request(KINDS["traces"], [type("C", (), {"resource_key": 1, "resource_attrs": {"a": 1},
+                                                              "records": spans(1)})()])
+    line = otlpjson.encode(request)
+    span = json.loads(line)["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    assert span["traceId"] == "000102030405060708090a0b0c0d0e0f" and span["spanId"] == "0001020304050607"
+    assert span["kind"] == 2
+    assert otlpjson.decode(line, KINDS["traces"].request_cls) == request
+
+
+def test_file_sink_writes_lines_and_rotates_keeping_max_files(tmp_path):
+    sink = FileSink(str(tmp_path / "otlp"), KINDS["traces"], {"max_bytes": 1024, "max_files": 2})
+    sent = []
+    for i in range(30):
+        request = KINDS["traces"].request_cls()
+        request.resource_spans.add().scope_spans.add().spans.extend(
+            [Span(name=f"r{i}-{j}", trace_id=bytes(16), span_id=bytes(8)) for j in range(3)])
+        outcomes = []
+        sink.send(request).addCallback(outcomes.append)
+        assert outcomes[0].kind == "success"
+        sent.append(request)
+    files = sink_files(tmp_path, "traces")
+    assert [f.rsplit("/", 1)[1] for f in files] == ["traces.jsonl.2", "traces.jsonl.1", "traces.jsonl"]
+    assert all((tmp_path / "otlp" / f).stat().st_size <= 1024 for f in ("traces.jsonl.2", "traces.jsonl.1"))
+    kept = [s.name for _, s in read_spans(tmp_path)]
+    expected = [s.name for r in sent for s in r.resource_spans[0].scope_spans[0].spans]
+    assert kept and kept == expected[-len(kept):]  # the newest lines, in order, none mangled
