@@ -78,11 +78,16 @@ def load_metrics(load, now_ns):
                    [({}, value)], now_ns) for window, value in zip(("1m", "5m", "15m"), load)]
 
 
+def _per_direction(table, name_key, direction_key, directions, field):
+    """Points of `field` per device/interface and direction from {name: {"<direction>_<field>": n}}."""
+    return [({name_key: name, direction_key: direction}, counters[f"{direction}_{field}"])
+            for name, counters in sorted(table.items()) for direction in directions]
+
+
 def network_metrics(interfaces, now_ns, boot_ns):
     """system.network.io, .errors, .dropped per network.interface.name and network.io.direction."""
     def points(field):
-        return [({"network.interface.name": name, "network.io.direction": direction}, counters[f"{direction}_{field}"])
-                for name, counters in sorted(interfaces.items()) for direction in ("receive", "transmit")]
+        return _per_direction(interfaces, "network.interface.name", "network.io.direction", ("receive", "transmit"), field)
 
     return [
         _sum("system.network.io", "By", "Bytes received and sent", points("bytes"), now_ns, boot_ns, True),
@@ -94,8 +99,7 @@ def network_metrics(interfaces, now_ns, boot_ns):
 def disk_metrics(disks, now_ns, boot_ns):
     """system.disk.io (bytes) and system.disk.operations per system.device and disk.io.direction."""
     def points(field):
-        return [({"system.device": name, "disk.io.direction": direction}, counters[f"{direction}_{field}"])
-                for name, counters in sorted(disks.items()) for direction in ("read", "write")]
+        return _per_direction(disks, "system.device", "disk.io.direction", ("read", "write"), field)
 
     return [
         _sum("system.disk.io", "By", "Bytes read and written", points("bytes"), now_ns, boot_ns, True),
