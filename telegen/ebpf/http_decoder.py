@@ -1,0 +1,207 @@
+# -*- test-case-name: tests.unit.test_http_decoder -*-
+"""
+Turn bpf/http.c events into HttpExchange records: one per request/response pair.
+
+The kernel sends an event when a syscall starts a request or a response on an HTTP connection,
+and when the connection closes; each event carries the connection's byte totals and last
+read/write times *before* that syscall. This module keeps per-connection state: requests
+waiting for their response (FIFO, so pipelining works), and the response being written. A
+response is complete when its head and Content-Length fit in the write that started it;
+otherwise (large, chunked or sendfile'd bodies) the next request or the close gives its real
+size and end time from the totals.
+
+Per-event cost matters (the Python consumer is the agent's budget): one struct unpack per
+event, heads parsed once, addresses formatted once per connection.
+"""
+import ctypes
+import socket
+import struct
+from collections import deque
+from dataclasses import dataclass
+from typing import Optional
+
+from telegen.ebpf.http_parser import parse_requests, parse_responses
+
+EV_REQUEST, EV_RESPONSE, EV_CLOSE = 1, 2, 3
+ROLE_SERVER, ROLE_CLIENT = 3, 4
+
+# struct http_event without data[] (bpf/http.c): header, 6 u64 + s64, two endpoints, 4 u32.
+EVENT = struct.Struct("<QIIII" "QQQQQQq" "16sHHI" "16sHHI" "IIII")
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+_NO_BODY_STATUS = frozenset((204, 304))
+
+
+@dataclass(slots=True)
+class HttpExchange:
+    """One observed request and its response, times in ns since the epoch."""
+
+    server_side: bool
+    pid: int
+    start_ns: int
+    end_ns: int
+    method: str
+    target: str
+    version: str
+    headers: dict                    # request headers the parser kept (bytes keys/values)
+    request_body_size: Optional[int]
+    status: Optional[int]
+    response_body_size: Optional[int]
+    peer_address: Optional[str]
+    peer_port: Optional[int]
+    local_address: Optional[str]
+    local_port: Optional[int]
+
+
+def format_address(raw):
+    """Dotted IPv4 for IPv4-mapped addresses, compressed IPv6 otherwise, None when unknown."""
+    if not any(raw):
+        return None
+    if raw[:12] == _V4_MAPPED:
+        return socket.inet_ntop(socket.AF_INET, raw[12:])
+    return socket.inet_ntop(socket.AF_INET6, raw)
+
+
+class _Exchange:
+    """A request seen, its response maybe started; becomes an HttpExchange when complete."""
+
+    __slots__ = ("req", "start_ns", "status", "resp_head_len", "resp_start_total", "resp_ts")
+
+    def __init__(self, req, start_ns):
+        self.req = req
+        self.start_ns = start_ns
+        self.status = None
+        self.resp_head_len = None
+        self.resp_start_total = 0
+        self.resp_ts = 0
+
+
+class _Connection:
+    """Per (pid, fd, connection start) state."""
+
+    __slots__ = ("server_side", "pid", "peer", "peer_port", "local", "local_port", "waiting", "responding", "last_seen")
+
+    def __init__(self, server_side, pid, peer, peer_port, local, local_port):
+        self.server_side = server_side
+        self.pid = pid
+        self.peer = peer
+        self.peer_port = peer_port or None
+        self.local = local
+        self.local_port = local_port or None
+        self.waiting = deque()
+        self.responding = None
+        self.last_seen = 0
+
+
+class HttpDecoder:
+    """
+    The ring buffer handler of the HTTP probe.
+
+    @param on_exchange: called with each complete HttpExchange (on the reactor thread).
+    @param drop: called with a reason for every event or exchange that cannot become a span.
+    @param mono_to_epoch: ns to add to bpf_ktime_get_ns() values (computed once at start).
+    """
+
+    def __init__(self, on_exchange, drop, mono_to_epoch):
+        self._on_exchange = on_exchange
+        self._drop = drop
+        self._offset = mono_to_epoch
+        self._conns = {}
+
+    def __len__(self):
+        return len(self._conns)
+
+    def handle(self, ptr, size):
+        """Ring buffer callback: decode one event (ptr, size) from BCC."""
+        self.handle_bytes(ctypes.string_at(ptr, size))
+
+    def handle_bytes(self, raw):
+        """Decode one event given as bytes (the fast path and the tests share this)."""
+        (ts, pid, _tid, kind, _, enter_ts, conn_ts, rx, tx, last_rx, last_tx, ret,
+         peer, peer_port, _pf, _, local, local_port, _lf, _, fd, role, cap_len, _) = EVENT.unpack_from(raw)
+        key = (pid, fd, conn_ts)
+        conn = self._conns.get(key)
+        if conn is None:
+            if kind == EV_CLOSE:
+                return
+            conn = self._conns[key] = _Connection(
+                role == ROLE_SERVER, pid, format_address(peer), peer_port, format_address(local), local_port)
+        conn.last_seen = ts
+        # Bytes flowing towards the client (responses) and when they last moved.
+        out_total, out_last = (tx, last_tx) if conn.server_side else (rx, last_rx)
+        if kind == EV_CLOSE:
+            self._finish_responding(conn, out_total, out_last)
+            for _ in conn.waiting:
+                self._drop("no_response")
+            del self._conns[key]
+            return
+        data = raw[EVENT.size:EVENT.size + cap_len]
+        if kind == EV_REQUEST:
+            self._finish_responding(conn, out_total, out_last)
+            requests = parse_requests(data)
+            if not requests:
+                self._drop("unparsed_request")
+                return
+            # A server sees the request when its read returns; a client starts when it writes.
+            start = (ts if conn.server_side else enter_ts) + self._offset
+            for req in requests:
+                conn.waiting.append(_Exchange(req, start))
+        elif kind == EV_RESPONSE:
+            self._finish_responding(conn, out_total, out_last)
+            self._responses(conn, parse_responses(data), ret, out_total, ts)
+
+    def _responses(self, conn, responses, ret, out_total, ts):
+        if not responses:
+            self._drop("unparsed_response")
+            return
+        for resp in responses:
+            if not conn.waiting:
+                self._drop("response_without_request")
+                return
+            ex = conn.waiting.popleft()
+            ex.status = resp.first
+            ex.resp_head_len = resp.head_len
+            ex.resp_start_total = out_total + resp.offset
+            ex.resp_ts = ts
+            body = 0 if (resp.first in _NO_BODY_STATUS or resp.first < 200 or ex.req.first == "HEAD") else resp.content_length
+            if resp.head_len is not None and body is not None and resp.offset + resp.head_len + body <= ret:
+                self._emit(conn, ex, ts, body)
+            else:
+                conn.responding = ex
+
+    def _finish_responding(self, conn, out_total, out_last):
+        """The response in progress ended before this event: its size and end come from the totals."""
+        ex = conn.responding
+        if ex is None:
+            return
+        conn.responding = None
+        sent = out_total - ex.resp_start_total
+        body = sent - ex.resp_head_len if ex.resp_head_len is not None else None
+        self._emit(conn, ex, max(out_last, ex.resp_ts), body)
+
+    def _emit(self, conn, ex, end_mono, body):
+        req = ex.req
+        self._on_exchange(HttpExchange(
+            conn.server_side, conn.pid, ex.start_ns, end_mono + self._offset,
+            req.first, req.second, req.version, req.headers, req.content_length,
+            ex.status, body, conn.peer, conn.peer_port, conn.local, conn.local_port,
+        ))
+
+    def expire(self, now_mono, idle_ns):
+        """
+        Finish what idle connections hold (a keep-alive connection whose response body went out
+        in later writes, then nothing: its end is the response head's write) and forget
+        connections idle longer than idle_ns (their close was not seen).
+        """
+        for key, conn in list(self._conns.items()):
+            if now_mono - conn.last_seen < idle_ns:
+                continue
+            ex = conn.responding
+            if ex is not None:
+                conn.responding = None
+                self._emit(conn, ex, ex.resp_ts, None)
+            if not conn.waiting:
+                del self._conns[key]
+            elif now_mono - conn.last_seen >= 4 * idle_ns:
+                for _ in conn.waiting:
+                    self._drop("no_response")
+                del self._conns[key]

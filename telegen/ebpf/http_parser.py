@@ -1,0 +1,141 @@
+# -*- test-case-name: tests.unit.test_http_parser -*-
+"""
+Parse the HTTP/1.x heads the kernel captured: request lines, status lines and the few headers
+spans need (Host, User-Agent, traceparent, Content-Length, Transfer-Encoding).
+
+Captures are truncated (agent.ebpf capture size) and may hold several pipelined messages, so
+parsing is forgiving: a head cut short still yields its request or status line, and parsing
+stops at the first thing that is not a message start.
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+_METHODS = frozenset((b"GET", b"POST", b"PUT", b"HEAD", b"DELETE", b"PATCH", b"OPTIONS", b"CONNECT", b"TRACE"))
+_WANTED = frozenset((b"host", b"user-agent", b"traceparent", b"content-length", b"transfer-encoding"))
+_END = b"\r\n\r\n"
+
+
+@dataclass(slots=True)
+class Head:
+    """
+    One parsed message head.
+
+    head_len is None when the capture ended inside the head. For requests `first` is the
+    method and `second` the target; for responses `first` is the status code (int) and
+    `second` the reason phrase.
+    """
+
+    first: object
+    second: str
+    version: str
+    headers: dict
+    head_len: Optional[int]
+    offset: int
+
+    @property
+    def content_length(self):
+        """Declared body size, or None (absent, invalid or chunked)."""
+        value = self.headers.get(b"content-length")
+        if value is None or self.headers.get(b"transfer-encoding"):
+            return None
+        try:
+            n = int(value)
+        except ValueError:
+            return None
+        return n if n >= 0 else None
+
+
+def _headers(lines):
+    out = {}
+    for line in lines:
+        name, sep, value = line.partition(b":")
+        if sep:
+            key = name.strip().lower()
+            if key in _WANTED:
+                out[key] = value.strip()
+    return out
+
+
+def _split(data, pos):
+    """(start line parts, headers, head_len or None) of the message starting at pos."""
+    end = data.find(_END, pos)
+    head = data[pos:end] if end >= 0 else data[pos:]
+    lines = head.split(b"\r\n")
+    if end < 0 and len(lines) > 1:
+        lines.pop()          # the last line was cut by the capture
+    return lines[0].split(b" ", 2), _headers(lines[1:]), (end + 4 - pos) if end >= 0 else None
+
+
+def _version(token):
+    return token[5:].decode("ascii", "replace") if token.startswith(b"HTTP/") else "1.1"
+
+
+def parse_requests(data):
+    """Every request head found at the start of data (several when pipelined)."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        parts, headers, head_len = _split(data, pos)
+        if parts[0] not in _METHODS or len(parts) < 2:
+            break
+        target = parts[1].decode("latin-1")
+        version = _version(parts[2]) if len(parts) > 2 else "1.1"
+        req = Head(parts[0].decode("ascii"), target, version, headers, head_len, pos)
+        out.append(req)
+        if head_len is None:
+            break
+        pos += head_len + (req.content_length or 0)
+    return out
+
+
+def parse_responses(data):
+    """Every response head found at the start of data (several when pipelined responses share a write)."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        parts, headers, head_len = _split(data, pos)
+        if not parts[0].startswith(b"HTTP/") or len(parts) < 2:
+            break
+        try:
+            status = int(parts[1])
+        except ValueError:
+            break
+        reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
+        resp = Head(status, reason, _version(parts[0]), headers, head_len, pos)
+        out.append(resp)
+        length = resp.content_length
+        if head_len is None or length is None:
+            break
+        pos += head_len + length
+    return out
+
+
+def parse_traceparent(value):
+    """(trace_id bytes, parent span_id bytes, flags) from a W3C traceparent, or None if invalid."""
+    if not value:
+        return None
+    parts = value.split(b"-")
+    if len(parts) < 4 or len(parts[0]) != 2 or parts[0] == b"ff" or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None
+    try:
+        trace_id = bytes.fromhex(parts[1].decode("ascii"))
+        span_id = bytes.fromhex(parts[2].decode("ascii"))
+        flags = int(parts[3][:2], 16)
+    except ValueError:
+        return None
+    if not any(trace_id) or not any(span_id):
+        return None
+    return trace_id, span_id, flags
+
+
+def split_host(value, default_port):
+    """(host, port) from a Host header value ("example.com:8080", "[::1]:80", "example.com")."""
+    text = value.decode("latin-1").strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit():
+            host, port = text, ""
+    return host, int(port) if port.isdigit() else default_port

@@ -1,0 +1,153 @@
+# -*- test-case-name: tests.unit.test_http_probe -*-
+"""
+The HTTP probe: bpf/http.c plus its user-space half (decoder -> spans and RED metrics -> export).
+
+Spans are submitted in one batch per process per reactor turn (a callLater(0) after the ring
+buffer drain), RED histograms every agent.host_metrics.interval. Paths matching
+agent.ebpf.network.exclude_paths are dropped here (the kernel does not parse paths) and
+counted as telegen_ebpf_events_dropped_total{reason="excluded_path"}.
+"""
+import fnmatch
+import os
+import re
+import time
+
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from telegen.ebpf.http_decoder import HttpDecoder
+from telegen.ebpf.probe import Probe
+from telegen.signals.common import host_identity
+from telegen.signals.http import RedMetrics, RouteMatcher, build_span, url_path
+
+log = Logger()
+
+CAPTURE_BYTES = 512          # HTTP_CAPTURE: bytes of each request/response head sent up
+IDLE_NS = 10 * 10**9         # a connection silent this long has its open response finished
+SYSCALLS = ("read", "readv", "recvfrom", "recvmsg", "write", "writev", "sendto", "sendmsg",
+            "sendfile64", "accept", "accept4", "connect")
+
+
+def _tracepoints():
+    tps = [f"syscalls:sys_{edge}_{call}" for call in SYSCALLS for edge in ("enter", "exit")]
+    tps += ["syscalls:sys_enter_close", "sock:inet_sock_set_state"]
+    return [(tp, "tracepoint__" + tp.replace(":", "__")) for tp in tps]
+
+
+def _glob_regex(patterns):
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns)) if patterns else None
+
+
+class HttpProbe(Probe):
+    """HTTP/1.x server and client exchanges of every process on the host."""
+
+    name = "http"
+    source = "http.c"
+
+    def __init__(self, config, pipeline, processes, metrics, reactor=None):
+        net = config["agent"]["ebpf"]["network"]
+        self._config = config
+        self._pipeline = pipeline
+        self._processes = processes
+        self._metrics = metrics
+        self._reactor = reactor
+        self._routes = RouteMatcher(net["routes"])
+        self._exclude = _glob_regex(net["exclude_paths"])
+        self._red = RedMetrics(metrics)
+        self._decoder = HttpDecoder(self._exchange, self._drop, time.time_ns() - time.monotonic_ns())
+        self._spans = {}
+        self._submit_call = None
+        self._loops = []
+        self.exchanges = 0
+
+    def _clock(self):
+        if self._reactor is None:
+            from twisted.internet import reactor
+            self._reactor = reactor
+        return self._reactor
+
+    def enabled(self, config):
+        ebpf = config["agent"]["ebpf"]
+        return ebpf["enabled"] and ebpf["network"]["enabled"] and ebpf["network"]["http"]
+
+    def cflags(self, config):
+        pages = config["agent"]["ebpf"]["ringbuf_size"] // 4096
+        return [f"-DRINGBUF_PAGES={pages}", f"-DHTTP_CAPTURE={CAPTURE_BYTES}"]
+
+    def tracepoints(self):
+        return _tracepoints()
+
+    def ring_buffers(self):
+        return {"http_events": self._decoder.handle}
+
+    def attached(self, bpf):
+        """Seed the kernel's port filter from config and start the periodic work."""
+        net = self._config["agent"]["ebpf"]["network"]
+        rules, settings = bpf["port_rules"], bpf["settings"]
+        for value, ranges in ((1, net["include_ports"]), (2, net["exclude_ports"])):
+            for lo, hi in ranges:
+                for port in range(lo, hi + 1):
+                    rules[rules.Key(port)] = rules.Leaf(value)
+        settings[settings.Key(0)] = settings.Leaf(1 if net["include_ports"] else 0)
+        clock = self._clock()
+        for interval, fn in ((self._config["agent"]["host_metrics"]["interval"], self.flush_metrics),
+                             (IDLE_NS / 1e9 / 2, self.expire)):
+            loop = LoopingCall(fn)
+            loop.clock = clock
+            loop.start(interval, now=False).addErrback(lambda f: log.failure("http probe timer failed", f))
+            self._loops.append(loop)
+
+    def detached(self):
+        """Stop timers and export what is aggregated."""
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
+        self.submit_spans()
+        self.flush_metrics()
+
+    def _drop(self, reason):
+        self._metrics.ebpf_events_dropped.labels(reason=reason).inc()
+
+    def _exchange(self, ex):
+        """One complete exchange: span now (batched per reactor turn), duration into the histograms."""
+        path = url_path(ex.target)
+        if self._exclude is not None and self._exclude.match(path):
+            self._drop("excluded_path")
+            return
+        self.exchanges += 1
+        route = self._routes.match(path)
+        self._red.record(ex, route, ex.end_ns)
+        self._spans.setdefault(ex.pid, []).append(build_span(ex, path, route))
+        if self._submit_call is None:
+            self._submit_call = self._clock().callLater(0, self.submit_spans)
+
+    def resource(self, pid):
+        """Resource attributes of a process (ProcessTable when present)."""
+        if self._processes is not None:
+            attrs = self._processes.resource_attributes(pid)
+            if attrs:
+                return attrs
+        return {"process.pid": pid, "host.name": host_identity()["name"]}
+
+    def submit_spans(self):
+        """Hand the batched spans to the export pipeline, one submit per process."""
+        self._submit_call = None
+        batches, self._spans = self._spans, {}
+        for pid, spans in batches.items():
+            self._pipeline.submit("traces", self.resource(pid), spans)
+
+    def flush_metrics(self):
+        """Export the cumulative RED histograms."""
+        for pid, metrics in self._red.collect(time.time_ns()).items():
+            self._pipeline.submit("metrics", self.resource(pid), metrics)
+            if not os.path.exists(f"/proc/{pid}"):
+                self._red.forget(pid)
+
+    def expire(self):
+        """Finish responses of idle connections and forget connections whose close was missed."""
+        self._decoder.expire(time.monotonic_ns(), IDLE_NS)
+
+    def status(self):
+        """Probe-specific facts for /status/ebpf."""
+        return {"exchanges": self.exchanges, "open_connections": len(self._decoder)}

@@ -1,0 +1,234 @@
+# -*- test-case-name: tests.unit.test_http_signals -*-
+"""
+HttpExchange records -> OTLP spans and RED metrics, per the stable HTTP semantic conventions.
+
+Spans: kind SERVER or CLIENT, name "METHOD" or "METHOD route" (routes only from configured
+patterns, so raw paths never explode span names), status ERROR for 5xx (servers) and 4xx/5xx
+(clients), a W3C traceparent on the request makes the span join that trace.
+
+Metrics: http.server.request.duration and http.client.request.duration histograms (seconds,
+the conventions' default buckets, cumulative), aggregated in memory per process and attribute
+set, with a cap on series per metric: beyond it points go to one series marked
+otel.metric.overflow=true and are counted in telegen_metric_attribute_overflow_total.
+"""
+import bisect
+import random
+import re
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+    AggregationTemporality, Histogram, HistogramDataPoint, Metric,
+)
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from telegen.ebpf.http_parser import parse_traceparent, split_host
+from telegen.signals.common import attributes
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+SERVER_METRIC = "http.server.request.duration"
+CLIENT_METRIC = "http.client.request.duration"
+KNOWN_METHODS = frozenset(("GET", "POST", "PUT", "HEAD", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"))
+OVERFLOW = (("otel.metric.overflow", True),)
+_SPAN_KIND = {True: Span.SPAN_KIND_SERVER, False: Span.SPAN_KIND_CLIENT}
+
+
+class RouteMatcher:
+    """Configured route patterns (/users/{id}, /static/*) matched against url.path."""
+
+    def __init__(self, patterns):
+        self._compiled = [(p, re.compile(self._regex(p))) for p in patterns]
+
+    @staticmethod
+    def _regex(pattern):
+        out = []
+        for part in re.split(r"(\{[^/}]*\}|\*)", pattern):
+            if part == "*":
+                out.append(".*")
+            elif part.startswith("{") and part.endswith("}"):
+                out.append("[^/]+")
+            else:
+                out.append(re.escape(part))
+        return "^" + "".join(out) + "/?$"
+
+    def match(self, path):
+        """The first pattern matching path, or None."""
+        for pattern, regex in self._compiled:
+            if regex.match(path):
+                return pattern
+        return None
+
+
+def _str(value):
+    return value.decode("latin-1") if value is not None else None
+
+
+def exchange_attributes(ex, path, route):
+    """The span attributes of an exchange (dict, None values are skipped by attributes())."""
+    method = ex.method if ex.method in KNOWN_METHODS else "_OTHER"
+    host_header = ex.headers.get(b"host")
+    if ex.server_side:
+        default_port = ex.local_port
+        server_address, server_port = split_host(host_header, default_port) if host_header else (ex.local_address, default_port)
+    else:
+        server_address, server_port = split_host(host_header, ex.peer_port) if host_header else (ex.peer_address, ex.peer_port)
+        server_port = ex.peer_port or server_port
+    return {
+        "http.request.method": method,
+        "http.request.method_original": ex.method if method == "_OTHER" else None,
+        "url.path": path,
+        "url.scheme": "http",
+        "http.route": route,
+        "http.response.status_code": ex.status,
+        "server.address": server_address,
+        "server.port": server_port,
+        "client.address": ex.peer_address if ex.server_side else None,
+        "network.peer.address": ex.peer_address,
+        "network.peer.port": ex.peer_port,
+        "network.protocol.version": ex.version,
+        "user_agent.original": _str(ex.headers.get(b"user-agent")),
+        "http.request.body.size": ex.request_body_size,
+        "http.response.body.size": ex.response_body_size,
+    }
+
+
+def url_path(target):
+    """The path part of a request target (origin form or absolute form)."""
+    if target.startswith("http://") or target.startswith("https://"):
+        slash = target.find("/", target.find("//") + 2)
+        target = target[slash:] if slash >= 0 else "/"
+    cut = len(target)
+    for sep in ("?", "#"):
+        i = target.find(sep)
+        if 0 <= i < cut:
+            cut = i
+    return target[:cut] or "/"
+
+
+def is_error(server_side, status):
+    """Span status ERROR per the conventions: 5xx for servers, 4xx and 5xx for clients, or no response."""
+    if status is None:
+        return True
+    return status >= 500 or (not server_side and status >= 400)
+
+
+def build_span(ex, path, route, rand=random.getrandbits):
+    """One OTLP Span for an HttpExchange."""
+    parent = parse_traceparent(ex.headers.get(b"traceparent"))
+    if parent:
+        trace_id, parent_id, flags = parent
+    else:
+        trace_id, parent_id, flags = rand(128).to_bytes(16, "big"), b"", 1
+    attrs = exchange_attributes(ex, path, route)
+    span = Span(
+        trace_id=trace_id,
+        span_id=rand(64).to_bytes(8, "big"),
+        parent_span_id=parent_id,
+        flags=flags | 0x100,      # W3C flags plus "has parent is-remote known" (0x100)
+        name=f"{attrs['http.request.method']} {route}" if route else attrs["http.request.method"],
+        kind=_SPAN_KIND[ex.server_side],
+        start_time_unix_nano=ex.start_ns,
+        end_time_unix_nano=max(ex.end_ns, ex.start_ns),
+        attributes=attributes(attrs),
+    )
+    if parent:
+        span.flags |= 0x200       # the parent is remote
+    if is_error(ex.server_side, ex.status):
+        span.status.code = Status.STATUS_CODE_ERROR
+        if ex.status is not None:
+            span.attributes.append(KeyValue(key="error.type", value=AnyValue(string_value=str(ex.status))))
+    return span
+
+
+class _Series:
+    __slots__ = ("counts", "total", "n", "lo", "hi")
+
+    def __init__(self):
+        self.counts = [0] * (len(DURATION_BUCKETS) + 1)
+        self.total = 0.0
+        self.n = 0
+        self.lo = float("inf")
+        self.hi = float("-inf")
+
+    def add(self, seconds):
+        self.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.total += seconds
+        self.n += 1
+        if seconds < self.lo:
+            self.lo = seconds
+        if seconds > self.hi:
+            self.hi = seconds
+
+
+class RedMetrics:
+    """
+    Cumulative duration histograms per (pid, metric, attribute set), capped per metric.
+
+    @param max_series: series per metric name (all processes together) before overflow.
+    """
+
+    def __init__(self, metrics, max_series=2000):
+        self._metrics = metrics
+        self._max = max_series
+        self._series = {SERVER_METRIC: {}, CLIENT_METRIC: {}}
+        self._start = {}
+
+    def record(self, ex, route, now_ns):
+        """Add one exchange's duration."""
+        name = SERVER_METRIC if ex.server_side else CLIENT_METRIC
+        attrs = [("http.request.method", ex.method if ex.method in KNOWN_METHODS else "_OTHER"),
+                 ("url.scheme", "http")]
+        if ex.status is not None:
+            attrs.append(("http.response.status_code", ex.status))
+        else:
+            attrs.append(("error.type", "no_response"))
+        if route:
+            attrs.append(("http.route", route))
+        if not ex.server_side:
+            attrs.append(("server.address", ex.peer_address))
+            attrs.append(("server.port", ex.peer_port))
+        if ex.version:
+            attrs.append(("network.protocol.version", ex.version))
+        key = (ex.pid, tuple(attrs))
+        table = self._series[name]
+        series = table.get(key)
+        if series is None:
+            if len(table) >= self._max:
+                self._metrics.metric_overflow.labels(metric=name).inc()
+                key = (ex.pid, OVERFLOW)
+                series = table.get(key)
+            if series is None:
+                series = table[key] = _Series()
+                self._start.setdefault(key, now_ns)
+        series.add(max(ex.end_ns - ex.start_ns, 0) / 1e9)
+
+    def collect(self, now_ns):
+        """{pid: [Metric]}: every series so far, cumulative since its first point."""
+        out = {}
+        for name, table in self._series.items():
+            per_pid = {}
+            for (pid, attrs), s in table.items():
+                point = HistogramDataPoint(
+                    attributes=attributes(dict(attrs)),
+                    start_time_unix_nano=self._start[(pid, attrs)],
+                    time_unix_nano=now_ns,
+                    count=s.n, sum=s.total, bucket_counts=s.counts, explicit_bounds=DURATION_BUCKETS,
+                    min=s.lo, max=s.hi,
+                )
+                per_pid.setdefault(pid, []).append(point)
+            for pid, points in per_pid.items():
+                out.setdefault(pid, []).append(Metric(
+                    name=name, unit="s",
+                    description="Duration of HTTP %s requests." % ("server" if name == SERVER_METRIC else "client"),
+                    histogram=Histogram(
+                        aggregation_temporality=AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE,
+                        data_points=points,
+                    ),
+                ))
+        return out
+
+    def forget(self, pid):
+        """Drop the series of a process that exited (after their last export)."""
+        for table in self._series.values():
+            for key in [k for k in table if k[0] == pid]:
+                del table[key]
+                self._start.pop(key, None)

@@ -1,0 +1,191 @@
+"""
+Support for the eBPF HTTP tests and bench/ebpf (no tests here): real HTTP servers and clients
+in child processes, because the agent's kernel filter hides everything the test process itself
+does (it is the agent: TELEGEN_PID).
+
+- python_server(): a ThreadingHTTPServer (HTTP/1.1, keep-alive) with /ok, /missing, /boom,
+  /echo (POST, answers the body size), /big/<n> (n body bytes, written in several writes).
+- nginx(): nginx-light on a free port with the same answers plus a sendfile'd static file.
+- run_client(): http.client in a child process making the requests of a plan.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+
+SERVER = textwrap.dedent(r'''
+    import sys
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def _answer(self, code, body):
+            self.send_response(code)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                for i in range(0, len(body), 65536):
+                    self.wfile.write(body[i:i + 65536])
+
+        def do_GET(self):
+            if self.path.startswith("/big/"):
+                return self._answer(200, b"x" * int(self.path[5:]))
+            code = {"/missing": 404, "/boom": 500}.get(self.path.split("?")[0], 200)
+            self._answer(code, b"hello\n")
+
+        do_HEAD = do_GET
+        do_DELETE = do_GET
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self._answer(201 if self.path == "/create" else 200, str(len(body)).encode())
+
+        do_PUT = do_POST
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+''')
+
+CLIENT = textwrap.dedent(r'''
+    import http.client, json, sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    plan = json.loads(sys.argv[1])
+    port, concurrency = plan["port"], plan.get("concurrency", 1)
+
+    def run(reqs):
+        out = []
+        conn = None
+        for r in reqs:
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            headers = dict(r.get("headers", {}))
+            if not r.get("keepalive", True):
+                headers["Connection"] = "close"
+            body = r.get("body")
+            conn.request(r["method"], r["path"], body=body.encode() if body is not None else None, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            out.append([resp.status, len(data)])
+            if not r.get("keepalive", True):
+                conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+        return out
+
+    groups = [plan["requests"][i::concurrency] for i in range(concurrency)]
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(run, groups))
+    print(json.dumps(results))
+''')
+
+NGINX_CONF = """
+user root;
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    sendfile on;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port};
+        location = /ok {{ return 200 "hello\\n"; }}
+        location = /missing {{ return 404; }}
+        location = /boom {{ return 500; }}
+        location /static/ {{ alias {tmp}/static/; }}
+        location / {{ root {tmp}/static; }}
+    }}
+}}
+"""
+
+
+def free_port():
+    """A TCP port free on 127.0.0.1 right now (bind port 0, read it, release it)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Child:
+    """A child process stopped by its PID (never by name)."""
+
+    def __init__(self, args, **kwargs):
+        self.proc = subprocess.Popen(args, **kwargs)
+        self.pid = self.proc.pid
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def python_server():
+    """(Child, port) of the Python test server."""
+    child = Child([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    port = int(child.proc.stdout.readline())
+    return child, port
+
+
+def nginx(tmp, port=None, static_bytes=1 << 20):
+    """(Child, port, worker pid) of nginx serving tmp/static (a file `big.bin` of static_bytes)."""
+    port = port or free_port()
+    os.makedirs(os.path.join(tmp, "static"), exist_ok=True)
+    with open(os.path.join(tmp, "static", "big.bin"), "wb") as f:
+        f.write(b"z" * static_bytes)
+    with open(os.path.join(tmp, "static", "index.html"), "wb") as f:
+        f.write(b"<html>hello</html>\n")
+    conf = os.path.join(tmp, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(tmp=tmp, port=port))
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    child = Child([binary, "-c", conf, "-e", os.path.join(tmp, "error.log")], stderr=subprocess.DEVNULL)
+    return child, port
+
+
+def wait_listening(port, timeout=10.0):
+    """Block until something accepts on 127.0.0.1:port (used before the reactor matters)."""
+    import socket
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def run_client(port, requests, concurrency=1):
+    """Run the plan in a child process; returns (pid, [[status, body_len] per request per worker])."""
+    plan = json.dumps({"port": port, "requests": requests, "concurrency": concurrency})
+    proc = subprocess.Popen([sys.executable, "-c", CLIENT, plan], stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"client failed with exit code {proc.returncode}")
+    return proc.pid, json.loads(out)
