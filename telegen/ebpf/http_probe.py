@@ -123,12 +123,16 @@ class HttpProbe(Probe):
             self._submit_call = self._clock().callLater(0, self.submit_spans)
 
     def resource(self, pid):
-        """Resource attributes of a process (ProcessTable when present)."""
-        if self._processes is not None:
-            attrs = self._processes.resource_attributes(pid)
-            if attrs:
-                return attrs
-        return {"process.pid": pid, "host.name": host_identity()["name"]}
+        """
+        Resource attributes of a process from the ProcessTable. The table gives an unknown pid
+        (exited before a scan saw it) only the host facts; process.pid is still a fact here.
+        """
+        if self._processes is None:
+            return {"process.pid": pid, "host.name": host_identity()["name"]}
+        attrs = self._processes.resource_attributes(pid)
+        if "process.pid" not in attrs:
+            attrs = dict(attrs, **{"process.pid": pid})
+        return attrs
 
     def submit_spans(self):
         """Hand the batched spans to the export pipeline, one submit per process."""
