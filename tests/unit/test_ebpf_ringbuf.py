@@ -1,0 +1,88 @@
+"""
+RingBufferReader as a reactor reader, with MemoryReactor and a fake BCC layer: registration,
+draining on doRead, counting, handler failures contained, errors reported, stop.
+"""
+from twisted.internet.error import ConnectionLost
+from twisted.internet.testing import MemoryReactor
+from twisted.python.failure import Failure
+
+from telegen.ebpf.ringbuf import RingBufferReader
+from telegen.selfmetrics import SelfMetrics
+
+
+class FakeTable:
+    map_fd = 42
+
+    def __init__(self):
+        self.callback = None
+
+    def open_ring_buffer(self, callback):
+        self.callback = callback
+
+
+class FakeBPF:
+    """BCC's BPF object as the reader uses it: tables by name and ring_buffer_consume()."""
+
+    def __init__(self):
+        self.tables = {"events": FakeTable()}
+        self.pending = []
+        self.returns = []
+
+    def __getitem__(self, name):
+        return self.tables[name]
+
+    def ring_buffer_consume(self):
+        events, self.pending = self.pending, []
+        for ptr, size in events:
+            self.returns.append(self.tables["events"].callback(None, ptr, size))
+
+
+def make(handler):
+    reactor, bpf, metrics = MemoryReactor(), FakeBPF(), SelfMetrics()
+    reader = RingBufferReader(bpf, "events", handler, metrics, reactor=reactor)
+    return reactor, bpf, metrics, reader
+
+
+def test_start_registers_the_map_fd_with_the_reactor():
+    reactor, _, _, reader = make(lambda p, s: None)
+    assert reader.fileno() == 42
+    reader.start()
+    assert reader in reactor.readers
+    reader.stop()
+    assert reader not in reactor.readers
+
+
+def test_do_read_drains_every_event_to_the_handler_and_counts():
+    seen = []
+    _, bpf, metrics, reader = make(lambda p, s: seen.append((p, s)))
+    bpf.pending = [(1000, 16), (2000, 32)]
+    reader.doRead()
+    assert seen == [(1000, 16), (2000, 32)]
+    assert reader.events_received == 2
+    assert metrics.ebpf_ringbuf_events._value.get() == 2
+    assert bpf.returns == [0, 0]
+
+
+def test_a_raising_handler_is_contained_counted_and_returns_zero():
+    """BCC's ctypes callback must never see an exception: it is counted and the drain goes on."""
+    def handler(ptr, size):
+        if ptr == 1:
+            raise ValueError("bad event")
+
+    _, bpf, metrics, reader = make(handler)
+    bpf.pending = [(1, 8), (2, 8)]
+    reader.doRead()
+    assert bpf.returns == [0, 0]
+    assert reader.handler_errors == 1 and reader.events_received == 2
+    assert metrics.ebpf_events_dropped.labels(reason="handler_error")._value.get() == 1
+
+
+def test_connection_lost_with_an_error_is_reported_but_shutdown_is_not():
+    _, _, _, reader = make(lambda p, s: None)
+    reader.start()
+    reader.connectionLost(Failure(ConnectionLost()))
+    assert reader.error is None
+    _, _, _, broken = make(lambda p, s: None)
+    broken.start()
+    broken.connectionLost(Failure(OSError("consume failed")))
+    assert broken.error == "consume failed"

@@ -1,0 +1,197 @@
+"""
+EbpfService with MemoryReactor, a fake compiler and a fake BCC object: the loading/ready
+states, failures that leave the rest running, status/summary/self-metrics agreeing, kernel
+loss counters, stop.
+"""
+import pytest
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
+
+from telegen.config.loader import defaults
+from telegen.ebpf import loader
+from telegen.ebpf.loader import LoadError
+from telegen.ebpf.probe import Probe
+from telegen.ebpf.service import EbpfService
+from telegen.selfmetrics import SelfMetrics
+from tests.unit.test_ebpf_ringbuf import FakeTable
+
+
+class FakeLost:
+    """A per-CPU array: table[Key(slot)] -> one value per CPU."""
+
+    Key = int
+
+    def __init__(self, per_cpu):
+        self.per_cpu = per_cpu
+
+    def __getitem__(self, slot):
+        return self.per_cpu[slot]
+
+
+class FakeBPF:
+    def __init__(self, lost):
+        self.tables = {"events": FakeTable(), "lost": FakeLost(lost)}
+        self.cleaned = False
+
+    def __getitem__(self, name):
+        return self.tables[name]
+
+    def ring_buffer_consume(self):
+        pass
+
+    def cleanup(self):
+        self.cleaned = True
+
+
+class FakeProbe(Probe):
+    source = "fake.c"
+
+    def __init__(self, name, on=True):
+        self.name = name
+        self.on = on
+        self.attached_to = None
+        self.detached_called = False
+
+    def enabled(self, config):
+        return self.on
+
+    def ring_buffers(self):
+        return {"events": lambda ptr, size: None}
+
+    def attached(self, bpf):
+        self.attached_to = bpf
+
+    def detached(self):
+        self.detached_called = True
+
+
+@pytest.fixture(autouse=True)
+def fake_kernel_facts(monkeypatch):
+    """What loader reads from /proc/self/fdinfo and libbcc, for a fake BPF object."""
+    monkeypatch.setattr(loader, "describe_programs", lambda bpf: [
+        {"name": "tracepoint__syscalls__sys_enter_read", "type": "tracepoint", "attached": True, "id": 101,
+         "tracepoint": "syscalls:sys_enter_read"},
+        {"name": "tracepoint__sock__inet_sock_set_state", "type": "tracepoint", "attached": True, "id": 102,
+         "tracepoint": "sock:inet_sock_set_state"},
+    ])
+    monkeypatch.setattr(loader, "map_fds", lambda bpf: {"events": 7, "lost": 8, "conns": 9})
+    kinds = {7: ("ringbuf", 4096), 8: ("percpu_array", 4), 9: ("lru_hash", 1024)}
+    monkeypatch.setattr(loader, "describe_map", lambda fd: {"type": kinds[fd][0], "max_entries": kinds[fd][1], "id": 200 + fd, "key_size": 8})
+    monkeypatch.setattr(loader, "count_keys", lambda fd, key_size, limit: 3)
+
+
+class Harness:
+    """The service plus control over its 'thread' (each compile is a Deferred the test fires)."""
+
+    def __init__(self, probes, config=None, lost=((0, 0),)):
+        self.config = config or defaults()
+        self.metrics = SelfMetrics()
+        self.reactor = MemoryReactorClock()
+        self.calls = []
+        self.bpfs = {}
+        self.lost = [list(x) for x in lost]
+        self.service = EbpfService(self.config, self.metrics, pipeline=None, processes=None, reactor=self.reactor,
+                                   probes=probes, compile_probe=self.compile, run_in_thread=self.run_in_thread)
+
+    def compile(self, probe, config, pid):
+        self.bpfs[probe.name] = FakeBPF(self.lost)
+        return self.bpfs[probe.name]
+
+    def run_in_thread(self, fn, *args):
+        d = defer.Deferred()
+        self.calls.append((fn, args, d))
+        return d
+
+    def finish(self, error=None):
+        fn, args, d = self.calls.pop(0)
+        if error is not None:
+            d.errback(error)
+        else:
+            d.callback(fn(*args))
+
+
+def test_not_ready_while_loading_then_ok_with_readers_registered():
+    probe = FakeProbe("http")
+    h = Harness([probe])
+    h.service.startService()
+    assert h.service.ready_check() == "not ready: loading"
+    assert h.service.status()["state"] == "loading"
+    h.finish()
+    assert h.service.ready_check() == "ok"
+    assert probe.attached_to is h.bpfs["http"]
+    assert [r.fileno() for r in h.reactor.readers] == [FakeTable.map_fd]
+
+
+def test_status_summary_and_self_metrics_agree():
+    h = Harness([FakeProbe("http")])
+    h.service.startService()
+    h.finish()
+    status = h.service.status()
+    assert [(p["name"], p["type"], p["attached"], p["id"]) for p in status["programs"]] == [
+        ("tracepoint__syscalls__sys_enter_read", "tracepoint", True, 101),
+        ("tracepoint__sock__inet_sock_set_state", "tracepoint", True, 102)]
+    assert {m["name"]: (m["type"], m["entries"], m["max_entries"]) for m in status["maps"]} == {
+        "http.events": ("ringbuf", None, 4096), "http.lost": ("percpu_array", 4, 4), "http.conns": ("lru_hash", 3, 1024)}
+    assert status["ringbuf"]["size"] == h.config["agent"]["ebpf"]["ringbuf_size"]
+    assert h.service.summary() == {"enabled": True, "programs_loaded": 2, "maps_created": 3,
+                                   "ringbuf_size": h.config["agent"]["ebpf"]["ringbuf_size"]}
+    m = h.metrics
+    assert m.ebpf_programs_loaded.labels("tracepoint")._value.get() == 2
+    assert m.ebpf_maps_created.labels("lru_hash")._value.get() == 1
+    assert m.ebpf_map_entries.labels("http.conns")._value.get() == 3
+
+
+def test_a_failed_probe_is_reported_precisely_and_the_others_still_load():
+    bad, good = FakeProbe("http"), FakeProbe("tcp")
+    h = Harness([bad, good])
+    h.service.startService()
+    h.finish(LoadError("kernel headers missing: /lib/modules/x/build does not exist"))
+    reason = "failed: http: kernel headers missing: /lib/modules/x/build does not exist"
+    assert h.service.ready_check() == reason        # final at once, while tcp still loads
+    h.finish()
+    assert h.service.ready_check() == reason
+    status = h.service.status()
+    assert [(p["name"], p["state"]) for p in status["probes"]] == [("http", "failed"), ("tcp", "attached")]
+    assert good.attached_to is not None and {p["probe"] for p in status["programs"]} == {"tcp"}
+
+
+def test_kernel_loss_counters_feed_status_and_metrics_by_delta():
+    h = Harness([FakeProbe("http")], lost=[(3, 2)])
+    h.service.startService()
+    h.finish()
+    assert h.service.status()["ringbuf"]["events_lost"] == 5
+    h.lost[0][:] = [4, 6]
+    h.reactor.advance(1.0)          # the periodic poll
+    assert h.metrics.ebpf_ringbuf_lost._value.get() == 10
+    assert h.service.status()["ringbuf"]["events_lost"] == 10
+
+
+def test_disabled_probes_and_disabled_ebpf():
+    h = Harness([FakeProbe("http", on=False)])
+    h.service.startService()
+    assert h.calls == [] and h.service.ready_check() == "ok"
+    config = defaults()
+    config["agent"]["ebpf"]["enabled"] = False
+    off = Harness([FakeProbe("http")], config=config)
+    off.service.startService()
+    assert off.calls == [] and off.service.ready_check() == "ok"
+    assert off.service.status()["enabled"] is False and off.service.summary()["programs_loaded"] == 0
+
+
+def test_stop_detaches_readers_and_cleans_up():
+    probe = FakeProbe("http")
+    h = Harness([probe])
+    h.service.startService()
+    h.finish()
+    h.service.stopService()
+    assert not h.reactor.readers
+    assert probe.detached_called and h.bpfs["http"].cleaned
+    assert h.metrics.ebpf_programs_loaded.collect()[0].samples == []
+
+
+def test_a_probe_finishing_after_stop_is_cleaned_up():
+    h = Harness([FakeProbe("http")])
+    h.service.startService()
+    h.service.stopService()
+    h.finish()
+    assert h.bpfs["http"].cleaned and not h.reactor.readers
