@@ -144,9 +144,11 @@ def parse_size(value, field=None):
 
 
 def parse_enum(value, field):
-    """One of field.choices (case-sensitive, as YAML gives it)."""
-    if isinstance(value, str) and value in field.choices:
-        return value
+    """One of field.choices, matched without regard to case (TELEGEN_LOG_LEVEL=DEBUG is common)."""
+    if isinstance(value, str):
+        for choice in field.choices:
+            if value.strip().lower() == choice.lower():
+                return choice
     choices = ", ".join(field.choices)
     raise Invalid(f"must be one of {choices}, got {show(value)}", hint=closest(value, field.choices))
 

@@ -20,8 +20,8 @@ from telegen.config.validate import validate
 ALIASES = {"selfTelemetry": ("self_telemetry",), "discovery": ("agent", "discovery")}
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """safe_load that refuses a key repeated in one mapping (PyYAML silently keeps the last)."""
+class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """safe_load (libyaml when present) that refuses a key repeated in one mapping (PyYAML keeps the last)."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()

@@ -10,7 +10,7 @@ import re
 from telegen.config.schema import leaves
 
 REDACTED = "[REDACTED]"
-_SECRET_WORDS = {"token", "password", "passwd", "secret", "key", "apikey", "credential", "credentials", "auth_token"}
+_SECRET_WORDS = {"token", "password", "passwd", "secret", "key", "apikey", "credential", "credentials"}
 _WORD_SPLIT = re.compile(r"[^a-z0-9]+")
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/@:\s]*:)[^/@\s]+(?P<tail>@)")
 _SECRET_PATHS = {path for path, field in leaves() if field.secret}

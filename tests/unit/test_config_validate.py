@@ -49,6 +49,8 @@ def _at(config, dotted):
     ("otlp.insecure", "yes", True),
     ("backoff.jitter", 0, 0.0),
     ("otlp.headers", "{a: 1}", {"a": "1"}),
+    ("telegen.log_level", "WARN", "warn"),
+    ("otlp.protocol", "HTTP", "http"),
 ])
 def test_kinds_parse(key, given, expected):
     """Each kind accepts its documented spellings and normalizes them."""
