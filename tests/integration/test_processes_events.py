@@ -1,0 +1,85 @@
+"""
+The process table on the real kernel: sched exec/exit events through EbpfService and the
+`process` probe, and the real /proc.
+
+The rescan period is an hour, so after the initial scan only the kernel events can explain what
+the table learns. Assertions concern only the test's own child processes (other engineers run
+processes on this machine at the same time).
+"""
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from telegen.discovery.processes import ProcessTable
+from telegen.ebpf.process_events import ProcessProbe
+from telegen.ebpf.service import EbpfService
+from telegen.selfmetrics import SelfMetrics
+from tests.support.twisted_wait import until
+from tests.unit.test_process_table import make_config
+from tests.unit.test_tcp_telemetry import RecordingPipeline
+
+pytestmark = [pytest.mark.ebpf, pytest.mark.integration]
+
+
+def start_table(config, metrics):
+    table = ProcessTable(config, metrics, exit_grace=0.2)
+    table.startService()
+    return table
+
+
+@pytest_twisted.ensureDeferred
+async def test_initial_scan_finds_running_processes_with_their_service_name():
+    """A process started before the table is found by the /proc scan, with OTEL_SERVICE_NAME and listening ports."""
+    server = subprocess.Popen(
+        [sys.executable, "-c", "import socket,sys,time; s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen();"
+         "print(s.getsockname()[1], flush=True); time.sleep(60)"],
+        env={**os.environ, "OTEL_SERVICE_NAME": "scanned-svc"}, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        metrics = SelfMetrics()
+        table = start_table(make_config(), metrics)
+        await until(lambda: table.ready_check() == "ok", message="initial scan")
+        attrs = table.resource_attributes(server.pid)
+        assert attrs["service.name"] == "scanned-svc"
+        assert attrs["process.executable.path"] == os.path.realpath(sys.executable)
+        assert table.listener_pid(port) == server.pid
+        [service] = [s for s in table.services() if s["name"] == "scanned-svc"]
+        assert service["ports"] == [port] and service["instances"] == 1
+        assert metrics.registry.get_sample_value("telegen_processes_tracked") >= 2
+        table.stopService()
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_exec_and_exit_events_add_and_remove_a_child():
+    """A child started later appears with service.name foo (exec event) and disappears when killed (exit event)."""
+    config = make_config()
+    config["agent"]["discovery"]["poll_interval"] = 3600.0
+    metrics = SelfMetrics()
+    table = start_table(config, metrics)
+    await until(lambda: table.ready_check() == "ok", message="initial scan")
+    ebpf = EbpfService(config, metrics, RecordingPipeline(), table, probes=[ProcessProbe(table)])
+    ebpf.startService()
+    try:
+        await until(lambda: ebpf.ready_check() == "ok", timeout=120, message=f"process probe attached ({ebpf.ready_check()})")
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                 env={**os.environ, "OTEL_SERVICE_NAME": "foo"})
+        try:
+            info = await until(lambda: table.lookup(child.pid), message="exec event for the child")
+            assert info.service_name == "foo"
+            assert table.resource_attributes(child.pid)["service.name"] == "foo"
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+        await until(lambda: table.lookup(child.pid) is None, message="exit event for the child")
+        assert table.resource_attributes(child.pid).get("service.name") is None
+    finally:
+        await defer.maybeDeferred(ebpf.stopService)
+        table.stopService()
