@@ -44,6 +44,7 @@ class ProcessTable(service.Service):
         self._error = None
         self._loop = None
         self._listeners = {}        # port -> set of pids listening on it (from the last scan)
+        self._missing = set()       # pids asked for but not in /proc, until the next scan
         self._run_in_thread = run_in_thread or self._thread_pool
 
     @property
@@ -100,6 +101,7 @@ class ProcessTable(service.Service):
             for port in info.ports:
                 listeners.setdefault(port, set()).add(pid)
         self._listeners = listeners
+        self._missing.clear()
         self._update_gauge()
 
     def _scan_failed(self, failure):
@@ -148,14 +150,15 @@ class ProcessTable(service.Service):
     def resource_attributes(self, pid):
         """
         The OTel resource of telemetry caused by pid: service.* of that process, process.* and the
-        host facts. An unknown pid gets only the host facts (no guessed service).
+        host facts. A pid not in the table is read from /proc at once; one that is gone gets
+        process.pid and the host facts (no guessed service); pid 0 (owner unknown) the host facts.
         """
         attrs = self._resources.get(pid)
         if attrs is not None:
             return attrs
-        info = self._table.get(pid)
+        info = self._table.get(pid) or self._read_missing(pid)
         if info is None:
-            return dict(self._host)
+            return dict(self._host, **{"process.pid": pid}) if pid > 0 else dict(self._host)
         attrs = {
             "service.name": info.service_name,
             "service.namespace": info.service_namespace or None,
@@ -169,6 +172,19 @@ class ProcessTable(service.Service):
         attrs.update(self._host)
         self._resources[pid] = attrs
         return attrs
+
+    def _read_missing(self, pid):
+        """
+        Read a pid that events name before its exec event or a scan did (ring buffers are consumed
+        independently). A pid not found is not retried until the next scan.
+        """
+        if pid <= 0 or pid in self._missing:
+            return None
+        self.on_exec(pid)
+        info = self._table.get(pid)
+        if info is None:
+            self._missing.add(pid)
+        return info
 
     def listener_pid(self, port):
         """The one process listening on TCP port, or None when none or several (known at the last scan)."""

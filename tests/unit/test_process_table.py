@@ -105,8 +105,12 @@ def test_resource_attributes_fall_back_to_resource_env_and_never_take_agent_serv
     attrs = table.resource_attributes(12)
     assert (attrs["service.name"], attrs["service.namespace"]) == ("billing", "shop a")
     unknown = table.resource_attributes(999)
-    assert "host.name" in unknown
-    assert not any(k.startswith(("service.", "process.")) for k in unknown)
+    assert "host.name" in unknown and unknown["process.pid"] == 999
+    assert not any(k.startswith("service.") for k in unknown)
+    owner_unknown = table.resource_attributes(0)
+    assert not any(k.startswith(("service.", "process.")) for k in owner_unknown)
+    proc.add(13, "/usr/bin/late", ["late"], {"OTEL_SERVICE_NAME": "late-svc"})
+    assert table.resource_attributes(13)["service.name"] == "late-svc"     # read on demand, before any event
     table.stopService()
 
 
