@@ -84,6 +84,7 @@ class SignalExporter:
         self._overdue = False
         self._endpoint = sender.target.label
         self._closed = False
+        self._stopping = False
 
     # -- intake ------------------------------------------------------------------------------
 
@@ -158,7 +159,9 @@ class SignalExporter:
                 self._drop(outcome.rejected, PARTIAL_REJECTED)
             return self._settle(batch)
         self._counters.error(self._endpoint, outcome.error_type or "unknown")
-        if outcome.kind == RETRYABLE:
+        if outcome.kind == RETRYABLE and self._stopping:
+            self._drop(batch.items, SHUTDOWN)
+        elif outcome.kind == RETRYABLE:
             delay = self._backoff.delay(batch.attempt, outcome.retry_after)
             if not self._backoff.gives_up(now - batch.first_attempt, delay):
                 batch.attempt += 1
@@ -191,6 +194,19 @@ class SignalExporter:
         self._pump()
         items = sum(b.items for b in batches)
         return items, DeferredList([b.done for b in batches])
+
+    def stop(self):
+        """
+        Shutdown begins: flush the queue, try every batch waiting for a retry once more right now,
+        and from here on a retryable failure drops the batch (shutdown) instead of waiting.
+        """
+        self._stopping = True
+        self.flush()
+        for batch in list(self._in_flight):
+            if batch.retry_call is not None and batch.retry_call.active():
+                batch.retry_call.cancel()
+                self._attempt(batch)
+        return self.pending()
 
     def pending(self):
         """Deferreds of every batch not settled yet."""

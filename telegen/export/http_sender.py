@@ -13,7 +13,7 @@ from treq.client import HTTPClient
 from twisted.internet import error as net_error
 from twisted.internet import ssl
 from twisted.internet.defer import CancelledError
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
@@ -71,8 +71,9 @@ class TlsPolicy:
 def short_reason(failure):
     """(reason, error_type) for a request that got no HTTP answer; no secrets, no URLs."""
     exc = failure.value
-    if isinstance(exc, (ResponseNeverReceived, ResponseFailed)):
-        inner = [r.value for r in exc.reasons]
+    reasons = getattr(exc, "reasons", None)  # ResponseNeverReceived, ResponseFailed, RequestTransmissionFailed
+    if reasons is not None:
+        inner = [r.value for r in reasons]
         if any(isinstance(e, SSL.Error) for e in inner):
             return "tls handshake failed", "tls"
         return "connection lost", "connection_lost"

@@ -83,6 +83,10 @@ class ExportPipeline(service.Service):
         self._disabled_dropped[signal] += items
         return 0
 
+    def sender_label(self, signal):
+        """The endpoint label one signal's requests are counted under in telegen_export_* metrics."""
+        return self._exporters[signal].sender.target.label
+
     def _attempt_done(self, outcome, now):
         """Every attempt's result feeds `connected`, `last_error`, `last_export` and /ready."""
         self._attempted = True
@@ -150,12 +154,13 @@ class ExportPipeline(service.Service):
         return done.addCallback(lambda _: counts)
 
     def stopService(self):  # noqa: N802 (Twisted hook)
-        """Flush and wait for every batch up to telegen.shutdown_timeout; count the rest as dropped."""
+        """
+        Flush, retry waiting batches once more, and wait for every batch up to
+        telegen.shutdown_timeout; whatever is still unsettled then is counted as dropped (shutdown).
+        """
         super().stopService()
         budget = self.config["telegen"]["shutdown_timeout"]
-        for exporter in self._exporters.values():
-            exporter.flush()
-        pending = [d for exporter in self._exporters.values() for d in exporter.pending()]
+        pending = [d for exporter in self._exporters.values() for d in exporter.stop()]
         d = _first_of(DeferredList(pending), self.reactor, budget)
         d.addCallback(lambda _: self._close())
         return d

@@ -211,6 +211,14 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def setup(self):
+        super().setup()
+        self.receiver._connections.add(self.connection)
+
+    def finish(self):
+        self.receiver._connections.discard(self.connection)
+        super().finish()
+
     def do_POST(self):  # noqa: N802 (BaseHTTPRequestHandler hook)
         length = int(self.headers.get("Content-Length", "0"))
         body = self.rfile.read(length)
@@ -260,6 +268,7 @@ class OtlpReceiver:
         self._grpc = None
         self._http = None
         self._http_thread = None
+        self._connections = set()  # open HTTP connections, closed by stop() like a dying collector
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -277,6 +286,11 @@ class OtlpReceiver:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+            for conn in list(self._connections):
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             self._http_thread.join(5)
             self._http = None
 

@@ -315,3 +315,17 @@ def test_file_sink_mode_status_and_ready(tmp_path):
             assert pipeline.ready_check() == "failed: data directory not writable"
     finally:
         tmp_path.chmod(0o700)
+
+
+def test_stop_retries_waiting_batches_at_once_and_does_not_wait_out_the_backoff():
+    """A batch waiting 30s for its retry is tried again at stop; failing again it is dropped (shutdown)."""
+    pipeline, senders, clock, metrics = make(backoff={"initial": 30.0, "max": 30.0})
+    pipeline.startService()
+    sender = senders["traces"]
+    sender.default = REFUSED
+    pipeline.submit("traces", {}, spans(5))
+    assert len(sender.requests) == 1
+    done = []
+    pipeline.stopService().addCallback(done.append)
+    assert len(sender.requests) == 2 and done
+    assert sample(metrics, "telegen_queue_dropped_total", signal_type="traces", reason="shutdown") == 5
