@@ -319,7 +319,7 @@ def test_file_sink_mode_status_and_ready(tmp_path):
 
 def test_stop_retries_waiting_batches_at_once_and_does_not_wait_out_the_backoff():
     """A batch waiting 30s for its retry is tried again at stop; failing again it is dropped (shutdown)."""
-    pipeline, senders, clock, metrics = make(backoff={"initial": 30.0, "max": 30.0})
+    pipeline, senders, clock, metrics = make(backoff={"initial": 30.0, "max": 30.0, "max_elapsed": 100.0})
     pipeline.startService()
     sender = senders["traces"]
     sender.default = REFUSED
