@@ -83,7 +83,7 @@ class HttpProbe(Probe):
     def attached(self, bpf):
         """Seed the kernel's port filter from config and start the periodic work."""
         net = self._config["agent"]["ebpf"]["network"]
-        rules, settings = bpf["port_rules"], bpf["settings"]
+        rules, settings = bpf[b"port_rules"], bpf[b"settings"]
         for value, ranges in ((1, net["include_ports"]), (2, net["exclude_ports"])):
             for lo, hi in ranges:
                 for port in range(lo, hi + 1):

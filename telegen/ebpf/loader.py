@@ -76,13 +76,13 @@ def compile_probe(probe, config, self_pid, bpf_dir=None):
     text = source_text(probe, bpf_dir)
     cflags = [f"-DTELEGEN_PID={self_pid}"] + list(probe.cflags(config))
     try:
-        bpf = bcc.BPF(text=text, cflags=cflags)
+        bpf = bcc.BPF(text=text.encode(), cflags=cflags)
     except Exception as e:
         raise LoadError(diagnose(text, cflags) or _first_line(e)) from e
     try:
         for tracepoint, fn_name in probe.tracepoints():
             if tracepoint not in _attached_tracepoints(bpf):
-                bpf.attach_tracepoint(tp=tracepoint, fn_name=fn_name)
+                bpf.attach_tracepoint(tp=tracepoint.encode(), fn_name=fn_name.encode())
     except Exception as e:
         bpf.cleanup()
         raise LoadError(f"attach failed: {_first_line(e)}") from e

@@ -33,7 +33,7 @@ class RingBufferReader(FileDescriptor):
         self._bpf = bpf
         self._handler = handler
         self._metrics = metrics
-        table = bpf[name]
+        table = bpf[name.encode()]
         # Keep a reference to the callback: BCC holds only the ctypes wrapper.
         table.open_ring_buffer(self._callback)
         self._fd = table.map_fd

@@ -173,7 +173,7 @@ class EbpfService(service.Service):
         for st in self._loaded:
             if st.state != "attached" or not st.readers:
                 continue
-            table = st.bpf["lost"]
+            table = st.bpf[b"lost"]
             for slot in range(len(st.readers)):
                 total = sum(table[table.Key(slot)])
                 if total > st.lost[slot]:

@@ -24,7 +24,7 @@ class FakeBPF:
     """BCC's BPF object as the reader uses it: tables by name and ring_buffer_consume()."""
 
     def __init__(self):
-        self.tables = {"events": FakeTable()}
+        self.tables = {b"events": FakeTable()}
         self.pending = []
         self.returns = []
 
@@ -34,7 +34,7 @@ class FakeBPF:
     def ring_buffer_consume(self):
         events, self.pending = self.pending, []
         for ptr, size in events:
-            self.returns.append(self.tables["events"].callback(None, ptr, size))
+            self.returns.append(self.tables[b"events"].callback(None, ptr, size))
 
 
 def make(handler):

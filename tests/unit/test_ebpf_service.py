@@ -30,7 +30,7 @@ class FakeLost:
 
 class FakeBPF:
     def __init__(self, lost):
-        self.tables = {"events": FakeTable(), "lost": FakeLost(lost)}
+        self.tables = {b"events": FakeTable(), b"lost": FakeLost(lost)}
         self.cleaned = False
 
     def __getitem__(self, name):
