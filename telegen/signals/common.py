@@ -77,7 +77,7 @@ def parse_resource_attributes(text):
 def host_resource_attributes(config):
     """
     The resource of the agent's own signals (host metrics): host.*, os.*, service.* from config,
-    plus OTEL_RESOURCE_ATTRIBUTES (already folded into config by the loader as telegen.resource).
+    plus telegen.resource_attributes (where the loader folds OTEL_RESOURCE_ATTRIBUTES in).
     """
     host = host_identity()
     tconf = config["telegen"]
