@@ -11,10 +11,10 @@ the data points carry the host resource only). The agent's own connections are d
 kernel skips its connects, this module skips connections whose owner is the agent.
 """
 import ctypes
+import functools
 import os
 import socket
 import struct
-from dataclasses import replace
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -37,8 +37,9 @@ _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 METRIC_INTERVAL = 15.0   # seconds between metric flushes (docs/tcp.md)
 
 
+@functools.lru_cache(maxsize=4096)
 def _address(family, raw):
-    """(network.type, text) of a tracepoint address; IPv4-mapped IPv6 reads as IPv4."""
+    """(network.type, text) of a tracepoint address; IPv4-mapped IPv6 reads as IPv4. Cached: peers repeat."""
     if family == socket.AF_INET:
         return "ipv4", socket.inet_ntop(socket.AF_INET, raw[:4])
     if raw.startswith(_V4_MAPPED):
@@ -126,12 +127,13 @@ class TcpProbe(Probe):
     def handle(self, conn):
         """Filter one decoded connection by port and owner, then hand it to the signal builder."""
         server_port = conn.server[1]
-        if (self.include_ports and not _in_ranges(server_port, self.include_ports)) or _in_ranges(server_port, self.exclude_ports):
+        if (self.include_ports and not _in_ranges(server_port, self.include_ports)) or (
+                self.exclude_ports and _in_ranges(server_port, self.exclude_ports)):
             return
         if conn.pid == 0 and conn.direction == signals.INCOMING:
             owner = self.processes.listener_pid(conn.local_port)
             if owner is not None:
-                conn = replace(conn, pid=owner)
+                conn = conn._replace(pid=owner)
         if conn.pid == self._self_pid:
             return
         self.telemetry.record(conn)

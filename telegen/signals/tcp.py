@@ -12,6 +12,7 @@ import os
 import time
 from bisect import bisect_left
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as m
 from opentelemetry.proto.trace.v1 import trace_pb2 as t
@@ -23,7 +24,7 @@ OUTGOING, INCOMING = "outgoing", "incoming"
 
 CONNECT_SPAN_NAME = "tcp connect"
 DIRECTION = "telegen.tcp.direction"
-OVERFLOW = (("otel.metric.overflow", True),)
+OVERFLOW = (("otel.metric.overflow", True),)   # the series key of folded points
 
 # Handshakes: the HTTP conventions' duration buckets. Connections: up to an hour.
 CONNECT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
@@ -49,11 +50,11 @@ CONNECT_DURATION = MetricSpec("telegen.tcp.connect.duration", "s", "Outgoing han
 CONNECTION_DURATION = MetricSpec("telegen.tcp.connection.duration", "s", "Lifetime of closed connections, established to closed.", CONNECTION_BUCKETS)
 
 
-@dataclass(frozen=True)
-class TcpConnection:
+class TcpConnection(NamedTuple):
     """
     One decoded TCP event. Times are CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns); pid 0 means
     the owning process is not known; local_* is this host's side, peer_* the other end.
+    (A NamedTuple: it is built once per kernel event, and tuples are the cheapest records.)
     """
 
     kind: str
@@ -77,19 +78,31 @@ class TcpConnection:
         return self.peer_address, self.peer_port
 
 
-def metric_attributes(conn):
-    """The low-cardinality attributes of a connection's data points (never the client's ephemeral port)."""
-    server_address, server_port = conn.server
+def series_key(conn):
+    """
+    The attribute identity of a connection's data points as a plain tuple (cheap per event;
+    metric_attributes() expands it at flush): never the client's ephemeral port.
+    """
+    if conn.direction == INCOMING:
+        return conn.direction, conn.network_type, conn.peer_address, conn.local_address, conn.local_port, conn.error_type
+    return conn.direction, conn.network_type, conn.peer_address, conn.peer_address, conn.peer_port, conn.error_type
+
+
+def metric_attributes(key):
+    """The data point attributes of a series_key() (or of the overflow series)."""
+    if key == OVERFLOW:
+        return dict(OVERFLOW)
+    direction, network_type, peer, server_address, server_port, error_type = key
     attrs = {
-        DIRECTION: conn.direction or None,
-        "network.type": conn.network_type,
-        "network.peer.address": conn.peer_address,
+        DIRECTION: direction or None,
+        "network.type": network_type,
+        "network.peer.address": peer,
         "server.address": server_address,
         "server.port": server_port,
-        "client.address": conn.peer_address if conn.direction == INCOMING else None,
-        "error.type": conn.error_type or None,
+        "client.address": peer if direction == INCOMING else None,
+        "error.type": error_type or None,
     }
-    return tuple((k, v) for k, v in attrs.items() if v is not None)
+    return {k: v for k, v in attrs.items() if v is not None}
 
 
 class _Series:
@@ -127,11 +140,11 @@ class _Series:
                     metric.sum.is_monotonic = True
             if self.spec.buckets:
                 metric.histogram.data_points.add(
-                    attributes=attributes(dict(attrs)), start_time_unix_nano=start_ns, time_unix_nano=end_ns,
+                    attributes=attributes(metric_attributes(attrs)), start_time_unix_nano=start_ns, time_unix_nano=end_ns,
                     count=point[0], sum=point[1], bucket_counts=point[2], explicit_bounds=self.spec.buckets)
             else:
                 metric.sum.data_points.add(
-                    attributes=attributes(dict(attrs)), start_time_unix_nano=start_ns, time_unix_nano=end_ns,
+                    attributes=attributes(metric_attributes(attrs)), start_time_unix_nano=start_ns, time_unix_nano=end_ns,
                     as_int=point[0])
         return out
 
@@ -155,25 +168,27 @@ class TcpTelemetry:
         self._mono_to_wall = wall_clock() - monotonic_clock()
         self._interval_start = wall_clock()
 
-    def _add(self, spec, conn, value=1.0):
-        self._series[spec.name].add((conn.pid, metric_attributes(conn)), value, self.max_series, self.metrics.metric_overflow)
+    def _add(self, spec, key, value=1.0):
+        self._series[spec.name].add(key, value, self.max_series, self.metrics.metric_overflow)
 
     def record(self, conn):
         """Account one connection event."""
-        if conn.kind == OPENED:
-            self._add(OPENED_METRIC, conn)
-            self._add(CONNECT_DURATION, conn, (conn.established_ns - conn.start_ns) / 1e9)
-        elif conn.kind == ACCEPTED:
-            self._add(ACCEPTED_METRIC, conn)
-        elif conn.kind == CLOSED:
-            self._add(CLOSED_METRIC, conn)
-            self._add(CONNECTION_DURATION, conn, (conn.end_ns - conn.established_ns) / 1e9)
-        elif conn.kind == FAILED:
-            self._add(FAILED_METRIC, conn)
-            self._add(CONNECT_DURATION, conn, (conn.end_ns - conn.start_ns) / 1e9)
+        key = (conn.pid, series_key(conn))
+        kind = conn.kind
+        if kind == OPENED:
+            self._add(OPENED_METRIC, key)
+            self._add(CONNECT_DURATION, key, (conn.established_ns - conn.start_ns) / 1e9)
+        elif kind == ACCEPTED:
+            self._add(ACCEPTED_METRIC, key)
+        elif kind == CLOSED:
+            self._add(CLOSED_METRIC, key)
+            self._add(CONNECTION_DURATION, key, (conn.end_ns - conn.established_ns) / 1e9)
+        elif kind == FAILED:
+            self._add(FAILED_METRIC, key)
+            self._add(CONNECT_DURATION, key, (conn.end_ns - conn.start_ns) / 1e9)
             self._submit_failed_span(conn)
-        elif conn.kind == RETRANSMIT:
-            self._add(RETRANSMITS_METRIC, conn)
+        elif kind == RETRANSMIT:
+            self._add(RETRANSMITS_METRIC, key)
 
     def _submit_failed_span(self, conn):
         span = t.Span(
