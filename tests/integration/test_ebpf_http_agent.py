@@ -1,0 +1,129 @@
+"""
+The real `twistd telegen` with eBPF on: what `make run` users see. curl against a local server
+gives spans and duration metrics in the file sink; /status/ebpf lists attached programs with
+their kernel ids; a flood beyond a 4 KiB ring buffer is counted as lost while the API keeps
+answering; the agent's own API traffic never becomes telemetry.
+"""
+import glob
+import os
+import subprocess
+import time
+
+import pytest
+
+from tests.agent_process import AgentProcess, wait_for
+from tests.integration import test_ebpf_http_support as apps
+from tests.support.otlp_files import read_metrics, read_spans
+
+pytestmark = [pytest.mark.ebpf, pytest.mark.integration]
+
+
+def start_agent(tmp_path, ringbuf_size):
+    agent = AgentProcess(str(tmp_path), config={"agent": {"ebpf": {
+        "enabled": True, "ringbuf_size": ringbuf_size, "network": {"tcp": False}}}})
+    agent.start()
+    wait_for(lambda: agent.get("/ready").json()["checks"]["ebpf"] == "ok", timeout=180,
+             message="ebpf ready (%s)" % agent.get("/ready").json()["checks"]["ebpf"])
+    return agent
+
+
+@pytest.fixture
+def big_agent(tmp_path):
+    agent = start_agent(tmp_path, 1 << 20)
+    yield agent
+    agent.stop()
+
+
+@pytest.fixture
+def tiny_agent(tmp_path):
+    agent = start_agent(tmp_path, 4096)
+    yield agent
+    agent.stop()
+
+
+def kernel_prog_ids(pid):
+    """The BPF program ids the kernel reports for the fds of process pid."""
+    ids = set()
+    for path in glob.glob(f"/proc/{pid}/fdinfo/*"):
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+        except OSError:
+            continue
+    return ids
+
+
+def test_curl_gives_spans_and_metrics_in_the_file_sink_and_status_lists_kernel_ids(big_agent, tmp_path):
+    data_dir = os.path.join(str(tmp_path), "data")
+    server, port = apps.python_server()
+    try:
+        for path in ("/ok", "/missing", "/ok"):
+            subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}{path}"], check=True, timeout=10)
+
+        def server_spans():
+            return [(r, s) for r, s in read_spans(data_dir) if r.get("process.pid") == server.pid]
+
+        spans = wait_for(lambda: len(server_spans()) >= 3 and server_spans(), timeout=30, message="3 server spans in the sink")
+        assert len(spans) == 3
+        attrs = [{kv.key: kv.value for kv in s.attributes} for _, s in spans]
+        assert sorted(a["url.path"].string_value for a in attrs) == ["/missing", "/ok", "/ok"]
+        assert sorted(a["http.response.status_code"].int_value for a in attrs) == [200, 200, 404]
+        assert all(a["user_agent.original"].string_value.startswith("curl/") for a in attrs)
+        assert spans[0][0]["process.executable.name"].startswith("python")
+
+        def server_metric():
+            return [m for r, m in read_metrics(data_dir)
+                    if m.name == "http.server.request.duration" and r.get("process.pid") == server.pid
+                    and sum(p.count for p in m.histogram.data_points) == 3]
+
+        assert wait_for(server_metric, timeout=30, message="duration histogram of the 3 requests")
+    finally:
+        server.stop()
+
+    status = big_agent.get("/status/ebpf").json()
+    http_programs = [p for p in status["programs"] if p["probe"] == "http"]
+    assert len(http_programs) == 26 and all(p["attached"] and p["type"] == "tracepoint" for p in http_programs)
+    ids = kernel_prog_ids(big_agent.process.pid)
+    assert {p["id"] for p in status["programs"]} <= ids
+    maps = {m["name"]: m for m in status["maps"]}
+    assert maps["http.conns"]["type"] == "lru_hash" and maps["http.conns"]["max_entries"] == 65536
+    assert maps["http.http_events"]["max_entries"] == 1 << 20 == status["ringbuf"]["size"]
+    summary = big_agent.get("/status").json()["ebpf"]
+    assert summary["programs_loaded"] == len(status["programs"]) and summary["maps_created"] == len(status["maps"])
+    # The API answered many requests above; none of them is telemetry.
+    assert [s for r, s in read_spans(data_dir) if r.get("process.pid") == big_agent.process.pid] == []
+
+
+def metric_value(agent, name):
+    for line in agent.get("/metrics").body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def test_a_flood_beyond_the_ring_buffer_is_counted_as_lost_while_the_api_answers(tiny_agent, tmp_path):
+    nginx, port = apps.nginx(str(tmp_path / "nginx"))
+    try:
+        apps.wait_listening(port)
+        wrk = subprocess.Popen(["wrk", "-t2", "-c32", "-d3s", f"http://127.0.0.1:{port}/ok"], stdout=subprocess.DEVNULL)
+        slowest = 0.0
+        answers = 0
+        while wrk.poll() is None:
+            t = time.monotonic()
+            assert tiny_agent.get("/status/ebpf", timeout=5).code == 200
+            assert tiny_agent.get("/healthz", timeout=5).code == 200
+            slowest = max(slowest, time.monotonic() - t)
+            answers += 1
+        assert wrk.returncode == 0 and answers > 3 and slowest < 5
+    finally:
+        nginx.stop()
+    before = tiny_agent.get("/status/ebpf").json()["ringbuf"]
+    assert before["events_lost"] > 0 and before["events_received"] > 0
+    counted = metric_value(tiny_agent, "telegen_ebpf_ringbuf_lost_total")
+    after = tiny_agent.get("/status/ebpf").json()["ringbuf"]
+    assert before["events_lost"] <= counted <= after["events_lost"]
+    assert sum(b["events_lost"] for b in before["buffers"]) == before["events_lost"]
+    [http] = [b for b in before["buffers"] if b["probe"] == "http"]
+    assert http["events_lost"] > 0 and http["size"] == 4096
