@@ -5,10 +5,12 @@ Why tracemalloc and why only in-use: it is the only allocation tracer in CPython
 live blocks since tracing started (no history of freed ones), so the honest pprof sample types are
 inuse_objects and inuse_space. Tracing starts on the first request and stays on: it slows every
 allocation and holds a traceback per live block (the measured cost is in docs/debugging.md).
-tracemalloc keeps file and line only, so function names are found by parsing the source file.
+tracemalloc keeps file and line only, so function names are read from the source file.
 """
-import ast
+import bisect
 import gc
+import linecache
+import re
 import sys
 import tracemalloc
 
@@ -27,53 +29,78 @@ def ensure_tracing(frames=TRACE_FRAMES):
     return True
 
 
+_HEADER = re.compile(r"^([ \t]*)(?:async[ \t]+def|def|class)[ \t]+([A-Za-z_]\w*)")
+
+
+def _indent(text):
+    return len(text) - len(text.lstrip(" \t"))
+
+
 class _FunctionIndex:
-    """(file, line) -> the qualified name of the innermost def or class around it, per file."""
+    """
+    (file, line) -> the qualified name of the def or class around it, from the source's def and
+    class lines and their indentation.
+
+    Why not ast: parsing every file on a stack costs seconds with tracemalloc on (it traces the
+    parser's own allocations). The nearest def or class line above with less indentation encloses
+    the line; its own parent is found the same way.
+    """
+
+    # Shared by every index: the def/class lines of a source file do not change while it runs.
+    _headers = {}
 
     def __init__(self):
-        self._spans = {}
+        self._found = {}
         self._modules = {getattr(m, "__file__", None): name for name, m in list(sys.modules.items())}
 
-    def _load(self, filename):
-        spans = []
-        try:
-            with open(filename, "rb") as f:
-                tree = ast.parse(f.read(), filename)
-        except (OSError, SyntaxError, ValueError):
-            return spans
-
-        def walk(node, prefix):
-            for child in ast.iter_child_nodes(node):
-                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                    name = f"{prefix}{child.name}"
-                    spans.append((child.lineno, child.end_lineno or child.lineno, name))
-                    walk(child, name + ("." if isinstance(child, ast.ClassDef) else ".<locals>."))
-                else:
-                    walk(child, prefix)
-
-        walk(tree, "")
-        return spans
+    def _headers_of(self, filename):
+        headers = self._headers.get(filename)
+        if headers is None:
+            headers = self._headers[filename] = []
+            for number, text in enumerate(linecache.getlines(filename), 1):
+                match = _HEADER.match(text)
+                if match:
+                    headers.append((number, _indent(match.group(1)), match.group(2), text.lstrip().startswith("class")))
+        return headers
 
     def lookup(self, filename, line):
         """(module.function name, first line): the innermost enclosing def, or <module>."""
-        spans = self._spans.get(filename)
-        if spans is None:
-            spans = self._spans[filename] = self._load(filename)
-        best = ("<module>", 1)
-        for start, end, name in spans:
-            if start <= line <= end and start >= best[1]:
-                best = (name, start)
-        return function_name(best[0], self._modules.get(filename, "")), best[1]
+        found = self._found.get((filename, line))
+        if found is None:
+            found = self._found[(filename, line)] = self._enclosing(filename, line)
+        return found
+
+    def _enclosing(self, filename, line):
+        lines = linecache.getlines(filename)
+        headers = self._headers_of(filename)
+        limit = _indent(lines[line - 1]) if 0 < line <= len(lines) else 0
+        chain = []
+        for number, indent, name, is_class in reversed(headers[:bisect.bisect_left(headers, (line,))]):
+            if indent < limit:
+                chain.append((name, is_class, number))
+                limit = indent
+                if indent == 0:
+                    break
+        if not chain:
+            return function_name("<module>", self._modules.get(filename, "")), 1
+        chain.reverse()
+        qualname = chain[0][0]
+        for (_outer, outer_is_class, _n), (name, _c, _m) in zip(chain, chain[1:]):
+            qualname += ("." if outer_is_class else ".<locals>.") + name
+        return function_name(qualname, self._modules.get(filename, "")), chain[-1][2]
 
 
-def _snapshot(gc_first):
-    """The live traced blocks, without those of tracemalloc and of this module."""
+# Blocks allocated by the profiler itself. Skipped by comparing the innermost frame's file, not with
+# tracemalloc.Filter: its fnmatch per trace costs seconds on a busy heap.
+_OWN_FILES = {tracemalloc.__file__, __file__}
+
+
+def _statistics(key_type, gc_first):
+    """The live traced blocks grouped by key_type, without those the profiler allocated."""
     if gc_first:
         gc.collect()
-    return tracemalloc.take_snapshot().filter_traces([
-        tracemalloc.Filter(False, tracemalloc.__file__),
-        tracemalloc.Filter(False, __file__),
-    ])
+    stats = tracemalloc.take_snapshot().statistics(key_type)
+    return [stat for stat in stats if stat.traceback[-1].filename not in _OWN_FILES]
 
 
 def heap_profile(gc_first=False):
@@ -81,11 +108,10 @@ def heap_profile(gc_first=False):
     A snapshot of the traced live allocations as a ProfileBuilder (inuse_objects, inuse_space),
     grouped by allocation traceback. Tracing must be on.
     """
-    snapshot = _snapshot(gc_first)
     builder = ProfileBuilder([("inuse_objects", "count"), ("inuse_space", "bytes")],
                              default_sample_type="inuse_space")
     functions = _FunctionIndex()
-    for stat in snapshot.statistics("traceback"):
+    for stat in _statistics("traceback", gc_first):
         stack = []
         for frame in reversed(stat.traceback):  # tracemalloc: oldest first; pprof: innermost first
             name, first = functions.lookup(frame.filename, frame.lineno)
@@ -110,7 +136,7 @@ def tracemalloc_totals():
 
 def top_lines(gc_first=False, limit=100):
     """The debug=1 view: the source lines holding the most live memory, as text."""
-    stats = _snapshot(gc_first).statistics("lineno")
+    stats = _statistics("lineno", gc_first)
     functions = _FunctionIndex()
     total = sum(stat.size for stat in stats)
     lines = [f"heap profile: {sum(stat.count for stat in stats)} objects, {total} bytes live "
