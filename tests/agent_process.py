@@ -5,36 +5,17 @@ started from the checkout's virtualenv, stopped by PID.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 import yaml
 
+from tests.support.otlp_receiver import free_port, wait_for
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-
-
-def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout=20.0, interval=0.05, message="condition"):
-    """Poll predicate until it returns a truthy value; fail with message after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
 
 
 class Answer:
@@ -109,7 +90,7 @@ class AgentProcess:
             except OSError:
                 return False
 
-        wait_for(healthy, timeout, message="the agent's /healthz")
+        wait_for(healthy, timeout, interval=0.05, message="the agent's /healthz")
 
     def get(self, path, **kw):
         return http("GET", self.url + path, **kw)

@@ -14,7 +14,8 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate as validate_spec
 
-from tests.agent_process import AgentProcess, free_port, http, wait_for
+from tests.agent_process import AgentProcess, http
+from tests.support.otlp_receiver import free_port, wait_for
 
 TELEGEN = os.path.join(os.path.dirname(sys.executable), "telegen")
 
