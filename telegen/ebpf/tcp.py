@@ -83,13 +83,6 @@ class TcpProbe(Probe):
         self._untracked = 0
         self._loop = None
 
-    @property
-    def reactor(self):
-        if self._reactor is None:
-            from twisted.internet import reactor
-            self._reactor = reactor
-        return self._reactor
-
     def enabled(self, config):
         ebpf = config["agent"]["ebpf"]
         return ebpf["enabled"] and ebpf["network"]["enabled"] and ebpf["network"]["tcp"]
@@ -108,7 +101,8 @@ class TcpProbe(Probe):
     def attached(self, bpf):
         self._bpf = bpf
         self._loop = LoopingCall(self.flush)
-        self._loop.clock = self.reactor
+        if self._reactor is not None:           # else LoopingCall's default: the global reactor
+            self._loop.clock = self._reactor
         self._loop.start(self.interval, now=False)
 
     def detached(self):

@@ -188,3 +188,19 @@ def test_probe_describes_itself_for_the_service():
     assert probe.cflags(make_config()) == ["-DRINGBUF_PAGES=4096"]
     assert ("sock:inet_sock_set_state", "tracepoint__sock__inet_sock_set_state") in probe.tracepoints()
     assert set(probe.ring_buffers()) == {"tcp_events"}
+
+
+def test_metrics_flush_on_the_probe_clock_and_on_detach():
+    """attached() flushes every interval on the given clock; detached() flushes what is left."""
+    config = make_config()
+    pipeline, clock = RecordingPipeline(), Clock()
+    probe = TcpProbe(config, pipeline, StubProcesses(), SelfMetrics(), reactor=clock, interval=10)
+    probe.attached(None)
+    probe.handle(decode(pack(1, pid=5, established=1)))
+    clock.advance(9)
+    assert pipeline.of("metrics") == []
+    clock.advance(1)
+    assert len(pipeline.of("metrics")) == 1
+    probe.handle(decode(pack(3, pid=5, established=1)))
+    probe.detached()
+    assert len(pipeline.of("metrics")) == 2 and not clock.getDelayedCalls()
