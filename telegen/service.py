@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from twisted.application.service import MultiService
 from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from telegen.config import load_config
 from telegen.selfmetrics import SelfMetrics
@@ -113,15 +114,25 @@ class AgentService(MultiService):
         """Stop children in reverse order (the exporter flushes last), bounded by shutdown_timeout."""
         self.stopping = True
         timeout = self.config["telegen"]["shutdown_timeout"]
-        d = defer.maybeDeferred(super().stopService)
-        d.addTimeout(timeout, self.reactor)
+        done = defer.Deferred()
 
-        def timed_out(failure):
-            failure.trap(defer.TimeoutError)
+        def finish(result):
+            if timer.active():
+                timer.cancel()
+            if isinstance(result, Failure):
+                log.failure("a child failed to stop cleanly", result)
+            if not done.called:
+                done.callback(None)
+
+        def give_up():
+            # The children are not cancelled (a cancelled flush would log noise and lose the
+            # reason); twistd simply stops waiting for them.
             log.warn("shutdown took longer than {timeout}s; stopping anyway", timeout=timeout)
+            done.callback(None)
 
-        d.addErrback(timed_out)
-        return d
+        timer = self.reactor.callLater(timeout, give_up)
+        defer.maybeDeferred(super().stopService).addBoth(finish)
+        return done
 
     # -- reload --------------------------------------------------------------------------------
 

@@ -1,0 +1,187 @@
+"""
+The service tree: the production children, rebuilds by changed sections and dependencies, the
+bounded shutdown, the twistd plugin and options, the log observer and the CLI.
+"""
+import copy
+import io
+import json
+import os
+import subprocess
+import sys
+
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from telegen import cli
+from telegen.config import defaults
+from telegen.logconfig import make_observer
+from telegen.service import AgentService, ChildSpec
+from tests.fakes import FakeChild
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Recorder(FakeChild):
+    """A child that records the config it was built with and can refuse to stop."""
+
+    def __init__(self, agent, stop_result=None):
+        super().__init__(agent)
+        self.stop_result = stop_result
+
+    def stopService(self):
+        super().stopService()
+        return self.stop_result
+
+
+class TreeTests(SynchronousTestCase):
+    """Rebuilds follow changed sections and declared dependencies, in declared order."""
+
+    def make(self, stop_result=None):
+        specs = [
+            ChildSpec("processes", ("agent.discovery",), Recorder),
+            ChildSpec("export", ("otlp",), lambda agent: Recorder(agent, stop_result)),
+            ChildSpec("ebpf", ("agent.ebpf",), Recorder, depends_on=("processes",)),
+            ChildSpec("api", ("self_telemetry",), Recorder),
+        ]
+        self.reactor = MemoryReactorClock()
+        agent = AgentService(defaults(), reactor=self.reactor, specs=specs)
+        agent.startService()
+        return agent
+
+    def test_dependency_forces_rebuild(self):
+        agent = self.make()
+        ebpf, api = agent.child("ebpf"), agent.child("api")
+        new = copy.deepcopy(agent.config)
+        new["agent"]["discovery"]["poll_interval"] = 9.0
+        rebuilt = self.successResultOf(agent.apply_config(new))
+        self.assertEqual(rebuilt, ["ebpf", "processes"])
+        self.assertIsNot(agent.child("ebpf"), ebpf)
+        self.assertIs(agent.child("api"), api)
+        self.assertEqual([s.name for s in agent], ["processes", "export", "ebpf", "api"])
+
+    def test_unchanged_config_rebuilds_nothing(self):
+        agent = self.make()
+        self.assertEqual(self.successResultOf(agent.apply_config(copy.deepcopy(agent.config))), [])
+
+    def test_child_turned_off_and_on(self):
+        specs = [ChildSpec("extra", ("manhole",), lambda a: Recorder(a) if a.config["manhole"]["enabled"] else None)]
+        agent = AgentService(defaults(), reactor=MemoryReactorClock(), specs=specs)
+        agent.startService()
+        self.assertIsNone(agent.child("extra"))
+        on = copy.deepcopy(agent.config)
+        on["manhole"]["enabled"] = True
+        self.successResultOf(agent.apply_config(on))
+        self.assertTrue(agent.child("extra").running)
+        self.successResultOf(agent.apply_config(defaults()))
+        self.assertIsNone(agent.child("extra"))
+
+    def test_shutdown_is_bounded_by_shutdown_timeout(self):
+        agent = self.make(stop_result=defer.Deferred())
+        d = agent.stopService()
+        self.assertNoResult(d)
+        self.reactor.advance(agent.config["telegen"]["shutdown_timeout"] + 0.1)
+        self.successResultOf(d)
+        self.assertTrue(agent.stopping)
+
+    def test_export_handle_counts_when_no_pipeline(self):
+        agent = AgentService(defaults(), reactor=MemoryReactorClock(), specs=[])
+        self.assertEqual(agent.exporter.submit("traces", {}, [1, 2]), 0)
+        dropped = agent.metrics.registry.get_sample_value(
+            "telegen_queue_dropped_total", {"signal_type": "traces", "reason": "export_disabled"})
+        self.assertEqual(dropped, 2)
+
+
+class ProductionTreeTests(SynchronousTestCase):
+    """makeService builds the documented children without starting anything heavy."""
+
+    def test_children_of_the_default_config(self):
+        from telegen.tap import Options, makeService
+
+        options = Options()
+        options.parseOptions(["--config", os.path.join(ROOT, "etc", "telegen", "config.yaml")])
+        agent = makeService(options)
+        self.assertEqual([s.name for s in agent], ["processes", "export", "hostmetrics", "ebpf", "api"])
+        self.assertIsNone(agent.child("manhole"))
+
+    def test_bad_config_exits_2_with_one_line(self):
+        from telegen.tap import Options
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("otlp:\n  protocol: smoke-signals\n")
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        with self.assertRaises(SystemExit) as raised:
+            Options().parseOptions(["--config", path])
+        self.assertEqual(raised.exception.code, 2)
+        lines = stderr.getvalue().splitlines()
+        self.assertEqual(len(lines), 1)
+        self.assertIn("otlp.protocol", lines[0])
+
+
+class PluginTests(SynchronousTestCase):
+    """The plugin module imports nothing heavy, and twistd lists it."""
+
+    def test_plugin_import_is_light(self):
+        code = ("import sys; from twisted.plugins import telegen_plugin; "
+                "print(sorted(m for m in sys.modules if m.split('.')[0] in ('bcc', 'grpc', 'klein', 'treq', 'telegen')))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+        self.assertEqual(out.stdout.strip(), "[]")
+
+    def test_twistd_lists_telegen(self):
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        out = subprocess.run([twistd, "--help"], capture_output=True, text=True, cwd=ROOT)
+        self.assertIn("telegen", out.stdout)
+
+
+class LogObserverTests(SynchronousTestCase):
+    """json lines and the level filter."""
+
+    def emit(self, level_name, fmt, **config_changes):
+        from twisted.logger import Logger, LogPublisher
+
+        config = defaults()
+        config["telegen"].update(config_changes)
+        stream = io.StringIO()
+        publisher = LogPublisher(make_observer(config, stream))
+        getattr(Logger(namespace="telegen.test", observer=publisher), level_name)(fmt, value=42)
+        return stream.getvalue()
+
+    def test_json_line(self):
+        record = json.loads(self.emit("info", "value is {value}"))
+        self.assertEqual((record["level"], record["namespace"], record["message"]), ("info", "telegen.test", "value is 42"))
+        self.assertRegex(record["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+    def test_level_filter(self):
+        self.assertEqual(self.emit("debug", "hidden"), "")
+        self.assertIn("shown", self.emit("debug", "shown", log_level="debug"))
+
+    def test_text_format(self):
+        self.assertIn("value is 42", self.emit("warn", "value is {value}", log_format="text"))
+
+
+class CliTests(SynchronousTestCase):
+    """telegen version and the status rendering."""
+
+    def test_version_json(self):
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.assertEqual(cli.main(["version", "--json"]), 0)
+        from telegen import __version__
+
+        info = json.loads(out.getvalue())
+        self.assertEqual((info["version"], info["commit"]), (__version__, "unknown"))
+
+    def test_render_status(self):
+        from tests.fakes import make_agent
+
+        agent = make_agent(MemoryReactorClock())
+        from telegen.status import readiness
+
+        text = cli.render_status(agent.status(), readiness(agent)[1])
+        self.assertIn("Ready:     ready", text)
+        self.assertIn("collector.example:4317", text)
+        self.assertIn(os.uname().release, text)
+
+
