@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred, DeferredList
 
 from telegen.export.queue import BoundedQueue
 from telegen.export.retry import PERMANENT, RETRYABLE, SUCCESS, Outcome
-from telegen.signals.common import SCOPE, resource
+from telegen.export.wire import ResourceCache, encode_request
 
 MAX_IN_FLIGHT = 2
 
@@ -32,34 +32,18 @@ def resource_key(attrs):
 
 
 class Batch:
-    """An export request being sent, with the items it holds and a Deferred fired when settled."""
+    """An encoded export request being sent, with the items it holds and a Deferred fired when settled."""
 
-    __slots__ = ("request", "items", "first_attempt", "attempt", "retry_call", "settled", "done")
+    __slots__ = ("payload", "items", "first_attempt", "attempt", "retry_call", "settled", "done")
 
-    def __init__(self, request, items, now):
-        self.request = request
+    def __init__(self, payload, items, now):
+        self.payload = payload
         self.items = items
         self.first_attempt = now
         self.attempt = 0
         self.retry_call = None
         self.settled = False
         self.done = Deferred()
-
-
-def build_request(kind, chunks):
-    """One export request from queued chunks, one Resource* per distinct resource."""
-    request = kind.request_cls()
-    by_resource = {}
-    for chunk in chunks:
-        scope = by_resource.get(chunk.resource_key)
-        if scope is None:
-            container = getattr(request, kind.resource_field).add()
-            container.resource.CopyFrom(resource(chunk.resource_attrs))
-            scope = getattr(container, kind.scope_field).add()
-            scope.scope.CopyFrom(SCOPE)
-            by_resource[chunk.resource_key] = scope
-        getattr(scope, kind.records_field).extend(chunk.records)
-    return request
 
 
 class SignalExporter:
@@ -85,6 +69,7 @@ class SignalExporter:
         self._endpoint = sender.target.label
         self._closed = False
         self._stopping = False
+        self._resources = ResourceCache()
 
     # -- intake ------------------------------------------------------------------------------
 
@@ -126,7 +111,7 @@ class SignalExporter:
 
     def _start(self, chunks):
         items = sum(c.items for c in chunks)
-        batch = Batch(build_request(self.kind, chunks), items, self._reactor.seconds())
+        batch = Batch(encode_request(chunks, self._resources), items, self._reactor.seconds())
         self._counters.batch_size(items)
         self._in_flight.add(batch)
         self._attempt(batch)
@@ -137,7 +122,7 @@ class SignalExporter:
     def _attempt(self, batch):
         batch.retry_call = None
         started = self._reactor.seconds()
-        d = self.sender.send(batch.request)
+        d = self.sender.send(batch.payload)
         d.addErrback(self._sender_failed)
         d.addCallback(self._answered, batch, started)
 

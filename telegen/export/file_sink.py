@@ -31,9 +31,9 @@ class FileSink:
         self._max_bytes = file_config["max_bytes"]
         self._max_files = file_config["max_files"]
 
-    def send(self, request):
-        """Write `request` as one line; fires with an Outcome."""
-        line = (otlpjson.encode(request) + "\n").encode("utf-8")
+    def send(self, payload):
+        """Write the encoded request `payload` as one OTLP/JSON line; fires with an Outcome."""
+        line = (otlpjson.encode(self.kind.request_cls.FromString(payload)) + "\n").encode("utf-8")
         try:
             os.makedirs(self.directory, exist_ok=True)
             try:

@@ -99,12 +99,14 @@ class GrpcSender:
             self._channel = grpc.secure_channel(target.address, channel_credentials(otlp["tls"]), options)
         else:
             self._channel = grpc.insecure_channel(target.address, options)
-        self._export = kind.stub_cls(self._channel).Export
+        # Requests arrive already encoded (wire.py), so they pass through without a serializer.
+        self._export = self._channel.unary_unary(kind.grpc_method, request_serializer=None,
+                                                 response_deserializer=kind.response_cls.FromString)
 
-    def send(self, request):
-        """Export `request`; fires with an Outcome (never errbacks)."""
+    def send(self, payload):
+        """Export the encoded request `payload`; fires with an Outcome (never errbacks)."""
         d = Deferred()
-        future = self._export.future(request, timeout=self._timeout, metadata=self._metadata,
+        future = self._export.future(payload, timeout=self._timeout, metadata=self._metadata,
                                      compression=self._compression)
         future.add_done_callback(lambda f: self._reactor.callFromThread(self._done, f, d))
         return d

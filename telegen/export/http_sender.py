@@ -23,6 +23,7 @@ from telegen.export.retry import RETRYABLE, SUCCESS, Outcome, http_outcome, pars
 
 MAX_RESPONSE_BYTES = 1024 * 1024  # the spec's recommended request cap is 20 MiB; answers are tiny
 MAX_POOL_PER_HOST = 4
+GZIP_LEVEL = 6  # zlib's default, as the Collector and SDK exporters use
 
 
 class _BodyTooLarge(Exception):
@@ -115,11 +116,9 @@ class HttpSender:
             client, self._pool = make_client(reactor, otlp["tls"])
         self._client = client
 
-    def send(self, request):
-        """POST `request`; fires with an Outcome (never errbacks)."""
-        body = request.SerializeToString()
-        if self._gzip:
-            body = gzip.compress(body, compresslevel=6)
+    def send(self, payload):
+        """POST the encoded request `payload`; fires with an Outcome (never errbacks)."""
+        body = gzip.compress(payload, compresslevel=GZIP_LEVEL) if self._gzip else payload
         d = self._client.post(self.target.address, data=body, headers=self._headers,
                               timeout=self._timeout, reactor=self._reactor)
         d.addCallbacks(self._answered, self._unreached)

@@ -10,10 +10,10 @@ partial-success counts and our self-metrics use.
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
-from opentelemetry.proto.collector.profiles.v1development import profiles_service_pb2, profiles_service_pb2_grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.profiles.v1development import profiles_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 _POINT_FIELDS = ("gauge", "sum", "histogram", "exponential_histogram", "summary")
 
@@ -22,6 +22,10 @@ def data_points(metric):
     """Data points in one Metric (the unit of metrics queues and counters)."""
     kind = metric.WhichOneof("data")
     return len(getattr(metric, kind).data_points) if kind in _POINT_FIELDS else 0
+
+
+def _method(module, service):
+    return f"/{module.DESCRIPTOR.services_by_name[service].full_name}/Export"
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ class SignalKind:
     scope_field: str         # ResourceX.<scope_field> -> ScopeX
     records_field: str       # ScopeX.<records_field> -> records
     rejected_field: str      # partial_success.<rejected_field>
-    stub_cls: type
+    grpc_method: str         # /<package>.<Service>/Export
     http_path: str
     weight: Optional[Callable] = None  # items one record counts for; None: one each
 
@@ -47,16 +51,30 @@ class SignalKind:
 KINDS = {
     "traces": SignalKind("traces", trace_service_pb2.ExportTraceServiceRequest,
                          trace_service_pb2.ExportTraceServiceResponse, "resource_spans", "scope_spans",
-                         "spans", "rejected_spans", trace_service_pb2_grpc.TraceServiceStub, "/v1/traces"),
+                         "spans", "rejected_spans", _method(trace_service_pb2, "TraceService"), "/v1/traces"),
     "metrics": SignalKind("metrics", metrics_service_pb2.ExportMetricsServiceRequest,
                           metrics_service_pb2.ExportMetricsServiceResponse, "resource_metrics", "scope_metrics",
-                          "metrics", "rejected_data_points", metrics_service_pb2_grpc.MetricsServiceStub,
+                          "metrics", "rejected_data_points", _method(metrics_service_pb2, "MetricsService"),
                           "/v1/metrics", data_points),
     "logs": SignalKind("logs", logs_service_pb2.ExportLogsServiceRequest,
                        logs_service_pb2.ExportLogsServiceResponse, "resource_logs", "scope_logs",
-                       "log_records", "rejected_log_records", logs_service_pb2_grpc.LogsServiceStub, "/v1/logs"),
+                       "log_records", "rejected_log_records", _method(logs_service_pb2, "LogsService"), "/v1/logs"),
     "profiles": SignalKind("profiles", profiles_service_pb2.ExportProfilesServiceRequest,
                            profiles_service_pb2.ExportProfilesServiceResponse, "resource_profiles",
                            "scope_profiles", "profiles", "rejected_profiles",
-                           profiles_service_pb2_grpc.ProfilesServiceStub, "/v1development/profiles"),
+                           _method(profiles_service_pb2, "ProfilesService"), "/v1development/profiles"),
 }
+
+
+def _check_wire_layout():
+    """telegen/export/wire.py writes fields 1 and 2 at each level; fail loudly if a proto ever differs."""
+    for kind in KINDS.values():
+        outer = kind.request_cls.DESCRIPTOR.fields_by_name[kind.resource_field]
+        middle = outer.message_type.fields_by_name[kind.scope_field]
+        inner = middle.message_type
+        numbers = (outer.number, outer.message_type.fields_by_name["resource"].number, middle.number,
+                   inner.fields_by_name["scope"].number, inner.fields_by_name[kind.records_field].number)
+        assert numbers == (1, 1, 2, 1, 2), (kind.name, numbers)
+
+
+_check_wire_layout()

@@ -1,16 +1,18 @@
 """
-A bounded per-signal queue of (resource, records) chunks, measured in items and encoded bytes.
+A bounded per-signal queue of (resource, encoded records) chunks, measured in items and bytes.
 
 Why chunks: submit() hands over a list of records of one resource; keeping the list whole makes
 enqueueing O(1) per call and lets the batcher merge records of one resource into one
-ResourceSpans/ResourceMetrics. A chunk is split only when it straddles a batch boundary.
+ResourceSpans/ResourceMetrics. Records are serialized once, here: the encoded size is what the
+byte bound counts, and batches are assembled from these bytes (telegen/export/wire.py).
+A chunk is split only when it straddles a batch boundary.
 Overflow never blocks and never grows past the bounds: the caller is told how many records fit.
 """
 from collections import deque
 
 
 class Chunk:
-    """Records of one resource, with their item weight and encoded size."""
+    """Encoded records of one resource, with their item weights and total size."""
 
     __slots__ = ("resource_key", "resource_attrs", "records", "weights", "items", "nbytes")
 
@@ -43,20 +45,20 @@ class BoundedQueue:
         """
         room_items = self.capacity - self.items
         room_bytes = self.max_bytes - self.nbytes
-        taken, items, nbytes, weights = 0, 0, 0, (None if weight is None else [])
+        encoded, items, nbytes, weights = [], 0, 0, (None if weight is None else [])
         for record in records:
             w = 1 if weight is None else weight(record)
-            size = record.ByteSize()
-            if items + w > room_items or nbytes + size > room_bytes:
+            data = record.SerializeToString()
+            if items + w > room_items or nbytes + len(data) > room_bytes:
                 break
-            taken += 1
+            encoded.append(data)
             items += w
-            nbytes += size
+            nbytes += len(data)
             if weights is not None:
                 weights.append(w)
+        taken = len(encoded)
         if taken:
-            accepted = records if taken == len(records) else records[:taken]
-            self._chunks.append(Chunk(resource_key, resource_attrs, accepted, weights, nbytes))
+            self._chunks.append(Chunk(resource_key, resource_attrs, encoded, weights, nbytes))
             self.items += items
             self.nbytes += nbytes
         return taken, items
@@ -92,7 +94,7 @@ class BoundedQueue:
                 return None
             n = 1
         head_records = chunk.records[:n]
-        head_bytes = sum(r.ByteSize() for r in head_records)
+        head_bytes = sum(map(len, head_records))
         head = Chunk(chunk.resource_key, chunk.resource_attrs, head_records,
                      None if chunk.weights is None else chunk.weights[:n], head_bytes)
         rest = Chunk(chunk.resource_key, chunk.resource_attrs, chunk.records[n:],

@@ -52,7 +52,7 @@ def request_of(n):
 
 def outcome_of(sender, request):
     out = []
-    sender.send(request).addCallback(out.append)
+    sender.send(request.SerializeToString()).addCallback(out.append)
     sender._client.flush()
     return out[0]
 

@@ -31,8 +31,8 @@ class ScriptedSender:
         self.held = []
         self.closed = False
 
-    def send(self, request):
-        self.requests.append(request)
+    def send(self, payload):
+        self.requests.append(self.kind.request_cls.FromString(payload))
         d = Deferred()
         if self.hold:
             self.held.append(d)

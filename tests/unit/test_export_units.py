@@ -12,7 +12,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from telegen.config import defaults
 from telegen.export import otlpjson
 from telegen.export.endpoints import main_target, resolve
-from telegen.export.exporter import build_request
+from telegen.export.wire import ResourceCache, encode_request, varint
 from telegen.export.file_sink import FileSink
 from telegen.export.kinds import KINDS, data_points
 from telegen.export.queue import BoundedQueue
@@ -48,10 +48,10 @@ def test_take_splits_a_chunk_at_the_batch_boundary_and_keeps_order():
     q.offer("a", {}, spans(4), None)
     q.offer("b", {}, spans(4), None)
     first = q.take(6)
-    assert [(c.resource_key, [s.name for s in c.records]) for c in first] == [
+    assert [(c.resource_key, [Span.FromString(s).name for s in c.records]) for c in first] == [
         ("a", ["s0", "s1", "s2", "s3"]), ("b", ["s0", "s1"])]
     rest = q.take(6)
-    assert [s.name for c in rest for s in c.records] == ["s2", "s3"]
+    assert [Span.FromString(s).name for c in rest for s in c.records] == ["s2", "s3"]
     assert len(q) == 0 and q.nbytes == 0
 
 
@@ -69,13 +69,25 @@ def test_weighted_records_split_at_record_boundaries():
     assert sum(c.items for c in big.take(1)) == 3  # never stuck on an oversized record
 
 
-def test_build_request_groups_by_resource():
+@pytest.mark.parametrize("n", [0, 1, 127, 128, 300, 2**21, 2**35])
+def test_varint_matches_protobuf(n):
+    from google.protobuf.internal.encoder import _VarintBytes
+    assert varint(n) == _VarintBytes(n)
+
+
+def test_encoded_request_equals_the_one_protobuf_builds():
+    """Bytes joined from queued records decode to exactly the request built message by message."""
+    from telegen.signals.common import SCOPE, resource
     q = BoundedQueue(100, 1 << 20)
     q.offer(("x",), {"service.name": "x"}, spans(2), None)
-    q.offer(("y",), {"service.name": "y"}, spans(1), None)
-    q.offer(("x",), {"service.name": "x"}, spans(1), None)
-    request = build_request(KINDS["traces"], q.take(10))
-    assert [len(rs.scope_spans[0].spans) for rs in request.resource_spans] == [3, 1]
+    q.offer(("y",), {"service.name": "y", "n": 3}, spans(1), None)
+    q.offer(("x",), {"service.name": "x"}, spans(3)[2:], None)
+    expected = KINDS["traces"].request_cls()
+    for attrs, records in (({"service.name": "x"}, spans(2) + spans(3)[2:]), ({"service.name": "y", "n": 3}, spans(1))):
+        rs = expected.resource_spans.add(resource=resource(attrs))
+        rs.scope_spans.add(scope=SCOPE).spans.extend(records)
+    got = KINDS["traces"].request_cls.FromString(encode_request(q.take(10), ResourceCache()))
+    assert got == expected
 
 
 # -- retry rules -------------------------------------------------------------------------------
@@ -149,8 +161,8 @@ def test_http_endpoint_appends_signal_path_but_override_is_used_as_is():
 # -- OTLP/JSON and the file sink ---------------------------------------------------------------
 
 def test_otlp_json_uses_hex_ids_and_integer_enums():
-    request = build_request(KINDS["traces"], [type("C", (), {"resource_key": 1, "resource_attrs": {"a": 1},
-                                                              "records": spans(1)})()])
+    request = KINDS["traces"].request_cls()
+    request.resource_spans.add().scope_spans.add().spans.extend(spans(1))
     line = otlpjson.encode(request)
     span = json.loads(line)["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
     assert span["traceId"] == "000102030405060708090a0b0c0d0e0f" and span["spanId"] == "0001020304050607"
@@ -166,7 +178,7 @@ def test_file_sink_writes_lines_and_rotates_keeping_max_files(tmp_path):
         request.resource_spans.add().scope_spans.add().spans.extend(
             [Span(name=f"r{i}-{j}", trace_id=bytes(16), span_id=bytes(8)) for j in range(3)])
         outcomes = []
-        sink.send(request).addCallback(outcomes.append)
+        sink.send(request.SerializeToString()).addCallback(outcomes.append)
         assert outcomes[0].kind == "success"
         sent.append(request)
     files = sink_files(tmp_path, "traces")
