@@ -169,3 +169,44 @@ async def test_connection_lifecycle_metrics_per_direction_and_process(agent, otl
         for proc in clients + [server]:
             proc.kill()
             proc.communicate()
+
+
+FULL_BACKLOG = """
+import socket, sys
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(0)
+port = srv.getsockname()[1]
+first = socket.create_connection(("127.0.0.1", port))    # fills the accept queue (backlog 0)
+late = socket.socket(); late.settimeout(1.5)
+try:
+    late.connect(("127.0.0.1", port))                     # its SYNs are dropped: retransmitted, then given up
+except OSError as e:
+    print(port, type(e).__name__, flush=True)
+late.close()
+sys.stdin.read()
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_timed_out_connect_is_connect_failed_with_syn_retransmits(agent, otlp_receiver):
+    """SYNs dropped by a full accept queue: a retransmitted SYN is counted and the abandoned connect fails as connect_failed."""
+    ebpf, _, _ = agent
+    await ready(ebpf)
+    proc = child(FULL_BACKLOG, service="tcp-timeout")
+    try:
+        port, error = proc.stdout.readline().split()
+        port = int(port)
+        assert error in ("TimeoutError", "timeout")
+        spans = await until(lambda: [s for r, s in otlp_receiver.spans()
+                                     if attrs_dict(s.attributes).get("server.port") == port], message="failed-connect span")
+        [span] = spans
+        assert attrs_dict(span.attributes)["error.type"] == "connect_failed"
+        assert span.end_time_unix_nano - span.start_time_unix_nano >= 10**9      # at least one retransmission timeout
+        retransmits = await until(lambda: points(otlp_receiver, "telegen.tcp.retransmits", **{"server.port": port}),
+                                  message="retransmit metric")
+        assert sum(v for _, _, v in retransmits) >= 1
+        assert all(r["process.pid"] == proc.pid and a["telegen.tcp.direction"] == "outgoing" for r, a, _ in retransmits)
+        [(_, attrs, value)] = await until(lambda: points(otlp_receiver, "telegen.tcp.connections.failed", **{"server.port": port}),
+                                          message="failed metric")
+        assert value == 1 and attrs["error.type"] == "connect_failed"
+    finally:
+        proc.communicate("")
