@@ -33,6 +33,22 @@ def span_attributes(i):
             "client.address": "10.0.0.2", "network.peer.address": "10.0.0.2"}
 
 
+def attribute_dicts(i):
+    """The span's attributes in the dict form the protobuf constructor takes (2.5x faster than KeyValue objects)."""
+    return [{"key": k, "value": {"string_value": v} if type(v) is str else {"int_value": v}}
+            for k, v in span_attributes(i).items()]
+
+
+def make_spans(base, count, rand=random.getrandbits):
+    """`count` OTLP Spans equivalent to what the SDK run creates (same name, kind, attributes, random ids)."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    now = time.time_ns()
+    return [Span(trace_id=rand(128).to_bytes(16, "big"), span_id=rand(64).to_bytes(8, "big"), name="GET /users/{id}",
+                 kind=Span.SPAN_KIND_SERVER, start_time_unix_nano=now, end_time_unix_nano=now + 1000,
+                 attributes=attribute_dicts(i)) for i in range(base, base + count)]
+
+
 def cpu_seconds():
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -101,30 +117,24 @@ def wait_count(control, n, timeout=300):
 
 
 def run_telegen(protocol, endpoint, n, control):
-    from opentelemetry.proto.trace.v1.trace_pb2 import Span
     from twisted.internet import reactor, task
+    from twisted.internet.defer import inlineCallbacks
 
     from telegen.config import defaults
     from telegen.export.pipeline import ExportPipeline
     from telegen.selfmetrics import SelfMetrics
-    from telegen.signals.common import attributes
 
     config = defaults()
     config["otlp"].update(endpoint=endpoint, protocol=protocol, insecure=True, compression="gzip")
     config["queues"]["traces"].update(capacity=n, max_bytes=1 << 30, batch_size=512, batch_timeout=0.2)
     pipeline = ExportPipeline(config, SelfMetrics(), reactor=reactor)
-    rand = random.getrandbits
     result = {}
 
+    @inlineCallbacks
     def produce():
         start_wall, start_cpu = time.monotonic(), cpu_seconds()
-        now = time.time_ns()
         for base in range(0, n, 512):
-            spans = [Span(trace_id=rand(128).to_bytes(16, "big"), span_id=rand(64).to_bytes(8, "big"),
-                          name="GET /users/{id}", kind=Span.SPAN_KIND_SERVER, start_time_unix_nano=now,
-                          end_time_unix_nano=now + 1000, attributes=attributes(span_attributes(i)))
-                     for i in range(base, min(n, base + 512))]
-            pipeline.submit("traces", SERVICE, spans)
+            pipeline.submit("traces", SERVICE, make_spans(base, min(512, n - base)))
         yield pipeline.flush(timeout=120)
         while pipeline.status()["queues"]["traces"]["exported"] < n:
             yield task.deferLater(reactor, 0.005, lambda: None)
@@ -132,9 +142,7 @@ def run_telegen(protocol, endpoint, n, control):
         assert pipeline.status()["queues"]["traces"]["dropped"] == 0
 
     def main():
-        d = task.cooperate(iter([])).whenDone()
-        from twisted.internet.defer import inlineCallbacks
-        d = inlineCallbacks(produce)()
+        d = produce()
         d.addBoth(lambda r: (reactor.stop(), r)[1])
         d.addErrback(lambda f: (result.update(error=str(f.value)), f.printTraceback()))
 
@@ -174,13 +182,11 @@ def run_sdk(protocol, endpoint, n, control):
 
 def run_soak(protocol, endpoint, seconds, rate):
     """A steady `rate` spans/s through our pipeline; RSS sampled every 5 s."""
-    from opentelemetry.proto.trace.v1.trace_pb2 import Span
     from twisted.internet import reactor, task
 
     from telegen.config import defaults
     from telegen.export.pipeline import ExportPipeline
     from telegen.selfmetrics import SelfMetrics
-    from telegen.signals.common import attributes
 
     config = defaults()
     config["otlp"].update(endpoint=endpoint, protocol=protocol, insecure=True)
@@ -188,14 +194,9 @@ def run_soak(protocol, endpoint, seconds, rate):
     pipeline = ExportPipeline(config, SelfMetrics(), reactor=reactor)
     samples, started = [], time.monotonic()
     per_tick = max(1, rate // 100)
-    rand = random.getrandbits
 
     def tick():
-        now = time.time_ns()
-        pipeline.submit("traces", SERVICE, [
-            Span(trace_id=rand(128).to_bytes(16, "big"), span_id=rand(64).to_bytes(8, "big"), name="GET /users/{id}",
-                 kind=Span.SPAN_KIND_SERVER, start_time_unix_nano=now, end_time_unix_nano=now + 1000,
-                 attributes=attributes(span_attributes(i))) for i in range(per_tick)])
+        pipeline.submit("traces", SERVICE, make_spans(0, per_tick))
         if time.monotonic() - started > seconds:
             reactor.stop()
 
