@@ -9,7 +9,6 @@ tracemalloc keeps file and line only, so function names are read from the source
 """
 import bisect
 import gc
-import linecache
 import re
 import sys
 import tracemalloc
@@ -29,11 +28,29 @@ def ensure_tracing(frames=TRACE_FRAMES):
     return True
 
 
-_HEADER = re.compile(r"^([ \t]*)(?:async[ \t]+def|def|class)[ \t]+([A-Za-z_]\w*)")
+_HEADER = re.compile(r"^([ \t]*)(?:async[ \t]+def|def|class)[ \t]+([A-Za-z_]\w*)", re.MULTILINE)
 
 
-def _indent(text):
-    return len(text) - len(text.lstrip(" \t"))
+def _read_source(filename):
+    """
+    (indentation of every line as bytes, def/class lines) of a source file.
+
+    Read here, not through linecache: linecache would keep every source file alive and show up in
+    the very heap profile being taken. Only the small summary is kept.
+    """
+    try:
+        with open(filename, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return b"", []
+    indents = bytes(min(255, len(line) - len(line.lstrip(" \t"))) for line in text.split("\n"))
+    headers = []
+    number, position = 1, 0
+    for match in _HEADER.finditer(text):
+        number += text.count("\n", position, match.start())
+        position = match.start()
+        headers.append((number, len(match.group(1)), match.group(2), match.group(0).lstrip().startswith("class")))
+    return indents, headers
 
 
 class _FunctionIndex:
@@ -46,22 +63,12 @@ class _FunctionIndex:
     the line; its own parent is found the same way.
     """
 
-    # Shared by every index: the def/class lines of a source file do not change while it runs.
-    _headers = {}
+    # Shared by every index: the source of a running module does not change under it.
+    _sources = {}
 
     def __init__(self):
         self._found = {}
         self._modules = {getattr(m, "__file__", None): name for name, m in list(sys.modules.items())}
-
-    def _headers_of(self, filename):
-        headers = self._headers.get(filename)
-        if headers is None:
-            headers = self._headers[filename] = []
-            for number, text in enumerate(linecache.getlines(filename), 1):
-                match = _HEADER.match(text)
-                if match:
-                    headers.append((number, _indent(match.group(1)), match.group(2), text.lstrip().startswith("class")))
-        return headers
 
     def lookup(self, filename, line):
         """(module.function name, first line): the innermost enclosing def, or <module>."""
@@ -71,9 +78,11 @@ class _FunctionIndex:
         return found
 
     def _enclosing(self, filename, line):
-        lines = linecache.getlines(filename)
-        headers = self._headers_of(filename)
-        limit = _indent(lines[line - 1]) if 0 < line <= len(lines) else 0
+        source = self._sources.get(filename)
+        if source is None:
+            source = self._sources[filename] = _read_source(filename)
+        indents, headers = source
+        limit = indents[line - 1] if 0 < line <= len(indents) else 0
         chain = []
         for number, indent, name, is_class in reversed(headers[:bisect.bisect_left(headers, (line,))]):
             if indent < limit:
