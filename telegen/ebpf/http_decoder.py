@@ -29,6 +29,7 @@ ROLE_SERVER, ROLE_CLIENT = 3, 4
 EVENT = struct.Struct("<QIIII" "QQQQQQq" "16sHHI" "16sHHI" "IIII")
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 _NO_BODY_STATUS = frozenset((204, 304))
+PARSE_CACHE = 4096           # distinct request/response heads remembered (parsed heads are immutable)
 
 
 @dataclass(slots=True)
@@ -106,6 +107,20 @@ class HttpDecoder:
         self._drop = drop
         self._offset = mono_to_epoch
         self._conns = {}
+        self._parsed = {}
+
+    def _parse(self, parse, data):
+        """
+        parse(data), memoized on the exact bytes: load generators, health checks and most API
+        clients send identical heads, and hashing the bytes is far cheaper than parsing them.
+        """
+        key = (parse, data)
+        heads = self._parsed.get(key)
+        if heads is None:
+            if len(self._parsed) >= PARSE_CACHE:
+                self._parsed.clear()
+            heads = self._parsed[key] = parse(data)
+        return heads
 
     def __len__(self):
         return len(self._conns)
@@ -137,7 +152,7 @@ class HttpDecoder:
         data = raw[EVENT.size:EVENT.size + cap_len]
         if kind == EV_REQUEST:
             self._finish_responding(conn, out_total, out_last)
-            requests = parse_requests(data)
+            requests = self._parse(parse_requests, data)
             if not requests:
                 self._drop("unparsed_request")
                 return
@@ -147,7 +162,7 @@ class HttpDecoder:
                 conn.waiting.append(_Exchange(req, start))
         elif kind == EV_RESPONSE:
             self._finish_responding(conn, out_total, out_last)
-            self._responses(conn, parse_responses(data), ret, out_total, ts)
+            self._responses(conn, self._parse(parse_responses, data), ret, out_total, ts)
 
     def _responses(self, conn, responses, ret, out_total, ts):
         if not responses:

@@ -31,18 +31,12 @@ class Head:
     headers: dict
     head_len: Optional[int]
     offset: int
+    content_length: Optional[int] = None     # declared body size; None when absent, invalid or chunked
 
-    @property
-    def content_length(self):
-        """Declared body size, or None (absent, invalid or chunked)."""
+    def __post_init__(self):
         value = self.headers.get(b"content-length")
-        if value is None or self.headers.get(b"transfer-encoding"):
-            return None
-        try:
-            n = int(value)
-        except ValueError:
-            return None
-        return n if n >= 0 else None
+        if value is not None and not self.headers.get(b"transfer-encoding") and value.isdigit():
+            self.content_length = int(value)
 
 
 def _headers(lines):

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from telegen.ebpf.http_decoder import HttpDecoder
 from telegen.ebpf.probe import Probe
 from telegen.signals.common import host_identity
-from telegen.signals.http import RedMetrics, RouteMatcher, build_span, url_path
+from telegen.signals.http import RedMetrics, RouteMatcher, SpanEncoder, url_path
 
 log = Logger()
 
@@ -54,6 +54,7 @@ class HttpProbe(Probe):
         self._routes = RouteMatcher(net["routes"])
         self._exclude = _glob_regex(net["exclude_paths"])
         self._red = RedMetrics(metrics)
+        self._encoder = SpanEncoder()
         self._decoder = HttpDecoder(self._exchange, self._drop, time.time_ns() - time.monotonic_ns())
         self._spans = {}
         self._submit_call = None
@@ -118,7 +119,7 @@ class HttpProbe(Probe):
         self.exchanges += 1
         route = self._routes.match(path)
         self._red.record(ex, route, ex.end_ns)
-        self._spans.setdefault(ex.pid, []).append(build_span(ex, path, route))
+        self._spans.setdefault(ex.pid, []).append(self._encoder.span(ex, path, route))
         if self._submit_call is None:
             self._submit_call = self._clock().callLater(0, self.submit_spans)
 

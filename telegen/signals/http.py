@@ -14,12 +14,12 @@ otel.metric.overflow=true and are counted in telegen_metric_attribute_overflow_t
 import bisect
 import random
 import re
+import struct
 
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     AggregationTemporality, Histogram, HistogramDataPoint, Metric,
 )
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from telegen.ebpf.http_parser import parse_traceparent, split_host
 from telegen.signals.common import attributes
@@ -111,32 +111,105 @@ def is_error(server_side, status):
     return status >= 500 or (not server_side and status >= 400)
 
 
+class SpanEncoder:
+    """
+    Builds Span protos from their wire bytes: Span.FromString() of a joined byte string is
+    several times cheaper than constructing a Span and a KeyValue object per attribute in
+    Python (the per-exchange budget is a few microseconds). Everything but ids, times, the
+    client's port and body sizes repeats across exchanges of one endpoint, so its encoding
+    (name, kind, attributes, status) is cached per exchange shape; the cache is bounded.
+    """
+
+    MAX_CACHED = 20000
+    PER_SPAN = ("network.peer.port", "http.request.body.size", "http.response.body.size")
+
+    def __init__(self, rand=random.getrandbits):
+        self._rand = rand
+        self._cache = {}
+        self._per_span = {}
+
+    def _per_span_attribute(self, key, value):
+        """Encoded peer port / body size; ports and common sizes repeat, so these are cached too."""
+        encoded = self._per_span.get((key, value))
+        if encoded is None:
+            if len(self._per_span) >= 8 * self.MAX_CACHED:
+                self._per_span.clear()
+            encoded = self._per_span[(key, value)] = _field9(key, value)
+        return encoded
+
+    def _shape(self, ex, path, route):
+        """(bytes of name, kind, attributes and status that repeat, whether the peer port repeats)."""
+        attrs = exchange_attributes(ex, path, route)
+        name = f"{attrs['http.request.method']} {route}" if route else attrs["http.request.method"]
+        parts = [_bytes_field(0x2a, name.encode()), b"\x30", bytes((_SPAN_KIND[ex.server_side],))]
+        parts += [_field9(k, v) for k, v in attrs.items() if v is not None and k not in self.PER_SPAN]
+        if is_error(ex.server_side, ex.status):
+            if ex.status is not None:
+                parts.append(_field9("error.type", str(ex.status)))
+            parts.append(b"\x7a\x02\x18\x02")          # status { code: STATUS_CODE_ERROR }
+        return b"".join(parts)
+
+    def span(self, ex, path, route):
+        """One OTLP Span for an HttpExchange."""
+        headers = ex.headers
+        # A server's peer port is the client's ephemeral port: per span. A client's is the server's.
+        key = (ex.server_side, ex.method, path, route, ex.status, headers.get(b"host"), headers.get(b"user-agent"),
+               ex.peer_address, ex.local_address, ex.local_port, ex.version)
+        shape = self._cache.get(key)
+        if shape is None:
+            if len(self._cache) >= self.MAX_CACHED:
+                self._cache.clear()
+            shape = self._cache[key] = self._shape(ex, path, route)
+        rand = self._rand
+        parent = parse_traceparent(headers.get(b"traceparent"))
+        if parent:
+            trace_id, parent_id, flags = parent
+            flags |= 0x300            # W3C flags + "is-remote known" (0x100) + "parent is remote" (0x200)
+        else:
+            trace_id, parent_id, flags = rand(128).to_bytes(16, "big"), b"", 0x101
+        parts = [b"\x0a\x10", trace_id, b"\x12\x08", rand(64).to_bytes(8, "big")]
+        if parent_id:
+            parts += (b"\x22\x08", parent_id)
+        parts += (b"\x39", _U64(ex.start_ns), b"\x41", _U64(max(ex.end_ns, ex.start_ns)), shape)
+        for attr, value in (("network.peer.port", ex.peer_port), ("http.request.body.size", ex.request_body_size),
+                            ("http.response.body.size", ex.response_body_size)):
+            if value is not None:
+                parts.append(self._per_span_attribute(attr, value))
+        parts += (b"\x85\x01", _U32(flags))
+        return Span.FromString(b"".join(parts))
+
+
 def build_span(ex, path, route, rand=random.getrandbits):
-    """One OTLP Span for an HttpExchange."""
-    parent = parse_traceparent(ex.headers.get(b"traceparent"))
-    if parent:
-        trace_id, parent_id, flags = parent
+    """One OTLP Span for an HttpExchange (a one-off SpanEncoder; probes keep theirs)."""
+    return SpanEncoder(rand).span(ex, path, route)
+
+
+_U64 = struct.Struct("<Q").pack
+_U32 = struct.Struct("<I").pack
+
+
+def _varint(n):
+    out = bytearray()
+    while n > 0x7f:
+        out.append((n & 0x7f) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _bytes_field(tag, data):
+    return bytes((tag,)) + _varint(len(data)) + data
+
+
+def _field9(key, value):
+    """Span.attributes entry: KeyValue{key (1), value (2): AnyValue{string (1) | bool (2) | int (3)}}."""
+    if isinstance(value, bool):
+        any_value = b"\x10" + (b"\x01" if value else b"\x00")
+    elif isinstance(value, int):
+        any_value = b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)
     else:
-        trace_id, parent_id, flags = rand(128).to_bytes(16, "big"), b"", 1
-    attrs = exchange_attributes(ex, path, route)
-    span = Span(
-        trace_id=trace_id,
-        span_id=rand(64).to_bytes(8, "big"),
-        parent_span_id=parent_id,
-        flags=flags | 0x100,      # W3C flags plus "has parent is-remote known" (0x100)
-        name=f"{attrs['http.request.method']} {route}" if route else attrs["http.request.method"],
-        kind=_SPAN_KIND[ex.server_side],
-        start_time_unix_nano=ex.start_ns,
-        end_time_unix_nano=max(ex.end_ns, ex.start_ns),
-        attributes=attributes(attrs),
-    )
-    if parent:
-        span.flags |= 0x200       # the parent is remote
-    if is_error(ex.server_side, ex.status):
-        span.status.code = Status.STATUS_CODE_ERROR
-        if ex.status is not None:
-            span.attributes.append(KeyValue(key="error.type", value=AnyValue(string_value=str(ex.status))))
-    return span
+        any_value = _bytes_field(0x0a, str(value).encode())
+    return _bytes_field(0x4a, _bytes_field(0x0a, key.encode()) + _bytes_field(0x12, any_value))
 
 
 class _Series:
