@@ -119,7 +119,7 @@ class HttpProbe(Probe):
         self.exchanges += 1
         route = self._routes.match(path)
         self._red.record(ex, route, ex.end_ns)
-        self._spans.setdefault(ex.pid, []).append(self._encoder.span(ex, path, route))
+        self._spans.setdefault(ex.pid, []).append(self._encoder.encode(ex, path, route))
         if self._submit_call is None:
             self._submit_call = self._clock().callLater(0, self.submit_spans)
 
