@@ -8,12 +8,15 @@ A batch holds its in-flight slot while it waits to be retried (as the Collector'
 consumers do): with the destination down the queue fills and overflow is dropped as queue_full.
 """
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
 
 from telegen.export.queue import BoundedQueue
 from telegen.export.retry import PERMANENT, RETRYABLE, SUCCESS, Outcome
 from telegen.export.wire import ResourceCache, encode_request
 
 MAX_IN_FLIGHT = 2
+
+_log = Logger()
 
 # Drop reasons (telegen_queue_dropped_total{reason}); docs/export.md explains each.
 QUEUE_FULL = "queue_full"
@@ -140,6 +143,9 @@ class SignalExporter:
         if outcome.kind == SUCCESS:
             self.exported += batch.items - outcome.rejected
             self._counters.exported(batch.items - outcome.rejected)
+            if outcome.rejected or outcome.message:
+                _log.warn("{signal} export partially rejected: {rejected} items, server says: {message}",
+                          signal=self.kind.name, rejected=outcome.rejected, message=outcome.message[:200])
             if outcome.rejected:
                 self._drop(outcome.rejected, PARTIAL_REJECTED)
             return self._settle(batch)
@@ -156,6 +162,8 @@ class SignalExporter:
             self._drop(batch.items, RETRY_EXHAUSTED)
         else:
             assert outcome.kind == PERMANENT
+            _log.warn("{signal} export rejected ({status}): {error}; {items} items dropped",
+                      signal=self.kind.name, status=outcome.status, error=outcome.error, items=batch.items)
             self._drop(batch.items, REJECTED)
         return self._settle(batch)
 
