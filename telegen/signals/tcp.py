@@ -1,10 +1,11 @@
 """
-TCP connection records -> OTLP: delta metrics per process and CLIENT spans for failed connects.
+TCP connection records -> OTLP: cumulative metrics per process and CLIENT spans for failed connects.
 
-Metrics are aggregated in memory per (process, attribute set) and flushed with DELTA temporality:
-each flush sends what happened since the previous one and forgets it, so memory stays bounded by
-the cardinality cap no matter how many peers and processes come and go. A new attribute set beyond
-`max_series` distinct sets per metric and interval is folded into one series carrying
+Metrics are aggregated in memory per (process, attribute set) with CUMULATIVE temporality, like
+the HTTP RED metrics, so Prometheus-style backends take them as they are. Memory stays bounded
+two ways: a series not updated for `idle_flushes` flushes is dropped after its last export (peers
+and processes come and go; a later point starts a new series with a new start time), and a new
+attribute set beyond `max_series` live sets per metric is folded into one series carrying
 `otel.metric.overflow=true` and counted in telegen_metric_attribute_overflow{metric}.
 Names, attributes and units: docs/tcp.md.
 """
@@ -106,13 +107,16 @@ def metric_attributes(key):
 
 
 class _Series:
-    """The points of one metric for one interval: {(pid, attrs): count or [count, sum, bucket counts]}."""
+    """
+    The live series of one metric: {(pid, series key): point}, a point being
+    [count, sum, bucket counts or None, start time, flush generation of the last update].
+    """
 
     def __init__(self, spec):
         self.spec = spec
         self.points = {}
 
-    def add(self, key, value, cap, overflow):
+    def add(self, key, value, cap, overflow, start_ns, generation):
         point = self.points.get(key)
         if point is None:
             if len(self.points) >= cap:
@@ -120,33 +124,37 @@ class _Series:
                 overflow.labels(metric=self.spec.name).inc()
                 point = self.points.get(key)
             if point is None:
-                point = self.points[key] = [0, 0.0, [0] * (len(self.spec.buckets) + 1)] if self.spec.buckets else [0]
+                buckets = [0] * (len(self.spec.buckets) + 1) if self.spec.buckets else None
+                point = self.points[key] = [0, 0.0, buckets, start_ns, generation]
         point[0] += 1
-        if self.spec.buckets:
+        point[4] = generation
+        if point[2] is not None:
             point[1] += value
             point[2][bisect_left(self.spec.buckets, value)] += 1
 
-    def to_protos(self, start_ns, end_ns):
-        """{pid: Metric} for this interval's points."""
+    def to_protos(self, end_ns):
+        """{pid: Metric}: every live series, cumulative since its start."""
         out = {}
-        for (pid, attrs), point in self.points.items():
+        for (pid, key), (count, total, buckets, start_ns, _) in self.points.items():
             metric = out.get(pid)
             if metric is None:
                 metric = out[pid] = m.Metric(name=self.spec.name, unit=self.spec.unit, description=self.spec.description)
-                if self.spec.buckets:
-                    metric.histogram.aggregation_temporality = m.AGGREGATION_TEMPORALITY_DELTA
+                if buckets is not None:
+                    metric.histogram.aggregation_temporality = m.AGGREGATION_TEMPORALITY_CUMULATIVE
                 else:
-                    metric.sum.aggregation_temporality = m.AGGREGATION_TEMPORALITY_DELTA
+                    metric.sum.aggregation_temporality = m.AGGREGATION_TEMPORALITY_CUMULATIVE
                     metric.sum.is_monotonic = True
-            if self.spec.buckets:
-                metric.histogram.data_points.add(
-                    attributes=attributes(metric_attributes(attrs)), start_time_unix_nano=start_ns, time_unix_nano=end_ns,
-                    count=point[0], sum=point[1], bucket_counts=point[2], explicit_bounds=self.spec.buckets)
+            common = {"attributes": attributes(metric_attributes(key)), "start_time_unix_nano": start_ns, "time_unix_nano": end_ns}
+            if buckets is not None:
+                metric.histogram.data_points.add(count=count, sum=total, bucket_counts=buckets,
+                                                 explicit_bounds=self.spec.buckets, **common)
             else:
-                metric.sum.data_points.add(
-                    attributes=attributes(metric_attributes(attrs)), start_time_unix_nano=start_ns, time_unix_nano=end_ns,
-                    as_int=point[0])
+                metric.sum.data_points.add(as_int=count, **common)
         return out
+
+    def evict(self, oldest_generation):
+        """Drop series whose last update is older than oldest_generation."""
+        self.points = {k: p for k, p in self.points.items() if p[4] >= oldest_generation}
 
 
 class TcpTelemetry:
@@ -155,21 +163,25 @@ class TcpTelemetry:
     (submitted at once). pipeline is the ExportPipeline; processes gives resources by pid.
     """
 
-    def __init__(self, pipeline, processes, metrics, max_series=1000, wall_clock=time.time_ns, monotonic_clock=time.monotonic_ns):
+    def __init__(self, pipeline, processes, metrics, max_series=1000, idle_flushes=20,
+                 wall_clock=time.time_ns, monotonic_clock=time.monotonic_ns):
         self.pipeline = pipeline
         self.processes = processes
         self.metrics = metrics
         self.max_series = max_series
+        self.idle_flushes = idle_flushes
+        self._generation = 0
         self._wall = wall_clock
         self._series = {spec.name: _Series(spec) for spec in (
             OPENED_METRIC, ACCEPTED_METRIC, CLOSED_METRIC, FAILED_METRIC, RETRANSMITS_METRIC,
             CONNECT_DURATION, CONNECTION_DURATION)}
         # bpf_ktime_get_ns() is CLOCK_MONOTONIC: this offset turns kernel times into Unix times.
         self._mono_to_wall = wall_clock() - monotonic_clock()
-        self._interval_start = wall_clock()
+        self._last_flush = wall_clock()      # start time of series born in this interval
 
     def _add(self, spec, key, value=1.0):
-        self._series[spec.name].add(key, value, self.max_series, self.metrics.metric_overflow)
+        self._series[spec.name].add(key, value, self.max_series, self.metrics.metric_overflow,
+                                    self._last_flush, self._generation)
 
     def record(self, conn):
         """Account one connection event."""
@@ -213,14 +225,15 @@ class TcpTelemetry:
         self.pipeline.submit("traces", self.processes.resource_attributes(conn.pid), [span])
 
     def flush(self):
-        """Submit this interval's metrics, one submit per process, and start a new interval."""
-        start, end = self._interval_start, self._wall()
-        self._interval_start = end
+        """Submit every live series, one submit per process; then drop series idle for idle_flushes flushes."""
+        now = self._wall()
         by_pid = {}
         for series in self._series.values():
-            for pid, metric in series.to_protos(start, end).items():
+            for pid, metric in series.to_protos(now).items():
                 by_pid.setdefault(pid, []).append(metric)
-            series.points = {}
+            series.evict(self._generation - self.idle_flushes + 1)
+        self._generation += 1
+        self._last_flush = now
         points = 0
         for pid, metrics in by_pid.items():
             self.pipeline.submit("metrics", self.processes.resource_attributes(pid), metrics)

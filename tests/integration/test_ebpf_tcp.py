@@ -69,8 +69,11 @@ def closed_port():
 
 
 def points(receiver, name, **want):
-    """[(resource, point attrs, value)] of metric `name` whose point attributes include `want`."""
-    out = []
+    """
+    [(resource, point attrs, value)] of metric `name` whose point attributes include `want`: the
+    latest export of each series (the metrics are cumulative, so each flush repeats a series).
+    """
+    latest = {}
     for resource, metric in receiver.metrics():
         if metric.name != name:
             continue
@@ -78,8 +81,9 @@ def points(receiver, name, **want):
         for p in data:
             attrs = attrs_dict(p.attributes)
             if all(attrs.get(k) == v for k, v in want.items()):
-                out.append((resource, attrs, p.count if metric.HasField("histogram") else p.as_int))
-    return out
+                series = (tuple(sorted(resource.items())), tuple(sorted(attrs.items())), p.start_time_unix_nano)
+                latest[series] = (resource, attrs, p.count if metric.HasField("histogram") else p.as_int)
+    return list(latest.values())
 
 
 @pytest.fixture

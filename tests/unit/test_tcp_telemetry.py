@@ -107,7 +107,7 @@ def test_failed_connect_makes_error_client_span_and_failed_metric():
     by_name = metrics_by_name(pipeline)
     [(resource, failed)] = by_name["telegen.tcp.connections.failed"]
     assert resource["process.pid"] == 42
-    assert failed.sum.aggregation_temporality == m.AGGREGATION_TEMPORALITY_DELTA and failed.sum.is_monotonic
+    assert failed.sum.aggregation_temporality == m.AGGREGATION_TEMPORALITY_CUMULATIVE and failed.sum.is_monotonic
     [point] = failed.sum.data_points
     assert point.as_int == 1
     assert attrs_of(point)["error.type"] == "connection_refused"
@@ -145,8 +145,33 @@ def test_lifecycle_counts_and_durations_per_direction():
     assert res == {"host.name": "h"} and "telegen.tcp.direction" not in attrs_of(retrans.sum.data_points[0])
     # opened, connect.duration, accepted, retransmits: 1 series each; closed and connection.duration: 2 each
     assert points == metrics.registry.get_sample_value("telegen_metrics_collected_total") == 8
-    pipeline.calls.clear()
-    assert probe.flush() == 0 and pipeline.calls == []           # delta: nothing new, nothing sent
+
+
+def test_cumulative_series_keep_counting_then_idle_ones_are_dropped():
+    """Cumulative: a series keeps its start time and grows; after idle_flushes flushes without updates it is exported no more."""
+    probe, pipeline, _ = make_probe()
+    probe.telemetry.idle_flushes = 2
+    probe.handle(decode(pack(4, pid=3, error=1)))
+    probe.flush()
+    probe.handle(decode(pack(4, pid=3, error=1)))
+    probe.flush()
+
+    def failed_points():
+        return [p for _, metric in metrics_by_name(pipeline).get("telegen.tcp.connections.failed", [])
+                for p in metric.sum.data_points]
+
+    first, second = failed_points()
+    assert (first.as_int, second.as_int) == (1, 2)
+    assert first.start_time_unix_nano == second.start_time_unix_nano < second.time_unix_nano
+    probe.flush()                                   # idle once: still exported
+    probe.flush()                                   # idle twice: exported a last time, then dropped
+    assert [p.as_int for p in failed_points()] == [1, 2, 2, 2]
+    probe.flush()
+    assert [p.as_int for p in failed_points()] == [1, 2, 2, 2]
+    probe.handle(decode(pack(4, pid=3, error=1)))
+    probe.flush()                                   # a new series, counting from 1 with a new start
+    latest = failed_points()[-1]
+    assert latest.as_int == 1 and latest.start_time_unix_nano > first.start_time_unix_nano
 
 
 def test_cardinality_cap_folds_into_overflow_series():
