@@ -2,7 +2,7 @@
 CONFIG ?= etc/telegen/config.yaml
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap run test unit integration deb bench clean
+.PHONY: bootstrap run test unit deb clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -18,3 +18,7 @@ unit: bootstrap
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache
+
+# The Debian package: telegen_<version>_<arch>.deb in dist/ (docs/install.md).
+deb: bootstrap
+	bash scripts/build-deb.sh
