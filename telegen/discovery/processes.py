@@ -13,6 +13,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from telegen.discovery import procfs
+from telegen.discovery.selectors import Selection
 from telegen.signals.common import host_identity, host_resource_attributes
 
 log = Logger()
@@ -45,6 +46,8 @@ class ProcessTable(service.Service):
         self._loop = None
         self._listeners = {}        # port -> set of pids listening on it (from the last scan)
         self._missing = set()       # pids asked for but not in /proc, until the next scan
+        self._selection = Selection(config["agent"]["discovery"])
+        self._selected = {}         # pid -> bool (cache; cleared by scans, exec and exit)
         self._run_in_thread = run_in_thread or self._thread_pool
 
     @property
@@ -102,6 +105,7 @@ class ProcessTable(service.Service):
                 listeners.setdefault(port, set()).add(pid)
         self._listeners = listeners
         self._missing.clear()
+        self._selected.clear()     # listening ports may have changed
         self._update_gauge()
 
     def _scan_failed(self, failure):
@@ -118,6 +122,7 @@ class ProcessTable(service.Service):
             pending.cancel()
         info = procfs.read_process(pid, self.proc_root)
         self._resources.pop(pid, None)
+        self._selected.pop(pid, None)
         if info is None:
             self._table.pop(pid, None)
         else:
@@ -136,6 +141,7 @@ class ProcessTable(service.Service):
         self._exited.pop(pid, None)
         self._table.pop(pid, None)
         self._resources.pop(pid, None)
+        self._selected.pop(pid, None)
         self._update_gauge()
 
     def _update_gauge(self):
@@ -185,6 +191,19 @@ class ProcessTable(service.Service):
         if info is None:
             self._missing.add(pid)
         return info
+
+    def selected(self, pid):
+        """
+        Whether telemetry caused by pid is reported (agent.discovery.instrument/exclude_instrument).
+        pid 0 or a vanished pid is selected only when no instrument selector restricts the set.
+        """
+        if self._selection.everything:
+            return True
+        verdict = self._selected.get(pid)
+        if verdict is None:
+            info = self._table.get(pid) or self._read_missing(pid)
+            verdict = self._selected[pid] = self._selection.selected(info)
+        return verdict
 
     def listener_pid(self, port):
         """The one process listening on TCP port, or None when none or several (known at the last scan)."""

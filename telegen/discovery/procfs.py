@@ -13,6 +13,8 @@ from telegen.signals.common import parse_resource_attributes
 # /proc/net/tcp{,6} state column value of a listening socket (TCP_LISTEN = 10).
 _LISTEN = "0A"
 _ENV_KEYS = (b"OTEL_SERVICE_NAME=", b"OTEL_RESOURCE_ATTRIBUTES=")
+# cgroup path fragments of container runtimes (Docker, containerd, CRI-O, Podman, Kubernetes).
+_CONTAINER_MARKS = (b"docker", b"containerd", b"crio", b"libpod", b"kubepods")
 
 
 @dataclass
@@ -27,6 +29,7 @@ class ProcessInfo:
     service_name: str = ""              # OTEL_SERVICE_NAME, else service.name in OTEL_RESOURCE_ATTRIBUTES, else exe_name
     service_namespace: str = ""
     ports: set = field(default_factory=set)   # TCP ports it listens on
+    in_container: bool = False          # its cgroup belongs to a container runtime
 
 
 def _read(path):
@@ -78,6 +81,10 @@ def read_process(pid, root="/proc"):
         argv = _read(f"{root}/{pid}/cmdline").rstrip(b"\0").split(b"\0")
     except OSError:
         return None
+    try:
+        cgroup = _read(f"{root}/{pid}/cgroup")
+    except OSError:
+        cgroup = b""
     exe_path = exe_path.removesuffix(" (deleted)")
     exe_name = os.path.basename(exe_path)
     service, namespace = _environ_service(pid, root)
@@ -89,6 +96,7 @@ def read_process(pid, root="/proc"):
         command_line=" ".join(a.decode("utf-8", "replace") for a in argv),
         service_name=service or exe_name,
         service_namespace=namespace,
+        in_container=any(mark in cgroup for mark in _CONTAINER_MARKS),
     )
 
 

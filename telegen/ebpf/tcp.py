@@ -128,7 +128,7 @@ class TcpProbe(Probe):
             owner = self.processes.listener_pid(conn.local_port)
             if owner is not None:
                 conn = conn._replace(pid=owner)
-        if conn.pid == self._self_pid:
+        if conn.pid == self._self_pid or not self.processes.selected(conn.pid):
             return
         self.telemetry.record(conn)
 

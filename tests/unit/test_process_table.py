@@ -30,7 +30,7 @@ class FakeProc:
         self.sockets = []
         self._write_net()
 
-    def add(self, pid, exe, argv, env=None, start=100, socket_inodes=()):
+    def add(self, pid, exe, argv, env=None, start=100, socket_inodes=(), cgroup="0::/user.slice\n"):
         d = self.root / str(pid)
         (d / "fd").mkdir(parents=True, exist_ok=True)
         (d / "stat").write_text(f"{pid} (my (odd) prog) S " + " ".join(["0"] * 18) + f" {start} 0 0\n")
@@ -38,6 +38,7 @@ class FakeProc:
             (d / "exe").unlink()
         os.symlink(exe, d / "exe")
         (d / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+        (d / "cgroup").write_text(cgroup)
         (d / "environ").write_bytes(b"".join(f"{k}={v}\0".encode() for k, v in (env or {}).items()))
         for n, inode in enumerate(socket_inodes, start=3):
             os.symlink(f"socket:[{inode}]", d / "fd" / str(n))
@@ -64,10 +65,12 @@ class FakeProc:
             (self.root / "net" / table).write_text("".join(lines))
 
 
-def make_table(tmp_path, clock=None):
+def make_table(tmp_path, clock=None, **discovery):
     proc = FakeProc(tmp_path / "proc")
     metrics = SelfMetrics()
-    table = ProcessTable(make_config(), metrics, reactor=clock or Clock(), proc_root=str(proc.root),
+    config = make_config()
+    config["agent"]["discovery"].update(discovery)
+    table = ProcessTable(config, metrics, reactor=clock or Clock(), proc_root=str(proc.root),
                          run_in_thread=lambda fn, *a: defer.succeed(fn(*a)))
     return proc, metrics, table
 
@@ -185,4 +188,37 @@ def test_vanished_process_and_kernel_threads_are_skipped(tmp_path):
     proc.remove(50)
     table.on_exec(50)
     assert table.lookup(50) is None
+    table.stopService()
+
+
+def test_instrument_selectors_choose_processes(tmp_path):
+    """instrument (OR of AND-ed criteria) and exclude_instrument (wins) decide selected(pid)."""
+    proc, _, table = make_table(
+        tmp_path,
+        instrument=[{"exe_path": "*/nginx", "open_ports": [(80, 80), (8000, 8999)]}, {"name": "api-*"},
+                    {"containers_only": True}, {"k8s_namespace": "shop"}],
+        exclude_instrument=[{"name": "api-internal"}])
+    proc.listen(6001, 8080)
+    proc.add(60, "/usr/sbin/nginx", ["nginx"], socket_inodes=[6001])
+    proc.add(61, "/usr/sbin/nginx", ["nginx"])                                    # no matching port
+    proc.add(62, "/srv/app", ["app"], {"OTEL_SERVICE_NAME": "api-public"})
+    proc.add(63, "/srv/app", ["app"], {"OTEL_SERVICE_NAME": "api-internal"})     # excluded
+    proc.add(64, "/bin/sleep", ["sleep"], cgroup="0::/system.slice/docker-0123abcd.scope\n")
+    proc.add(65, "/bin/sleep", ["sleep"])
+    table.startService()
+    assert {pid: table.selected(pid) for pid in range(60, 66)} == {
+        60: True, 61: False, 62: True, 63: False, 64: True, 65: False}
+    assert table.selected(0) is False and table.selected(4242) is False     # unknown: not when instrument restricts
+    table.stopService()
+
+
+def test_without_selectors_everything_is_selected(tmp_path):
+    """The default config selects every process, known or not, without reading anything."""
+    _, _, table = make_table(tmp_path)
+    assert table.selected(0) and table.selected(12345)
+    exclude_only = make_table(tmp_path / "x", exclude_instrument=[{"exe_path": "*/sshd"}])
+    proc, _, table = exclude_only
+    proc.add(70, "/usr/sbin/sshd", ["sshd"])
+    table.startService()
+    assert not table.selected(70) and table.selected(0)
     table.stopService()

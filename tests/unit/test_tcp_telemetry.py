@@ -35,14 +35,18 @@ class RecordingPipeline:
 class StubProcesses:
     """resource_attributes by pid and listener owners by port, as ProcessTable answers them."""
 
-    def __init__(self, listeners=None):
+    def __init__(self, listeners=None, excluded=()):
         self.listeners = listeners or {}
+        self.excluded = set(excluded)
 
     def resource_attributes(self, pid):
         return {"service.name": f"svc-{pid}", "process.pid": pid} if pid else {"host.name": "h"}
 
     def listener_pid(self, port):
         return self.listeners.get(port)
+
+    def selected(self, pid):
+        return pid not in self.excluded
 
 
 def pack(kind, pid=0, direction=1, family=socket.AF_INET, local=("127.0.0.1", 40000), peer=("127.0.0.1", 8080),
@@ -189,7 +193,7 @@ def test_cardinality_cap_folds_into_overflow_series():
 
 
 def test_port_filters_and_self_are_dropped():
-    """exclude_ports/include_ports apply to the server port; the agent's own connections never count."""
+    """Port filters apply to the server port; the agent's own and unselected processes' connections never count."""
     probe, pipeline, _ = make_probe(listeners={19090: os.getpid()}, exclude_ports=[(22, 22)])
     probe.handle(decode(pack(1, pid=5, peer=("10.0.0.1", 22), established=1)))
     probe.handle(decode(pack(2, direction=2, local=("127.0.0.1", 19090), peer=("127.0.0.1", 5000), established=1)))
@@ -201,6 +205,10 @@ def test_port_filters_and_self_are_dropped():
     only.flush()
     [(_, opened)] = metrics_by_name(pipeline2)["telegen.tcp.connections.opened"]
     assert [attrs_of(p)["server.port"] for p in opened.sum.data_points] == [8080]
+    unselected, pipeline3, _ = make_probe()
+    unselected.processes.excluded.add(5)
+    unselected.handle(decode(pack(4, pid=5, error=1)))
+    assert unselected.flush() == 0 and pipeline3.calls == []     # neither the span nor the metric
 
 
 def test_probe_describes_itself_for_the_service():
