@@ -30,9 +30,10 @@ pytestmark = [pytest.mark.ebpf, pytest.mark.integration]
 
 CLIENT = """
 import socket, sys
-s = socket.socket()
+host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
 try:
-    s.connect(("127.0.0.1", int(sys.argv[1])))
+    s.connect((host, int(sys.argv[1])))
     s.sendall(b"hello")
     s.close()
     print("connected", flush=True)
@@ -62,9 +63,9 @@ def child(code, *args, service):
                             stdout=subprocess.PIPE, text=True, env={**os.environ, "OTEL_SERVICE_NAME": service})
 
 
-def closed_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def closed_port(host="127.0.0.1"):
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -110,13 +111,14 @@ async def ready(ebpf):
     await until(lambda: ebpf.ready_check() == "ok", timeout=180, message=f"probes attached ({ebpf.ready_check()})")
 
 
+@pytest.mark.parametrize("host, network_type", [("127.0.0.1", "ipv4"), ("::1", "ipv6")])
 @pytest_twisted.ensureDeferred
-async def test_failed_connect_yields_error_span_and_failed_metric(agent, otlp_receiver):
+async def test_failed_connect_yields_error_span_and_failed_metric(agent, otlp_receiver, host, network_type):
     """A refused connect becomes a CLIENT span with status ERROR and a failed-connection data point, with the client's resource."""
     ebpf, _, metrics = agent
     await ready(ebpf)
-    port = closed_port()
-    client = child(CLIENT, port, service="tcp-client")
+    port = closed_port(host)
+    client = child(CLIENT, port, host, service="tcp-client")
     try:
         assert client.stdout.readline().strip() == "111"        # ECONNREFUSED
         spans = await until(lambda: [(r, s) for r, s in otlp_receiver.spans()
@@ -126,7 +128,8 @@ async def test_failed_connect_yields_error_span_and_failed_metric(agent, otlp_re
         assert span.status.code == t.Status.STATUS_CODE_ERROR
         attrs = attrs_dict(span.attributes)
         assert attrs["error.type"] == "connection_refused"
-        assert attrs["server.address"] == attrs["network.peer.address"] == "127.0.0.1"
+        assert attrs["server.address"] == attrs["network.peer.address"] == host
+        assert attrs["network.type"] == network_type
         assert 0 < span.end_time_unix_nano - span.start_time_unix_nano < 10**9
         assert (resource["process.pid"], resource["service.name"]) == (client.pid, "tcp-client")
         failed = await until(lambda: points(otlp_receiver, "telegen.tcp.connections.failed", **{"server.port": port}),
