@@ -217,3 +217,37 @@ async def test_timed_out_connect_is_connect_failed_with_syn_retransmits(agent, o
         assert value == 1 and attrs["error.type"] == "connect_failed"
     finally:
         proc.communicate("")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_agents_own_connections_are_not_reported(agent, otlp_receiver):
+    """Connections to and from the agent's process (this test process) never appear; a later failed connect proves the events were consumed."""
+    ebpf, table, _ = agent
+    await ready(ebpf)
+    own = socket.socket()
+    own.bind(("127.0.0.1", 0))
+    own.listen()
+    own_port = own.getsockname()[1]
+    server = child(SERVER, 1, service="tcp-peer")
+    peer_port = int(server.stdout.readline())
+    try:
+        await until(lambda: table.listener_pid(own_port) == os.getpid(), message="own listener known")
+        incoming = child(CLIENT, own_port, service="tcp-to-agent")       # accepted by the agent
+        assert incoming.stdout.readline().strip() == "connected"
+        outgoing = socket.create_connection(("127.0.0.1", peer_port))    # opened by the agent
+        outgoing.close()
+        marker_port = closed_port()
+        marker = child(CLIENT, marker_port, service="tcp-marker")
+        assert marker.stdout.readline().strip() == "111"
+        await until(lambda: points(otlp_receiver, "telegen.tcp.connections.failed", **{"server.port": marker_port}),
+                    message="marker consumed and flushed")
+        assert not points(otlp_receiver, "telegen.tcp.connections.accepted", **{"server.port": own_port})
+        assert not points(otlp_receiver, "telegen.tcp.connections.opened", **{"server.port": peer_port})
+        own_resources = [r for r, _ in otlp_receiver.metrics() if r.get("process.pid") == os.getpid()]
+        assert own_resources == []
+        for proc in (incoming, marker):
+            proc.communicate("")
+    finally:
+        own.close()
+        server.kill()
+        server.communicate()
