@@ -17,13 +17,10 @@ import socket
 import struct
 
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
 from telegen.ebpf.probe import Probe
 from telegen.ebpf.process_events import ringbuf_pages
 from telegen.signals import tcp as signals
-
-log = Logger()
 
 # struct tcp_event: telegen_event_header {u64 ts; u32 pid, tid, kind; pad}, u64 start, u64 established,
 # u16 family, sport, dport, u8 direction, error, u8 saddr[16], daddr[16].
