@@ -42,12 +42,33 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
+def memory_mb(pid):
+    """RSS, its anonymous part, and the part that is BPF maps (ring buffers are mmapped, data pages twice)."""
+    rss = anon = maps = 0
+    mapping = ""
+    with open(f"/proc/{pid}/smaps") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+            parts = line.split()
+            if not parts[0].endswith(":"):
+                mapping = parts[5] if len(parts) > 5 else ""
+            elif parts[0] == "Rss:":
+                rss += int(parts[1])
+                if mapping == "anon_inode:bpf-map":
+                    maps += int(parts[1])
+            elif parts[0] == "Anonymous:":
+                anon += int(parts[1])
+    return {"rss": rss / 1024, "anon": anon / 1024, "bpf_maps": maps / 1024}
+
+
+def counters(agent):
+    """The drop and collection counters of the agent's /metrics that explain missing spans."""
+    out = {}
+    for line in agent.get("/metrics").body.decode().splitlines():
+        if line.startswith(("telegen_queue_dropped_total", "telegen_ebpf_events_dropped_total",
+                            "telegen_spans_collected_total", "telegen_spans_dropped_total", "telegen_ebpf_ringbuf")):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
 
 
 class Sampler(threading.Thread):
@@ -61,7 +82,7 @@ class Sampler(threading.Thread):
 
     def run(self):
         while not self.done.wait(1.0):
-            self.samples.append(rss_mb(self.pid))
+            self.samples.append(memory_mb(self.pid))
 
 
 def wrk(port, seconds, connections=32):
@@ -92,8 +113,9 @@ def server_spans(receiver, port):
     return n
 
 
-def settle(receiver, port, timeout=60):
-    """Span count once it stops growing (export batches trail the load by a few seconds)."""
+def settle(receiver, port, agent, timeout=60):
+    """Span count once everything queued is flushed and the count stops growing."""
+    agent.post("/admin/flush")
     last, stable_since = -1, time.monotonic()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -111,6 +133,7 @@ def main():
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--rate-seconds", type=int, default=20)
+    parser.add_argument("--no-tcp", action="store_true", help="turn the tcp probe off (isolates the HTTP cost)")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="telegen-bench-")
     os.chmod(tmp, 0o755)
@@ -123,7 +146,7 @@ def main():
         results["off1"] = wrk(port, args.seconds)
         agent = AgentProcess(tmp, config={
             "otlp": {"endpoint": receiver.grpc_endpoint, "protocol": "grpc", "insecure": True},
-            "agent": {"ebpf": {"enabled": True}, "host_metrics": {"interval": "15s"}}})
+            "agent": {"ebpf": {"enabled": True, "network": {"tcp": not args.no_tcp}}, "host_metrics": {"interval": "15s"}}})
         agent.start()
         wait_for(lambda: agent.get("/ready").json()["checks"]["ebpf"] == "ok", timeout=300, message="probes attached")
         pid = agent.process.pid
@@ -132,7 +155,7 @@ def main():
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
         results["on"] = wrk(port, args.seconds)
         results["on"]["agent_cpu_pct"] = 100 * (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
-        results["on"]["spans"] = settle(receiver, port)
+        results["on"]["spans"] = settle(receiver, port, agent)
         results["on"]["events_lost"] = agent.get("/status/ebpf").json()["ringbuf"]["events_lost"] - lost0
 
         receiver.clear()
@@ -143,11 +166,14 @@ def main():
         fixed = h2load(port, args.rate, args.rate_seconds)
         fixed["agent_cpu_pct"] = 100 * (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
         sampler.done.set()
-        fixed["rss_mb_steady"] = statistics.median(sampler.samples[len(sampler.samples) // 2:])
-        fixed["rss_mb_max"] = max(sampler.samples)
-        fixed["spans"] = settle(receiver, port)
+        steady = sampler.samples[len(sampler.samples) // 2:]
+        for part in ("rss", "anon", "bpf_maps"):
+            fixed[f"{part}_mb_steady"] = statistics.median(s[part] for s in steady)
+        fixed["rss_mb_max"] = max(s["rss"] for s in sampler.samples)
+        fixed["spans"] = settle(receiver, port, agent)
         fixed["events_lost"] = agent.get("/status/ebpf").json()["ringbuf"]["events_lost"] - lost0
         results["fixed"] = fixed
+        results["counters"] = counters(agent)
         agent.stop()
         agent = None
         results["off2"] = wrk(port, args.seconds)
@@ -172,6 +198,7 @@ def main():
     print(f"| h2load {args.rate}/s: achieved req/s | | {fixed['rps']:,.0f} | |")
     print(f"| h2load {args.rate}/s: agent CPU % of one core | | {fixed['agent_cpu_pct']:.1f} | target < 15 |")
     print(f"| h2load {args.rate}/s: agent RSS MB steady (max) | | {fixed['rss_mb_steady']:.0f} ({fixed['rss_mb_max']:.0f}) | target < 150 |")
+    print(f"| of which anonymous / BPF map (ring buffer) pages | | {fixed['anon_mb_steady']:.0f} / {fixed['bpf_maps_mb_steady']:.0f} | |")
     print(f"| h2load {args.rate}/s: requests / server spans / events lost | | {fixed['requests']:,} / {fixed['spans']:,} / "
           f"{fixed['events_lost']:,} | spans {100 * fixed['spans'] / fixed['requests']:.1f}% (target 100%) |")
 

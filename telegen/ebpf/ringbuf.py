@@ -14,6 +14,12 @@ from twisted.logger import Logger
 
 log = Logger()
 
+# Events handled per doRead. libbpf's consume loops until the ring is empty, which under a
+# sustained flood is never: without a bound one doRead would hold the reactor (and the API)
+# for seconds. Returning < 0 from the callback makes libbpf commit that event and stop; the
+# fd stays readable, so the reactor comes back after serving everything else.
+MAX_EVENTS_PER_READ = 2048
+
 
 class RingBufferReader(FileDescriptor):
     """
@@ -30,6 +36,7 @@ class RingBufferReader(FileDescriptor):
         self.events_received = 0
         self.handler_errors = 0
         self.error = None
+        self._budget = MAX_EVENTS_PER_READ
         self._bpf = bpf
         self._handler = handler
         self._metrics = metrics
@@ -43,7 +50,7 @@ class RingBufferReader(FileDescriptor):
         return self._fd
 
     def _callback(self, ctx, data, size):
-        """Called by BCC once per event during ring_buffer_consume(); never raises."""
+        """Called by BCC once per event during ring_buffer_consume(); never raises; -1 ends this drain."""
         self.events_received += 1
         try:
             self._handler(data, size)
@@ -52,11 +59,13 @@ class RingBufferReader(FileDescriptor):
             self._metrics.ebpf_events_dropped.labels(reason="handler_error").inc()
             if self.handler_errors == 1:
                 log.failure("ring buffer {name}: event handler failed (further failures only counted)", name=self.name)
-        return 0
+        self._budget -= 1
+        return 0 if self._budget > 0 else -1
 
     def doRead(self):
         """Drain every ready event; count them in telegen_ebpf_ringbuf_events_total."""
         before = self.events_received
+        self._budget = MAX_EVENTS_PER_READ
         self._bpf.ring_buffer_consume()
         arrived = self.events_received - before
         if arrived:

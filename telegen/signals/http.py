@@ -93,6 +93,8 @@ def exchange_attributes(ex, path, route):
 
 def url_path(target):
     """The path part of a request target (origin form or absolute form)."""
+    if target.startswith("/") and "?" not in target and "#" not in target:
+        return target
     if target.startswith("http://") or target.startswith("https://"):
         slash = target.find("/", target.find("//") + 2)
         target = target[slash:] if slash >= 0 else "/"
@@ -141,7 +143,7 @@ class SpanEncoder:
         """Encoded peer port / body size; ports and common sizes repeat, so these are cached too."""
         encoded = self._per_span.get((key, value))
         if encoded is None:
-            if len(self._per_span) >= 8 * self.MAX_CACHED:
+            if len(self._per_span) >= self.MAX_CACHED:
                 self._per_span.clear()
             encoded = self._per_span[(key, value)] = _field9(key, value)
         return encoded
@@ -261,10 +263,11 @@ class RedMetrics:
         self._max = max_series
         self._series = {SERVER_METRIC: {}, CLIENT_METRIC: {}}
         self._start = {}
+        self._attrs = {}
 
-    def record(self, ex, route, now_ns):
-        """Add one exchange's duration."""
-        name = SERVER_METRIC if ex.server_side else CLIENT_METRIC
+    @staticmethod
+    def _attributes(ex, route):
+        """The metric attributes of an exchange, as a hashable tuple of pairs."""
         attrs = [("http.request.method", ex.method if ex.method in KNOWN_METHODS else "_OTHER"),
                  ("url.scheme", "http")]
         if ex.status is not None:
@@ -278,7 +281,19 @@ class RedMetrics:
             attrs.append(("server.port", ex.peer_port))
         if ex.version:
             attrs.append(("network.protocol.version", ex.version))
-        key = (ex.pid, tuple(attrs))
+        return tuple(attrs)
+
+    def record(self, ex, route, now_ns):
+        """Add one exchange's duration."""
+        name = SERVER_METRIC if ex.server_side else CLIENT_METRIC
+        shape = (ex.server_side, ex.method, ex.status, route, ex.version,
+                 None if ex.server_side else ex.peer_address, None if ex.server_side else ex.peer_port)
+        attrs = self._attrs.get(shape)
+        if attrs is None:
+            if len(self._attrs) >= 4 * self._max:
+                self._attrs.clear()
+            attrs = self._attrs[shape] = self._attributes(ex, route)
+        key = (ex.pid, attrs)
         table = self._series[name]
         series = table.get(key)
         if series is None:

@@ -32,9 +32,12 @@ class FakeBPF:
         return self.tables[name]
 
     def ring_buffer_consume(self):
-        events, self.pending = self.pending, []
-        for ptr, size in events:
+        """Like libbpf: hand events over until the ring is empty or a callback returns < 0."""
+        while self.pending:
+            ptr, size = self.pending.pop(0)
             self.returns.append(self.tables[b"events"].callback(None, ptr, size))
+            if self.returns[-1] < 0:
+                return
 
 
 def make(handler):
@@ -86,3 +89,16 @@ def test_connection_lost_with_an_error_is_reported_but_shutdown_is_not():
     broken.start()
     broken.connectionLost(Failure(OSError("consume failed")))
     assert broken.error == "consume failed"
+
+
+def test_one_do_read_handles_a_bounded_number_of_events(monkeypatch):
+    """A flood cannot hold the reactor: a doRead stops after its budget, the next one goes on."""
+    from telegen.ebpf import ringbuf
+    monkeypatch.setattr(ringbuf, "MAX_EVENTS_PER_READ", 3)
+    seen = []
+    _, bpf, _, reader = make(lambda p, s: seen.append(p))
+    bpf.pending = [(i, 8) for i in range(5)]
+    reader.doRead()
+    assert seen == [0, 1, 2] and bpf.returns[-1] == -1
+    reader.doRead()
+    assert seen == [0, 1, 2, 3, 4] and reader.events_received == 5
