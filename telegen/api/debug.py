@@ -24,6 +24,7 @@ from telegen.debug.cpu import CpuProfiler, ProfilerBusy
 
 MAX_PROFILE_SECONDS = 300
 DEFAULT_PROFILE_SECONDS = 30
+MAX_TRACE_FRAMES = 64
 
 # (name, link, description): the index, in Go's order, with what each means here.
 PROFILES = (
@@ -32,7 +33,8 @@ PROFILES = (
     ("goroutine", "goroutine?debug=1", "Stack traces of all Python threads and the reactor's pending delayed calls. "
                                       "debug=1 groups equal stacks, debug=2 lists every thread; no debug: profile.proto."),
     ("heap", "heap", "Live Python allocations traced by tracemalloc (inuse_objects, inuse_space). Tracing starts on the "
-                     "first request and stays on; gc=1 collects first; debug=1 gives the top lines as text."),
+                     "first request (frames=1..64 stack depth, default 16) and stays on: it slows allocation "
+                     "several times; gc=1 collects first; debug=1 gives the top lines as text."),
     ("mutex", "mutex", "Not available: CPython does not record lock contention (answers 501 with the reason)."),
     ("profile", "profile?seconds=30", "CPU profile of all Python threads, sampled at 100 Hz and weighted by each "
                                      "thread's CPU time. seconds=1..300 (default 30)."),
@@ -139,9 +141,12 @@ class DebugApi:
     def heap(self, request):
         debug = int_arg(request, "debug", 0, 0, 2)
         gc_first = int_arg(request, "gc", 0, 0, 1) == 1
-        started = tracemalloc_heap.ensure_tracing()
-        # Tells the caller the first answer only holds what was allocated since this request.
+        frames = int_arg(request, "frames", tracemalloc_heap.TRACE_FRAMES, 1, MAX_TRACE_FRAMES)
+        started = tracemalloc_heap.ensure_tracing(frames)
+        # Tells the caller the first answer only holds what was allocated since this request, and
+        # how deep the stacks are (frames only applies to the request that starts tracing).
         request.setHeader(b"x-tracemalloc-started", b"true" if started else b"false")
+        request.setHeader(b"x-tracemalloc-frames", str(tracemalloc.get_traceback_limit()).encode())
         if debug:
             return self._in_thread(tracemalloc_heap.top_lines, gc_first).addCallback(lambda text: _text_answer(request, text))
         d = self._in_thread(lambda: tracemalloc_heap.heap_profile(gc_first).gzipped())

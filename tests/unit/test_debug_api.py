@@ -140,8 +140,10 @@ class DebugApiTests(SynchronousTestCase):
         """Tracing starts on the first request; a block allocated after it shows under its function."""
         was_tracing = tracemalloc.is_tracing()
         try:
-            response, _body = self.get("/pprof/heap")
+            response, _body = self.get("/pprof/heap?frames=8")
             self.assertEqual(response.headers.getRawHeaders("x-tracemalloc-started"), ["false" if was_tracing else "true"])
+            if not was_tracing:
+                self.assertEqual(response.headers.getRawHeaders("x-tracemalloc-frames"), ["8"])
             kept = allocate_for_heap_test()
             response, body = self.get("/pprof/heap?gc=1")
             self.assertEqual(response.headers.getRawHeaders("x-tracemalloc-started"), ["false"])
@@ -199,9 +201,12 @@ class DebugApiTests(SynchronousTestCase):
         self.assertEqual(response.code, 405)
         self.assertEqual(json.loads(self.successResultOf(response.content()))["error"], "method_not_allowed")
 
-    def test_debug_argument_is_validated(self):
-        """goroutine?debug=3 is refused."""
+    def test_debug_and_frames_arguments_are_validated(self):
+        """goroutine?debug=3 and heap?frames=0 are refused before anything starts."""
         self.assertError("/pprof/goroutine?debug=3", 400, "invalid_request")
+        was_tracing = tracemalloc.is_tracing()
+        self.assertError("/pprof/heap?frames=0", 400, "invalid_request")
+        self.assertEqual(tracemalloc.is_tracing(), was_tracing)
 
 
 def allocate_for_heap_test():
