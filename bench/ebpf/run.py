@@ -134,6 +134,7 @@ def main():
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--rate-seconds", type=int, default=20)
     parser.add_argument("--no-tcp", action="store_true", help="turn the tcp probe off (isolates the HTTP cost)")
+    parser.add_argument("--nice", type=int, default=0, help="niceness of the agent's reactor thread (yield CPU to apps)")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="telegen-bench-")
     os.chmod(tmp, 0o755)
@@ -150,6 +151,8 @@ def main():
         agent.start()
         wait_for(lambda: agent.get("/ready").json()["checks"]["ebpf"] == "ok", timeout=300, message="probes attached")
         pid = agent.process.pid
+        if args.nice:
+            os.setpriority(os.PRIO_PROCESS, pid, args.nice)
 
         lost0 = agent.get("/status/ebpf").json()["ringbuf"]["events_lost"]
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
