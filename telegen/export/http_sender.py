@@ -13,11 +13,10 @@ from treq.client import HTTPClient
 from twisted.internet import error as net_error
 from twisted.internet import ssl
 from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
-
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 
 from telegen.export.retry import RETRYABLE, SUCCESS, Outcome, http_outcome, parse_retry_after
 
@@ -77,6 +76,8 @@ def short_reason(failure):
         inner = [r.value for r in reasons]
         if any(isinstance(e, SSL.Error) for e in inner):
             return "tls handshake failed", "tls"
+        if any(isinstance(e, (CancelledError, net_error.TimeoutError)) for e in inner):
+            return "timeout", "timeout"  # treq's timeout cancels the request mid-way
         return "connection lost", "connection_lost"
     for cls, reason, kind in ((net_error.ConnectionRefusedError, "connection refused", "connection_refused"),
                               (net_error.DNSLookupError, "name resolution failed", "dns"),

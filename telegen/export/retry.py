@@ -6,7 +6,9 @@ Why a separate module: both senders reduce their transport's answer to one Outco
 pipeline decides what to do with it here, so gRPC and HTTP cannot drift apart.
 """
 import random
+import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Optional
 
 SUCCESS = "success"
@@ -60,8 +62,6 @@ def parse_retry_after(value, now=None):
     value = value.strip()
     if value.isdigit():
         return float(value)
-    from email.utils import parsedate_to_datetime
-    import time
     try:
         when = parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError):

@@ -284,3 +284,17 @@ def test_flush_and_shutdown_flush_deliver_without_waiting_for_batch_timeout(otlp
     yield pipeline.stopService()
     assert [s.name for _, s in otlp_receiver.spans()][7:] == ["last0", "last1", "last2"]
     assert queue(pipeline) == {"size": 0, "capacity": 10000, "exported": 10, "dropped": 0, "enabled": True}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest_twisted.inlineCallbacks
+def test_a_slow_answer_times_out_and_is_retried(otlp_receiver, stopping, protocol):
+    """otlp.timeout 0.3s against a 1s answer: the attempt is abandoned, counted, and retried."""
+    otlp_receiver.script(Reply(delay=1.0))
+    pipeline, metrics = make_pipeline(otlp_receiver.endpoint(protocol), protocol, **{"otlp.timeout": 0.3})
+    stopping(pipeline)
+    pipeline.submit("traces", {}, spans(2))
+    yield until(lambda: queue(pipeline)["exported"] == 2, message="delivery after a timeout")
+    assert len(otlp_receiver.requests("traces", accepted_only=False)) >= 2
+    errors = {s.labels["error_type"] for s in metrics.export_errors.collect()[0].samples if s.name.endswith("_total")}
+    assert errors & {"timeout", "deadline_exceeded"}
