@@ -1,0 +1,102 @@
+"""
+HttpProbe's user-space half with a Clock and fakes: kernel port filter seeded from config, spans
+batched per reactor turn and per process, excluded paths counted, RED flushed on its interval.
+"""
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from twisted.internet.task import Clock
+
+from telegen.config.loader import defaults
+from telegen.ebpf.http_decoder import EV_REQUEST, EV_RESPONSE
+from telegen.ebpf.http_probe import HttpProbe
+from telegen.selfmetrics import SelfMetrics
+from tests.unit.test_http_decoder import RESP, event
+
+
+class Table(dict):
+    """A BCC array as the probe uses it: Key/Leaf constructors and item assignment."""
+
+    Key = int
+    Leaf = int
+
+
+class FakeBPF:
+    def __init__(self):
+        self.tables = {b"port_rules": Table(), b"settings": Table()}
+
+    def __getitem__(self, name):
+        return self.tables[name]
+
+
+class Pipeline:
+    def __init__(self):
+        self.calls = []
+
+    def submit(self, signal, resource, records):
+        self.calls.append((signal, resource, list(records)))
+        return len(records)
+
+
+class Processes:
+    def resource_attributes(self, pid):
+        return {"service.name": f"svc-{pid}", "process.pid": pid} if pid == 10 else {"host.name": "h"}
+
+
+def make(**network):
+    config = defaults()
+    config["agent"]["ebpf"]["network"].update(network)
+    config["agent"]["host_metrics"]["interval"] = 5.0
+    clock, pipeline, metrics = Clock(), Pipeline(), SelfMetrics()
+    probe = HttpProbe(config, pipeline, Processes(), metrics, reactor=clock)
+    bpf = FakeBPF()
+    probe.attached(bpf)
+    return probe, bpf, clock, pipeline, metrics
+
+
+def exchange(probe, path, pid=10, conn=1):
+    req = b"GET %s HTTP/1.1\r\n\r\n" % path.encode()
+    probe._decoder.handle_bytes(event(EV_REQUEST, 100, req, pid=pid, conn_ts=conn))
+    probe._decoder.handle_bytes(event(EV_RESPONSE, 200, RESP, rx=len(req), pid=pid, conn_ts=conn))
+
+
+def test_port_filter_is_seeded_from_config():
+    _, bpf, _, _, _ = make(include_ports=[(8080, 8081)], exclude_ports=[(9000, 9000)])
+    assert bpf.tables[b"port_rules"] == {8080: 1, 8081: 1, 9000: 2}
+    assert bpf.tables[b"settings"] == {0: 1}
+    _, open_bpf, _, _, _ = make()
+    assert open_bpf.tables[b"port_rules"] == {} and open_bpf.tables[b"settings"] == {0: 0}
+
+
+def test_spans_are_submitted_once_per_reactor_turn_per_process():
+    probe, _, clock, pipeline, _ = make()
+    exchange(probe, "/a")
+    exchange(probe, "/b", conn=2)
+    exchange(probe, "/c", pid=11, conn=3)
+    assert pipeline.calls == []
+    clock.advance(0)
+    traces = [(r, recs) for s, r, recs in pipeline.calls if s == "traces"]
+    assert [(r, len(recs)) for r, recs in traces] == [({"service.name": "svc-10", "process.pid": 10}, 2),
+                                                      ({"host.name": "h", "process.pid": 11}, 1)]
+    span = Span.FromString(traces[0][1][0].SerializeToString())
+    assert span.name == "GET" and span.kind == Span.SPAN_KIND_SERVER
+
+
+def test_excluded_paths_are_dropped_and_counted():
+    probe, _, clock, pipeline, metrics = make(exclude_paths=["/health*", "*.ico"])
+    exchange(probe, "/healthz")
+    exchange(probe, "/favicon.ico", conn=2)
+    exchange(probe, "/work", conn=3)
+    clock.advance(0)
+    [(_, _, spans)] = [c for c in pipeline.calls if c[0] == "traces"]
+    assert len(spans) == 1
+    assert metrics.ebpf_events_dropped.labels(reason="excluded_path")._value.get() == 2
+
+
+def test_red_histograms_flush_on_the_host_metrics_interval_and_on_detach():
+    probe, _, clock, pipeline, _ = make()
+    exchange(probe, "/a")
+    clock.advance(5.0)
+    [(_, resource, metrics)] = [c for c in pipeline.calls if c[0] == "metrics"]
+    assert resource["process.pid"] == 10 and metrics[0].name == "http.server.request.duration"
+    probe.detached()
+    assert len([c for c in pipeline.calls if c[0] == "metrics"]) == 2
+    assert not clock.getDelayedCalls()
