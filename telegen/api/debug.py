@@ -103,9 +103,9 @@ class DebugApi:
 
     @app.route("/pprof/", methods=["GET"])
     def index(self, request):
+        """Go's index page: each profile with its count (threads, where it is one) and what it means here."""
         rows = []
-        counts = {"goroutine": len(sys._current_frames()), "threadcreate": threading.active_count(),
-                  "heap": tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None}
+        counts = {"goroutine": len(sys._current_frames()), "threadcreate": threading.active_count()}
         for name, link, description in PROFILES:
             count = counts.get(name)
             rows.append(f"<tr><td align=right>{'' if count is None else count}</td>"
@@ -121,10 +121,12 @@ class DebugApi:
 
     @app.route("/pprof/cmdline", methods=["GET"])
     def cmdline(self, request):
+        """The command line, as Go's cmdline handler gives it."""
         return _text_answer(request, "\x00".join(sys.argv))
 
     @app.route("/pprof/profile", methods=["GET"])
     def profile(self, request):
+        """The CPU profile; the answer comes when sampling ends, the reactor serving meanwhile."""
         seconds = int_arg(request, "seconds", DEFAULT_PROFILE_SECONDS, 1, MAX_PROFILE_SECONDS)
         stop = threading.Event()
         try:
@@ -139,6 +141,7 @@ class DebugApi:
 
     @app.route("/pprof/heap", methods=["GET"])
     def heap(self, request):
+        """The tracemalloc heap; snapshot and encoding run in a pool thread (they take seconds on big heaps)."""
         debug = int_arg(request, "debug", 0, 0, 2)
         gc_first = int_arg(request, "gc", 0, 0, 1) == 1
         frames = int_arg(request, "frames", tracemalloc_heap.TRACE_FRAMES, 1, MAX_TRACE_FRAMES)
@@ -154,6 +157,7 @@ class DebugApi:
 
     @app.route("/pprof/goroutine", methods=["GET"])
     def goroutine(self, request):
+        """Every thread's stack: text with debug=1|2, profile.proto otherwise."""
         debug = int_arg(request, "debug", 0, 0, 2)
         current = stacks.current_stacks()
         if debug == 1:
@@ -164,17 +168,20 @@ class DebugApi:
 
     @app.route("/pprof/threadcreate", methods=["GET"])
     def threadcreate(self, request):
+        """Live threads at their entry functions (see telegen.debug.threads for why that is honest)."""
         return _profile_answer(request, threads.threadcreate_profile().gzipped(), "threadcreate")
 
     @app.route("/pprof/block", methods=["GET"])
     @app.route("/pprof/mutex", methods=["GET"])
     @app.route("/pprof/trace", methods=["GET"])
     def not_available(self, request):
+        """The profiles CPython cannot produce: the error JSON says why and what to use instead."""
         name = request.path.rstrip(b"/").rsplit(b"/", 1)[-1].decode()
         raise ApiError(501, f"no Python equivalent of Go's {name} profile", {"profile": name, "reason": _NOT_AVAILABLE[name]})
 
     @app.route("/vars", methods=["GET"])
     def debug_vars(self, request):
+        """expvar's equivalent: command line, Python memory statistics, the agent's counters."""
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(expvar.debug_vars(self.agent.metrics)).encode()
 

@@ -12,8 +12,8 @@ The GIL: when the sampler wakes, the thread running Python has to hand it the GI
 is seen in futex (waiting for the GIL) at the frame where it was running. futex therefore counts
 as on the CPU; a thread waiting on a lock has used no CPU and drops out by the first rule.
 Ticks that found a thread blocked (before or after its stack was read) after it had used CPU are
-not attributed (their time is
-represented by the ticks that hit the work); their number is in the profile's comments.
+not attributed (their time is represented by the ticks that hit the work); their number is in the
+profile's comments.
 """
 import platform
 import threading

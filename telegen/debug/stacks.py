@@ -9,7 +9,8 @@ import sys
 import threading
 from typing import NamedTuple
 
-# Deep recursion would make one stack dominate the profile size; pprof shows deeper stacks folded.
+# Deep recursion would make one stack dominate the profile's size; frames past this depth (the
+# outermost ones) are left out.
 MAX_DEPTH = 128
 
 
@@ -35,7 +36,7 @@ def stack_of(frame, limit=MAX_DEPTH):
     return tuple(out)
 
 
-def thread_names():
+def threads_by_ident():
     """Thread ident -> Thread object, for the threads the threading module knows."""
     return {t.ident: t for t in threading.enumerate()}
 
@@ -51,7 +52,7 @@ class ThreadStack(NamedTuple):
 
 def current_stacks(exclude=()):
     """A ThreadStack for every Python thread except the idents in exclude."""
-    threads = thread_names()
+    threads = threads_by_ident()
     out = []
     for ident, frame in sys._current_frames().items():
         if ident in exclude:
@@ -62,12 +63,13 @@ def current_stacks(exclude=()):
     return out
 
 
-def _pending_calls(reactor, now):
+def _pending_calls(reactor):
     """
     The reactor's pending delayed calls as text lines, soonest first.
 
     Only the callable's name is shown, never its arguments: they can hold config values or tokens.
     """
+    now = reactor.seconds()
     calls = sorted(reactor.getDelayedCalls(), key=lambda c: c.getTime())
     lines = [f"reactor: {len(calls)} pending delayed calls"]
     for call in calls:
@@ -91,7 +93,7 @@ def text_grouped(stacks, reactor):
         lines.append(f"{len(names)} @ {', '.join(sorted(names))}")
         lines.extend(f"#\t{fn}\t{filename}:{line}" for fn, filename, line, _first in stack)
         lines.append("")
-    lines.extend(_pending_calls(reactor, reactor.seconds()))
+    lines.extend(_pending_calls(reactor))
     return "\n".join(lines) + "\n"
 
 
@@ -101,7 +103,7 @@ def text_full(stacks, reactor):
     Python traceback reads (Go's `goroutine?debug=2` is its panic-style dump), then the reactor's
     pending delayed calls.
     """
-    threads = thread_names()
+    threads = threads_by_ident()
     lines = []
     for ident, name, native_id, stack in stacks:
         daemon = getattr(threads.get(ident), "daemon", None)
@@ -112,5 +114,5 @@ def text_full(stacks, reactor):
             if source:
                 lines.append(f"    {source}")
         lines.append("")
-    lines.extend(_pending_calls(reactor, reactor.seconds()))
+    lines.extend(_pending_calls(reactor))
     return "\n".join(lines) + "\n"
