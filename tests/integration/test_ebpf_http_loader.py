@@ -1,0 +1,67 @@
+"""
+The loader against the real BCC and kernel: a compiler error and a verifier refusal come back as
+one precise line (what /ready and /status/ebpf show), and the shipped http.c loads and attaches.
+"""
+import os
+
+import pytest
+
+from telegen import paths
+from telegen.config.loader import defaults
+from telegen.ebpf import loader
+from telegen.ebpf.http_probe import HttpProbe
+from telegen.ebpf.loader import LoadError
+from telegen.ebpf.probe import Probe
+
+pytestmark = [pytest.mark.ebpf, pytest.mark.integration]
+
+BROKEN = '#include "telegen.h"\nTRACEPOINT_PROBE(syscalls, sys_enter_close) { return undefined_thing; }\n'
+REFUSED = '''#include "telegen.h"
+TRACEPOINT_PROBE(syscalls, sys_enter_close) {
+    char buf[16];
+    u32 n = args->fd;
+    bpf_probe_read_user(buf, n, (void *)0);   /* size unbounded: the verifier says no */
+    return buf[0];
+}
+'''
+
+
+class FileProbe(Probe):
+    name = "file"
+    source = "probe.c"
+
+
+def compile_text(tmp_path, text):
+    (tmp_path / "probe.c").write_text(text)
+    with open(os.path.join(paths.bpf_dir(), "telegen.h")) as f:
+        (tmp_path / "telegen.h").write_text(f.read())
+    return loader.compile_probe(FileProbe(), defaults(), os.getpid(), bpf_dir=str(tmp_path))
+
+
+def test_a_compiler_error_is_reported_by_its_first_line(tmp_path):
+    with pytest.raises(LoadError) as info:
+        compile_text(tmp_path, BROKEN)
+    assert str(info.value) == "error: use of undeclared identifier 'undefined_thing'"
+
+
+def test_a_verifier_refusal_is_reported_with_the_verifiers_reason(tmp_path):
+    with pytest.raises(LoadError) as info:
+        compile_text(tmp_path, REFUSED)
+    message = str(info.value)
+    assert message.startswith("bpf: Failed to load program: ") and message.count(": ") >= 2, message
+
+
+def test_the_shipped_http_probe_loads_and_attaches_every_tracepoint():
+    config = defaults()
+    config["agent"]["ebpf"]["ringbuf_size"] = 1 << 16
+    probe = HttpProbe(config, None, None, None)
+    bpf = loader.compile_probe(probe, config, os.getpid())
+    try:
+        programs = loader.describe_programs(bpf)
+        assert {p["tracepoint"] for p in programs} == {tp for tp, _ in probe.tracepoints()}
+        assert all(p["attached"] and p["type"] == "tracepoint" and p["id"] > 0 for p in programs)
+        maps = {name: loader.describe_map(fd) for name, fd in loader.map_fds(bpf).items()}
+        assert maps["http_events"]["type"] == "ringbuf" and maps["http_events"]["max_entries"] == 1 << 16
+        assert maps["lost"]["type"] == "percpu_array"
+    finally:
+        bpf.cleanup()
