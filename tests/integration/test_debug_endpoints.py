@@ -70,9 +70,12 @@ def test_cpu_profile_under_load_shows_the_agents_functions(agent, tmp_path):
     with Load(agent) as load:
         profiler = threading.Thread(target=take_profile)
         profiler.start()
-        # While it samples: a second profile is refused with the error JSON, and the API still answers.
-        busy = wait_for(lambda: (lambda a: a if a.code == 503 else None)(
-            agent.get("/debug/pprof/profile?seconds=1", headers=AUTH)), timeout=10, message="a 503 for a second profile")
+        # While it samples (its thread shows in the agent's own stacks): a second profile is
+        # refused with the error JSON, and the API still answers.
+        wait_for(lambda: "telegen.debug.cpu.CpuProfiler._sample_for" in agent.get(
+            "/debug/pprof/goroutine?debug=1", headers=AUTH).body.decode(), timeout=10, message="the sampling thread")
+        busy = agent.get("/debug/pprof/profile?seconds=1", headers=AUTH)
+        assert busy.code == 503, busy.body
         assert busy.json()["error"] == "service_unavailable" and int(busy.headers["Retry-After"]) >= 1
         answered = load.answers
         wait_for(lambda: load.answers > answered + 5, timeout=10, message="/status answers during the profile")
