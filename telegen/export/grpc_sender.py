@@ -6,11 +6,13 @@ compression and I/O run in grpcio's C core off the reactor thread, and the resul
 the reactor as a Deferred. Channel reconnect backoff is capped low so a collector that comes back
 is reached again within seconds instead of grpcio's default two minutes.
 """
+import ssl
+
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from twisted.internet.defer import Deferred
 
-from telegen.export.retry import SUCCESS, Outcome, grpc_outcome
+from telegen.export.retry import RETRYABLE, SUCCESS, Outcome, grpc_outcome
 
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 500),
@@ -84,32 +86,86 @@ def outcome_from_error(error):
     return outcome
 
 
+def fetch_server_certificate(address, timeout):
+    """
+    The PEM certificate the server at host:port presents, unverified, and a DNS/IP name in it.
+    Blocking: run it in a thread.
+    """
+    from cryptography import x509
+
+    host, port = address.rsplit(":", 1)
+    pem = ssl.get_server_certificate((host.strip("[]"), int(port)), timeout=timeout)
+    cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [str(n) for n in san.get_values_for_type(x509.DNSName) + san.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        names = []
+    common = [a.value for a in cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)]
+    return pem.encode("ascii"), (names + common + [host])[0]
+
+
 class GrpcSender:
-    """Sends one signal's export requests to one gRPC target."""
+    """
+    Sends one signal's export requests to one gRPC target.
+
+    otlp.tls.insecure_skip_verify: grpcio cannot skip verification, so the sender fetches the
+    certificate the server presents (in a thread, unverified) and trusts exactly that one, with the
+    name check pointed at a name it carries. When a handshake later fails (the server changed its
+    certificate) the channel is dropped and the certificate fetched again on the next request.
+    """
 
     def __init__(self, target, kind, otlp, reactor):
         self.target = target
         self.kind = kind
         self._reactor = reactor
         self._timeout = otlp["timeout"]
+        self._tls = otlp["tls"]
         self._metadata = tuple((k.lower(), v) for k, v in otlp["headers"].items())
         self._compression = grpc.Compression.Gzip if otlp["compression"] == "gzip" else grpc.Compression.NoCompression
-        options = list(_CHANNEL_OPTIONS)
-        if target.tls:
-            self._channel = grpc.secure_channel(target.address, channel_credentials(otlp["tls"]), options)
+        self._pinned = target.tls and self._tls["insecure_skip_verify"]
+        self._channel = self._export = None
+        if not self._pinned:
+            credentials = channel_credentials(self._tls) if target.tls else None
+            self._open(credentials, [])
+
+    def _open(self, credentials, extra_options):
+        options = list(_CHANNEL_OPTIONS) + extra_options
+        if credentials is None:
+            self._channel = grpc.insecure_channel(self.target.address, options)
         else:
-            self._channel = grpc.insecure_channel(target.address, options)
+            self._channel = grpc.secure_channel(self.target.address, credentials, options)
         # Requests arrive already encoded (wire.py), so they pass through without a serializer.
-        self._export = self._channel.unary_unary(kind.grpc_method, request_serializer=None,
-                                                 response_deserializer=kind.response_cls.FromString)
+        self._export = self._channel.unary_unary(self.kind.grpc_method, request_serializer=None,
+                                                 response_deserializer=self.kind.response_cls.FromString)
+
+    def _open_pinned(self, fetched):
+        if self._export is not None:  # another request fetched it first
+            return
+        pem, name = fetched
+        credentials = grpc.ssl_channel_credentials(root_certificates=pem, private_key=_read(self._tls["key_file"]),
+                                                   certificate_chain=_read(self._tls["cert_file"]))
+        self._open(credentials, [("grpc.ssl_target_name_override", name)])
 
     def send(self, payload):
         """Export the encoded request `payload`; fires with an Outcome (never errbacks)."""
+        if self._export is None:
+            from twisted.internet.threads import deferToThreadPool
+            d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fetch_server_certificate,
+                                  self.target.address, self._timeout)
+            d.addCallback(self._open_pinned)
+            d.addCallbacks(lambda _: self.send(payload), self._fetch_failed)
+            return d
         d = Deferred()
         future = self._export.future(payload, timeout=self._timeout, metadata=self._metadata,
                                      compression=self._compression)
         future.add_done_callback(lambda f: self._reactor.callFromThread(self._done, f, d))
         return d
+
+    @staticmethod
+    def _fetch_failed(failure):
+        reason = short_reason(str(failure.value)) or "connection failed"
+        return Outcome(RETRYABLE, "unreachable", False, reason, reason.replace(" ", "_"))
 
     def _done(self, future, d):
         error = future.exception()
@@ -117,9 +173,14 @@ class GrpcSender:
             partial = future.result().partial_success
             d.callback(Outcome(SUCCESS, "OK", True, rejected=getattr(partial, self.kind.rejected_field),
                                message=partial.error_message))
-        else:
-            d.callback(outcome_from_error(error))
+            return
+        outcome = outcome_from_error(error)
+        if self._pinned and outcome.error == "tls handshake failed":
+            self.close()
+        d.callback(outcome)
 
     def close(self):
         """Close the channel (cancels calls in flight)."""
-        self._channel.close()
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = self._export = None
