@@ -144,7 +144,7 @@ class HostMetricsService(TimerService):
         self.last_error = None
 
     def collect(self):
-        """One collection; a failure is logged and counted, and the next interval tries again."""
+        """One collection; a failure is logged and kept in last_error, and the next interval tries again."""
         try:
             readings = self._reader.read()
             now_ns = int(self._wall_clock() * 1e9)
