@@ -10,6 +10,11 @@ import threading
 from telegen.debug.pprof import ProfileBuilder
 from telegen.debug.stacks import function_name
 
+# Names without angle brackets or parentheses: pprof shortens C++-looking names and would show
+# "<main>" as the bare mapping.
+MAIN_ENTRY = "python.main_thread"
+UNKNOWN_ENTRY = "python.unknown_entry"
+
 
 def goroutine_profile(stacks):
     """One sample of value 1 per thread, labelled with its name (pprof sums equal stacks)."""
@@ -24,18 +29,18 @@ def _entry_frame(thread):
     target = getattr(thread, "_target", None) or getattr(type(thread), "run", None)
     code = getattr(target, "__code__", None)
     if code is None:
-        return ("<unknown>", "", 0, 0)
+        return (UNKNOWN_ENTRY, "", 0, 0)
     qualname = getattr(target, "__qualname__", code.co_name)
     return (function_name(qualname, getattr(target, "__module__", "")), code.co_filename,
             code.co_firstlineno, code.co_firstlineno)
 
 
 def threadcreate_profile(threads=None):
-    """One sample per live thread: located at its entry function, labelled with name and daemon flag."""
+    """One sample per live thread: located at its entry function (the main thread at MAIN_ENTRY), labelled with name and daemon flag."""
     builder = ProfileBuilder([("threadcreate", "count")], period_type=("threadcreate", "count"), period=1)
     for thread in threads if threads is not None else threading.enumerate():
         if thread is threading.main_thread():
-            frame = ("<main>", "", 0, 0)
+            frame = (MAIN_ENTRY, "", 0, 0)
         else:
             frame = _entry_frame(thread)
         builder.add([frame], [1], {"thread": thread.name, "daemon": str(thread.daemon).lower()})

@@ -131,10 +131,10 @@ class DebugApiTests(SynchronousTestCase):
         self.assertTrue(any(f"{__name__}.DebugApiTests.test_goroutine_proto_counts_threads" in n for n in main[0]))
 
     def test_threadcreate_lists_threads_by_entry_function(self):
-        """One sample per live thread; the main thread at <main>."""
+        """One sample per live thread; the main thread at python.main_thread."""
         _response, body = self.get("/pprof/threadcreate")
         samples = stacks_of(parse_profile(body))
-        self.assertIn((["<main>"], [1], {"thread": "MainThread", "daemon": "false"}), samples)
+        self.assertIn((["python.main_thread"], [1], {"thread": "MainThread", "daemon": "false"}), samples)
 
     def test_heap_is_tracemalloc_inuse_and_finds_a_live_allocation(self):
         """Tracing starts on the first request; a block allocated after it shows under its function."""
