@@ -15,8 +15,14 @@ MAX_DEPTH = 128
 
 
 def function_name(qualname, module):
-    """A pprof function name: module plus qualified name, the way Go shows package.Func."""
-    return f"{module}.{qualname}" if module else qualname
+    """
+    A pprof function name: module plus qualified name, the way Go shows package.Func. A bare
+    "<module>" or "<genexpr>" gets a prefix even without a module: pprof shortens a name that is
+    all angle brackets to nothing.
+    """
+    if module or qualname.startswith("<"):
+        return f"{module or 'unknown'}.{qualname}"
+    return qualname
 
 
 def frame_tuple(frame):
