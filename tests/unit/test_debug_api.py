@@ -201,6 +201,14 @@ class DebugApiTests(SynchronousTestCase):
         self.assertEqual(response.code, 405)
         self.assertEqual(json.loads(self.successResultOf(response.content()))["error"], "method_not_allowed")
 
+    def test_index_without_slash_redirects_with_location(self):
+        """/pprof answers 308 to /pprof/ (relative links need the slash), Location set, body the error JSON."""
+        response = self.successResultOf(self.client.get("http://debug.test/pprof", allow_redirects=False))
+        body = self.successResultOf(response.content())
+        self.assertEqual(response.code, 308)
+        self.assertEqual(response.headers.getRawHeaders("location"), ["http://debug.test/pprof/"])
+        self.assertEqual(json.loads(body)["details"]["location"], "http://debug.test/pprof/")
+
     def test_debug_and_frames_arguments_are_validated(self):
         """goroutine?debug=3 and heap?frames=0 are refused before anything starts."""
         self.assertError("/pprof/goroutine?debug=3", 400, "invalid_request")
