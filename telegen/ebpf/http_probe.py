@@ -140,7 +140,12 @@ class HttpProbe(Probe):
         self._submit_call = None
         batches, self._spans = self._spans, {}
         for pid, spans in batches.items():
-            self._pipeline.submit("traces", self.resource(pid), spans)
+            try:
+                self._pipeline.submit("traces", self.resource(pid), spans)
+            except Exception:
+                # Never lose spans silently, and never let one process's failure stop the others.
+                self._metrics.spans_dropped.labels(reason="submit_error").inc(len(spans))
+                log.failure("submitting {n} spans of pid {pid} failed", n=len(spans), pid=pid)
 
     def flush_metrics(self):
         """Export the cumulative RED histograms."""

@@ -100,3 +100,20 @@ def test_red_histograms_flush_on_the_host_metrics_interval_and_on_detach():
     probe.detached()
     assert len([c for c in pipeline.calls if c[0] == "metrics"]) == 2
     assert not clock.getDelayedCalls()
+
+
+def test_a_failing_submit_is_counted_and_does_not_stop_other_processes():
+    probe, _, clock, pipeline, metrics = make()
+
+    def submit(signal, resource, records):
+        if resource.get("process.pid") == 10:
+            raise RuntimeError("pipeline broke")
+        pipeline.calls.append((signal, resource, list(records)))
+        return len(records)
+
+    pipeline.submit = submit
+    exchange(probe, "/a")
+    exchange(probe, "/b", pid=11, conn=2)
+    clock.advance(0)
+    assert [r["process.pid"] for s, r, _ in pipeline.calls if s == "traces"] == [11]
+    assert metrics.spans_dropped.labels(reason="submit_error")._value.get() == 1
