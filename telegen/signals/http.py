@@ -179,21 +179,24 @@ class SpanEncoder:
             if len(self._cache) >= self.MAX_CACHED:
                 self._cache.clear()
             shape = self._cache[key] = self._shape(ex, path, route)
-        rand = self._rand
-        parent = parse_traceparent(headers.get(b"traceparent"))
+        ids = self._rand(192).to_bytes(24, "big")
+        traceparent = headers.get(b"traceparent")
+        parent = parse_traceparent(traceparent) if traceparent else None
         if parent:
             trace_id, parent_id, flags = parent
             flags |= 0x300            # W3C flags + "is-remote known" (0x100) + "parent is remote" (0x200)
         else:
-            trace_id, parent_id, flags = rand(128).to_bytes(16, "big"), b"", 0x101
-        parts = [b"\x0a\x10", trace_id, b"\x12\x08", rand(64).to_bytes(8, "big")]
+            trace_id, parent_id, flags = ids[8:], b"", 0x101
+        parts = [b"\x0a\x10", trace_id, b"\x12\x08", ids[:8]]
         if parent_id:
             parts += (b"\x22\x08", parent_id)
         parts += (b"\x39", _U64(ex.start_ns), b"\x41", _U64(max(ex.end_ns, ex.start_ns)), shape)
-        for attr, value in (("network.peer.port", ex.peer_port), ("http.request.body.size", ex.request_body_size),
-                            ("http.response.body.size", ex.response_body_size)):
-            if value is not None:
-                parts.append(self._per_span_attribute(attr, value))
+        if ex.peer_port is not None:
+            parts.append(self._per_span_attribute("network.peer.port", ex.peer_port))
+        if ex.request_body_size is not None:
+            parts.append(self._per_span_attribute("http.request.body.size", ex.request_body_size))
+        if ex.response_body_size is not None:
+            parts.append(self._per_span_attribute("http.response.body.size", ex.response_body_size))
         parts += (b"\x85\x01", _U32(flags))
         return EncodedSpan(b"".join(parts))
 

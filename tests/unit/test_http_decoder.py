@@ -12,8 +12,8 @@ def event(kind, ts, data=b"", *, role=ROLE_SERVER, ret=None, enter_ts=None, rx=0
           pid=10, fd=5, conn_ts=1):
     """The bytes of one struct http_event as bpf/http.c lays it out."""
     ret = len(data) if ret is None else ret
-    return EVENT.pack(ts, pid, pid, kind, 0, enter_ts or ts, conn_ts, rx, tx, last_rx, last_tx, ret,
-                      LOOPBACK, 50000, 2, 0, LOOPBACK, 8080, 2, 0, fd, role, len(data), 0) + data
+    return EVENT.pack(ts, pid, kind, enter_ts or ts, conn_ts, rx, tx, last_rx, last_tx, ret,
+                      LOOPBACK, 50000, LOOPBACK, 8080, fd, role, len(data)) + data
 
 
 class Recorder:
