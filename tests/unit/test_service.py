@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
@@ -107,9 +108,10 @@ class ProductionTreeTests(SynchronousTestCase):
     def test_bad_config_exits_2_with_one_line(self):
         from telegen.tap import Options
 
-        path = self.mktemp()
-        with open(path, "w") as f:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             f.write("otlp:\n  protocol: smoke-signals\n")
+        self.addCleanup(os.unlink, f.name)
+        path = f.name
         stderr = io.StringIO()
         self.patch(sys, "stderr", stderr)
         with self.assertRaises(SystemExit) as raised:
