@@ -56,12 +56,16 @@ class ThreadStack(NamedTuple):
     stack: tuple
 
 
-def current_stacks(exclude=()):
-    """A ThreadStack for every Python thread except the idents in exclude."""
+def current_stacks(exclude=(), only=None):
+    """
+    A ThreadStack for every Python thread except the idents in exclude (and, when only is given,
+    just the idents in it: walking a stack is the costly part, and the CPU sampler holds the GIL,
+    delaying the agent, while it walks).
+    """
     threads = threads_by_ident()
     out = []
     for ident, frame in sys._current_frames().items():
-        if ident in exclude:
+        if ident in exclude or (only is not None and ident not in only):
             continue
         thread = threads.get(ident)
         name = thread.name if thread else f"thread-{ident}"

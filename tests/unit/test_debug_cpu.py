@@ -2,50 +2,78 @@
 The CPU sampler: which threads count at a tick and with what weight (fake clocks and stacks), and
 one real profile of a thread burning CPU beside an idle one.
 """
+import os
+import select
 import threading
 import time
 from types import SimpleNamespace
 
 import pytest
 
-from telegen.debug.cpu import CpuProfiler, ProfilerBusy, Sampler, waiting_syscall
+from telegen.debug.cpu import CpuProfiler, ProfilerBusy, Sampler, SyscallReader
 from telegen.debug.stacks import ThreadStack
 from tests.unit.test_debug_pprof import parse_profile, sample_type_names, stacks_of
 
 BUSY = (("app.busy", "/app.py", 5, 4), ("app.main", "/app.py", 1, 1))
+OTHER = (("app.other", "/app.py", 7, 6), ("app.main", "/app.py", 1, 1))
 IDLE = (("app.idle", "/app.py", 9, 8),)
 
 
 class FakeThreads:
-    """Threads whose CPU clocks, stacks and current system calls the test sets."""
+    """Two threads whose CPU clocks, stacks and current system calls the test sets."""
 
     def __init__(self):
         self.cpu = {1: 0, 2: 0}
         self.syscalls = {}
-        self.now = 0
-        self.threads = [SimpleNamespace(ident=1, native_id=101), SimpleNamespace(ident=2, native_id=102)]
+        self.stack = {1: BUSY, 2: IDLE}
+        self.walked = None
+        self.threads = [SimpleNamespace(ident=1, native_id=101, name="busy"),
+                        SimpleNamespace(ident=2, native_id=102, name="idle")]
 
-    def stacks(self, exclude=()):
-        return [ThreadStack(1, "busy", 101, BUSY), ThreadStack(2, "idle", 102, IDLE)]
+    def stacks(self, exclude=(), only=None):
+        self.walked = set(only)
+        every = [ThreadStack(1, "busy", 101, self.stack[1]), ThreadStack(2, "idle", 102, self.stack[2])]
+        return [t for t in every if t.ident not in exclude and (only is None or t.ident in only)]
 
     def sampler(self):
-        return Sampler(cpu_clock=self.cpu.get, stacks=self.stacks, syscall=self.syscalls.get,
-                       threads=lambda: self.threads, clock=lambda: self.now)
+        sampler = Sampler(self.syscalls.get, cpu_clock=self.cpu.get, stacks=self.stacks, threads=lambda: self.threads)
+        sampler.sample()  # baselines
+        return sampler
 
     def tick(self, sampler, busy_ns=10_000_000):
-        self.now += 10_000_000
         self.cpu[1] += busy_ns
         sampler.sample()
 
 
-def test_only_threads_that_used_cpu_count_weighted_by_the_tick():
-    """The idle thread never appears; each hit of the busy thread is worth the time since the last tick."""
+def cpu_by_stack(sampler):
+    """{(function names, thread): (samples, cpu ns)} of the encoded profile."""
+    profile = parse_profile(sampler.profile(100, 1, 2).gzipped())
+    return {(tuple(names), labels["thread"]): tuple(values) for names, values, labels in stacks_of(profile)}
+
+
+def test_idle_threads_are_never_counted_or_walked():
+    """The thread whose clock did not move has no hits, no CPU, and its stack is not even read."""
     fake = FakeThreads()
     sampler = fake.sampler()
-    sampler.sample()  # baselines
     for _ in range(3):
         fake.tick(sampler, busy_ns=4_000_000)
-    assert sampler.counts == {("busy", BUSY): [3, 30_000_000]}
+    assert sampler.hits == {(1, BUSY): 3}
+    assert fake.walked == {1}
+    assert sampler.cpu_used == {1: 12_000_000}
+
+
+def test_measured_cpu_is_split_over_stacks_by_hits():
+    """12 ms used, 2 hits at one stack and 1 at another: 8 ms and 4 ms; the total is the clock's."""
+    fake = FakeThreads()
+    sampler = fake.sampler()
+    fake.tick(sampler, busy_ns=4_000_000)
+    fake.tick(sampler, busy_ns=4_000_000)
+    fake.stack[1] = OTHER
+    fake.tick(sampler, busy_ns=4_000_000)
+    assert cpu_by_stack(sampler) == {
+        (("app.busy", "app.main"), "busy"): (2, 8_000_000),
+        (("app.other", "app.main"), "busy"): (1, 4_000_000),
+    }
 
 
 def test_first_sight_is_a_baseline_not_a_hit():
@@ -53,77 +81,87 @@ def test_first_sight_is_a_baseline_not_a_hit():
     fake = FakeThreads()
     fake.cpu[1] = 5_000_000_000
     sampler = fake.sampler()
-    sampler.sample()
-    assert sampler.counts == {}
+    assert sampler.hits == {} and sampler.cpu_used == {}
 
 
-def test_a_thread_blocked_in_a_waiting_syscall_is_not_attributed():
-    """Used CPU but now in epoll_wait: its stack is the wait, not the work; it is counted as blocked."""
+def test_cpu_no_tick_caught_is_kept_under_an_explicit_frame():
+    """Used CPU but blocked in epoll_wait at every tick: the CPU is in the total, under the pseudo-frame."""
     fake = FakeThreads()
     sampler = fake.sampler()
-    sampler.sample()
     fake.syscalls[101] = "epoll_wait"
-    fake.tick(sampler)
-    assert sampler.counts == {}
-    assert sampler.blocked == 1
+    fake.tick(sampler, busy_ns=3_000_000)
+    assert sampler.hits == {} and sampler.blocked == 1
+    assert cpu_by_stack(sampler) == {(("[no tick caught this thread on the CPU]",), "busy"): (0, 3_000_000)}
 
 
-def test_a_thread_waiting_before_the_stacks_were_read_is_not_attributed():
-    """Waiting at the first read and running at the second (woke in between): not counted either."""
+@pytest.mark.parametrize("answers", [["epoll_wait"], [None, "epoll_wait"]], ids=["before", "after"])
+def test_a_thread_waiting_before_or_after_its_stack_is_read_is_not_a_hit(answers):
+    """Waiting when the tick starts, or by the time its stack has been read: no hit either way."""
     fake = FakeThreads()
     sampler = fake.sampler()
-    sampler.sample()
-    answers = iter(["epoll_wait", None])
-    sampler._syscall = lambda native: next(answers) if native == 101 else None
+    replies = iter(answers)
+    sampler._syscall = lambda native: next(replies) if native == 101 else None
     fake.tick(sampler)
-    assert sampler.counts == {} and sampler.blocked == 1
+    assert sampler.hits == {} and sampler.blocked == 1
 
 
 def test_excluded_and_vanished_threads_are_skipped():
     """The sampler's own thread is excluded; a thread whose clock is gone is ignored."""
     fake = FakeThreads()
     sampler = fake.sampler()
-    sampler.sample(exclude={1})
-    fake.now += 10_000_000
     fake.cpu[1] += 1
-    del fake.cpu[2]
-    sampler.sample(exclude={1})
-    assert sampler.counts == {}
+    fake.cpu[2] += 5
+    sampler.sample(exclude={2})
+    del fake.cpu[1]
+    sampler.sample()
+    assert sampler.hits == {(1, BUSY): 1}
+    assert 2 not in sampler.cpu_used
 
 
 def test_profile_has_go_cpu_types_and_thread_labels():
-    """samples/count and cpu/nanoseconds, cpu the default, period from the rate, a comment with the blocked ticks."""
+    """samples/count and cpu/nanoseconds, cpu the default, period from the rate, a comment with the totals."""
     fake = FakeThreads()
     sampler = fake.sampler()
-    sampler.sample()
     fake.tick(sampler)
     profile = parse_profile(sampler.profile(100, 1, 2).gzipped())
     assert sample_type_names(profile) == [("samples", "count"), ("cpu", "nanoseconds")]
     assert profile.string_table[profile.default_sample_type] == "cpu"
     assert profile.period == 10_000_000
     assert stacks_of(profile) == [(["app.busy", "app.main"], [1, 10_000_000], {"thread": "busy"})]
-    assert "0 ticks found a thread blocked" in profile.string_table[profile.comment[0]]
+    assert profile.string_table[profile.comment[0]] == (
+        "telegen: 10000000 ns of CPU used by the sampled threads, split by 1 on-CPU ticks; "
+        "0 ticks found a thread blocked after it used CPU")
 
 
-def test_waiting_syscall_reads_this_process():
-    """A thread parked in a sleep shows a waiting call; a vanished thread id gives None."""
-    parked = threading.Event()
+def test_syscall_reader_tells_epoll_wait_from_a_lock_wait():
+    """A thread in epoll_wait is waiting; one on a lock (futex, like the GIL) is not; a gone one is None."""
+    ready = threading.Event()
     release = threading.Event()
-
-    def park():
-        parked.set()
-        release.wait()
-
-    thread = threading.Thread(target=park, name="parked")
-    thread.start()
+    wake_read, wake_write = os.pipe()
+    poller = select.epoll()
+    poller.register(wake_read, select.EPOLLIN)
+    in_poll = threading.Thread(target=lambda: (ready.set(), poller.poll(10)), name="in-poll")
+    on_lock = threading.Thread(target=release.wait, name="on-lock")
+    reader = SyscallReader()
+    in_poll.start()
+    on_lock.start()
     try:
-        parked.wait(5)
-        # Event.wait waits on a lock (futex), which deliberately does not count as waiting.
-        assert waiting_syscall(thread.native_id) is None
-        assert waiting_syscall(2 ** 22 + 12345) is None
+        ready.wait(5)
+        deadline = time.monotonic() + 5
+        while reader(in_poll.native_id) != "epoll_wait" and time.monotonic() < deadline:
+            time.sleep(0.005)  # the thread reaches the syscall a moment after setting the event
+        assert reader(in_poll.native_id) == "epoll_wait"
+        assert reader(on_lock.native_id) is None
+        assert reader(2 ** 22 + 12345) is None
     finally:
         release.set()
-        thread.join()
+        os.write(wake_write, b"x")  # ends the poll
+        in_poll.join()
+        for fd in (wake_read, wake_write):
+            os.close(fd)
+        poller.close()
+        on_lock.join()
+        reader.close()
 
 
 class _NeverRuns:
