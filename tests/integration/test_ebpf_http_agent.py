@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.agent_process import AgentProcess, wait_for
+from tests.integration.test_agent_process import schema_validator
 from tests.integration import test_ebpf_http_support as apps
 from tests.support.otlp_files import read_metrics, read_spans
 
@@ -83,6 +84,9 @@ def test_curl_gives_spans_and_metrics_in_the_file_sink_and_status_lists_kernel_i
         server.stop()
 
     status = big_agent.get("/status/ebpf").json()
+    spec = big_agent.get("/openapi.json").json()
+    schema_validator(spec, "/status/ebpf", "get", 200).validate(status)
+    schema_validator(spec, "/status", "get", 200).validate(big_agent.get("/status").json())
     http_programs = [p for p in status["programs"] if p["probe"] == "http"]
     assert len(http_programs) == 26 and all(p["attached"] and p["type"] == "tracepoint" for p in http_programs)
     ids = kernel_prog_ids(big_agent.process.pid)
