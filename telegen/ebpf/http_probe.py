@@ -59,6 +59,8 @@ class HttpProbe(Probe):
         self._spans = {}
         self._submit_call = None
         self._loops = []
+        self._bpf = None
+        self._port_rules = {}
         self.exchanges = 0
 
     def _clock(self):
@@ -84,12 +86,8 @@ class HttpProbe(Probe):
     def attached(self, bpf):
         """Seed the kernel's port filter from config and start the periodic work."""
         net = self._config["agent"]["ebpf"]["network"]
-        rules, settings = bpf[b"port_rules"], bpf[b"settings"]
-        for value, ranges in ((1, net["include_ports"]), (2, net["exclude_ports"])):
-            for lo, hi in ranges:
-                for port in range(lo, hi + 1):
-                    rules[rules.Key(port)] = rules.Leaf(value)
-        settings[settings.Key(0)] = settings.Leaf(1 if net["include_ports"] else 0)
+        self._bpf = bpf
+        self.set_port_filter(net["include_ports"], net["exclude_ports"])
         clock = self._clock()
         for interval, fn in ((self._config["agent"]["host_metrics"]["interval"], self.flush_metrics),
                              (IDLE_NS / 1e9 / 2, self.expire)):
@@ -97,6 +95,26 @@ class HttpProbe(Probe):
             loop.clock = clock
             loop.start(interval, now=False).addErrback(lambda f: log.failure("http probe timer failed", f))
             self._loops.append(loop)
+
+    def set_port_filter(self, include_ports, exclude_ports):
+        """
+        Write the kernel's port filter: port_rules[port] = 1 (included) or 2 (excluded), and
+        settings[0] = include mode. Live: connections accepted or connected from now on follow
+        it. Only the ports set before are reset, so a change costs one update per listed port.
+        """
+        rules, settings = self._bpf[b"port_rules"], self._bpf[b"settings"]
+        wanted = {}
+        for value, ranges in ((1, include_ports), (2, exclude_ports)):
+            for lo, hi in ranges:
+                for port in range(lo, hi + 1):
+                    wanted[port] = value
+        for port in self._port_rules.keys() - wanted.keys():
+            rules[rules.Key(port)] = rules.Leaf(0)
+        for port, value in wanted.items():
+            if self._port_rules.get(port) != value:
+                rules[rules.Key(port)] = rules.Leaf(value)
+        self._port_rules = wanted
+        settings[settings.Key(0)] = settings.Leaf(1 if include_ports else 0)
 
     def detached(self):
         """Stop timers and export what is aggregated."""

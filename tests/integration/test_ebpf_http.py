@@ -265,3 +265,24 @@ async def test_the_agents_own_http_traffic_is_invisible(agent, receiver, python_
     await exactly(agent, lambda: by_pid(receiver, Span.SPAN_KIND_SERVER, server.pid), 1, "server span of our request")
     assert [s for r, s in receiver.spans() if r.get("process.pid") == os.getpid()] == []
     assert socket.gethostname()
+
+
+@pytest_twisted.ensureDeferred
+async def test_kernel_port_filter_excludes_and_includes(agent, receiver, python_server):
+    """exclude_ports hides both sides of a port; include_ports hides every other port; clearing it restores capture."""
+    await ready(agent)
+    server, port = python_server
+    one = [{"method": "GET", "path": "/ok"}]
+    try:
+        agent.http.set_port_filter([], [(port, port)])
+        excluded_client, _ = await threads.deferToThread(apps.run_client, port, one)
+        agent.http.set_port_filter([(port + 1, port + 1)], [])
+        other_client, _ = await threads.deferToThread(apps.run_client, port, one)
+    finally:
+        agent.http.set_port_filter([], [])
+    client, _ = await threads.deferToThread(apps.run_client, port, one)
+    # The last request is captured; once its spans are in, the filtered ones would be too.
+    await exactly(agent, lambda: by_pid(receiver, Span.SPAN_KIND_CLIENT, client), 1, "client span after clearing the filter")
+    await exactly(agent, lambda: by_pid(receiver, Span.SPAN_KIND_SERVER, server.pid), 1, "only the unfiltered server span")
+    assert by_pid(receiver, Span.SPAN_KIND_CLIENT, excluded_client) == []
+    assert by_pid(receiver, Span.SPAN_KIND_CLIENT, other_client) == []

@@ -66,6 +66,12 @@ def test_port_filter_is_seeded_from_config():
     assert open_bpf.tables[b"port_rules"] == {} and open_bpf.tables[b"settings"] == {0: 0}
 
 
+def test_changing_the_port_filter_resets_only_what_was_set():
+    probe, bpf, _, _, _ = make(exclude_ports=[(9000, 9001)])
+    probe.set_port_filter([(80, 80)], [(9001, 9001)])
+    assert bpf.tables[b"port_rules"] == {9000: 0, 9001: 2, 80: 1} and bpf.tables[b"settings"] == {0: 1}
+
+
 def test_spans_are_submitted_once_per_reactor_turn_per_process():
     probe, _, clock, pipeline, _ = make()
     exchange(probe, "/a")
