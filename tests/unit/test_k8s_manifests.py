@@ -142,7 +142,8 @@ def test_configmap_is_a_valid_telegen_config_with_the_daemonsets_environment(tmp
     env = {e["name"]: e["value"] for e in container()["env"] if "value" in e}
     config = load_config(str(path), environ=env)
     assert config["self_telemetry"]["listen"] == f":{API_PORT}"
-    assert config["agent"]["discovery"]["kubernetes"]["enabled"] is True
+    # Kubernetes discovery is not built yet and, asked for, fails /ready (the readiness probe).
+    assert config["agent"]["discovery"]["kubernetes"]["enabled"] is False
     # The standard variable wins over the file; an http:// URL means plain-text gRPC.
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability.svc:4317"
     assert (config["otlp"]["endpoint"], config["otlp"]["insecure"]) == ("otel-collector.observability.svc:4317", True)
