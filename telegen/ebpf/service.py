@@ -14,7 +14,6 @@ of Probe.ring_buffers(). A timer sums them every LOST_POLL seconds into
 telegen_ebpf_ringbuf_lost_total; status() polls them first so it is never stale.
 """
 import os
-import time
 
 from twisted.application import service
 from twisted.internet import defer, threads
@@ -69,7 +68,6 @@ class EbpfService(service.Service):
         self._run_in_thread = run_in_thread
         self._loaded = []
         self._lost_loop = None
-        self._entries_cache = (0.0, {})
         self.loading = None
 
     @property
