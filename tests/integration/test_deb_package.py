@@ -72,6 +72,9 @@ def deb(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def installed(deb):
+    # A leftover install of the same version would make apt keep it instead of this build.
+    if installed_version():
+        apt_get("purge", "telegen")
     apt_get("install", deb)
     yield deb
     if installed_version():
