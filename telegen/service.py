@@ -50,7 +50,7 @@ class ExportHandle:
         """Forward to the current pipeline; without one, count the records as dropped."""
         pipeline = self._agent.child("export")
         if pipeline is None:
-            self._agent.metrics.queue_dropped.labels(signal_type=signal_name, reason="export_disabled").inc(len(records))
+            self._agent.metrics.queue_dropped.labels(signal_type=signal_name, reason="disabled").inc(len(records))
             return 0
         return pipeline.submit(signal_name, resource_attrs, records)
 

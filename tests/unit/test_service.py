@@ -89,7 +89,7 @@ class TreeTests(SynchronousTestCase):
         agent = AgentService(defaults(), reactor=MemoryReactorClock(), specs=[])
         self.assertEqual(agent.exporter.submit("traces", {}, [1, 2]), 0)
         dropped = agent.metrics.registry.get_sample_value(
-            "telegen_queue_dropped_total", {"signal_type": "traces", "reason": "export_disabled"})
+            "telegen_queue_dropped_total", {"signal_type": "traces", "reason": "disabled"})
         self.assertEqual(dropped, 2)
 
 
