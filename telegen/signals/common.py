@@ -6,7 +6,7 @@ import platform
 import socket
 import uuid
 
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from telegen import __version__
@@ -18,25 +18,29 @@ _AGENT_INSTANCE_ID = str(uuid.uuid4())
 
 
 def any_value(value):
-    """Wrap a Python scalar (or list of scalars) as an OTLP AnyValue."""
+    """
+    A Python scalar (or list of scalars) as an AnyValue in dict form. Message constructors take
+    the dict form directly and build it several times faster than nested AnyValue objects.
+    """
     if isinstance(value, bool):
-        return AnyValue(bool_value=value)
+        return {"bool_value": value}
     if isinstance(value, int):
-        return AnyValue(int_value=value)
+        return {"int_value": value}
     if isinstance(value, float):
-        return AnyValue(double_value=value)
+        return {"double_value": value}
     if isinstance(value, (list, tuple)):
-        out = AnyValue()
-        out.array_value.values.extend(any_value(v) for v in value)
-        return out
+        return {"array_value": {"values": [any_value(v) for v in value]}}
     if isinstance(value, bytes):
-        return AnyValue(bytes_value=value)
-    return AnyValue(string_value=str(value))
+        return {"bytes_value": value}
+    return {"string_value": str(value)}
 
 
 def attributes(mapping):
-    """A list of KeyValue from a dict, skipping None values, in the dict's order."""
-    return [KeyValue(key=k, value=any_value(v)) for k, v in mapping.items() if v is not None]
+    """
+    KeyValue entries (dict form) from a dict, skipping None values, in the dict's order. Pass the
+    result to a constructor (`Span(attributes=...)`, `data_points.add(attributes=...)`).
+    """
+    return [{"key": k, "value": any_value(v)} for k, v in mapping.items() if v is not None]
 
 
 def resource(mapping):
