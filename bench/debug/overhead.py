@@ -4,7 +4,8 @@ What the debug endpoints cost the agent while they run.
 Cases, each against a baseline measured in the same run and interleaved with it (A B A B ...) so
 machine noise hits both alike:
   cpu:        a CPU-bound Python loop in the main thread with 8 idle threads around, without and
-              with the CPU profiler sampling at 100 Hz (its cost is GIL time taken from the work).
+              with the CPU profiler sampling at 100 Hz (its cost is GIL time taken from the work);
+              and the cost of one sampler tick.
   tracemalloc: an allocation-heavy loop (dicts, lists, small objects) without tracing, with
               tracemalloc at 1, 4 and the frames the heap endpoint uses; plus the memory
               tracemalloc itself holds per live block.
@@ -24,7 +25,7 @@ import tracemalloc
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from telegen.debug import heap  # noqa: E402
-from telegen.debug.cpu import CpuProfiler  # noqa: E402
+from telegen.debug.cpu import CpuProfiler, Sampler, SyscallReader  # noqa: E402
 
 
 def cpu_work():
@@ -91,6 +92,15 @@ def main():
             base.append(timed(cpu_work))
             profiled.append(with_profiler(cpu_work))
         report("cpu (1.5M-iteration loop, 8 idle threads)", base, {"CPU profile at 100 Hz": profiled})
+        reader = SyscallReader()
+        sampler = Sampler(reader)
+        me = {threading.get_ident()}
+        sampler.sample(me)
+        ticks = 1000
+        took = timed(lambda: [sampler.sample(me) for _ in range(ticks)])
+        reader.close()
+        print(f"  one sampler tick with {len(idlers) + 1} threads: {took / ticks * 1e6:.0f} us "
+              f"({took / ticks * 100 * 100:.2f}% of a core at 100 Hz)")
     finally:
         idle.set()
         for t in idlers:
