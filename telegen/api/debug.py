@@ -32,14 +32,17 @@ MAX_TRACE_FRAMES = 64
 PROFILES = (
     ("block", "block", "Not available: CPython does not record where threads wait (answers 501 with the reason)."),
     ("cmdline", "cmdline", "The command line of the agent, arguments separated by NUL bytes."),
-    ("goroutine", "goroutine?debug=1", "Stack traces of all Python threads and the reactor's pending delayed calls. "
-                                      "debug=1 groups equal stacks, debug=2 lists every thread; no debug: profile.proto."),
-    ("heap", "heap", "Live Python allocations traced by tracemalloc (inuse_objects, inuse_space). Tracing starts on the "
-                     "first request (frames=1..64 stack depth, default 16) and stays on: it slows allocation "
-                     "several times; gc=1 collects first; debug=1 gives the top lines as text."),
+    ("goroutine", "goroutine?debug=1",
+     "Stack traces of all Python threads and the reactor's pending delayed calls. debug=1 groups equal "
+     "stacks, debug=2 lists every thread; no debug: profile.proto."),
+    ("heap", "heap",
+     "Live Python allocations traced by tracemalloc (inuse_objects, inuse_space). Tracing starts on the first "
+     "request (frames=1..64 stack depth, default 16) and stays on: it slows allocation several times; gc=1 "
+     "collects first; debug=1 gives the top lines as text."),
     ("mutex", "mutex", "Not available: CPython does not record lock contention (answers 501 with the reason)."),
-    ("profile", "profile?seconds=30", "CPU profile of all Python threads, sampled at 100 Hz and weighted by each "
-                                     "thread's CPU time. seconds=1..300 (default 30)."),
+    ("profile", "profile?seconds=30",
+     "CPU profile of all Python threads: each thread's measured CPU time, split over the stacks where 100 Hz "
+     "ticks found it running. seconds=1..300 (default 30)."),
     ("threadcreate", "threadcreate", "Every live thread, located at the function it runs, labelled with its name."),
     ("trace", "trace", "Not available: there is no Python equivalent of Go's execution tracer (answers 501)."),
 )
@@ -153,7 +156,8 @@ class DebugApi:
         request.setHeader(b"x-tracemalloc-started", b"true" if started else b"false")
         request.setHeader(b"x-tracemalloc-frames", str(tracemalloc.get_traceback_limit()).encode())
         if debug:
-            return self._in_thread(tracemalloc_heap.top_lines, gc_first).addCallback(lambda text: _text_answer(request, text))
+            d = self._in_thread(tracemalloc_heap.top_lines, gc_first)
+            return d.addCallback(lambda text: _text_answer(request, text))
         d = self._in_thread(lambda: tracemalloc_heap.heap_profile(gc_first).gzipped())
         return d.addCallback(lambda data: _profile_answer(request, data, "heap"))
 
@@ -179,7 +183,8 @@ class DebugApi:
     def not_available(self, request):
         """The profiles CPython cannot produce: the error JSON says why and what to use instead."""
         name = request.path.rstrip(b"/").rsplit(b"/", 1)[-1].decode()
-        raise ApiError(501, f"no Python equivalent of Go's {name} profile", {"profile": name, "reason": _NOT_AVAILABLE[name]})
+        raise ApiError(501, f"no Python equivalent of Go's {name} profile",
+                       {"profile": name, "reason": _NOT_AVAILABLE[name]})
 
     @app.route("/vars", methods=["GET"])
     def debug_vars(self, request):

@@ -167,8 +167,10 @@ def top_lines(gc_first=False, limit=100):
         entry[1] += size
     ranked = sorted(by_line.items(), key=lambda item: -item[1][1])
     functions = _FunctionIndex()
-    lines = [f"heap profile: {sum(b for b, _s in by_line.values())} objects, {sum(s for _b, s in by_line.values())} "
-             f"bytes live (tracemalloc, {tracemalloc.get_traceback_limit()} frames); top {min(limit, len(ranked))} lines:"]
+    objects = sum(blocks for blocks, _size in by_line.values())
+    live = sum(size for _blocks, size in by_line.values())
+    lines = [f"heap profile: {objects} objects, {live} bytes live (tracemalloc, "
+             f"{tracemalloc.get_traceback_limit()} frames); top {min(limit, len(ranked))} lines:"]
     for (filename, line), (blocks, size) in ranked[:limit]:
         name, _first = functions.lookup(filename, line)
         lines.append(f"{size:>12} B {blocks:>8} objs  {name}  {filename}:{line}")

@@ -36,7 +36,10 @@ def _entry_frame(thread):
 
 
 def threadcreate_profile(threads=None):
-    """One sample per live thread: located at its entry function (the main thread at MAIN_ENTRY), labelled with name and daemon flag."""
+    """
+    One sample per live thread: located at its entry function (the main thread at MAIN_ENTRY),
+    labelled with its name and daemon flag.
+    """
     builder = ProfileBuilder([("threadcreate", "count")], period_type=("threadcreate", "count"), period=1)
     for thread in threads if threads is not None else threading.enumerate():
         if thread is threading.main_thread():
