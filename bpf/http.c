@@ -84,9 +84,14 @@ struct iovec_user {
     u64 len;
 };
 
+/*
+ * conns and passive are LRU: entries whose close (or accept) is never seen must age out. The
+ * per-syscall maps are plain preallocated hashes, cheaper to update and delete on every read and
+ * write than an LRU (whose updates take a shared lock); their entries live for one syscall.
+ */
 BPF_TABLE("lru_hash", u64, struct conn, conns, MAX_CONNS);
-BPF_TABLE("lru_hash", u64, struct pending, inflight, 16384);
-BPF_TABLE("lru_hash", u64, struct endpoint, connecting, 4096);
+BPF_HASH(inflight, u64, struct pending, 16384);
+BPF_HASH(connecting, u64, struct endpoint, 4096);
 BPF_TABLE("lru_hash", struct endpoint, struct endpoint, passive, 16384);
 /* port_rules[port]: 1 = listed in include_ports, 2 = listed in exclude_ports. */
 BPF_ARRAY(port_rules, u8, 65536);
