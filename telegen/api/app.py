@@ -12,6 +12,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web.server import Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import RequestRedirect
 
 from telegen import status as status_docs
 from telegen.api.errors import ApiError
@@ -144,30 +145,45 @@ class TelegenApi:
 
         return DebugApi(self.agent, reactor=self.agent.reactor).app.resource()
 
-    # -- errors ----------------------------------------------------------------------------
 
-    @app.handle_errors(ApiError)
-    def api_error(self, request, failure):
-        return write_error(request, failure.value)
+def _api_error(_instance, request, failure):
+    return write_error(request, failure.value)
 
-    @app.handle_errors(HTTPException)
-    def http_error(self, request, failure):
-        exc = failure.value
-        if isinstance(exc, MethodNotAllowed):
-            allow = ", ".join(sorted(set(exc.valid_methods or ()) | {"OPTIONS"}))
-            error = ApiError(405, f"method {request.method.decode()} not allowed", {"allow": allow},
-                             headers={"Allow": allow})
-        elif exc.code == 404:
-            path = request.path.decode("utf-8", "replace")
-            error = ApiError(404, f"no such endpoint: {path}", {"path": path})
-        else:
-            error = ApiError(exc.code, exc.description or exc.name)
-        return write_error(request, error)
 
-    @app.handle_errors(Exception)
-    def internal_error(self, request, failure):
-        log.failure("error serving {path}", failure, path=request.path)
-        return write_error(request, ApiError(500, "internal error", {"type": failure.type.__name__}))
+def _http_error(_instance, request, failure):
+    exc = failure.value
+    if isinstance(exc, RequestRedirect):
+        error = ApiError(308, f"moved to {exc.new_url}", {"location": exc.new_url},
+                         error="permanent_redirect", headers={"Location": exc.new_url})
+    elif isinstance(exc, MethodNotAllowed):
+        allow = ", ".join(sorted(set(exc.valid_methods or ()) | {"OPTIONS"}))
+        error = ApiError(405, f"method {request.method.decode()} not allowed", {"allow": allow},
+                         headers={"Allow": allow})
+    elif exc.code == 404:
+        path = request.path.decode("utf-8", "replace")
+        error = ApiError(404, f"no such endpoint: {path}", {"path": path})
+    else:
+        error = ApiError(exc.code, exc.description or exc.name)
+    return write_error(request, error)
+
+
+def _internal_error(_instance, request, failure):
+    log.failure("error serving {path}", failure, path=request.path)
+    return write_error(request, ApiError(500, "internal error", {"type": failure.type.__name__}))
+
+
+def add_error_handling(app):
+    """
+    Render every failure of a Klein app as the standard error JSON: ApiError as raised, werkzeug's
+    routing answers (404, 405 with Allow, 308 with Location), anything else as a logged 500.
+    Mounted sub-apps (debug) call this too, since Klein applies only the serving app's handlers.
+    """
+    app.handle_errors(ApiError)(_api_error)
+    app.handle_errors(HTTPException)(_http_error)
+    app.handle_errors(Exception)(_internal_error)
+
+
+add_error_handling(TelegenApi.app)
 
 
 class ApiSite(Site):

@@ -14,12 +14,9 @@ import tracemalloc
 
 from klein import Klein
 from twisted.internet.threads import deferToThreadPool
-from werkzeug.exceptions import HTTPException
-from werkzeug.routing import RequestRedirect
 
-from telegen.api.app import TelegenApi
+from telegen.api.app import add_error_handling
 from telegen.api.errors import ApiError
-from telegen.api.gate import write_error
 from telegen.debug import expvar, stacks, threads
 from telegen.debug import heap as tracemalloc_heap
 from telegen.debug.cpu import CpuProfiler, ProfilerBusy
@@ -192,14 +189,6 @@ class DebugApi:
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(expvar.debug_vars(self.agent.metrics)).encode()
 
-    @app.handle_errors(RequestRedirect)
-    def redirect(self, request, failure):
-        """/debug/pprof -> /debug/pprof/ (the index's links are relative), with Location and the error JSON."""
-        url = failure.value.new_url
-        return write_error(request, ApiError(308, f"moved to {url}", {"location": url},
-                                             error="permanent_redirect", headers={"Location": url}))
 
-    # The main app's handlers, so errors here are rendered exactly as everywhere else.
-    app.handle_errors(ApiError)(TelegenApi.api_error)
-    app.handle_errors(HTTPException)(TelegenApi.http_error)
-    app.handle_errors(Exception)(TelegenApi.internal_error)
+# Errors here render exactly as in the main app (Klein applies only the serving app's handlers).
+add_error_handling(DebugApi.app)
