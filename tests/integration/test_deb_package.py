@@ -88,14 +88,35 @@ def unit_value(key):
     return values[-1]
 
 
+# What ProtectSystem=full and ProtectHome=read-only make read-only, plus the venv itself (the
+# DaemonSet's read-only root filesystem): the agent must run without writing to any of them.
+READ_ONLY = ["/usr", "/boot", "/efi", "/etc", "/home", "/root", "/run/user", VENV]
+SANDBOX = ("for d in \"$@\"; do [ \"$d\" = -- ] && break; if [ -d \"$d\" ]; then "
+           "mount --rbind \"$d\" \"$d\" && mount -o remount,bind,ro \"$d\" || exit 97; fi; shift; done; "
+           "shift; exec \"$@\"")
+
+
+def sandboxed(argv):
+    """
+    argv as the unit would run it, as far as this machine allows without systemd: its capability
+    bounding set and NoNewPrivileges (setpriv), and its read-only file system view (a private mount
+    namespace). unshare and setpriv exec in place, so the agent keeps the PID Popen returns.
+    """
+    assert (unit_value("ProtectSystem"), unit_value("ProtectHome"), unit_value("NoNewPrivileges")) == \
+        ("full", "read-only", "yes"), "the unit changed: update what this test emulates"
+    caps = ",".join("+" + c.lower().removeprefix("cap_") for c in unit_value("CapabilityBoundingSet").split())
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", SANDBOX, "sandbox", *READ_ONLY, "--",
+            "setpriv", f"--bounding-set=-all,{caps}", "--inh-caps=-all", "--no-new-privs", "--", *argv]
+
+
 class InstalledAgent(AgentProcess):
-    """The unit's ExecStart, run by hand: the installed conffile with a test port and data dir."""
+    """The unit's ExecStart, run by hand and sandboxed like the unit: the installed conffile with a
+    test port and data dir."""
 
     def start(self, wait=True):
         argv = shlex.split(unit_value("ExecStart"))
         argv[argv.index(CONFFILE)] = self.config_path
-        caps = ",".join("+" + c.lower().removeprefix("cap_") for c in unit_value("CapabilityBoundingSet").split())
-        argv = ["setpriv", f"--bounding-set=-all,{caps}", "--inh-caps=-all", "--no-new-privs", "--"] + argv
+        argv = sandboxed(argv)
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(argv, cwd=self.tmp_path, env=SERVICE_ENV,
                                         stdout=self._log, stderr=subprocess.STDOUT)
@@ -133,6 +154,7 @@ def test_install_gives_cli_conffile_state_dir_plugin_cache_and_a_valid_unit(inst
 def test_exec_start_serves_the_api_and_ebpf_from_the_installed_copy(installed, tmp_path):
     agent, config = start_installed(tmp_path)
     try:
+        assert_sandboxed(agent.process.pid)
         status = agent.get("/status", headers=AUTH).json()
         stamp = run(f"{VENV}/bin/python", "-c", "from telegen import _build; print(_build.COMMIT)", env=SERVICE_ENV, cwd="/").stdout.strip()
         # The checkout says "unknown": a stamped commit proves the installed copy is serving.
@@ -164,6 +186,29 @@ def test_exec_start_serves_the_api_and_ebpf_from_the_installed_copy(installed, t
         code = agent.stop()
     # twistd ends a signal-stopped run by re-raising SIGTERM, which systemd counts as a clean stop.
     assert code == -signal.SIGTERM, agent.log()
+
+
+# linux/capability.h numbers of the unit's capabilities.
+CAP_NUMBERS = {"CAP_DAC_READ_SEARCH": 2, "CAP_NET_ADMIN": 12, "CAP_SYS_PTRACE": 19, "CAP_SYS_ADMIN": 21,
+               "CAP_SYS_RESOURCE": 24, "CAP_PERFMON": 38, "CAP_BPF": 39}
+
+
+def proc_status(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.split(":", 1) for line in f)
+
+
+def assert_sandboxed(pid):
+    """The running agent really has the unit's bounding set (less what this machine's own bounding
+    set lacks: CAP_SYS_RESOURCE here), no_new_privs and read-only mounts."""
+    status = proc_status(pid)
+    mask = sum(1 << CAP_NUMBERS[c] for c in unit_value("CapabilityBoundingSet").split())
+    mask &= int(proc_status("self")["CapBnd"], 16)
+    assert int(status["CapBnd"], 16) == int(status["CapEff"], 16) == mask
+    assert status["NoNewPrivs"].strip() == "1"
+    with open(f"/proc/{pid}/mountinfo") as f:
+        options = {fields[4]: fields[5].split(",") for fields in (line.split() for line in f)}
+    assert all("ro" in options[d] for d in ("/usr", "/etc", VENV)), options
 
 
 def start_installed(tmp_path):
