@@ -1,9 +1,9 @@
 """
 The Debian package end to end, as root: `scripts/build-deb.sh` builds the .deb once for this
 module, `apt-get install` puts it on this machine, the unit's own ExecStart (read from the
-installed unit file, run under the unit's capability bounding set since no systemd runs here)
-serves /healthz, /status and eBPF-captured spans from the installed files, and `apt-get purge`
-removes everything again. The checkout and its .venv are never written to.
+installed unit file and, since no systemd runs here, sandboxed by hand like the unit) serves
+/healthz, /status, eBPF-captured spans, a pprof CPU profile and the SSH manhole from the installed
+files, and `apt-get purge` removes everything again. The checkout and its .venv are never written to.
 """
 import os
 import shlex
