@@ -43,12 +43,15 @@ def http(method, url, headers=None, data=None, timeout=10.0):
 class AgentProcess:
     """One agent under test. config is a dict merged over a small test base config."""
 
+    start_timeout = 30.0
+
     def __init__(self, tmp_path, config=None, env=None):
         self.tmp_path = tmp_path
         self.port = free_port()
         self.config_path = os.path.join(tmp_path, "config.yaml")
         self.log_path = os.path.join(tmp_path, "agent.log")
         self.env = dict(os.environ, **(env or {}))
+        self.cwd = ROOT
         self.process = None
         self.write_config(config or {})
 
@@ -72,13 +75,15 @@ class AgentProcess:
     def url(self):
         return f"http://127.0.0.1:{self.port}"
 
+    def command(self):
+        """The argv that runs the agent (the .deb test runs the installed copy instead)."""
+        return [TWISTD, "-n", "--pidfile=", "telegen", "--config", self.config_path]
+
     def start(self, wait=True):
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "telegen", "--config", self.config_path],
-            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(self.command(), cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         if wait:
-            self.wait_healthy()
+            self.wait_healthy(self.start_timeout)
         return self
 
     def wait_healthy(self, timeout=30.0):

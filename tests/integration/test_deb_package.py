@@ -113,16 +113,17 @@ class InstalledAgent(AgentProcess):
     """The unit's ExecStart, run by hand and sandboxed like the unit: the installed conffile with a
     test port and data dir."""
 
-    def start(self, wait=True):
+    start_timeout = 60.0
+
+    def __init__(self, tmp_path, config=None):
+        super().__init__(tmp_path, config)
+        self.cwd = tmp_path
+        self.env = SERVICE_ENV
+
+    def command(self):
         argv = shlex.split(unit_value("ExecStart"))
         argv[argv.index(CONFFILE)] = self.config_path
-        argv = sandboxed(argv)
-        self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(argv, cwd=self.tmp_path, env=SERVICE_ENV,
-                                        stdout=self._log, stderr=subprocess.STDOUT)
-        if wait:
-            self.wait_healthy(timeout=60)
-        return self
+        return sandboxed(argv)
 
 
 def test_the_deb_is_named_by_version_and_ships_no_plugin_cache(deb):
