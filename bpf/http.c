@@ -207,7 +207,7 @@ static __always_inline void send_event(u32 kind, struct conn *c, struct pending 
         }
     }
     e->cap_len = n;
-    http_events.ringbuf_submit(e, 0);
+    http_events.ringbuf_submit(e, telegen_wakeup_flags());
 }
 
 static __always_inline int track_exit(s64 ret, int is_write)

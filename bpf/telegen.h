@@ -24,6 +24,11 @@
 #define RINGBUF_PAGES 4096
 #endif
 
+/* Wake the reader once per this many submitted events per CPU (agent.ebpf.wakeup_events). */
+#ifndef TELEGEN_WAKEUP_EVENTS
+#define TELEGEN_WAKEUP_EVENTS 1
+#endif
+
 /* Ring buffers per BPF object; the lost array is indexed by TELEGEN_RB_<name>. */
 #ifndef TELEGEN_MAX_RINGBUFS
 #define TELEGEN_MAX_RINGBUFS 4
@@ -61,6 +66,24 @@ static __always_inline void *telegen_reserved(void *p, u32 slot)
     if (!p)
         telegen_count_lost(slot);
     return p;
+}
+
+/*
+ * Events submitted per CPU, to batch wakeups: `events.ringbuf_submit(e, telegen_wakeup_flags());`
+ * wakes the reader on every TELEGEN_WAKEUP_EVENTS-th event of a CPU only. Under load that turns
+ * thousands of epoll wakeups a second into tens; the reader's drain timer picks up what is left
+ * when traffic stops (libbpf's consume reads whatever is committed, woken or not).
+ */
+BPF_PERCPU_ARRAY(submitted, u64, 1);
+
+static __always_inline u64 telegen_wakeup_flags(void)
+{
+    u32 zero = 0;
+    u64 *n = submitted.lookup(&zero);
+    if (!n)
+        return 0;
+    (*n)++;
+    return (*n % TELEGEN_WAKEUP_EVENTS) == 0 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
 /* True when the current task belongs to the agent itself. */

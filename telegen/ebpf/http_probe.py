@@ -74,8 +74,7 @@ class HttpProbe(Probe):
         return ebpf["enabled"] and ebpf["network"]["enabled"] and ebpf["network"]["http"]
 
     def cflags(self, config):
-        pages = config["agent"]["ebpf"]["ringbuf_size"] // 4096
-        return [f"-DRINGBUF_PAGES={pages}", f"-DHTTP_CAPTURE={CAPTURE_BYTES}"]
+        return [f"-DHTTP_CAPTURE={CAPTURE_BYTES}"]
 
     def tracepoints(self):
         return _tracepoints()

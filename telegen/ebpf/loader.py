@@ -19,6 +19,7 @@ import subprocess
 import sys
 
 from telegen import paths
+from telegen.ebpf.compiler_pages import release_compiler_memory
 
 _HEADER = "telegen.h"
 _INCLUDE = '#include "%s"' % _HEADER
@@ -62,6 +63,15 @@ def _import_bcc():
     return bcc
 
 
+def common_cflags(probe, config, self_pid):
+    """The -D flags every source gets: our pid (self filter), ring buffer pages, wakeup batching."""
+    return [
+        f"-DTELEGEN_PID={self_pid}",
+        f"-DRINGBUF_PAGES={probe.ringbuf_size(config) // 4096}",
+        f"-DTELEGEN_WAKEUP_EVENTS={config['agent']['ebpf']['wakeup_events']}",
+    ]
+
+
 def compile_probe(probe, config, self_pid, bpf_dir=None):
     """
     Compile, load and attach one probe; returns the bcc.BPF object. Runs in a thread.
@@ -74,12 +84,12 @@ def compile_probe(probe, config, self_pid, bpf_dir=None):
     if not os.path.isdir(headers):
         raise LoadError(f"kernel headers missing: {headers} does not exist")
     text = source_text(probe, bpf_dir)
-    cflags = [f"-DTELEGEN_PID={self_pid}"] + list(probe.cflags(config))
+    cflags = common_cflags(probe, config, self_pid) + list(probe.cflags(config))
     try:
         bpf = bcc.BPF(text=text.encode(), cflags=cflags)
     except Exception as e:
         raise LoadError(diagnose(text, cflags) or _first_line(e)) from e
-    _release_compiler_memory()
+    release_compiler_memory()
     try:
         for tracepoint, fn_name in probe.tracepoints():
             if tracepoint not in _attached_tracepoints(bpf):
@@ -88,17 +98,6 @@ def compile_probe(probe, config, self_pid, bpf_dir=None):
         bpf.cleanup()
         raise LoadError(f"attach failed: {_first_line(e)}") from e
     return bpf
-
-
-def _release_compiler_memory():
-    """
-    Give clang's freed heap back to the kernel. A compile touches tens of MB that glibc keeps
-    in its arenas after BCC frees them; without this the agent's RSS stays ~100 MB higher.
-    """
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _attached_tracepoints(bpf):

@@ -27,8 +27,15 @@ class Probe:
         return True
 
     def cflags(self, config) -> list:
-        """Extra -D flags, e.g. ["-DRINGBUF_PAGES=4096"]; the service adds TELEGEN_PID itself."""
+        """
+        The probe's own -D flags. The loader adds the common ones itself: TELEGEN_PID,
+        RINGBUF_PAGES (from ringbuf_size) and TELEGEN_WAKEUP_EVENTS.
+        """
         return []
+
+    def ringbuf_size(self, config) -> int:
+        """Bytes per ring buffer of this probe: agent.ebpf.ringbuf_size unless the probe needs less."""
+        return config["agent"]["ebpf"]["ringbuf_size"]
 
     def tracepoints(self) -> list:
         """(category:event, fn_name) pairs. TRACEPOINT_PROBE functions auto-attach in BCC; list them anyway for status."""

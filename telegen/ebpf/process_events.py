@@ -16,9 +16,14 @@ PROCESS_EXIT = 2
 HEADER = struct.Struct("<QIII4x")
 
 
-def ringbuf_pages(config):
-    """-DRINGBUF_PAGES for a probe's ring buffers: agent.ebpf.ringbuf_size in 4 KiB pages."""
-    return f"-DRINGBUF_PAGES={config['agent']['ebpf']['ringbuf_size'] // 4096}"
+# Process and TCP events are small and rare next to HTTP's: a 1 MiB ring buffer holds tens of
+# thousands of them, and every byte of a ring buffer is mapped into the agent (twice, in RSS).
+EVENT_RINGBUF_MAX = 1 << 20
+
+
+def small_ringbuf_size(config):
+    """The ring buffer size of the process and TCP probes: the configured size, at most 1 MiB."""
+    return min(config["agent"]["ebpf"]["ringbuf_size"], EVENT_RINGBUF_MAX)
 
 
 class ProcessProbe(Probe):
@@ -33,8 +38,8 @@ class ProcessProbe(Probe):
     def enabled(self, config):
         return config["agent"]["ebpf"]["enabled"]
 
-    def cflags(self, config):
-        return [ringbuf_pages(config)]
+    def ringbuf_size(self, config):
+        return small_ringbuf_size(config)
 
     def tracepoints(self):
         return [("sched:sched_process_exec", "tracepoint__sched__sched_process_exec"),

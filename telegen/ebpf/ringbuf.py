@@ -4,12 +4,14 @@ A BPF ring buffer as a reactor reader (IReadDescriptor), modelled on twisted.int
 
 The ring buffer's map fd is itself pollable (libbpf registers it with EPOLLIN), so the reactor
 watches it and doRead() drains it with the non-blocking ring_buffer_consume(): no polling
-thread, no timer, events are handled on the reactor thread as soon as they arrive. BCC calls
+thread. The kernel side wakes us only every agent.ebpf.wakeup_events events per CPU (telegen.h),
+so a timer also drains every drain_interval: a quiet moment never strands events. BCC calls
 our callback through ctypes, which swallows exceptions, and exits the process on EPIPE; so the
 callback catches everything, counts it, and returns 0.
 """
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 log = Logger()
@@ -30,8 +32,11 @@ class RingBufferReader(FileDescriptor):
         telegen_ebpf_events_dropped{reason="handler_error"}).
     """
 
-    def __init__(self, bpf, name, handler, metrics, reactor=None):
+    def __init__(self, bpf, name, handler, metrics, reactor=None, drain_interval=0.1):
         FileDescriptor.__init__(self, reactor=reactor)
+        self._drain = LoopingCall(self.doRead)
+        self._drain.clock = self.reactor
+        self._drain_interval = drain_interval
         self.name = name
         self.events_received = 0
         self.handler_errors = 0
@@ -82,9 +87,12 @@ class RingBufferReader(FileDescriptor):
         """Start watching the fd."""
         self.connected = True
         self.startReading()
+        self._drain.start(self._drain_interval, now=False)
 
     def stop(self):
         """Stop watching the fd (the BPF object, which owns it, is cleaned up by the caller)."""
+        if self._drain.running:
+            self._drain.stop()
         if self.connected:
             self.stopReading()
             self.connected = False

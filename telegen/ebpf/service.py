@@ -134,7 +134,8 @@ class EbpfService(service.Service):
         st.programs = loader.describe_programs(bpf)
         st.maps = {name: dict(loader.describe_map(fd), fd=fd) for name, fd in loader.map_fds(bpf).items()}
         for name, handler in st.probe.ring_buffers().items():
-            reader = RingBufferReader(bpf, name, handler, self.metrics, reactor=self.reactor)
+            reader = RingBufferReader(bpf, name, handler, self.metrics, reactor=self.reactor,
+                                      drain_interval=self.config["agent"]["ebpf"]["drain_interval"])
             st.readers.append(reader)
             st.lost.append(0)
             reader.start()
@@ -222,7 +223,7 @@ class EbpfService(service.Service):
                 maps.append({"name": qualified, "type": m["type"], "entries": entries,
                              "max_entries": m["max_entries"], "id": m["id"], "probe": st.probe.name})
             for reader, lost in zip(st.readers, st.lost):
-                buffers.append({"probe": st.probe.name, "name": reader.name, "size": size,
+                buffers.append({"probe": st.probe.name, "name": reader.name, "size": st.probe.ringbuf_size(self.config),
                                 "events_received": reader.events_received, "events_lost": lost,
                                 "handler_errors": reader.handler_errors, "error": reader.error})
         return {

@@ -19,7 +19,7 @@ import struct
 from twisted.internet.task import LoopingCall
 
 from telegen.ebpf.probe import Probe
-from telegen.ebpf.process_events import ringbuf_pages
+from telegen.ebpf.process_events import small_ringbuf_size
 from telegen.signals import tcp as signals
 
 # struct tcp_event: telegen_event_header {u64 ts; u32 pid, tid, kind; pad}, u64 start, u64 established,
@@ -84,8 +84,8 @@ class TcpProbe(Probe):
         ebpf = config["agent"]["ebpf"]
         return ebpf["enabled"] and ebpf["network"]["enabled"] and ebpf["network"]["tcp"]
 
-    def cflags(self, config):
-        return [ringbuf_pages(config)]
+    def ringbuf_size(self, config):
+        return small_ringbuf_size(config)
 
     def tracepoints(self):
         return [(f"{category}:{event}", f"tracepoint__{category}__{event}") for category, event in (
@@ -137,7 +137,7 @@ class TcpProbe(Probe):
     def _count_untracked(self):
         if self._bpf is None:
             return
-        total = sum(self._bpf["tcp_untracked"][0])
+        total = sum(self._bpf[b"tcp_untracked"][0])
         if total > self._untracked:
             self.metrics.ebpf_events_dropped.labels(reason="tcp_conn_table_full").inc(total - self._untracked)
         self._untracked = total

@@ -1,9 +1,9 @@
 """
-RingBufferReader as a reactor reader, with MemoryReactor and a fake BCC layer: registration,
-draining on doRead, counting, handler failures contained, errors reported, stop.
+RingBufferReader as a reactor reader, with MemoryReactorClock and a fake BCC layer: registration,
+draining on doRead and on the drain timer, counting, handler failures contained, errors reported, stop.
 """
 from twisted.internet.error import ConnectionLost
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from telegen.ebpf.ringbuf import RingBufferReader
@@ -41,8 +41,8 @@ class FakeBPF:
 
 
 def make(handler):
-    reactor, bpf, metrics = MemoryReactor(), FakeBPF(), SelfMetrics()
-    reader = RingBufferReader(bpf, "events", handler, metrics, reactor=reactor)
+    reactor, bpf, metrics = MemoryReactorClock(), FakeBPF(), SelfMetrics()
+    reader = RingBufferReader(bpf, "events", handler, metrics, reactor=reactor, drain_interval=0.1)
     return reactor, bpf, metrics, reader
 
 
@@ -102,3 +102,19 @@ def test_one_do_read_handles_a_bounded_number_of_events(monkeypatch):
     assert seen == [0, 1, 2] and bpf.returns[-1] == -1
     reader.doRead()
     assert seen == [0, 1, 2, 3, 4] and reader.events_received == 5
+
+
+def test_the_drain_timer_reads_events_nobody_woke_us_for():
+    """With batched wakeups the fd may stay quiet: the timer drains every drain_interval, and stops with the reader."""
+    seen = []
+    reactor, bpf, _, reader = make(lambda p, s: seen.append(p))
+    reader.start()
+    bpf.pending = [(7, 8)]
+    reactor.advance(0.05)
+    assert seen == []
+    reactor.advance(0.05)
+    assert seen == [7]
+    reader.stop()
+    bpf.pending = [(8, 8)]
+    reactor.advance(1.0)
+    assert seen == [7] and not reactor.getDelayedCalls()

@@ -34,9 +34,10 @@ def test_exec_and_exit_reach_the_table_by_tgid():
 
 
 def test_enabled_with_ebpf_and_sized_from_config():
-    """The probe follows agent.ebpf.enabled and asks for agent.ebpf.ringbuf_size in pages."""
+    """The probe follows agent.ebpf.enabled; its ring buffer is the configured size, at most 1 MiB."""
     probe, config = ProcessProbe(Calls()), make_config()
-    config["agent"]["ebpf"]["ringbuf_size"] = 1 << 20
-    assert probe.enabled(config) and probe.cflags(config) == ["-DRINGBUF_PAGES=256"]
+    assert probe.enabled(config) and probe.ringbuf_size(config) == 1 << 20
+    config["agent"]["ebpf"]["ringbuf_size"] = 1 << 16
+    assert probe.ringbuf_size(config) == 1 << 16
     config["agent"]["ebpf"]["enabled"] = False
     assert not probe.enabled(config)

@@ -212,13 +212,13 @@ def test_port_filters_and_self_are_dropped():
 
 
 def test_probe_describes_itself_for_the_service():
-    """Enabled per config, ring buffer size from config, every tracepoint listed for status."""
+    """Enabled per config, a small ring buffer (at most 1 MiB), every tracepoint listed for status."""
     probe, _, _ = make_probe()
     config = make_config()
     assert probe.enabled(config)
     config["agent"]["ebpf"]["network"]["tcp"] = False
     assert not probe.enabled(config)
-    assert probe.cflags(make_config()) == ["-DRINGBUF_PAGES=4096"]
+    assert probe.ringbuf_size(make_config()) == 1 << 20
     assert ("sock:inet_sock_set_state", "tracepoint__sock__inet_sock_set_state") in probe.tracepoints()
     assert set(probe.ring_buffers()) == {"tcp_events"}
 
