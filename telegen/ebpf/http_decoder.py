@@ -13,7 +13,6 @@ size and end time from the totals.
 Per-event cost matters (the Python consumer is the agent's budget): one struct unpack per
 event, heads parsed once, addresses formatted once per connection.
 """
-import ctypes
 import socket
 import struct
 from collections import deque
@@ -127,12 +126,8 @@ class HttpDecoder:
     def __len__(self):
         return len(self._conns)
 
-    def handle(self, ptr, size):
-        """Ring buffer callback: decode one event (ptr, size) from BCC."""
-        self.handle_bytes(ctypes.string_at(ptr, size))
-
     def handle_bytes(self, raw):
-        """Decode one event given as bytes (the fast path and the tests share this)."""
+        """The ring buffer handler: decode one event (its bytes)."""
         (ts, pid, kind, enter_ts, conn_ts, rx, tx, last_rx, last_tx, ret,
          peer, peer_port, local, local_port, fd, role, cap_len) = EVENT.unpack_from(raw)
         key = (pid, fd, conn_ts)

@@ -80,7 +80,7 @@ class HttpProbe(Probe):
         return _tracepoints()
 
     def ring_buffers(self):
-        return {"http_events": self._decoder.handle}
+        return {"http_events": self._decoder.handle_bytes}
 
     def attached(self, bpf):
         """Seed the kernel's port filter from config and start the periodic work."""

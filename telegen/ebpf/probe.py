@@ -41,8 +41,8 @@ class Probe:
         """(category:event, fn_name) pairs. TRACEPOINT_PROBE functions auto-attach in BCC; list them anyway for status."""
         return []
 
-    def ring_buffers(self) -> "dict[str, Callable[[int, int], None]]":
-        """Ring buffer map name -> handler(data_ptr, size), called on the reactor thread."""
+    def ring_buffers(self) -> "dict[str, Callable[[bytes], None]]":
+        """Ring buffer map name -> handler(event bytes), called on the reactor thread."""
         return {}
 
     def attached(self, bpf) -> None:

@@ -4,7 +4,6 @@ The `process` probe: sched:sched_process_exec/exit events feeding the ProcessTab
 The kernel sends only the common event header; the kind says exec or exit and the pid is the
 tgid. The table does the rest (reads /proc on exec, forgets after a grace period on exit).
 """
-import ctypes
 import struct
 
 from telegen.ebpf.probe import Probe
@@ -48,9 +47,9 @@ class ProcessProbe(Probe):
     def ring_buffers(self):
         return {"process_events": self.on_event}
 
-    def on_event(self, data, size):
+    def on_event(self, raw):
         """Decode one header-only event and tell the table."""
-        _, pid, _, kind = HEADER.unpack_from(ctypes.string_at(data, size))
+        _, pid, _, kind = HEADER.unpack_from(raw)
         if kind == PROCESS_EXEC:
             self.processes.on_exec(pid)
         elif kind == PROCESS_EXIT:

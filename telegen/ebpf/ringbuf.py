@@ -2,13 +2,21 @@
 """
 A BPF ring buffer as a reactor reader (IReadDescriptor), modelled on twisted.internet.inotify.
 
-The ring buffer's map fd is itself pollable (libbpf registers it with EPOLLIN), so the reactor
-watches it and doRead() drains it with the non-blocking ring_buffer_consume(): no polling
-thread. The kernel side wakes us only every agent.ebpf.wakeup_events events per CPU (telegen.h),
-so a timer also drains every drain_interval: a quiet moment never strands events. BCC calls
-our callback through ctypes, which swallows exceptions, and exits the process on EPIPE; so the
-callback catches everything, counts it, and returns 0.
+The ring buffer's map fd is itself pollable, so the reactor watches it, and doRead() drains the
+ring straight from its memory: the agent maps the consumer page (read-write) and the producer
+page plus the data pages (read-only; the kernel maps the data twice, so a record that wraps
+around the end is still contiguous) exactly as libbpf does, walks the records and moves the
+consumer position. That skips BCC's per-event ctypes callback (and libbpf's loop around it),
+which cost more than decoding a small event. The kernel side wakes us only every
+agent.ebpf.wakeup_events events per CPU (telegen.h), so a timer also drains every
+drain_interval: a quiet moment never strands events.
+
+Memory ordering: loads and stores of aligned 8-byte positions are ordered as the kernel needs on
+x86-64 (total store order); libbpf's acquire/release are plain moves there.
 """
+import mmap
+import struct
+
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import LoopingCall
@@ -16,85 +24,129 @@ from twisted.logger import Logger
 
 log = Logger()
 
-# Events handled per doRead. libbpf's consume loops until the ring is empty, which under a
-# sustained flood is never: without a bound one doRead would hold the reactor (and the API)
-# for seconds. Returning < 0 from the callback makes libbpf commit that event and stop; the
-# fd stays readable, so the reactor comes back after serving everything else.
+PAGE = mmap.PAGESIZE
+HEADER_SIZE = 8                 # struct bpf_ringbuf_hdr {u32 len; u32 pg_off;}
+BUSY_BIT = 1 << 31              # reserved, not yet committed: stop here
+DISCARD_BIT = 1 << 30           # discarded by the program: skip
+_POSITION = struct.Struct("<Q")
+_LENGTH = struct.Struct("<I")
+
+# Events handled per doRead. Under a sustained flood the ring is never empty: without a bound one
+# doRead would hold the reactor (and the API) for seconds. The fd stays readable (epoll is level
+# triggered), so the reactor comes back after serving everything else.
 MAX_EVENTS_PER_READ = 2048
+
+
+class MappedRing:
+    """
+    The memory of one kernel ring buffer of `size` data bytes: the consumer page and the producer
+    page followed by the (doubly mapped) data. Tests pass bytearrays laid out the same way.
+    """
+
+    def __init__(self, consumer, producer, size):
+        self.size = size
+        self._mask = size - 1
+        self._consumer = consumer
+        self._producer = producer
+
+    @classmethod
+    def from_fd(cls, fd, size):
+        """Map the ring buffer behind a BPF map fd as libbpf does."""
+        consumer = mmap.mmap(fd, PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        producer = mmap.mmap(fd, PAGE + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=PAGE)
+        return cls(consumer, producer, size)
+
+    def drain(self, handler, budget, on_error):
+        """
+        Hand committed records to handler(bytes), at most budget of them; returns how many.
+        A record whose handler raises is passed to on_error and skipped (never re-read).
+        """
+        consumer = _POSITION.unpack_from(self._consumer, 0)[0]
+        producer = _POSITION.unpack_from(self._producer, 0)[0]
+        data, mask, handled = self._producer, self._mask, 0
+        while consumer < producer and handled < budget:
+            start = PAGE + (consumer & mask)
+            length = _LENGTH.unpack_from(data, start)[0]
+            if length & BUSY_BIT:
+                break
+            size = length & ~DISCARD_BIT
+            if not length & DISCARD_BIT:
+                handled += 1
+                try:
+                    handler(data[start + HEADER_SIZE:start + HEADER_SIZE + size])
+                except Exception:
+                    on_error()
+            consumer += (size + HEADER_SIZE + 7) & ~7
+        _POSITION.pack_into(self._consumer, 0, consumer)
+        return handled
+
+    def close(self):
+        """Unmap (a no-op for test buffers)."""
+        for memory in (self._consumer, self._producer):
+            if isinstance(memory, mmap.mmap):
+                memory.close()
 
 
 class RingBufferReader(FileDescriptor):
     """
-    Reads ring buffer `name` of a BPF object and calls handler(data_ptr, size) per event.
+    Reads ring buffer `name` of a BPF object and calls handler(raw_bytes) per event.
 
     @ivar events_received: events handed to the handler since start.
     @ivar handler_errors: events whose handler raised (each also counted in
         telegen_ebpf_events_dropped{reason="handler_error"}).
     """
 
-    def __init__(self, bpf, name, handler, metrics, reactor=None, drain_interval=0.1):
+    def __init__(self, bpf, name, handler, metrics, reactor=None, drain_interval=0.1, ring=None):
         FileDescriptor.__init__(self, reactor=reactor)
-        self._drain = LoopingCall(self.doRead)
-        self._drain.clock = self.reactor
-        self._drain_interval = drain_interval
         self.name = name
         self.events_received = 0
         self.handler_errors = 0
         self.error = None
-        self._budget = MAX_EVENTS_PER_READ
-        self._bpf = bpf
         self._handler = handler
         self._metrics = metrics
         table = bpf[name.encode()]
-        # Keep a reference to the callback: BCC holds only the ctypes wrapper.
-        table.open_ring_buffer(self._callback)
         self._fd = table.map_fd
+        self._ring = ring if ring is not None else MappedRing.from_fd(self._fd, table.max_entries)
+        self._drain = LoopingCall(self.doRead)
+        self._drain.clock = self.reactor
+        self._drain_interval = drain_interval
 
     def fileno(self):
         """The ring buffer map fd the reactor polls."""
         return self._fd
 
-    def _callback(self, ctx, data, size):
-        """Called by BCC once per event during ring_buffer_consume(); never raises; -1 ends this drain."""
-        self.events_received += 1
-        try:
-            self._handler(data, size)
-        except Exception:
-            self.handler_errors += 1
-            self._metrics.ebpf_events_dropped.labels(reason="handler_error").inc()
-            if self.handler_errors == 1:
-                log.failure("ring buffer {name}: event handler failed (further failures only counted)", name=self.name)
-        self._budget -= 1
-        return 0 if self._budget > 0 else -1
+    def _handler_failed(self):
+        self.handler_errors += 1
+        self._metrics.ebpf_events_dropped.labels(reason="handler_error").inc()
+        if self.handler_errors == 1:
+            log.failure("ring buffer {name}: event handler failed (further failures only counted)", name=self.name)
 
     def doRead(self):
-        """Drain every ready event; count them in telegen_ebpf_ringbuf_events_total."""
-        before = self.events_received
-        self._budget = MAX_EVENTS_PER_READ
-        self._bpf.ring_buffer_consume()
-        arrived = self.events_received - before
+        """Drain up to MAX_EVENTS_PER_READ events; count them in telegen_ebpf_ringbuf_events_total."""
+        arrived = self._ring.drain(self._handler, MAX_EVENTS_PER_READ, self._handler_failed)
         if arrived:
+            self.events_received += arrived
             self._metrics.ebpf_ringbuf_events.inc(arrived)
 
     def connectionLost(self, reason):
-        """The reactor stopped watching (consume failed or stop()); the fd stays BCC's to close."""
+        """The reactor stopped watching (stop() or an error); the fd stays BCC's to close."""
         FileDescriptor.connectionLost(self, reason)
         if not reason.check(ConnectionDone, ConnectionLost):
             self.error = reason.getErrorMessage()
             log.error("ring buffer {name} reader stopped: {reason}", name=self.name, reason=self.error)
 
     def start(self):
-        """Start watching the fd."""
+        """Start watching the fd and the drain timer."""
         self.connected = True
         self.startReading()
         self._drain.start(self._drain_interval, now=False)
 
     def stop(self):
-        """Stop watching the fd (the BPF object, which owns it, is cleaned up by the caller)."""
+        """Stop watching and unmap (the BPF object, which owns the fd, is cleaned up by the caller)."""
         if self._drain.running:
             self._drain.stop()
         if self.connected:
             self.stopReading()
             self.connected = False
             self.disconnected = True
-
+            self._ring.close()

@@ -10,7 +10,6 @@ process table which single process listens on the local port (none or several: p
 the data points carry the host resource only). The agent's own connections are dropped: the
 kernel skips its connects, this module skips connections whose owner is the agent.
 """
-import ctypes
 import functools
 import os
 import socket
@@ -110,10 +109,9 @@ class TcpProbe(Probe):
 
     # -- events --------------------------------------------------------------------------------
 
-    def on_event(self, data, size):
+    def on_event(self, raw):
         """Decode, attribute to a process, filter, and account one event (reactor thread)."""
-        conn = decode(ctypes.string_at(data, size))
-        self.handle(conn)
+        self.handle(decode(raw))
 
     def handle(self, conn):
         """Filter one decoded connection by port and owner, then hand it to the signal builder."""

@@ -1,53 +1,108 @@
 """
-RingBufferReader as a reactor reader, with MemoryReactorClock and a fake BCC layer: registration,
-draining on doRead and on the drain timer, counting, handler failures contained, errors reported, stop.
+The ring buffer reader without a kernel: MappedRing over bytearrays laid out as the kernel lays
+out a BPF ring buffer (consumer page; producer page, then the data mapped twice), written the way
+the kernel's producer writes it. Then RingBufferReader on MemoryReactorClock: registration,
+draining on doRead and on the drain timer, counting, failures contained, stop.
 """
+import struct
+
 from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
-from telegen.ebpf.ringbuf import RingBufferReader
+from telegen.ebpf import ringbuf
+from telegen.ebpf.ringbuf import BUSY_BIT, DISCARD_BIT, HEADER_SIZE, PAGE, MappedRing, RingBufferReader
 from telegen.selfmetrics import SelfMetrics
+
+
+class KernelSide:
+    """Writes records as the kernel does: header {len | flags, pg_off}, data, 8-byte aligned."""
+
+    def __init__(self, size=4096):
+        self.size = size
+        self.consumer = bytearray(PAGE)
+        self.producer = bytearray(PAGE + 2 * size)
+        self.position = 0
+        self.ring = MappedRing(self.consumer, self.producer, size)
+
+    def _write(self, offset, data):
+        """Write into the data area at ring offset, and into its second mapping (wrap-around)."""
+        for base in (PAGE, PAGE + self.size):
+            start = base + offset
+            end = min(start + len(data), PAGE + 2 * self.size)
+            self.producer[start:end] = data[:end - start]
+        if offset + len(data) > self.size:  # the part past the end is the start of the first copy
+            tail = data[self.size - offset:]
+            self.producer[PAGE:PAGE + len(tail)] = tail
+
+    def submit(self, payload, flags=0):
+        offset = self.position % self.size
+        self._write(offset, struct.pack("<II", len(payload) | flags, 0) + payload)
+        self.position += (len(payload) + HEADER_SIZE + 7) & ~7
+        struct.pack_into("<Q", self.producer, 0, self.position)
+
+    @property
+    def consumed(self):
+        return struct.unpack_from("<Q", self.consumer, 0)[0]
+
+
+def test_records_in_order_and_the_consumer_position_moves():
+    kernel, seen = KernelSide(), []
+    kernel.submit(b"first")
+    kernel.submit(b"second-event")
+    assert kernel.ring.drain(seen.append, 100, None) == 2
+    assert seen == [b"first", b"second-event"]
+    assert kernel.consumed == kernel.position
+
+
+def test_wrapped_record_is_read_whole_from_the_double_mapping():
+    kernel, seen = KernelSide(size=4096), []
+    for i in range(100):
+        kernel.submit(bytes([i]) * 50)
+        kernel.ring.drain(seen.append, 100, None)
+    assert seen == [bytes([i]) * 50 for i in range(100)]
+    assert kernel.position > kernel.size  # it did wrap
+
+
+def test_discarded_records_are_skipped_and_busy_stops():
+    kernel, seen = KernelSide(), []
+    kernel.submit(b"dropped", flags=DISCARD_BIT)
+    kernel.submit(b"kept")
+    busy_at = kernel.position
+    kernel.submit(b"not-yet", flags=BUSY_BIT)
+    assert kernel.ring.drain(seen.append, 100, None) == 1
+    assert seen == [b"kept"]
+    assert kernel.consumed == busy_at
+
+
+def test_budget_bounds_one_drain():
+    kernel, seen = KernelSide(), []
+    for i in range(5):
+        kernel.submit(bytes([i]))
+    assert kernel.ring.drain(seen.append, 3, None) == 3
+    assert kernel.ring.drain(seen.append, 3, None) == 2
+    assert seen == [bytes([i]) for i in range(5)]
 
 
 class FakeTable:
     map_fd = 42
-
-    def __init__(self):
-        self.callback = None
-
-    def open_ring_buffer(self, callback):
-        self.callback = callback
+    max_entries = 4096
 
 
 class FakeBPF:
-    """BCC's BPF object as the reader uses it: tables by name and ring_buffer_consume()."""
-
-    def __init__(self):
-        self.tables = {b"events": FakeTable()}
-        self.pending = []
-        self.returns = []
-
     def __getitem__(self, name):
-        return self.tables[name]
-
-    def ring_buffer_consume(self):
-        """Like libbpf: hand events over until the ring is empty or a callback returns < 0."""
-        while self.pending:
-            ptr, size = self.pending.pop(0)
-            self.returns.append(self.tables[b"events"].callback(None, ptr, size))
-            if self.returns[-1] < 0:
-                return
+        assert name == b"events"
+        return FakeTable()
 
 
 def make(handler):
-    reactor, bpf, metrics = MemoryReactorClock(), FakeBPF(), SelfMetrics()
-    reader = RingBufferReader(bpf, "events", handler, metrics, reactor=reactor, drain_interval=0.1)
-    return reactor, bpf, metrics, reader
+    kernel, reactor, metrics = KernelSide(), MemoryReactorClock(), SelfMetrics()
+    reader = RingBufferReader(FakeBPF(), "events", handler, metrics, reactor=reactor, drain_interval=0.1, ring=kernel.ring)
+    return kernel, reactor, metrics, reader
 
 
 def test_start_registers_the_map_fd_with_the_reactor():
-    reactor, _, _, reader = make(lambda p, s: None)
+    _, reactor, _, reader = make(lambda raw: None)
     assert reader.fileno() == 42
     reader.start()
     assert reader in reactor.readers
@@ -55,66 +110,69 @@ def test_start_registers_the_map_fd_with_the_reactor():
     assert reader not in reactor.readers
 
 
-def test_do_read_drains_every_event_to_the_handler_and_counts():
+def test_do_read_drains_and_counts():
     seen = []
-    _, bpf, metrics, reader = make(lambda p, s: seen.append((p, s)))
-    bpf.pending = [(1000, 16), (2000, 32)]
+    kernel, _, metrics, reader = make(seen.append)
+    kernel.submit(b"a" * 16)
+    kernel.submit(b"b" * 32)
     reader.doRead()
-    assert seen == [(1000, 16), (2000, 32)]
+    assert seen == [b"a" * 16, b"b" * 32]
     assert reader.events_received == 2
-    assert metrics.ebpf_ringbuf_events._value.get() == 2
-    assert bpf.returns == [0, 0]
+    assert metrics.registry.get_sample_value("telegen_ebpf_ringbuf_events_total") == 2
 
 
-def test_a_raising_handler_is_contained_counted_and_returns_zero():
-    """BCC's ctypes callback must never see an exception: it is counted and the drain goes on."""
-    def handler(ptr, size):
-        if ptr == 1:
+def test_a_raising_handler_is_contained_counted_and_the_drain_goes_on():
+    def handler(raw):
+        if raw == b"bad":
             raise ValueError("bad event")
+        seen.append(raw)
 
-    _, bpf, metrics, reader = make(handler)
-    bpf.pending = [(1, 8), (2, 8)]
+    seen = []
+    kernel, _, metrics, reader = make(handler)
+    kernel.submit(b"bad")
+    kernel.submit(b"good")
     reader.doRead()
-    assert bpf.returns == [0, 0]
+    assert seen == [b"good"]
     assert reader.handler_errors == 1 and reader.events_received == 2
-    assert metrics.ebpf_events_dropped.labels(reason="handler_error")._value.get() == 1
-
-
-def test_connection_lost_with_an_error_is_reported_but_shutdown_is_not():
-    _, _, _, reader = make(lambda p, s: None)
-    reader.start()
-    reader.connectionLost(Failure(ConnectionLost()))
-    assert reader.error is None
-    _, _, _, broken = make(lambda p, s: None)
-    broken.start()
-    broken.connectionLost(Failure(OSError("consume failed")))
-    assert broken.error == "consume failed"
+    assert metrics.registry.get_sample_value("telegen_ebpf_events_dropped_total", {"reason": "handler_error"}) == 1
+    assert kernel.consumed == kernel.position
 
 
 def test_one_do_read_handles_a_bounded_number_of_events(monkeypatch):
     """A flood cannot hold the reactor: a doRead stops after its budget, the next one goes on."""
-    from telegen.ebpf import ringbuf
     monkeypatch.setattr(ringbuf, "MAX_EVENTS_PER_READ", 3)
     seen = []
-    _, bpf, _, reader = make(lambda p, s: seen.append(p))
-    bpf.pending = [(i, 8) for i in range(5)]
+    kernel, _, _, reader = make(seen.append)
+    for i in range(5):
+        kernel.submit(bytes([i]))
     reader.doRead()
-    assert seen == [0, 1, 2] and bpf.returns[-1] == -1
+    assert len(seen) == 3
     reader.doRead()
-    assert seen == [0, 1, 2, 3, 4] and reader.events_received == 5
+    assert len(seen) == 5 and reader.events_received == 5
 
 
 def test_the_drain_timer_reads_events_nobody_woke_us_for():
     """With batched wakeups the fd may stay quiet: the timer drains every drain_interval, and stops with the reader."""
     seen = []
-    reactor, bpf, _, reader = make(lambda p, s: seen.append(p))
+    kernel, reactor, _, reader = make(seen.append)
     reader.start()
-    bpf.pending = [(7, 8)]
+    kernel.submit(b"x")
     reactor.advance(0.05)
     assert seen == []
     reactor.advance(0.05)
-    assert seen == [7]
+    assert seen == [b"x"]
     reader.stop()
-    bpf.pending = [(8, 8)]
+    kernel.submit(b"y")
     reactor.advance(1.0)
-    assert seen == [7] and not reactor.getDelayedCalls()
+    assert seen == [b"x"] and not reactor.getDelayedCalls()
+
+
+def test_connection_lost_with_an_error_is_reported_but_shutdown_is_not():
+    _, _, _, reader = make(lambda raw: None)
+    reader.start()
+    reader.connectionLost(Failure(ConnectionLost()))
+    assert reader.error is None
+    _, _, _, broken = make(lambda raw: None)
+    broken.start()
+    broken.connectionLost(Failure(OSError("epoll failed")))
+    assert broken.error == "epoll failed"

@@ -13,7 +13,8 @@ from telegen.ebpf.loader import LoadError
 from telegen.ebpf.probe import Probe
 from telegen.ebpf.service import EbpfService
 from telegen.selfmetrics import SelfMetrics
-from tests.unit.test_ebpf_ringbuf import FakeTable
+from telegen.ebpf.ringbuf import MappedRing
+from tests.unit.test_ebpf_ringbuf import FakeTable, KernelSide
 
 
 class FakeLost:
@@ -36,9 +37,6 @@ class FakeBPF:
     def __getitem__(self, name):
         return self.tables[name]
 
-    def ring_buffer_consume(self):
-        pass
-
     def cleanup(self):
         self.cleaned = True
 
@@ -56,7 +54,7 @@ class FakeProbe(Probe):
         return self.on
 
     def ring_buffers(self):
-        return {"events": lambda ptr, size: None}
+        return {"events": lambda raw: None}
 
     def attached(self, bpf):
         self.attached_to = bpf
@@ -78,6 +76,7 @@ def fake_kernel_facts(monkeypatch):
     kinds = {7: ("ringbuf", 4096), 8: ("percpu_array", 4), 9: ("lru_hash", 1024)}
     monkeypatch.setattr(loader, "describe_map", lambda fd: {"type": kinds[fd][0], "max_entries": kinds[fd][1], "id": 200 + fd, "key_size": 8})
     monkeypatch.setattr(loader, "count_keys", lambda fd, key_size, limit: 3)
+    monkeypatch.setattr(MappedRing, "from_fd", classmethod(lambda cls, fd, size: KernelSide(size).ring))
 
 
 class Harness:

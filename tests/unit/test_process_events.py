@@ -1,5 +1,4 @@
 """The process probe decodes header-only exec/exit events into ProcessTable calls."""
-import ctypes
 
 from telegen.ebpf.process_events import HEADER, PROCESS_EXEC, PROCESS_EXIT, ProcessProbe
 from tests.unit.test_process_table import make_config
@@ -19,8 +18,7 @@ class Calls:
 
 
 def feed(probe, kind, pid):
-    raw = ctypes.create_string_buffer(HEADER.pack(123, pid, pid + 1, kind), HEADER.size)
-    probe.ring_buffers()["process_events"](ctypes.addressof(raw), HEADER.size)
+    probe.ring_buffers()["process_events"](HEADER.pack(123, pid, pid + 1, kind))
 
 
 def test_exec_and_exit_reach_the_table_by_tgid():
