@@ -129,6 +129,9 @@ class HttpProbe(Probe):
 
     def _exchange(self, ex):
         """One complete exchange: span now (batched per reactor turn), duration into the histograms."""
+        if self._processes is not None and not self._processes.selected(ex.pid):
+            self._drop("process_not_selected")
+            return
         path = url_path(ex.target)
         if self._exclude is not None and self._exclude.match(path):
             self._drop("excluded_path")
@@ -141,16 +144,10 @@ class HttpProbe(Probe):
             self._submit_call = self._clock().callLater(0, self.submit_spans)
 
     def resource(self, pid):
-        """
-        Resource attributes of a process from the ProcessTable. The table gives an unknown pid
-        (exited before a scan saw it) only the host facts; process.pid is still a fact here.
-        """
+        """Resource attributes of a process, from the ProcessTable (which keeps process.pid even for exited pids)."""
         if self._processes is None:
             return {"process.pid": pid, "host.name": host_identity()["name"]}
-        attrs = self._processes.resource_attributes(pid)
-        if "process.pid" not in attrs:
-            attrs = dict(attrs, **{"process.pid": pid})
-        return attrs
+        return self._processes.resource_attributes(pid)
 
     def submit_spans(self):
         """Hand the batched spans to the export pipeline, one submit per process."""

@@ -37,8 +37,13 @@ class Pipeline:
 
 
 class Processes:
+    """A process table where pid 10 is a known service and pid 66 is excluded by selectors."""
+
     def resource_attributes(self, pid):
-        return {"service.name": f"svc-{pid}", "process.pid": pid} if pid == 10 else {"host.name": "h"}
+        return {"service.name": f"svc-{pid}", "process.pid": pid} if pid == 10 else {"host.name": "h", "process.pid": pid}
+
+    def selected(self, pid):
+        return pid != 66
 
 
 def make(**network):
@@ -95,6 +100,16 @@ def test_excluded_paths_are_dropped_and_counted():
     [(_, _, spans)] = [c for c in pipeline.calls if c[0] == "traces"]
     assert len(spans) == 1
     assert metrics.ebpf_events_dropped.labels(reason="excluded_path")._value.get() == 2
+
+
+def test_exchanges_of_processes_not_selected_are_dropped_and_counted():
+    """agent.discovery.instrument/exclude_instrument apply to HTTP as to TCP."""
+    probe, _, clock, pipeline, metrics = make()
+    exchange(probe, "/a", pid=66)
+    exchange(probe, "/b", pid=10)
+    clock.advance(0)
+    assert [(resource["process.pid"], len(records)) for signal, resource, records in pipeline.calls if signal == "traces"] == [(10, 1)]
+    assert metrics.registry.get_sample_value("telegen_ebpf_events_dropped_total", {"reason": "process_not_selected"}) == 1
 
 
 def test_red_histograms_flush_on_the_host_metrics_interval_and_on_detach():
