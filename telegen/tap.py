@@ -4,6 +4,7 @@ twistd's entry: `twistd telegen --config PATH`.
 A bad config file ends the process here, before anything binds, with one line naming the key and
 exit status 2 (twistd's own UsageError path would print the whole help text first).
 """
+import os
 import sys
 
 from twisted.python import usage
@@ -29,9 +30,27 @@ class Options(usage.Options):
             sys.exit(2)
 
 
+def set_niceness(nice):
+    """
+    Apply telegen.nice before any thread starts (Linux niceness is per thread; threads inherit it).
+    Returns the error text when the kernel refuses (raising priority needs CAP_SYS_NICE), else None.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as e:
+        return f"cannot set niceness {nice}: {e.strerror}"
+    return None
+
+
 def makeService(options):
     """Build the agent's service tree from the validated config."""
+    from twisted.logger import Logger
+
     from telegen.service import AgentService
+
+    refused = set_niceness(options.loaded["telegen"]["nice"])
+    if refused:
+        Logger(namespace="telegen.tap").warn("{refused}", refused=refused)
 
     class TwistdAgent(AgentService):
         """The agent as twistd runs it: it hands twistd the configured log observer."""

@@ -63,6 +63,7 @@ SCHEMA = Section({
         "log_level": Field("enum", "info", "Log verbosity.", choices=("debug", "info", "warn", "error")),
         "log_format": Field("enum", "json", "Log line format.", choices=("json", "text")),
         "shutdown_timeout": Field("duration", 10.0, "Graceful stop budget, flush included.", min=0.1, max=600),
+        "nice": Field("int", 10, "CPU niceness of the agent: under CPU saturation the observed applications win and the agent sheds (counted) events.", min=-20, max=19),
         "data_dir": Field("str", "/var/lib/telegen", "State: file sink output, manhole host key."),
         "resource_attributes": Field("map_str", {}, "Extra resource attributes of the agent's own telemetry (also from OTEL_RESOURCE_ATTRIBUTES)."),
     }),

@@ -69,6 +69,15 @@ def test_status_reports_this_host(agent):
     assert status["ebpf"]["enabled"] is False  # the test config turns it off
 
 
+def test_the_agent_runs_at_the_configured_niceness(agent):
+    """telegen.nice (10 by default) applies to every thread of the agent, started after it was set."""
+    threads = os.listdir(f"/proc/{agent.process.pid}/task")
+    for tid in threads:
+        with open(f"/proc/{agent.process.pid}/task/{tid}/stat") as f:
+            nice = int(f.read().rsplit(")", 1)[1].split()[16])
+        assert nice == 10, (tid, nice)
+
+
 def test_reload_keeps_running_config_on_a_broken_file(agent):
     before = agent.get("/config").json()
     agent.write_config({}, raw="otlp:\n  protocol: carrier-pigeon\n")

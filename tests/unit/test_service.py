@@ -97,11 +97,14 @@ class ProductionTreeTests(SynchronousTestCase):
     """makeService builds the documented children without starting anything heavy."""
 
     def test_children_of_the_default_config(self):
-        from telegen.tap import Options, makeService
+        from telegen import tap
 
-        options = Options()
+        niceness = []
+        self.patch(tap, "set_niceness", niceness.append)  # the test process keeps its own priority
+        options = tap.Options()
         options.parseOptions(["--config", os.path.join(ROOT, "etc", "telegen", "config.yaml")])
-        agent = makeService(options)
+        agent = tap.makeService(options)
+        self.assertEqual(niceness, [10])
         self.assertEqual([s.name for s in agent], ["processes", "export", "hostmetrics", "ebpf", "api"])
         self.assertIsNone(agent.child("manhole"))
 
