@@ -9,20 +9,13 @@ import gzip
 import sys
 import time
 
+from telegen.protowire import varint
+
 # Wire types of the protobuf encoding.
 _VARINT = 0
 _LEN = 2
 
 
-def _varint(value):
-    """Encode an int as a base-128 varint; negatives as their 64-bit two's complement."""
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 class _Message:
@@ -34,19 +27,19 @@ class _Message:
     def int(self, field, value):
         """A varint field (int64, uint64, bool); zero is the default and is not written."""
         if value:
-            self.buf += _varint(field << 3 | _VARINT) + _varint(int(value))
+            self.buf += varint(field << 3 | _VARINT) + varint(int(value))
         return self
 
     def bytes(self, field, data, always=False):
         """A length-delimited field: bytes, a string or an embedded message."""
         if data or always:
-            self.buf += _varint(field << 3 | _LEN) + _varint(len(data)) + data
+            self.buf += varint(field << 3 | _LEN) + varint(len(data)) + data
         return self
 
     def packed(self, field, values):
         """A packed repeated varint field (proto3's default for repeated scalars)."""
         if values:
-            self.bytes(field, b"".join(_varint(int(v)) for v in values))
+            self.bytes(field, b"".join(varint(int(v)) for v in values))
         return self
 
 

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, DeferredList
 
 from telegen.export.counters import SignalCounters
 from telegen.export.endpoints import main_target, resolve
-from telegen.export.exporter import SHUTDOWN, SignalExporter
+from telegen.export.exporter import SignalExporter
 from telegen.export.file_sink import FileSink, sink_dir
 from telegen.export.kinds import KINDS
 from telegen.export.retry import Backoff

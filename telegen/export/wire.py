@@ -7,24 +7,14 @@ for the byte bound), and a batch is then a join of byte strings: no message copi
 encoding. The layout is the same for all OTLP signals (request.1 -> Resource*; Resource*.1 =
 resource, .2 -> Scope*; Scope*.1 = scope, .2 -> records); kinds.py checks it against the protos.
 """
+from telegen.protowire import length_delimited as _field
+from telegen.protowire import varint
 from telegen.signals.common import SCOPE, resource
 
 _TAG_1 = b"\x0a"  # field 1, wire type 2 (length-delimited)
 _TAG_2 = b"\x12"  # field 2, wire type 2
 
 
-def varint(n):
-    """Protobuf base-128 varint of a non-negative int."""
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(tag, payload):
-    return tag + varint(len(payload)) + payload
 
 
 _SCOPE_FIELD = _field(_TAG_1, SCOPE.SerializeToString())

@@ -22,6 +22,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from telegen.ebpf.http_parser import parse_traceparent, split_host
+from telegen.protowire import length_delimited, varint
 from telegen.signals.common import attributes
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -210,17 +211,8 @@ _U64 = struct.Struct("<Q").pack
 _U32 = struct.Struct("<I").pack
 
 
-def _varint(n):
-    out = bytearray()
-    while n > 0x7f:
-        out.append((n & 0x7f) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _bytes_field(tag, data):
-    return bytes((tag,)) + _varint(len(data)) + data
+    return length_delimited(bytes((tag,)), data)
 
 
 def _field9(key, value):
@@ -228,7 +220,7 @@ def _field9(key, value):
     if isinstance(value, bool):
         any_value = b"\x10" + (b"\x01" if value else b"\x00")
     elif isinstance(value, int):
-        any_value = b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)
+        any_value = b"\x18" + varint(value & 0xFFFFFFFFFFFFFFFF)
     else:
         any_value = _bytes_field(0x0a, str(value).encode())
     return _bytes_field(0x4a, _bytes_field(0x0a, key.encode()) + _bytes_field(0x12, any_value))

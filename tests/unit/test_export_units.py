@@ -12,7 +12,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from telegen.config import defaults
 from telegen.export import otlpjson
 from telegen.export.endpoints import main_target, resolve
-from telegen.export.wire import ResourceCache, encode_request, varint
+from telegen.export.wire import ResourceCache, encode_request
+from telegen.protowire import varint
 from telegen.export.file_sink import FileSink
 from telegen.export.kinds import KINDS, data_points
 from telegen.export.queue import BoundedQueue
