@@ -16,7 +16,7 @@ import yaml
 
 import telegen
 from tests.agent_process import AgentProcess, free_port, merge, wait_for
-from tests.integration import test_ebpf_http_support as apps
+from tests.support import http_apps as apps
 from tests.integration.test_debug_endpoints import AUTH, GO, TOKEN, Load, pprof_top
 from tests.integration.test_manhole_ssh import Session, keygen
 from tests.support.otlp_files import read_spans

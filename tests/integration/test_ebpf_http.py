@@ -25,7 +25,7 @@ from telegen.ebpf.process_events import ProcessProbe
 from telegen.ebpf.service import EbpfService
 from telegen.export.pipeline import ExportPipeline
 from telegen.selfmetrics import SelfMetrics
-from tests.integration import test_ebpf_http_support as apps
+from tests.support import http_apps as apps
 from tests.support.otlp_receiver import OtlpReceiver, attrs_dict
 from tests.support.twisted_wait import until
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.agent_process import AgentProcess, wait_for
 from tests.integration.test_agent_process import schema_validator
-from tests.integration import test_ebpf_http_support as apps
+from tests.support import http_apps as apps
 from tests.support.otlp_files import read_metrics, read_spans
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.integration]
