@@ -84,7 +84,7 @@ class AgentService(MultiService):
         self._install_signals = install_signals
         self._loader = loader or self._load_in_thread
         self._specs = list(specs if specs is not None else default_specs())
-        self._reload_in_progress = None
+        self._reload_lock = defer.DeferredLock()
         self.last_reload = None
         for spec in self._specs:
             self._build(spec)
@@ -147,12 +147,11 @@ class AgentService(MultiService):
         Fires with the list of rebuilt children; fails with ConfigError (nothing changed) or
         ReloadFailed (old children restored).
         """
-        previous = self._reload_in_progress or defer.succeed(None)
-        d = previous.addBoth(lambda _: None)
-        d.addCallback(lambda _: self._loader(self.config_path))
-        d.addCallback(self.apply_config)
-        self._reload_in_progress = d
-        return d
+        return self._reload_lock.run(self._reload_once)
+
+    def _reload_once(self):
+        d = defer.maybeDeferred(self._loader, self.config_path)
+        return d.addCallback(self.apply_config)
 
     def _load_in_thread(self, path):
         """Parse and validate the file off the reactor thread (it may be slow, e.g. on NFS)."""

@@ -77,6 +77,38 @@ class TreeTests(SynchronousTestCase):
         self.successResultOf(agent.apply_config(defaults()))
         self.assertIsNone(agent.child("extra"))
 
+    def test_overlapping_reloads_run_one_after_the_other_each_with_its_own_answer(self):
+        """A second reload waits for the first; each caller gets its own result, the newest file wins."""
+        loads = []
+
+        def loader(path):
+            loads.append(defer.Deferred())
+            return loads[-1]
+
+        agent = AgentService(defaults(), reactor=MemoryReactorClock(), specs=[
+            ChildSpec("export", ("otlp",), Recorder)], loader=loader)
+        agent.startService()
+        first, second = agent.reload(), agent.reload()
+        self.assertEqual(len(loads), 1)  # the second has not started loading yet
+        one = copy.deepcopy(agent.config)
+        one["otlp"]["endpoint"] = "first:4317"
+        loads[0].callback(one)
+        self.assertEqual(self.successResultOf(first), ["export"])
+        self.assertNoResult(second)
+        two = copy.deepcopy(one)
+        two["otlp"]["endpoint"] = "second:4317"
+        loads[1].callback(two)
+        self.assertEqual(self.successResultOf(second), ["export"])
+        self.assertEqual(agent.child("export").config_seen["otlp"]["endpoint"], "second:4317")
+
+    def test_a_failed_reload_does_not_block_the_next(self):
+        from telegen.config import ConfigError
+
+        outcomes = [defer.fail(ConfigError("f.yaml", "otlp.protocol", "bad")), defer.succeed(defaults())]
+        agent = AgentService(defaults(), reactor=MemoryReactorClock(), specs=[], loader=lambda path: outcomes.pop(0))
+        self.failureResultOf(agent.reload(), ConfigError)
+        self.assertEqual(self.successResultOf(agent.reload()), [])
+
     def test_shutdown_is_bounded_by_shutdown_timeout(self):
         agent = self.make(stop_result=defer.Deferred())
         d = agent.stopService()
