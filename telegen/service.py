@@ -85,7 +85,6 @@ class AgentService(MultiService):
         self._loader = loader or self._load_in_thread
         self._specs = list(specs if specs is not None else default_specs())
         self._reload_lock = defer.DeferredLock()
-        self.last_reload = None
         for spec in self._specs:
             self._build(spec)
 
@@ -171,7 +170,6 @@ class AgentService(MultiService):
             self.config = old_config
             yield self._rebuild(changed)
             raise ReloadFailed(f"{type(exc).__name__}: {exc}") from exc
-        self.last_reload = time.time()
         return sorted(changed)
 
     def _changed_children(self, old, new):
