@@ -10,6 +10,14 @@
  * (telegen/ebpf/http_decoder.py) pairs requests and responses, so keep-alive and pipelining work,
  * and derives body sizes and end times of large or sendfile'd responses from the totals.
  *
+ * Requests and responses are paired here when they can be: a request is held in
+ * `pending_requests` (per connection) until the response starts, and both leave in one
+ * EV_EXCHANGE event. That halves the events the Python consumer handles per exchange, and a
+ * ring buffer overflow then loses whole exchanges (one counted event each) instead of
+ * separating a request from its response. A second request arriving before the response
+ * (pipelining), a close, or a full map send the held request alone as EV_REQUEST, exactly as
+ * if it had never been held, so user space pairs those itself.
+ *
  * The local address/port of an accepted socket comes from sock:inet_sock_set_state
  * (SYN_RECV -> ESTABLISHED, keyed by the peer's address/port), matched at accept exit with the
  * peer sockaddr the application passed to accept (read from user memory).
@@ -22,6 +30,9 @@
 #ifndef MAX_CONNS
 #define MAX_CONNS 65536
 #endif
+#ifndef MAX_PENDING_REQUESTS
+#define MAX_PENDING_REQUESTS 8192  /* connections with a request waiting for its response */
+#endif
 
 #define AF_INET_ 2
 #define AF_INET6_ 10
@@ -31,7 +42,7 @@ enum { TELEGEN_RB_http_events = 0 };
 BPF_RINGBUF_OUTPUT(http_events, RINGBUF_PAGES);
 
 enum role { ROLE_ACCEPTED = 1, ROLE_CONNECTED = 2, ROLE_SERVER = 3, ROLE_CLIENT = 4, ROLE_OTHER = 5 };
-enum kind { EV_REQUEST = 1, EV_RESPONSE = 2, EV_CLOSE = 3 };
+enum kind { EV_REQUEST = 1, EV_RESPONSE = 2, EV_CLOSE = 3, EV_EXCHANGE = 4 };
 enum how { HOW_PLAIN = 1, HOW_IOV = 2, HOW_MSG = 3, HOW_SENDFILE = 4, HOW_ACCEPT = 5 };
 
 struct endpoint {
@@ -79,6 +90,16 @@ struct http_event {
     char data[HTTP_CAPTURE];
 };
 
+/* A held request and the response that answered it: `response` has kind EV_EXCHANGE. */
+struct http_exchange_event {
+    struct http_event response;
+    u64 request_enter_ts;         /* the request syscall's entry and exit */
+    u64 request_ts;
+    u32 request_cap_len;
+    u32 _pad;
+    char request_data[HTTP_CAPTURE];
+};
+
 struct iovec_user {
     u64 base;
     u64 len;
@@ -92,6 +113,14 @@ struct iovec_user {
 BPF_TABLE("lru_hash", u64, struct conn, conns, MAX_CONNS);
 BPF_HASH(inflight, u64, struct pending, 16384);
 BPF_HASH(connecting, u64, struct endpoint, 4096);
+/*
+ * Requests waiting for their response, by connection key. LRU: if more connections than this
+ * wait at once, the oldest held request is evicted and its response is later counted as
+ * response_without_request in user space. request_scratch builds a request event off the
+ * 512-byte stack.
+ */
+BPF_TABLE("lru_hash", u64, struct http_event, pending_requests, MAX_PENDING_REQUESTS);
+BPF_PERCPU_ARRAY(request_scratch, struct http_event, 1);
 BPF_TABLE("lru_hash", struct endpoint, struct endpoint, passive, 16384);
 /* port_rules[port]: 1 = listed in include_ports, 2 = listed in exclude_ports. */
 BPF_ARRAY(port_rules, u8, 65536);
@@ -175,13 +204,9 @@ static __always_inline int track_enter(u32 fd, u64 buf, u32 how)
     return 0;
 }
 
-static __always_inline void send_event(u32 kind, struct conn *c, struct pending *p, s64 ret,
-                                       u64 ptr, u64 avail, u64 now)
+static __always_inline void fill_event(struct http_event *e, u32 kind, struct conn *c, struct pending *p,
+                                       s64 ret, u64 ptr, u64 avail, u64 now)
 {
-    struct http_event *e = telegen_reserved(http_events.ringbuf_reserve(sizeof(struct http_event)),
-                                            TELEGEN_RB_http_events);
-    if (!e)
-        return;
     telegen_fill_header(&e->h, kind);
     e->h.ts_ns = now;
     e->enter_ts = p ? p->ts : now;
@@ -207,7 +232,75 @@ static __always_inline void send_event(u32 kind, struct conn *c, struct pending 
         }
     }
     e->cap_len = n;
-    http_events.ringbuf_submit(e, telegen_wakeup_flags());
+}
+
+static __always_inline void send_event(u32 kind, struct conn *c, struct pending *p, s64 ret,
+                                       u64 ptr, u64 avail, u64 now)
+{
+    struct http_event *e = telegen_reserved(http_events.ringbuf_reserve(sizeof(struct http_event)),
+                                            TELEGEN_RB_http_events);
+    if (!e)
+        return;
+    fill_event(e, kind, c, p, ret, ptr, avail, now);
+    http_events.ringbuf_submit(e, telegen_wakeup_flags(sizeof(*e)));
+}
+
+/* Send a held (already filled) request event as it is. */
+static __always_inline void send_copy(struct http_event *held)
+{
+    struct http_event *e = telegen_reserved(http_events.ringbuf_reserve(sizeof(struct http_event)),
+                                            TELEGEN_RB_http_events);
+    if (!e)
+        return;
+    bpf_probe_read_kernel(e, sizeof(struct http_event), held);
+    http_events.ringbuf_submit(e, telegen_wakeup_flags(sizeof(*e)));
+}
+
+/* Send the request held for connection `key`, if any, on its own (EV_REQUEST). */
+static __always_inline void release_request(u64 key)
+{
+    struct http_event *held = pending_requests.lookup(&key);
+    if (!held)
+        return;
+    send_copy(held);
+    pending_requests.delete(&key);
+}
+
+/* A request started on connection `key`: hold it until its response (or send it now). */
+static __always_inline void hold_request(u64 key, struct conn *c, struct pending *p, s64 ret,
+                                         u64 ptr, u64 avail, u64 now)
+{
+    release_request(key);                  /* pipelined: the earlier one goes alone */
+    u32 zero = 0;
+    struct http_event *e = request_scratch.lookup(&zero);
+    if (!e)
+        return;
+    fill_event(e, EV_REQUEST, c, p, ret, ptr, avail, now);
+    if (pending_requests.update(&key, e) != 0)
+        send_copy(e);
+}
+
+/* A response started on connection `key`: one EV_EXCHANGE with the held request, else EV_RESPONSE. */
+static __always_inline void send_response(u64 key, struct conn *c, struct pending *p, s64 ret,
+                                          u64 ptr, u64 avail, u64 now)
+{
+    struct http_event *held = pending_requests.lookup(&key);
+    if (!held) {
+        send_event(EV_RESPONSE, c, p, ret, ptr, avail, now);
+        return;
+    }
+    struct http_exchange_event *e = telegen_reserved(
+        http_events.ringbuf_reserve(sizeof(struct http_exchange_event)), TELEGEN_RB_http_events);
+    if (e) {
+        fill_event(&e->response, EV_EXCHANGE, c, p, ret, ptr, avail, now);
+        e->request_enter_ts = held->enter_ts;
+        e->request_ts = held->h.ts_ns;
+        e->request_cap_len = held->cap_len;
+        e->_pad = 0;
+        bpf_probe_read_kernel(e->request_data, HTTP_CAPTURE, held->data);
+        http_events.ringbuf_submit(e, telegen_wakeup_flags(sizeof(*e)));
+    }
+    pending_requests.delete(&key);         /* lost with its response when the ring was full */
 }
 
 static __always_inline int track_exit(s64 ret, int is_write)
@@ -269,8 +362,10 @@ static __always_inline int track_exit(s64 ret, int is_write)
         else if (c->role == ROLE_CLIENT && is_response(head))
             kind = EV_RESPONSE;
     }
-    if (kind)
-        send_event(kind, c, &p, ret, ptr, avail, now);
+    if (kind == EV_REQUEST)
+        hold_request(key, c, &p, ret, ptr, avail, now);
+    else if (kind == EV_RESPONSE)
+        send_response(key, c, &p, ret, ptr, avail, now);
     if (is_write) {
         c->tx_bytes += ret;
         c->last_tx_ts = now;
@@ -413,6 +508,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
     if (!c)
         return 0;
     if (c->role == ROLE_SERVER || c->role == ROLE_CLIENT) {
+        release_request(key);
         struct pending p = {.buf = 0, .ts = bpf_ktime_get_ns(), .fd = args->fd, .how = 0};
         send_event(EV_CLOSE, c, &p, 0, 0, 0, p.ts);
     }

@@ -20,7 +20,7 @@ static __always_inline void emit(u32 kind)
     if (!e)
         return;
     telegen_fill_header(e, kind);
-    process_events.ringbuf_submit(e, telegen_wakeup_flags());
+    process_events.ringbuf_submit(e, telegen_wakeup_flags(sizeof(*e)));
 }
 
 TRACEPOINT_PROBE(sched, sched_process_exec)

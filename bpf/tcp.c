@@ -110,7 +110,7 @@ static __always_inline void emit(struct conn *c, u32 kind, u8 error, u64 now)
     e->error = error;
     __builtin_memcpy(e->saddr, c->saddr, 16);
     __builtin_memcpy(e->daddr, c->daddr, 16);
-    tcp_events.ringbuf_submit(e, telegen_wakeup_flags());
+    tcp_events.ringbuf_submit(e, telegen_wakeup_flags(sizeof(*e)));
 }
 
 TRACEPOINT_PROBE(sock, inet_sock_set_state)

@@ -24,11 +24,6 @@
 #define RINGBUF_PAGES 4096
 #endif
 
-/* Wake the reader once per this many submitted events per CPU (agent.ebpf.wakeup_events). */
-#ifndef TELEGEN_WAKEUP_EVENTS
-#define TELEGEN_WAKEUP_EVENTS 1
-#endif
-
 /* Ring buffers per BPF object; the lost array is indexed by TELEGEN_RB_<name>. */
 #ifndef TELEGEN_MAX_RINGBUFS
 #define TELEGEN_MAX_RINGBUFS 4
@@ -68,22 +63,34 @@ static __always_inline void *telegen_reserved(void *p, u32 slot)
     return p;
 }
 
-/*
- * Events submitted per CPU, to batch wakeups: `events.ringbuf_submit(e, telegen_wakeup_flags());`
- * wakes the reader on every TELEGEN_WAKEUP_EVENTS-th event of a CPU only. Under load that turns
- * thousands of epoll wakeups a second into tens; the reader's drain timer picks up what is left
- * when traffic stops (libbpf's consume reads whatever is committed, woken or not).
- */
-BPF_PERCPU_ARRAY(submitted, u64, 1);
+/* CPUs that may run the programs (sets how often each wakes the reader). */
+#ifndef TELEGEN_NCPUS
+#define TELEGEN_NCPUS 1
+#endif
 
-static __always_inline u64 telegen_wakeup_flags(void)
+/*
+ * Wake the reader only when a ring buffer is filling up: `events.ringbuf_submit(e,
+ * telegen_wakeup_flags(sizeof(*e)));` wakes it once a CPU has submitted its share of an eighth
+ * of the ring (RINGBUF_PAGES) since its last wakeup. Below that the reader's drain timer
+ * (agent.ebpf.drain_interval) collects the events: one drain then handles thousands of events
+ * in a row, which costs the Python consumer far less per event than many small batches (its
+ * code and data stay in the CPU caches), and a quiet ring costs no wakeups at all.
+ * (BCC 0.26 has no ringbuf_query, hence the per-CPU byte count.)
+ */
+#define TELEGEN_WAKEUP_BYTES ((u64)RINGBUF_PAGES * 4096 / 8 / TELEGEN_NCPUS)
+BPF_PERCPU_ARRAY(unwoken_bytes, u64, 1);
+
+static __always_inline u64 telegen_wakeup_flags(u64 size)
 {
     u32 zero = 0;
-    u64 *n = submitted.lookup(&zero);
+    u64 *n = unwoken_bytes.lookup(&zero);
     if (!n)
-        return 0;
-    (*n)++;
-    return (*n % TELEGEN_WAKEUP_EVENTS) == 0 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+        return BPF_RB_FORCE_WAKEUP;
+    *n += size;
+    if (*n < TELEGEN_WAKEUP_BYTES)
+        return BPF_RB_NO_WAKEUP;
+    *n = 0;
+    return BPF_RB_FORCE_WAKEUP;
 }
 
 /* True when the current task belongs to the agent itself. */

@@ -1,6 +1,6 @@
 """
-The HTTP consumer's Python cost per exchange, without a kernel: synthetic nginx-like request and
-response events (bytes exactly as bpf/http.c lays them out) through HttpDecoder alone (baseline),
+The HTTP consumer's Python cost per exchange, without a kernel: synthetic nginx-like exchange
+events (one EV_EXCHANGE per request and response, bytes exactly as bpf/http.c lays them out) through HttpDecoder alone (baseline),
 then through HttpProbe (decode + span encoding + RED histogram + submit to a null pipeline).
 CPU time (process_time), best of --repeats.
 
@@ -14,10 +14,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from telegen.config.loader import defaults  # noqa: E402
-from telegen.ebpf.http_decoder import EV_REQUEST, EV_RESPONSE, HttpDecoder  # noqa: E402
-from telegen.ebpf.http_probe import HttpProbe  # noqa: E402
+from telegen.ebpf.http_decoder import HttpDecoder  # noqa: E402
+from telegen.ebpf.http_probe import CAPTURE_BYTES, HttpProbe  # noqa: E402
 from telegen.selfmetrics import SelfMetrics  # noqa: E402
-from tests.unit.test_http_decoder import event  # noqa: E402
+from tests.unit.test_http_decoder import exchange  # noqa: E402
 
 REQUEST = b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 01:45:00 GMT\r\n"
@@ -37,11 +37,8 @@ class NoClock:
 
 
 def events(n):
-    out = []
-    for i in range(n):
-        out.append(event(EV_REQUEST, 100 + i * 10, REQUEST, rx=i * len(REQUEST), tx=i * len(RESPONSE)))
-        out.append(event(EV_RESPONSE, 105 + i * 10, RESPONSE, rx=(i + 1) * len(REQUEST), tx=i * len(RESPONSE)))
-    return out
+    return [exchange(105 + i * 10, RESPONSE, REQUEST, 100 + i * 10, rx=(i + 1) * len(REQUEST), tx=i * len(RESPONSE))
+            for i in range(n)]
 
 
 def main():
@@ -52,7 +49,7 @@ def main():
     evs = events(args.exchanges)
     best = {"decode only (baseline)": float("inf"), "decode + span + RED + submit": float("inf")}
     for _ in range(args.repeats):
-        decoder = HttpDecoder(lambda ex: None, lambda reason: None, 0)
+        decoder = HttpDecoder(lambda *parts: None, lambda reason: None, 0, CAPTURE_BYTES)
         t = time.process_time()
         for e in evs:
             decoder.handle_bytes(e)
@@ -64,7 +61,7 @@ def main():
         probe.submit_spans()
         best["decode + span + RED + submit"] = min(best["decode + span + RED + submit"], time.process_time() - t)
     base = best["decode only (baseline)"]
-    print("| path | us per exchange (2 events) | vs baseline |")
+    print("| path | us per exchange (1 event) | vs baseline |")
     print("|---|---|---|")
     for name, seconds in best.items():
         print(f"| {name} | {seconds / args.exchanges * 1e6:.1f} | {seconds / base:.1f}x |")

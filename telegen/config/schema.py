@@ -93,8 +93,7 @@ SCHEMA = Section({
         "ebpf": Section({
             "enabled": Field("bool", True, "Load the eBPF programs."),
             "ringbuf_size": Field("size", 16 * 1024 * 1024, "HTTP ring buffer bytes (power of two, >= 4096); the TCP and process buffers use at most 1 MiB.", min=4096, max=1 << 30, power_of_two=True),
-            "wakeup_events": Field("int", 64, "Wake the reader once per this many events per CPU (1: every event); fewer wakeups, less CPU.", min=1, max=65536),
-            "drain_interval": Field("duration", 0.1, "Drain ring buffers at least this often, whatever the wakeups (bounds the delay).", min=0.001, max=10),
+            "drain_interval": Field("duration", 0.1, "Drain ring buffers this often (the kernel wakes the reader sooner only when a ring buffer is an eighth full); bounds how long an event waits.", min=0.001, max=10),
             "network": Section({
                 "enabled": Field("bool", True, "Network capture (HTTP and TCP)."),
                 "http": Field("bool", True, "HTTP/1.x spans and RED metrics."),

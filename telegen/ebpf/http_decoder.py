@@ -4,14 +4,21 @@ Turn bpf/http.c events into HttpExchange records: one per request/response pair.
 
 The kernel sends an event when a syscall starts a request or a response on an HTTP connection,
 and when the connection closes; each event carries the connection's byte totals and last
-read/write times *before* that syscall. This module keeps per-connection state: requests
+read/write times *before* that syscall. Usually it holds a request until its response starts and
+sends both as one EV_EXCHANGE (the response's event followed by the request's capture), which is
+decoded exactly as the request followed by the response. This module keeps per-connection state: requests
 waiting for their response (FIFO, so pipelining works), and the response being written. A
 response is complete when its head and Content-Length fit in the write that started it;
 otherwise (large, chunked or sendfile'd bodies) the next request or the close gives its real
 size and end time from the totals.
 
 Per-event cost matters (the Python consumer is the agent's budget): one struct unpack per
-event, heads parsed once, addresses formatted once per connection.
+event, heads parsed once, addresses formatted once per connection. The common case, an
+EV_EXCHANGE on a connection with nothing pending whose response fits its first write, takes a
+short path: the request and response captures are parsed once per distinct pair of byte strings,
+and the exchange goes out without any per-connection queueing. Exchanges leave as their parts
+(connection, parsed request, status, body size, times), so the probe can key its own caches
+on them; HttpExchange.of() makes the record for code that wants one.
 """
 import socket
 import struct
@@ -21,13 +28,16 @@ from typing import Optional
 
 from telegen.ebpf.http_parser import parse_requests, parse_responses
 
-EV_REQUEST, EV_RESPONSE, EV_CLOSE = 1, 2, 3
+EV_REQUEST, EV_RESPONSE, EV_CLOSE, EV_EXCHANGE = 1, 2, 3, 4
 ROLE_SERVER, ROLE_CLIENT = 3, 4
 
 # struct http_event without data[] (bpf/http.c): header {ts, pid, tid, kind, pad}, 6 u64 + s64,
 # two endpoints {addr[16], port, family, pad}, {fd, role, cap_len, pad}. Fields the decoder does not
 # use are skipped ("x") so the one unpack per event builds fewer objects.
 EVENT = struct.Struct("<QI4xI4x" "QQQQQQq" "16sH6x" "16sH6x" "III4x")
+# What struct http_exchange_event adds after its response (a whole struct http_event with
+# data[capture]): the request syscall's entry and exit times and its capture's length, then the capture.
+EXCHANGE_TAIL = struct.Struct("<QQI4x")
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 _NO_BODY_STATUS = frozenset((204, 304))
 PARSE_CACHE = 4096           # distinct request/response heads remembered (parsed heads are immutable)
@@ -53,6 +63,13 @@ class HttpExchange:
     local_address: Optional[str]
     local_port: Optional[int]
 
+    @classmethod
+    def of(cls, conn, request, status, response_body_size, start_ns, end_ns):
+        """The exchange HttpDecoder reports as parts (see its on_exchange)."""
+        return cls(conn.server_side, conn.pid, start_ns, end_ns, request.first, request.second, request.version,
+                   request.headers, request.content_length, status, response_body_size,
+                   conn.peer, conn.peer_port, conn.local, conn.local_port)
+
 
 def format_address(raw):
     """Dotted IPv4 for IPv4-mapped addresses, compressed IPv6 otherwise, None when unknown."""
@@ -77,10 +94,15 @@ class _Exchange:
         self.resp_ts = 0
 
 
-class _Connection:
-    """Per (pid, fd, connection start) state."""
+class Connection:
+    """
+    Per (pid, fd, connection start) state. `endpoint` is what every exchange on it shares in its
+    telemetry (process, side, addresses, the server's port); a server's peer port, the client's
+    ephemeral one, is per connection and not part of it.
+    """
 
-    __slots__ = ("server_side", "pid", "peer", "peer_port", "local", "local_port", "waiting", "responding", "last_seen")
+    __slots__ = ("server_side", "pid", "peer", "peer_port", "local", "local_port", "endpoint",
+                 "waiting", "responding", "last_seen")
 
     def __init__(self, server_side, pid, peer, peer_port, local, local_port):
         self.server_side = server_side
@@ -89,26 +111,52 @@ class _Connection:
         self.peer_port = peer_port or None
         self.local = local
         self.local_port = local_port or None
+        self.endpoint = (pid, server_side, peer, local, self.local_port if server_side else self.peer_port)
         self.waiting = deque()
         self.responding = None
         self.last_seen = 0
+
+
+class _Pair:
+    """One request head and the one response head that answered it, as one EV_EXCHANGE captured them."""
+
+    __slots__ = ("request", "status", "body", "complete_len")
+
+    def __init__(self, request, response):
+        self.request = request
+        self.status = response.first
+        self.body = _body_size(request, response)
+        # Bytes the response's first write must hold for the response to be complete in it.
+        known = response.head_len is not None and self.body is not None
+        self.complete_len = response.offset + response.head_len + self.body if known else None
+
+
+def _body_size(request, response):
+    """The response body size its head declares (0 when it cannot have one), None when unknown."""
+    if response.first in _NO_BODY_STATUS or response.first < 200 or request.first == "HEAD":
+        return 0
+    return response.content_length
 
 
 class HttpDecoder:
     """
     The ring buffer handler of the HTTP probe.
 
-    @param on_exchange: called with each complete HttpExchange (on the reactor thread).
+    @param on_exchange: called with each complete exchange as on_exchange(connection, request
+        Head, status or None, response body size or None, start_ns, end_ns) (on the reactor thread).
     @param drop: called with a reason for every event or exchange that cannot become a span.
     @param mono_to_epoch: ns to add to bpf_ktime_get_ns() values (computed once at start).
+    @param capture: HTTP_CAPTURE, the size of an event's data[] (where an exchange's request part starts).
     """
 
-    def __init__(self, on_exchange, drop, mono_to_epoch):
+    def __init__(self, on_exchange, drop, mono_to_epoch, capture):
         self._on_exchange = on_exchange
         self._drop = drop
         self._offset = mono_to_epoch
+        self._tail = EVENT.size + capture
         self._conns = {}
         self._parsed = {}
+        self._pairs = {}
 
     def _parse(self, parse, data):
         """
@@ -123,6 +171,19 @@ class HttpDecoder:
             heads = self._parsed[key] = parse(data)
         return heads
 
+    def _pair(self, request_data, response_data):
+        """The _Pair of two captures (memoized like _parse), or None when they hold anything but one message each."""
+        key = (request_data, response_data)
+        pair = self._pairs.get(key, False)
+        if pair is False:
+            if len(self._pairs) >= PARSE_CACHE:
+                self._pairs.clear()
+            requests = self._parse(parse_requests, request_data)
+            responses = self._parse(parse_responses, response_data)
+            simple = len(requests) == 1 and len(responses) == 1
+            pair = self._pairs[key] = _Pair(requests[0], responses[0]) if simple else None
+        return pair
+
     def __len__(self):
         return len(self._conns)
 
@@ -135,31 +196,47 @@ class HttpDecoder:
         if conn is None:
             if kind == EV_CLOSE:
                 return
-            conn = self._conns[key] = _Connection(
+            conn = self._conns[key] = Connection(
                 role == ROLE_SERVER, pid, format_address(peer), peer_port, format_address(local), local_port)
         conn.last_seen = ts
         # Bytes flowing towards the client (responses) and when they last moved.
         out_total, out_last = (tx, last_tx) if conn.server_side else (rx, last_rx)
+        self._finish_responding(conn, out_total, out_last)
         if kind == EV_CLOSE:
-            self._finish_responding(conn, out_total, out_last)
             for _ in conn.waiting:
                 self._drop("no_response")
             del self._conns[key]
             return
         data = raw[EVENT.size:EVENT.size + cap_len]
         if kind == EV_REQUEST:
-            self._finish_responding(conn, out_total, out_last)
-            requests = self._parse(parse_requests, data)
-            if not requests:
-                self._drop("unparsed_request")
+            self._requests(conn, data, ts, enter_ts)
+            return
+        if kind == EV_EXCHANGE:
+            request_enter, request_ts, request_len = EXCHANGE_TAIL.unpack_from(raw, self._tail)
+            start = self._tail + EXCHANGE_TAIL.size
+            request_data = raw[start:start + request_len]
+            if not conn.waiting and conn.responding is None:
+                pair = self._pair(request_data, data)
+                if pair is not None and pair.complete_len is not None and pair.complete_len <= ret:
+                    begin = request_ts if conn.server_side else request_enter
+                    self._on_exchange(conn, pair.request, pair.status, pair.body,
+                                      begin + self._offset, ts + self._offset)
+                    return
+            if not self._requests(conn, request_data, request_ts, request_enter):
                 return
-            # A server sees the request when its read returns; a client starts when it writes.
-            start = (ts if conn.server_side else enter_ts) + self._offset
-            for req in requests:
-                conn.waiting.append(_Exchange(req, start))
-        elif kind == EV_RESPONSE:
-            self._finish_responding(conn, out_total, out_last)
-            self._responses(conn, self._parse(parse_responses, data), ret, out_total, ts)
+        self._responses(conn, self._parse(parse_responses, data), ret, out_total, ts)
+
+    def _requests(self, conn, data, exit_ts, enter_ts):
+        """Queue the requests a capture starts with; False (counted) when there is none."""
+        requests = self._parse(parse_requests, data)
+        if not requests:
+            self._drop("unparsed_request")
+            return False
+        # A server sees the request when its read returns; a client starts when it writes.
+        start = (exit_ts if conn.server_side else enter_ts) + self._offset
+        for req in requests:
+            conn.waiting.append(_Exchange(req, start))
+        return True
 
     def _responses(self, conn, responses, ret, out_total, ts):
         if not responses:
@@ -174,7 +251,7 @@ class HttpDecoder:
             ex.resp_head_len = resp.head_len
             ex.resp_start_total = out_total + resp.offset
             ex.resp_ts = ts
-            body = 0 if (resp.first in _NO_BODY_STATUS or resp.first < 200 or ex.req.first == "HEAD") else resp.content_length
+            body = _body_size(ex.req, resp)
             if resp.head_len is not None and body is not None and resp.offset + resp.head_len + body <= ret:
                 self._emit(conn, ex, ts, body)
             else:
@@ -191,12 +268,7 @@ class HttpDecoder:
         self._emit(conn, ex, max(out_last, ex.resp_ts), body)
 
     def _emit(self, conn, ex, end_mono, body):
-        req = ex.req
-        self._on_exchange(HttpExchange(
-            conn.server_side, conn.pid, ex.start_ns, end_mono + self._offset,
-            req.first, req.second, req.version, req.headers, req.content_length,
-            ex.status, body, conn.peer, conn.peer_port, conn.local, conn.local_port,
-        ))
+        self._on_exchange(conn, ex.req, ex.status, body, ex.start_ns, end_mono + self._offset)
 
     def expire(self, now_mono, idle_ns):
         """

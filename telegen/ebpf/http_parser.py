@@ -15,10 +15,11 @@ _WANTED = frozenset((b"host", b"user-agent", b"traceparent", b"content-length", 
 _END = b"\r\n\r\n"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Head:
     """
-    One parsed message head.
+    One parsed message head. Compared and hashed by identity: the decoder memoizes heads on
+    their bytes, so one head object stands for one distinct head and keys caches cheaply.
 
     head_len is None when the capture ended inside the head. For requests `first` is the
     method and `second` the target; for responses `first` is the status code (int) and

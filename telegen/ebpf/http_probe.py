@@ -6,6 +6,12 @@ Spans are submitted in one batch per process per reactor turn (a callLater(0) af
 buffer drain), RED histograms every agent.host_metrics.interval. Paths matching
 agent.ebpf.network.exclude_paths are dropped here (the kernel does not parse paths) and
 counted as telegen_ebpf_events_dropped_total{reason="excluded_path"}.
+
+Per-exchange work is kept to a dictionary lookup and a few joins: everything an exchange's
+telemetry derives from its shape (connection endpoint, parsed request, status, response size)
+is computed once per shape into an _ExchangeTemplate (path exclusion, route, the span's encoded
+attributes, the RED series), so a steady stream of similar requests costs ids, times and a
+histogram update each.
 """
 import fnmatch
 import os
@@ -15,7 +21,7 @@ import time
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from telegen.ebpf.http_decoder import HttpDecoder
+from telegen.ebpf.http_decoder import HttpDecoder, HttpExchange
 from telegen.ebpf.probe import Probe
 from telegen.signals.common import host_identity
 from telegen.signals.http import RedMetrics, RouteMatcher, SpanEncoder, url_path
@@ -32,6 +38,21 @@ def _tracepoints():
     tps = [f"syscalls:sys_{edge}_{call}" for call in SYSCALLS for edge in ("enter", "exit")]
     tps += ["syscalls:sys_enter_close", "sock:inet_sock_set_state"]
     return [(tp, "tracepoint__" + tp.replace(":", "__")) for tp in tps]
+
+
+MAX_TEMPLATES = 20000       # exchange shapes remembered (cleared when full)
+
+
+class _ExchangeTemplate:
+    """What every exchange of one shape yields: a drop reason, or its span template and RED series."""
+
+    __slots__ = ("drop", "span", "series", "overflow")
+
+    def __init__(self, drop, span=None, series=None, overflow=None):
+        self.drop = drop
+        self.span = span
+        self.series = series
+        self.overflow = overflow       # the metric name when series is the overflow series
 
 
 def _glob_regex(patterns):
@@ -55,7 +76,8 @@ class HttpProbe(Probe):
         self._exclude = _glob_regex(net["exclude_paths"])
         self._red = RedMetrics(metrics)
         self._encoder = SpanEncoder()
-        self._decoder = HttpDecoder(self._exchange, self._drop, time.time_ns() - time.monotonic_ns())
+        self._decoder = HttpDecoder(self._exchange, self._drop, time.time_ns() - time.monotonic_ns(), CAPTURE_BYTES)
+        self._templates = {}
         self._spans = {}
         self._submit_call = None
         self._loops = []
@@ -127,21 +149,43 @@ class HttpProbe(Probe):
     def _drop(self, reason):
         self._metrics.ebpf_events_dropped.labels(reason=reason).inc()
 
-    def _exchange(self, ex):
-        """One complete exchange: span now (batched per reactor turn), duration into the histograms."""
-        if self._processes is not None and not self._processes.selected(ex.pid):
+    def _exchange(self, conn, request, status, response_body, start_ns, end_ns):
+        """One complete exchange (HttpDecoder's parts): span now (batched per reactor turn), duration into the histograms."""
+        pid = conn.pid
+        if self._processes is not None and not self._processes.selected(pid):
             self._drop("process_not_selected")
             return
-        path = url_path(ex.target)
-        if self._exclude is not None and self._exclude.match(path):
-            self._drop("excluded_path")
+        key = (conn.endpoint, request, status, response_body)
+        template = self._templates.get(key)
+        if template is None:
+            template = self._template(key, HttpExchange.of(conn, request, status, response_body, start_ns, end_ns))
+        if template.drop:
+            self._drop(template.drop)
             return
         self.exchanges += 1
-        route = self._routes.match(path)
-        self._red.record(ex, route, ex.end_ns)
-        self._spans.setdefault(ex.pid, []).append(self._encoder.encode(ex, path, route))
+        if template.overflow:
+            self._red.overflowed(template.overflow)
+        template.series.add(max(end_ns - start_ns, 0) / 1e9)
+        spans = self._spans.get(pid)
+        if spans is None:
+            spans = self._spans[pid] = []
+        spans.append(self._encoder.encode(template.span, start_ns, end_ns, conn.peer_port))
         if self._submit_call is None:
             self._submit_call = self._clock().callLater(0, self.submit_spans)
+
+    def _template(self, key, ex):
+        """Compute and remember what exchanges shaped like `ex` yield."""
+        if len(self._templates) >= MAX_TEMPLATES:
+            self._templates.clear()
+        path = url_path(ex.target)
+        if self._exclude is not None and self._exclude.match(path):
+            template = _ExchangeTemplate("excluded_path")
+        else:
+            route = self._routes.match(path)
+            series, overflow = self._red.series(ex, route, ex.end_ns)
+            template = _ExchangeTemplate(None, self._encoder.template(ex, path, route), series, overflow)
+        self._templates[key] = template
+        return template
 
     def resource(self, pid):
         """Resource attributes of a process, from the ProcessTable (which keeps process.pid even for exited pids)."""
@@ -167,6 +211,7 @@ class HttpProbe(Probe):
             self._pipeline.submit("metrics", self.resource(pid), metrics)
             if not os.path.exists(f"/proc/{pid}"):
                 self._red.forget(pid)
+                self._templates.clear()        # they hold that process's series
 
     def expire(self):
         """Finish responses of idle connections and forget connections whose close was missed."""

@@ -64,11 +64,11 @@ def _import_bcc():
 
 
 def common_cflags(probe, config, self_pid):
-    """The -D flags every source gets: our pid (self filter), ring buffer pages, wakeup batching."""
+    """The -D flags every source gets: our pid (self filter), ring buffer pages and CPUs (which set the wakeup level)."""
     return [
         f"-DTELEGEN_PID={self_pid}",
         f"-DRINGBUF_PAGES={probe.ringbuf_size(config) // 4096}",
-        f"-DTELEGEN_WAKEUP_EVENTS={config['agent']['ebpf']['wakeup_events']}",
+        f"-DTELEGEN_NCPUS={os.cpu_count() or 1}",
     ]
 
 

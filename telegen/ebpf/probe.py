@@ -29,7 +29,7 @@ class Probe:
     def cflags(self, config) -> list:
         """
         The probe's own -D flags. The loader adds the common ones itself: TELEGEN_PID,
-        RINGBUF_PAGES (from ringbuf_size) and TELEGEN_WAKEUP_EVENTS.
+        and RINGBUF_PAGES (from ringbuf_size).
         """
         return []
 

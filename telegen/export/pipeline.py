@@ -70,7 +70,7 @@ class ExportPipeline(service.Service):
     # -- intake ------------------------------------------------------------------------------
 
     def submit(self, signal, resource_attrs, records):
-        """Queue `records` (OTLP protos) of one resource; return how many were accepted."""
+        """Queue `records` (OTLP protos, or their serialized bytes) of one resource; return how many were accepted."""
         exporter = self._exporters.get(signal)
         if exporter is not None:
             return exporter.submit(resource_attrs, records)

@@ -4,7 +4,8 @@ A bounded per-signal queue of (resource, encoded records) chunks, measured in it
 Why chunks: submit() hands over a list of records of one resource; keeping the list whole makes
 enqueueing O(1) per call and lets the batcher merge records of one resource into one
 ResourceSpans/ResourceMetrics. Records are serialized once, here: the encoded size is what the
-byte bound counts, and batches are assembled from these bytes (telegen/export/wire.py).
+byte bound counts, and batches are assembled from these bytes (telegen/export/wire.py). A record
+may also arrive already serialized, as `bytes` (the HTTP probe writes its spans that way).
 A chunk is split only when it straddles a batch boundary.
 Overflow never blocks and never grows past the bounds: the caller is told how many records fit.
 """
@@ -48,7 +49,7 @@ class BoundedQueue:
         encoded, items, nbytes, weights = [], 0, 0, (None if weight is None else [])
         for record in records:
             w = 1 if weight is None else weight(record)
-            data = record.SerializeToString()
+            data = record if type(record) is bytes else record.SerializeToString()
             if items + w > room_items or nbytes + len(data) > room_bytes:
                 break
             encoded.append(data)

@@ -114,97 +114,72 @@ def is_error(server_side, status):
     return status >= 500 or (not server_side and status >= 400)
 
 
-class EncodedSpan(bytes):
-    """A serialized Span that passes where the export pipeline expects a Span proto."""
+class SpanTemplate:
+    """What spans of one exchange shape share: the encoded name, kind, attributes and status, and the remote parent."""
 
-    __slots__ = ()
+    __slots__ = ("fixed", "parent")
 
-    def SerializeToString(self):  # noqa: N802 (the protobuf method name the queue calls)
-        return bytes(self)
+    def __init__(self, fixed, parent):
+        self.fixed = fixed
+        self.parent = parent        # (trace_id, parent span_id, W3C flags) from traceparent, or None
 
 
 class SpanEncoder:
     """
-    Builds Span protos from their wire bytes: Span.FromString() of a joined byte string is
-    several times cheaper than constructing a Span and a KeyValue object per attribute in
-    Python (the per-exchange budget is a few microseconds). Everything but ids, times, the
-    client's port and body sizes repeats across exchanges of one endpoint, so its encoding
-    (name, kind, attributes, status) is cached per exchange shape; the cache is bounded.
+    Writes spans as protobuf wire bytes, which the export queue takes as they are: joining byte
+    strings is several times cheaper than building a Span and a KeyValue per attribute in Python,
+    and the per-exchange budget is a few microseconds. template() encodes once what repeats
+    across the exchanges of one shape (the caller caches it); encode() adds what each span has
+    of its own: ids, times and the peer port (a server's peer is the client's ephemeral port).
     """
 
     MAX_CACHED = 20000
-    PER_SPAN = ("network.peer.port", "http.request.body.size", "http.response.body.size")
 
     def __init__(self, rand=random.getrandbits):
         self._rand = rand
-        self._cache = {}
-        self._per_span = {}
+        self._peer_ports = {}
 
-    def _per_span_attribute(self, key, value):
-        """Encoded peer port / body size; ports and common sizes repeat, so these are cached too."""
-        encoded = self._per_span.get((key, value))
-        if encoded is None:
-            if len(self._per_span) >= self.MAX_CACHED:
-                self._per_span.clear()
-            encoded = self._per_span[(key, value)] = _field9(key, value)
-        return encoded
-
-    def _shape(self, ex, path, route):
-        """(bytes of name, kind, attributes and status that repeat, whether the peer port repeats)."""
+    @staticmethod
+    def template(ex, path, route):
+        """The SpanTemplate of an HttpExchange's shape (everything but ids, times and peer port)."""
         attrs = exchange_attributes(ex, path, route)
         name = f"{attrs['http.request.method']} {route}" if route else attrs["http.request.method"]
         parts = [_bytes_field(0x2a, name.encode()), b"\x30", bytes((_SPAN_KIND[ex.server_side],))]
-        parts += [_field9(k, v) for k, v in attrs.items() if v is not None and k not in self.PER_SPAN]
+        parts += [_field9(k, v) for k, v in attrs.items() if v is not None and k != "network.peer.port"]
         if is_error(ex.server_side, ex.status):
             if ex.status is not None:
                 parts.append(_field9("error.type", str(ex.status)))
             parts.append(b"\x7a\x02\x18\x02")          # status { code: STATUS_CODE_ERROR }
-        return b"".join(parts)
+        traceparent = ex.headers.get(b"traceparent")
+        return SpanTemplate(b"".join(parts), parse_traceparent(traceparent) if traceparent else None)
 
-    def span(self, ex, path, route):
-        """One OTLP Span proto for an HttpExchange."""
-        return Span.FromString(self.encode(ex, path, route))
-
-    def encode(self, ex, path, route):
-        """
-        One span for an HttpExchange as EncodedSpan: the serialized Span, which the export
-        queue takes as is (it only calls SerializeToString() on records), saving a parse and a
-        re-serialization per span.
-        """
-        headers = ex.headers
-        # A server's peer port is the client's ephemeral port: per span. A client's is the server's.
-        key = (ex.server_side, ex.method, path, route, ex.status, headers.get(b"host"), headers.get(b"user-agent"),
-               ex.peer_address, ex.local_address, ex.local_port, ex.version)
-        shape = self._cache.get(key)
-        if shape is None:
-            if len(self._cache) >= self.MAX_CACHED:
-                self._cache.clear()
-            shape = self._cache[key] = self._shape(ex, path, route)
-        ids = self._rand(192).to_bytes(24, "big")
-        traceparent = headers.get(b"traceparent")
-        parent = parse_traceparent(traceparent) if traceparent else None
-        if parent:
-            trace_id, parent_id, flags = parent
-            flags |= 0x300            # W3C flags + "is-remote known" (0x100) + "parent is remote" (0x200)
+    def encode(self, template, start_ns, end_ns, peer_port):
+        """One serialized Span: the template plus fresh ids (or the remote parent's trace), times and peer port."""
+        if template.parent:
+            trace_id, parent_id, flags = template.parent
+            span_id = self._rand(64).to_bytes(8, "big")
+            # W3C flags + "is-remote known" (0x100) + "parent is remote" (0x200)
+            head = (b"\x0a\x10", trace_id, b"\x12\x08", span_id, b"\x22\x08", parent_id)
+            flags |= 0x300
         else:
-            trace_id, parent_id, flags = ids[8:], b"", 0x101
-        parts = [b"\x0a\x10", trace_id, b"\x12\x08", ids[:8]]
-        if parent_id:
-            parts += (b"\x22\x08", parent_id)
-        parts += (b"\x39", _U64(ex.start_ns), b"\x41", _U64(max(ex.end_ns, ex.start_ns)), shape)
-        if ex.peer_port is not None:
-            parts.append(self._per_span_attribute("network.peer.port", ex.peer_port))
-        if ex.request_body_size is not None:
-            parts.append(self._per_span_attribute("http.request.body.size", ex.request_body_size))
-        if ex.response_body_size is not None:
-            parts.append(self._per_span_attribute("http.response.body.size", ex.response_body_size))
-        parts += (b"\x85\x01", _U32(flags))
-        return EncodedSpan(b"".join(parts))
+            ids = self._rand(192).to_bytes(24, "big")
+            head = (b"\x0a\x10", ids[8:], b"\x12\x08", ids[:8])
+            flags = 0x101
+        port = b""
+        if peer_port is not None:
+            port = self._peer_ports.get(peer_port)
+            if port is None:
+                if len(self._peer_ports) >= self.MAX_CACHED:
+                    self._peer_ports.clear()
+                port = self._peer_ports[peer_port] = _field9("network.peer.port", peer_port)
+        return b"".join((*head, b"\x39", _U64(start_ns), b"\x41", _U64(max(end_ns, start_ns)),
+                         template.fixed, port, b"\x85\x01", _U32(flags)))
 
 
 def build_span(ex, path, route, rand=random.getrandbits):
     """One OTLP Span for an HttpExchange (a one-off SpanEncoder; probes keep theirs)."""
-    return SpanEncoder(rand).span(ex, path, route)
+    encoder = SpanEncoder(rand)
+    return Span.FromString(encoder.encode(encoder.template(ex, path, route), ex.start_ns, ex.end_ns, ex.peer_port))
 
 
 _U64 = struct.Struct("<Q").pack
@@ -280,6 +255,17 @@ class RedMetrics:
 
     def record(self, ex, route, now_ns):
         """Add one exchange's duration."""
+        series, overflow = self.series(ex, route, now_ns)
+        if overflow:
+            self.overflowed(overflow)
+        series.add(max(ex.end_ns - ex.start_ns, 0) / 1e9)
+
+    def series(self, ex, route, now_ns):
+        """
+        (the series an exchange of this shape adds to, the metric name when that is the overflow
+        series, else None). Callers may keep the series until forget() of its pid; they count
+        telegen_metric_attribute_overflow_total with overflowed() per point that overflowed.
+        """
         name = SERVER_METRIC if ex.server_side else CLIENT_METRIC
         shape = (ex.server_side, ex.method, ex.status, route, ex.version,
                  None if ex.server_side else ex.peer_address, None if ex.server_side else ex.peer_port)
@@ -291,15 +277,20 @@ class RedMetrics:
         key = (ex.pid, attrs)
         table = self._series[name]
         series = table.get(key)
+        overflow = None
         if series is None:
             if len(table) >= self._max:
-                self._metrics.metric_overflow.labels(metric=name).inc()
+                overflow = name
                 key = (ex.pid, OVERFLOW)
                 series = table.get(key)
             if series is None:
                 series = table[key] = _Series()
                 self._start.setdefault(key, now_ns)
-        series.add(max(ex.end_ns - ex.start_ns, 0) / 1e9)
+        return series, overflow
+
+    def overflowed(self, name):
+        """Count one point of metric `name` that went to the overflow series."""
+        self._metrics.metric_overflow.labels(metric=name).inc()
 
     def collect(self, now_ns):
         """{pid: [Metric]}: every series so far, cumulative since its first point."""

@@ -1,8 +1,13 @@
 """
 The decoder pairs kernel events into exchanges: keep-alive, pipelining, bodies written after the
-head (sizes and end times from the kernel's totals), close, client side, and what it drops.
+head (sizes and end times from the kernel's totals), close, client side, and what it drops; the
+kernel's paired EV_EXCHANGE events decode exactly as their request followed by their response.
 """
-from telegen.ebpf.http_decoder import EV_CLOSE, EV_REQUEST, EV_RESPONSE, EVENT, ROLE_CLIENT, ROLE_SERVER, HttpDecoder
+from telegen.ebpf.http_decoder import (
+    EV_CLOSE, EV_EXCHANGE, EV_REQUEST, EV_RESPONSE, EVENT, EXCHANGE_TAIL, ROLE_CLIENT, ROLE_SERVER, HttpDecoder,
+    HttpExchange,
+)
+from telegen.ebpf.http_probe import CAPTURE_BYTES
 
 LOOPBACK = b"\0" * 10 + b"\xff\xff" + bytes([127, 0, 0, 1])
 OFFSET = 1_000_000
@@ -16,11 +21,19 @@ def event(kind, ts, data=b"", *, role=ROLE_SERVER, ret=None, enter_ts=None, rx=0
                       LOOPBACK, 50000, LOOPBACK, 8080, fd, role, len(data)) + data
 
 
+def exchange(ts, response, request, request_ts, *, request_enter_ts=None, **fields):
+    """The bytes of one struct http_exchange_event: the response's event (data[] padded to the
+    capture size), then the held request's entry/exit times, capture length and capture."""
+    head = event(EV_EXCHANGE, ts, response, **fields).ljust(EVENT.size + CAPTURE_BYTES, b"\0")
+    return head + EXCHANGE_TAIL.pack(request_enter_ts or request_ts, request_ts, len(request)) + request
+
+
 class Recorder:
     def __init__(self):
         self.exchanges = []
         self.drops = []
-        self.decoder = HttpDecoder(self.exchanges.append, self.drops.append, OFFSET)
+        self.decoder = HttpDecoder(lambda *parts: self.exchanges.append(HttpExchange.of(*parts)), self.drops.append,
+                                   OFFSET, CAPTURE_BYTES)
 
     def feed(self, *events):
         for e in events:
@@ -112,3 +125,44 @@ def test_expire_finishes_idle_responses_and_forgets_idle_connections():
     [ex] = r.exchanges
     assert ex.end_ns == 200 + OFFSET and ex.response_body_size is None
     assert len(r.decoder) == 0
+
+
+def test_a_paired_exchange_event_is_one_request_and_its_response():
+    """EV_EXCHANGE from a server and from a client: same exchanges as the two separate events give."""
+    r = Recorder()
+    r.feed(exchange(200, RESP, REQ, 100, rx=len(REQ)),
+           exchange(300, RESP, REQ, 120, request_enter_ts=110, role=ROLE_CLIENT, tx=len(REQ), conn_ts=2))
+    server, client = r.exchanges
+    assert (server.server_side, server.start_ns, server.end_ns, server.target, server.status,
+            server.response_body_size) == (True, 100 + OFFSET, 200 + OFFSET, "/a", 200, 5)
+    assert (client.server_side, client.start_ns, client.end_ns) == (False, 110 + OFFSET, 300 + OFFSET)
+    assert r.drops == []
+
+
+def test_a_request_sent_alone_before_an_exchange_pairs_first():
+    """Pipelining: the kernel sends the earlier request alone, then the later one with the first response."""
+    r = Recorder()
+    r.feed(event(EV_REQUEST, 100, REQ),
+           exchange(300, RESP, REQ.replace(b"/a", b"/b"), 150, rx=2 * len(REQ)),
+           event(EV_RESPONSE, 400, RESP.replace(b"200 OK", b"500 Oops"), rx=2 * len(REQ), tx=len(RESP)))
+    assert [(e.target, e.status, e.start_ns - OFFSET, e.end_ns - OFFSET) for e in r.exchanges] == [
+        ("/a", 200, 100, 300), ("/b", 500, 150, 400)]
+
+
+def test_an_exchange_whose_request_does_not_parse_is_one_counted_drop():
+    r = Recorder()
+    r.feed(exchange(200, RESP, b"BREW /pot HTCPCP/1.0\r\n\r\n", 100))
+    assert r.drops == ["unparsed_request"]
+    assert r.exchanges == []
+
+
+def test_an_exchange_finishes_the_response_before_it_from_its_totals():
+    """A large response in progress ends at the last write before the next exchange's response."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+    r = Recorder()
+    r.feed(exchange(200, head, REQ, 100, rx=len(REQ)))
+    assert r.exchanges == []
+    r.feed(exchange(900, RESP, REQ, 800, rx=2 * len(REQ), tx=len(head) + 1000, last_tx=350))
+    first, second = r.exchanges
+    assert (first.end_ns, first.response_body_size) == (350 + OFFSET, 1000)
+    assert (second.start_ns, second.end_ns) == (800 + OFFSET, 900 + OFFSET)

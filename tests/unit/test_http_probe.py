@@ -87,7 +87,7 @@ def test_spans_are_submitted_once_per_reactor_turn_per_process():
     traces = [(r, recs) for s, r, recs in pipeline.calls if s == "traces"]
     assert [(r, len(recs)) for r, recs in traces] == [({"service.name": "svc-10", "process.pid": 10}, 2),
                                                       ({"host.name": "h", "process.pid": 11}, 1)]
-    span = Span.FromString(traces[0][1][0].SerializeToString())
+    span = Span.FromString(traces[0][1][0])
     assert span.name == "GET" and span.kind == Span.SPAN_KIND_SERVER
 
 
