@@ -7,6 +7,8 @@ building message objects.
 
 def varint(n):
     """Base-128 varint of an int; negatives as their 64-bit two's complement, as protobuf does."""
+    if 0 <= n < 0x4000:           # lengths and small values, the hot case: one or two bytes
+        return bytes((n,)) if n < 0x80 else bytes(((n & 0x7F) | 0x80, n >> 7))
     n &= 0xFFFFFFFFFFFFFFFF
     out = bytearray()
     while n > 0x7F:

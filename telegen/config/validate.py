@@ -97,6 +97,9 @@ def _check_cross_fields(config):
     backoff = config["backoff"]
     if backoff["initial"] > backoff["max"]:
         raise Invalid(f"must be <= backoff.max ({backoff['max']:g}s), got {backoff['initial']:g}s", at=("backoff", "initial"))
+    ebpf = config["agent"]["ebpf"]
+    if ebpf["min_cpu"] > ebpf["max_cpu"]:
+        raise Invalid(f"must be <= agent.ebpf.max_cpu ({ebpf['max_cpu']:g}), got {ebpf['min_cpu']:g}", at=("agent", "ebpf", "min_cpu"))
 
 
 def validate(tree):

@@ -20,6 +20,7 @@ and the exchange goes out without any per-connection queueing. Exchanges leave a
 (connection, parsed request, status, body size, times), so the probe can key its own caches
 on them; HttpExchange.of() makes the record for code that wants one.
 """
+import itertools
 import socket
 import struct
 from collections import deque
@@ -96,22 +97,23 @@ class _Exchange:
 
 class Connection:
     """
-    Per (pid, fd, connection start) state. `endpoint` is what every exchange on it shares in its
-    telemetry (process, side, addresses, the server's port); a server's peer port, the client's
-    ephemeral one, is per connection and not part of it.
+    Per (pid, fd, connection start) state. `endpoint` is a small int naming what every exchange
+    on it shares in its telemetry (process, side, addresses, the server's port): connections
+    with the same get the same number (HttpDecoder assigns them), a cheap cache key. A server's
+    peer port, the client's ephemeral one, is per connection and not part of it.
     """
 
     __slots__ = ("server_side", "pid", "peer", "peer_port", "local", "local_port", "endpoint",
                  "waiting", "responding", "last_seen")
 
-    def __init__(self, server_side, pid, peer, peer_port, local, local_port):
+    def __init__(self, server_side, pid, peer, peer_port, local, local_port, endpoint=None):
         self.server_side = server_side
         self.pid = pid
         self.peer = peer
         self.peer_port = peer_port or None
         self.local = local
         self.local_port = local_port or None
-        self.endpoint = (pid, server_side, peer, local, self.local_port if server_side else self.peer_port)
+        self.endpoint = endpoint
         self.waiting = deque()
         self.responding = None
         self.last_seen = 0
@@ -157,6 +159,8 @@ class HttpDecoder:
         self._conns = {}
         self._parsed = {}
         self._pairs = {}
+        self._endpoints = {}
+        self._endpoint_ids = itertools.count()
 
     def _parse(self, parse, data):
         """
@@ -184,6 +188,18 @@ class HttpDecoder:
             pair = self._pairs[key] = _Pair(requests[0], responses[0]) if simple else None
         return pair
 
+    def _connection(self, server_side, pid, peer, peer_port, local, local_port):
+        """A new Connection, numbered by its endpoint (ids are never reused, even after the bounded map is cleared)."""
+        conn = Connection(server_side, pid, format_address(peer), peer_port, format_address(local), local_port)
+        shared = (pid, server_side, conn.peer, conn.local, conn.local_port if server_side else conn.peer_port)
+        endpoint = self._endpoints.get(shared)
+        if endpoint is None:
+            if len(self._endpoints) >= PARSE_CACHE:
+                self._endpoints.clear()
+            endpoint = self._endpoints[shared] = next(self._endpoint_ids)
+        conn.endpoint = endpoint
+        return conn
+
     def __len__(self):
         return len(self._conns)
 
@@ -196,8 +212,7 @@ class HttpDecoder:
         if conn is None:
             if kind == EV_CLOSE:
                 return
-            conn = self._conns[key] = Connection(
-                role == ROLE_SERVER, pid, format_address(peer), peer_port, format_address(local), local_port)
+            conn = self._conns[key] = self._connection(role == ROLE_SERVER, pid, peer, peer_port, local, local_port)
         conn.last_seen = ts
         # Bytes flowing towards the client (responses) and when they last moved.
         out_total, out_last = (tx, last_tx) if conn.server_side else (rx, last_rx)

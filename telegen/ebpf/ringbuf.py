@@ -7,9 +7,10 @@ ring straight from its memory: the agent maps the consumer page (read-write) and
 page plus the data pages (read-only; the kernel maps the data twice, so a record that wraps
 around the end is still contiguous) exactly as libbpf does, walks the records and moves the
 consumer position. That skips BCC's per-event ctypes callback (and libbpf's loop around it),
-which cost more than decoding a small event. The kernel side wakes us only every
-agent.ebpf.wakeup_events events per CPU (telegen.h), so a timer also drains every
-drain_interval: a quiet moment never strands events.
+which cost more than decoding a small event. The kernel wakes us only once a CPU has filled
+its share of an eighth of the ring (telegen.h), so a timer drains every drain_interval: a quiet
+moment never strands events, and under load one drain handles thousands of events. A CpuGovernor
+may pause the reader for the rest of a budget window (cpu_governor.py).
 
 Memory ordering: loads and stores of aligned 8-byte positions are ordered as the kernel needs on
 x86-64 (total store order); libbpf's acquire/release are plain moves there.
@@ -35,6 +36,9 @@ _LENGTH = struct.Struct("<I")
 # doRead would hold the reactor (and the API) for seconds. The fd stays readable (epoll is level
 # triggered), so the reactor comes back after serving everything else.
 MAX_EVENTS_PER_READ = 2048
+# The CPU governor's budget is checked between slices of this many events, so a drain overshoots
+# a spent budget by at most one slice (a few milliseconds), not by a whole doRead.
+BUDGET_SLICE = 256
 
 
 class MappedRing:
@@ -63,17 +67,17 @@ class MappedRing:
         """
         consumer = _POSITION.unpack_from(self._consumer, 0)[0]
         producer = _POSITION.unpack_from(self._producer, 0)[0]
-        data, mask, handled = self._producer, self._mask, 0
+        data, mask, handled, length_at = self._producer, self._mask, 0, _LENGTH.unpack_from
         while consumer < producer and handled < budget:
-            start = PAGE + (consumer & mask)
-            length = _LENGTH.unpack_from(data, start)[0]
+            start = PAGE + HEADER_SIZE + (consumer & mask)        # the record's data
+            length = length_at(data, start - HEADER_SIZE)[0]
             if length & BUSY_BIT:
                 break
             size = length & ~DISCARD_BIT
-            if not length & DISCARD_BIT:
+            if size == length:
                 handled += 1
                 try:
-                    handler(data[start + HEADER_SIZE:start + HEADER_SIZE + size])
+                    handler(data[start:start + size])
                 except Exception:
                     on_error()
             consumer += (size + HEADER_SIZE + 7) & ~7
@@ -96,8 +100,9 @@ class RingBufferReader(FileDescriptor):
         telegen_ebpf_events_dropped{reason="handler_error"}).
     """
 
-    def __init__(self, bpf, name, handler, metrics, reactor=None, drain_interval=0.1, ring=None):
+    def __init__(self, bpf, name, handler, metrics, reactor=None, drain_interval=0.1, ring=None, governor=None):
         FileDescriptor.__init__(self, reactor=reactor)
+        self._governor = governor
         self.name = name
         self.events_received = 0
         self.handler_errors = 0
@@ -122,11 +127,28 @@ class RingBufferReader(FileDescriptor):
             log.failure("ring buffer {name}: event handler failed (further failures only counted)", name=self.name)
 
     def doRead(self):
-        """Drain up to MAX_EVENTS_PER_READ events; count them in telegen_ebpf_ringbuf_events_total."""
-        arrived = self._ring.drain(self._handler, MAX_EVENTS_PER_READ, self._handler_failed)
+        """
+        Drain up to MAX_EVENTS_PER_READ events; count them in telegen_ebpf_ringbuf_events_total.
+        When the CPU governor's budget for this window is spent, pause instead (resume()).
+        """
+        arrived = 0
+        while arrived < MAX_EVENTS_PER_READ:
+            if self._governor is not None and not self._governor.may_consume():
+                self._governor.hold(self)
+                break
+            budget = min(BUDGET_SLICE, MAX_EVENTS_PER_READ - arrived)
+            drained = self._ring.drain(self._handler, budget, self._handler_failed)
+            arrived += drained
+            if drained < budget:
+                break
         if arrived:
             self.events_received += arrived
             self._metrics.ebpf_ringbuf_events.inc(arrived)
+
+    def resume(self):
+        """Read again after a pause (a new budget window); the epoll registration finds waiting events."""
+        if self.connected:
+            self.startReading()
 
     def connectionLost(self, reason):
         """The reactor stopped watching (stop() or an error); the fd stays BCC's to close."""

@@ -21,6 +21,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from telegen.ebpf import loader
+from telegen.ebpf.cpu_governor import CpuGovernor
 from telegen.ebpf.loader import LoadError
 from telegen.ebpf.ringbuf import RingBufferReader
 
@@ -68,6 +69,7 @@ class EbpfService(service.Service):
         self._run_in_thread = run_in_thread
         self._loaded = []
         self._lost_loop = None
+        self._governor = None
         self.loading = None
 
     @property
@@ -91,6 +93,9 @@ class EbpfService(service.Service):
             from telegen.ebpf.probes import default_probes
             self._probes = default_probes(self.config, self.pipeline, self.processes, self.metrics, reactor=self.reactor)
         self._loaded = [_Loaded(p, "loading" if p.enabled(self.config) else "disabled") for p in self._probes]
+        ebpf = self.config["agent"]["ebpf"]
+        self._governor = CpuGovernor(ebpf["min_cpu"], ebpf["max_cpu"], self.metrics, self.reactor)
+        self._governor.start()
         self.loading = self._load_all()
         self._lost_loop = LoopingCall(self.poll_lost)
         self._lost_loop.clock = self.reactor
@@ -135,7 +140,8 @@ class EbpfService(service.Service):
         st.maps = {name: dict(loader.describe_map(fd), fd=fd) for name, fd in loader.map_fds(bpf).items()}
         for name, handler in st.probe.ring_buffers().items():
             reader = RingBufferReader(bpf, name, handler, self.metrics, reactor=self.reactor,
-                                      drain_interval=self.config["agent"]["ebpf"]["drain_interval"])
+                                      drain_interval=self.config["agent"]["ebpf"]["drain_interval"],
+                                      governor=self._governor)
             st.readers.append(reader)
             st.lost.append(0)
             reader.start()
@@ -153,6 +159,8 @@ class EbpfService(service.Service):
         service.Service.stopService(self)
         if self._lost_loop is not None and self._lost_loop.running:
             self._lost_loop.stop()
+        if self._governor is not None:
+            self._governor.stop()
         for st in self._loaded:
             if st.state != "attached":
                 continue

@@ -13,6 +13,9 @@ from telegen.signals.common import SCOPE, resource
 
 _TAG_1 = b"\x0a"  # field 1, wire type 2 (length-delimited)
 _TAG_2 = b"\x12"  # field 2, wire type 2
+# Tag and length of a field-2 record for every length up to 4 KiB (most spans and metrics): one
+# list index per record instead of a varint encoding, in the loop that frames every exported record.
+_RECORD_PREFIX = [_TAG_2 + varint(n) for n in range(4096)]
 
 
 
@@ -48,9 +51,8 @@ def encode_request(chunks, resources):
             group = groups[chunk.resource_key] = [resources.encoded(chunk.resource_key, chunk.resource_attrs), [_SCOPE_FIELD]]
         parts = group[1]
         for data in chunk.records:
-            parts.append(_TAG_2)
-            parts.append(varint(len(data)))
-            parts.append(data)
+            n = len(data)
+            parts += (_RECORD_PREFIX[n] if n < 4096 else _TAG_2 + varint(n), data)
     out = []
     for resource_bytes, parts in groups.values():
         scope = b"".join(parts)

@@ -70,10 +70,14 @@ def test_weighted_records_split_at_record_boundaries():
     assert sum(c.items for c in big.take(1)) == 3  # never stuck on an oversized record
 
 
-@pytest.mark.parametrize("n", [0, 1, 127, 128, 300, 2**21, 2**35])
+@pytest.mark.parametrize("n", [0, 1, 127, 128, 300, 0x3FFF, 0x4000, 2**21, 2**35])
 def test_varint_matches_protobuf(n):
     from google.protobuf.internal.encoder import _VarintBytes
     assert varint(n) == _VarintBytes(n)
+
+
+def test_negative_varints_are_their_64_bit_twos_complement():
+    assert varint(-1) == b"\xff" * 9 + b"\x01"
 
 
 def test_encoded_request_equals_the_one_protobuf_builds():

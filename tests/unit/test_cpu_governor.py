@@ -1,0 +1,96 @@
+"""
+The event consumer's CPU budget: AIMD on the reactor thread's scheduling delay, readers paused
+for the rest of a window once it is spent and resumed at the next, with a Clock and fake CPU clocks.
+"""
+from twisted.internet.testing import MemoryReactorClock
+
+from telegen.ebpf import ringbuf
+from telegen.ebpf.cpu_governor import GROWTH, WINDOW, CpuGovernor, thread_schedstat
+from telegen.ebpf.ringbuf import RingBufferReader
+from telegen.selfmetrics import SelfMetrics
+from tests.unit.test_ebpf_ringbuf import FakeBPF, KernelSide
+
+
+class Clocks:
+    """Process CPU seconds and (run, wait) ns of the reactor thread, advanced by the test."""
+
+    def __init__(self):
+        self.cpu = 0.0
+        self.run = 0
+        self.wait = 0
+
+    def spend(self, cpu_seconds=0.0, run_ms=0, wait_ms=0):
+        self.cpu += cpu_seconds
+        self.run += run_ms * 1_000_000
+        self.wait += wait_ms * 1_000_000
+
+
+def make(min_cpu=0.05, max_cpu=1.0):
+    clock, clocks, metrics = MemoryReactorClock(), Clocks(), SelfMetrics()
+    governor = CpuGovernor(min_cpu, max_cpu, metrics, clock, cpu_time=lambda: clocks.cpu,
+                           schedstat=lambda: (clocks.run, clocks.wait))
+    governor.start()
+    return governor, clock, clocks, metrics
+
+
+def test_contended_windows_halve_the_budget_down_to_min_cpu_and_free_ones_grow_it_back():
+    governor, clock, clocks, metrics = make()
+    for expected in (0.5, 0.25, 0.125, 0.0625, 0.05, 0.05):
+        clocks.spend(run_ms=10, wait_ms=10)          # half its runnable time spent queueing: contended
+        clock.advance(WINDOW)
+        assert governor.budget == expected
+    clocks.spend(run_ms=10, wait_ms=1)               # 9% waiting: free
+    clock.advance(WINDOW)
+    assert governor.budget == 0.05 + GROWTH
+    for _ in range(20):
+        clock.advance(WINDOW)                        # idle windows say nothing against growing
+    assert governor.budget == 1.0
+    assert metrics.registry.get_sample_value("telegen_ebpf_cpu_budget_cores") == 1.0
+
+
+def test_a_window_with_too_little_runnable_time_is_not_judged_contended():
+    governor, clock, clocks, _ = make()
+    clocks.spend(run_ms=0, wait_ms=1)                # 1 ms of samples, all waiting: too little to say
+    clock.advance(WINDOW)
+    assert governor.budget == 1.0
+
+
+def test_the_budget_is_cpu_seconds_per_window():
+    governor, clock, clocks, _ = make(max_cpu=0.5)
+    clocks.spend(cpu_seconds=0.5 * WINDOW - 0.001)
+    assert governor.may_consume()
+    clocks.spend(cpu_seconds=0.002)
+    assert not governor.may_consume()
+    clock.advance(WINDOW)                            # a new window starts from the CPU time now
+    assert governor.may_consume()
+
+
+def test_a_reader_over_budget_pauses_until_the_next_window_and_the_rest_stays_in_the_ring(monkeypatch):
+    """The drain stops within one slice of the budget running out; the next window resumes reading."""
+    monkeypatch.setattr(ringbuf, "BUDGET_SLICE", 2)
+    governor, clock, clocks, metrics = make(min_cpu=0.01, max_cpu=0.01)
+    handled = []
+
+    def handler(raw):
+        handled.append(raw)
+        clocks.spend(cpu_seconds=0.001)              # each event costs 1 ms; the window allows 2 ms
+    kernel = KernelSide()
+    for i in range(7):
+        kernel.submit(b"e%d" % i)
+    reader = RingBufferReader(FakeBPF(), "events", handler, metrics, reactor=clock, drain_interval=10,
+                              ring=kernel.ring, governor=governor)
+    reader.start()
+    reader.doRead()
+    assert handled == [b"e0", b"e1"] and reader not in clock.readers
+    assert metrics.registry.get_sample_value("telegen_ebpf_consumer_held_total") == 1
+    clock.advance(WINDOW)
+    assert reader in clock.readers
+    reader.doRead()
+    assert handled == [b"e0", b"e1", b"e2", b"e3"] and kernel.consumed < kernel.position
+    reader.stop()
+    governor.stop()
+
+
+def test_schedstat_of_this_thread_or_none(tmp_path):
+    assert thread_schedstat() is None or all(v >= 0 for v in thread_schedstat())
+    assert thread_schedstat(str(tmp_path / "missing")) is None
