@@ -116,11 +116,15 @@ def spans_of(receiver, port):
 
 
 def settle(receiver, port, agent, timeout=60):
-    """(server, client) span counts once everything queued is flushed and the counts stop growing."""
-    agent.post("/admin/flush")
+    """
+    (server, client) span counts once everything queued is flushed and the counts stop growing.
+    Flushed on every poll: events still in a ring buffer (a reader paused by the CPU governor
+    drains them a window later) become spans after the first flush.
+    """
     last, stable_since = None, time.monotonic()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        agent.post("/admin/flush")
         n = spans_of(receiver, port)
         if n != last:
             last, stable_since = n, time.monotonic()

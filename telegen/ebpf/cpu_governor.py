@@ -14,9 +14,16 @@ agent.ebpf.max_cpu, which a host with idle CPUs easily gives.
 The contention signal is the agent's own scheduling delay: the share of the time its reactor
 thread was runnable but waiting for a CPU (/proc/thread-self/schedstat). Unlike the host's idle
 time or its pressure stall (PSI), it does not vanish when the agent backs off: whenever it runs,
-it still queues behind the applications. The budget follows AIMD, as TCP's window does: a
-contended window halves it (down to min_cpu), an uncontended one adds GROWTH cores (up to max_cpu).
+it still queues behind the applications. The share is smoothed over windows (an EWMA, so one
+scheduling hiccup is not a trend) and the budget follows AIMD, as TCP's window does: a contended
+window halves it (down to min_cpu), an uncontended one adds GROWTH cores (up to max_cpu).
 A reader whose drain finds the window's budget spent stops reading until the next window.
+
+The budget counts all the agent's CPU (process time), not only the draining: exporting the spans
+of what was drained costs about as much again. A window that overspends starts the next one in
+debt (a token bucket refilled by one window's budget per window, never above it and never more
+than one window in debt: a one-off cost such as compiling the probes is not paid back by
+starving the consumer for seconds), so over any few windows the agent stays at its budget.
 """
 import time
 
@@ -29,6 +36,7 @@ WINDOW = 0.2            # seconds per budget decision
 CONTENDED = 0.25        # wait share of the runnable time above which CPUs are contended
 GROWTH = 0.1            # cores added per uncontended window
 MIN_SAMPLE_NS = 2_000_000   # a window where the thread was runnable less than this says nothing
+SMOOTHING = 0.5         # weight of the newest window in the smoothed wait share
 
 
 def thread_schedstat(path="/proc/thread-self/schedstat"):
@@ -58,13 +66,16 @@ class CpuGovernor:
         self._cpu_time = cpu_time
         self._schedstat = schedstat
         self._window_cpu = 0.0
+        self._tokens = 0.0
         self._sched = None
+        self._wait_share = 0.0
         self._held = []
         self._loop = None
 
     def start(self):
         """Begin the first window."""
         self._window_cpu = self._cpu_time()
+        self._tokens = self.budget * WINDOW
         self._sched = self._schedstat()
         if self._sched is None:
             log.warn("no schedstat for the reactor thread: the event consumer's CPU budget stays at max_cpu")
@@ -80,8 +91,8 @@ class CpuGovernor:
         self._held = []
 
     def may_consume(self):
-        """Whether this window's budget still has room (agent CPU time, all threads, since it began)."""
-        return self._cpu_time() - self._window_cpu < self.budget * WINDOW
+        """Whether this window's CPU seconds (agent CPU time, all threads, since it began) are not all spent."""
+        return self._cpu_time() - self._window_cpu < self._tokens
 
     def hold(self, reader):
         """Stop `reader` reading until the next window (its ring buffer fills; the kernel counts overflow)."""
@@ -96,7 +107,9 @@ class CpuGovernor:
             return False
         run, wait = sched[0] - self._sched[0], sched[1] - self._sched[1]
         self._sched = sched
-        return run + wait >= MIN_SAMPLE_NS and wait > CONTENDED * (run + wait)
+        if run + wait >= MIN_SAMPLE_NS:
+            self._wait_share += SMOOTHING * (wait / (run + wait) - self._wait_share)
+        return self._wait_share > CONTENDED
 
     def _next_window(self):
         if self._contended():
@@ -104,7 +117,10 @@ class CpuGovernor:
         else:
             self.budget = min(self.max_cpu, self.budget + GROWTH)
         self._metrics.ebpf_cpu_budget.set(self.budget)
-        self._window_cpu = self._cpu_time()
+        now = self._cpu_time()
+        allowance = self.budget * WINDOW
+        self._tokens = max(-allowance, min(self._tokens - (now - self._window_cpu) + allowance, allowance))
+        self._window_cpu = now
         held, self._held = self._held, []
         for reader in held:
             reader.resume()

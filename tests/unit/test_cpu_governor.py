@@ -35,11 +35,11 @@ def make(min_cpu=0.05, max_cpu=1.0):
 
 def test_contended_windows_halve_the_budget_down_to_min_cpu_and_free_ones_grow_it_back():
     governor, clock, clocks, metrics = make()
-    for expected in (0.5, 0.25, 0.125, 0.0625, 0.05, 0.05):
-        clocks.spend(run_ms=10, wait_ms=10)          # half its runnable time spent queueing: contended
+    for expected in (1.0, 0.5, 0.25, 0.125, 0.0625, 0.05):
+        clocks.spend(run_ms=10, wait_ms=10)          # half its runnable time queueing: contended once smoothed
         clock.advance(WINDOW)
         assert governor.budget == expected
-    clocks.spend(run_ms=10, wait_ms=1)               # 9% waiting: free
+    clocks.spend(run_ms=10, wait_ms=0)               # no waiting: the smoothed share halves, below 0.25
     clock.advance(WINDOW)
     assert governor.budget == 0.05 + GROWTH
     for _ in range(20):
@@ -48,8 +48,11 @@ def test_contended_windows_halve_the_budget_down_to_min_cpu_and_free_ones_grow_i
     assert metrics.registry.get_sample_value("telegen_ebpf_cpu_budget_cores") == 1.0
 
 
-def test_a_window_with_too_little_runnable_time_is_not_judged_contended():
+def test_one_contended_window_among_free_ones_is_smoothed_away():
     governor, clock, clocks, _ = make()
+    clocks.spend(run_ms=10, wait_ms=4)               # a 29% hiccup: smoothed to 14%
+    clock.advance(WINDOW)
+    assert governor.budget == 1.0
     clocks.spend(run_ms=0, wait_ms=1)                # 1 ms of samples, all waiting: too little to say
     clock.advance(WINDOW)
     assert governor.budget == 1.0
@@ -63,6 +66,27 @@ def test_the_budget_is_cpu_seconds_per_window():
     assert not governor.may_consume()
     clock.advance(WINDOW)                            # a new window starts from the CPU time now
     assert governor.may_consume()
+
+
+def test_overspending_a_window_is_paid_back_in_the_next_ones_and_idle_windows_save_nothing():
+    """Exporting what was drained is counted too: the debt of one window shrinks the next."""
+    governor, clock, clocks, _ = make(max_cpu=0.5)      # 0.1 CPU seconds per window
+    clocks.spend(cpu_seconds=0.17)                   # 0.07 s over
+    clock.advance(WINDOW)                            # -0.07 + 0.1: 0.03 left for this window
+    clocks.spend(cpu_seconds=0.029)
+    assert governor.may_consume()
+    clocks.spend(cpu_seconds=0.002)
+    assert not governor.may_consume()
+    clocks.spend(cpu_seconds=5.0)                    # a compile: the debt stops at one window
+    clock.advance(WINDOW)
+    clock.advance(WINDOW)
+    assert not governor.may_consume()                # paid back
+    clock.advance(WINDOW)
+    assert governor.may_consume()
+    for _ in range(5):
+        clock.advance(WINDOW)
+    clocks.spend(cpu_seconds=0.11)
+    assert not governor.may_consume()                # never more than one window's worth
 
 
 def test_a_reader_over_budget_pauses_until_the_next_window_and_the_rest_stays_in_the_ring(monkeypatch):
