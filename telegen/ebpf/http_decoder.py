@@ -106,14 +106,14 @@ class Connection:
     __slots__ = ("server_side", "pid", "peer", "peer_port", "local", "local_port", "endpoint",
                  "waiting", "responding", "last_seen")
 
-    def __init__(self, server_side, pid, peer, peer_port, local, local_port, endpoint=None):
+    def __init__(self, server_side, pid, peer, peer_port, local, local_port):
         self.server_side = server_side
         self.pid = pid
         self.peer = peer
         self.peer_port = peer_port or None
         self.local = local
         self.local_port = local_port or None
-        self.endpoint = endpoint
+        self.endpoint = None
         self.waiting = deque()
         self.responding = None
         self.last_seen = 0
@@ -128,9 +128,7 @@ class _Pair:
         self.request = request
         self.status = response.first
         self.body = _body_size(request, response)
-        # Bytes the response's first write must hold for the response to be complete in it.
-        known = response.head_len is not None and self.body is not None
-        self.complete_len = response.offset + response.head_len + self.body if known else None
+        self.complete_len = _complete_len(response, self.body)
 
 
 def _body_size(request, response):
@@ -138,6 +136,13 @@ def _body_size(request, response):
     if response.first in _NO_BODY_STATUS or response.first < 200 or request.first == "HEAD":
         return 0
     return response.content_length
+
+
+def _complete_len(response, body):
+    """Bytes the response's first write must hold for the whole response to be in it; None when unknown."""
+    if response.head_len is None or body is None:
+        return None
+    return response.offset + response.head_len + body
 
 
 class HttpDecoder:
@@ -267,7 +272,8 @@ class HttpDecoder:
             ex.resp_start_total = out_total + resp.offset
             ex.resp_ts = ts
             body = _body_size(ex.req, resp)
-            if resp.head_len is not None and body is not None and resp.offset + resp.head_len + body <= ret:
+            complete_len = _complete_len(resp, body)
+            if complete_len is not None and complete_len <= ret:
                 self._emit(conn, ex, ts, body)
             else:
                 conn.responding = ex

@@ -233,7 +233,6 @@ class RedMetrics:
         self._max = max_series
         self._series = {SERVER_METRIC: {}, CLIENT_METRIC: {}}
         self._start = {}
-        self._attrs = {}
 
     @staticmethod
     def _attributes(ex, route):
@@ -267,14 +266,7 @@ class RedMetrics:
         telegen_metric_attribute_overflow_total with overflowed() per point that overflowed.
         """
         name = SERVER_METRIC if ex.server_side else CLIENT_METRIC
-        shape = (ex.server_side, ex.method, ex.status, route, ex.version,
-                 None if ex.server_side else ex.peer_address, None if ex.server_side else ex.peer_port)
-        attrs = self._attrs.get(shape)
-        if attrs is None:
-            if len(self._attrs) >= 4 * self._max:
-                self._attrs.clear()
-            attrs = self._attrs[shape] = self._attributes(ex, route)
-        key = (ex.pid, attrs)
+        key = (ex.pid, self._attributes(ex, route))
         table = self._series[name]
         series = table.get(key)
         overflow = None
