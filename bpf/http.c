@@ -64,12 +64,12 @@ struct conn {
     u32 _pad;
 };
 
-/* A syscall in flight on a tracked fd (or an accept), keyed by pid_tgid. */
+/* A syscall in flight on a tracked fd (or an accept), in the calling thread's task storage. */
 struct pending {
     u64 buf;                      /* user pointer: data, iovec array, msghdr or sockaddr */
-    u64 ts;
+    u64 ts;                       /* entry time where it is used (client writes, accepts), else 0 */
     u32 fd;
-    u32 how;
+    u32 how;                      /* 0: no syscall in flight */
 };
 
 struct http_event {
@@ -106,18 +106,22 @@ struct iovec_user {
 };
 
 /*
- * conns and passive are LRU: entries whose close (or accept) is never seen must age out. The
- * per-syscall maps are plain preallocated hashes, cheaper to update and delete on every read and
- * write than an LRU (whose updates take a shared lock); their entries live for one syscall.
+ * conns and passive are LRU: entries whose close (or accept) is never seen must age out.
+ * `inflight` carries a read/write/accept from its entry to its exit in the thread's own task
+ * storage (needs kernel BTF): a lookup there costs ~20-50 ns where a hash keyed by pid_tgid cost
+ * ~350 ns per syscall for its update and delete, and every read and write of a traced connection
+ * pays it. connect keeps a plain hash: it is rare.
  */
 BPF_TABLE("lru_hash", u64, struct conn, conns, MAX_CONNS);
-BPF_HASH(inflight, u64, struct pending, 16384);
+BPF_TASK_STORAGE(inflight, struct pending);
 BPF_HASH(connecting, u64, struct endpoint, 4096);
 /*
- * Requests waiting for their response, by connection key. LRU: if more connections than this
- * wait at once, the oldest held request is evicted and its response is later counted as
- * response_without_request in user space. request_scratch builds a request event off the
- * 512-byte stack.
+ * One request slot per HTTP connection (by connection key), filled in place when a request
+ * starts (h.kind = EV_REQUEST) and emptied (h.kind = 0) when its response leaves with it; close
+ * deletes the slot. Filling in place spares a 600-byte map update and a delete per exchange.
+ * LRU: with more busy connections than slots the least recently used slot is evicted, and a
+ * request it held is later counted as response_without_request in user space. request_scratch
+ * is the blank a new slot is created from, and the fallback when no slot can be had.
  */
 BPF_TABLE("lru_hash", u64, struct http_event, pending_requests, MAX_PENDING_REQUESTS);
 BPF_PERCPU_ARRAY(request_scratch, struct http_event, 1);
@@ -192,24 +196,48 @@ static __always_inline int is_response(const char *b)
     return b[0] == 'H' && b[1] == 'T' && b[2] == 'T' && b[3] == 'P' && b[4] == '/' && b[5] == '1' && b[6] == '.';
 }
 
-static __always_inline int track_enter(u32 fd, u64 buf, u32 how)
+/* Remember the syscall now entering in the thread's storage (created on its first traced syscall). */
+static __always_inline void inflight_put(u64 buf, u64 ts, u32 fd, u32 how)
+{
+    struct pending *p = inflight.task_storage_get(bpf_get_current_task_btf(), 0,
+                                                  BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!p)
+        return;
+    p->buf = buf;
+    p->ts = ts;
+    p->fd = fd;
+    p->how = how;
+}
+
+/* Take the syscall now exiting out of the thread's storage: 0 when none was put. */
+static __always_inline int inflight_take(struct pending *out)
+{
+    struct pending *p = inflight.task_storage_get(bpf_get_current_task_btf(), 0, 0);
+    if (!p || !p->how)
+        return 0;
+    *out = *p;
+    p->how = 0;
+    return 1;
+}
+
+static __always_inline int track_enter(u32 fd, u64 buf, u32 how, int is_write)
 {
     u64 id = bpf_get_current_pid_tgid();
     u64 key = (id & 0xffffffff00000000ULL) | fd;
     struct conn *c = conns.lookup(&key);
     if (!c || c->role == ROLE_OTHER)
         return 0;
-    struct pending p = {.buf = buf, .ts = bpf_ktime_get_ns(), .fd = fd, .how = how};
-    inflight.update(&id, &p);
+    /* Only a client's request write starts a span at its entry; everything else uses exit times. */
+    int client = c->role == ROLE_CONNECTED || c->role == ROLE_CLIENT;
+    inflight_put(buf, (client && is_write) ? bpf_ktime_get_ns() : 0, fd, how);
     return 0;
 }
 
 static __always_inline void fill_event(struct http_event *e, u32 kind, struct conn *c, struct pending *p,
                                        s64 ret, u64 ptr, u64 avail, u64 now)
 {
-    telegen_fill_header(&e->h, kind);
-    e->h.ts_ns = now;
-    e->enter_ts = p ? p->ts : now;
+    telegen_fill_header(&e->h, kind, now);
+    e->enter_ts = (p && p->ts) ? p->ts : now;
     e->conn_start_ts = c->start_ts;
     e->rx_bytes = c->rx_bytes;
     e->tx_bytes = c->tx_bytes;
@@ -256,28 +284,45 @@ static __always_inline void send_copy(struct http_event *held)
     http_events.ringbuf_submit(e, telegen_wakeup_flags(sizeof(*e)));
 }
 
-/* Send the request held for connection `key`, if any, on its own (EV_REQUEST). */
+/* Connection `key` closes: send the request its slot holds, if any, on its own (EV_REQUEST). */
 static __always_inline void release_request(u64 key)
 {
     struct http_event *held = pending_requests.lookup(&key);
     if (!held)
         return;
-    send_copy(held);
+    if (held->h.kind)
+        send_copy(held);
     pending_requests.delete(&key);
 }
 
-/* A request started on connection `key`: hold it until its response (or send it now). */
+/* The connection's request slot, created empty on its first request; 0 when the map refuses. */
+static __always_inline struct http_event *request_slot(u64 key, struct http_event *blank)
+{
+    struct http_event *slot = pending_requests.lookup(&key);
+    if (slot)
+        return slot;
+    blank->h.kind = 0;
+    pending_requests.update(&key, blank);
+    return pending_requests.lookup(&key);
+}
+
+/* A request started on connection `key`: hold it in the slot until its response (or send it now). */
 static __always_inline void hold_request(u64 key, struct conn *c, struct pending *p, s64 ret,
                                          u64 ptr, u64 avail, u64 now)
 {
-    release_request(key);                  /* pipelined: the earlier one goes alone */
     u32 zero = 0;
-    struct http_event *e = request_scratch.lookup(&zero);
-    if (!e)
+    struct http_event *blank = request_scratch.lookup(&zero);
+    if (!blank)
         return;
-    fill_event(e, EV_REQUEST, c, p, ret, ptr, avail, now);
-    if (pending_requests.update(&key, e) != 0)
-        send_copy(e);
+    struct http_event *slot = request_slot(key, blank);
+    if (!slot) {
+        fill_event(blank, EV_REQUEST, c, p, ret, ptr, avail, now);
+        send_copy(blank);
+        return;
+    }
+    if (slot->h.kind)
+        send_copy(slot);                   /* pipelined: the earlier one goes alone */
+    fill_event(slot, EV_REQUEST, c, p, ret, ptr, avail, now);
 }
 
 /* A response started on connection `key`: one EV_EXCHANGE with the held request, else EV_RESPONSE. */
@@ -285,7 +330,7 @@ static __always_inline void send_response(u64 key, struct conn *c, struct pendin
                                           u64 ptr, u64 avail, u64 now)
 {
     struct http_event *held = pending_requests.lookup(&key);
-    if (!held) {
+    if (!held || !held->h.kind) {
         send_event(EV_RESPONSE, c, p, ret, ptr, avail, now);
         return;
     }
@@ -300,19 +345,15 @@ static __always_inline void send_response(u64 key, struct conn *c, struct pendin
         bpf_probe_read_kernel(e->request_data, HTTP_CAPTURE, held->data);
         http_events.ringbuf_submit(e, telegen_wakeup_flags(sizeof(*e)));
     }
-    pending_requests.delete(&key);         /* lost with its response when the ring was full */
+    held->h.kind = 0;                      /* lost with its response when the ring was full */
 }
 
 static __always_inline int track_exit(s64 ret, int is_write)
 {
+    struct pending p;
+    if (!inflight_take(&p) || p.how == HOW_ACCEPT || ret <= 0)
+        return 0;
     u64 id = bpf_get_current_pid_tgid();
-    struct pending *pp = inflight.lookup(&id);
-    if (!pp)
-        return 0;
-    struct pending p = *pp;
-    inflight.delete(&id);
-    if (ret <= 0)
-        return 0;
     u64 key = (id & 0xffffffff00000000ULL) | p.fd;
     struct conn *c = conns.lookup(&key);
     if (!c)
@@ -377,23 +418,23 @@ static __always_inline int track_exit(s64 ret, int is_write)
 }
 
 /* ---- data syscalls ---- */
-TRACEPOINT_PROBE(syscalls, sys_enter_read) { return track_enter(args->fd, (u64)args->buf, HOW_PLAIN); }
+TRACEPOINT_PROBE(syscalls, sys_enter_read) { return track_enter(args->fd, (u64)args->buf, HOW_PLAIN, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_read) { return track_exit(args->ret, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return track_enter(args->fd, (u64)args->vec, HOW_IOV); }
+TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return track_enter(args->fd, (u64)args->vec, HOW_IOV, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return track_exit(args->ret, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return track_enter(args->fd, (u64)args->ubuf, HOW_PLAIN); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return track_enter(args->fd, (u64)args->ubuf, HOW_PLAIN, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return track_exit(args->ret, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return track_enter(args->fd, (u64)args->msg, HOW_MSG); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return track_enter(args->fd, (u64)args->msg, HOW_MSG, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return track_exit(args->ret, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_write) { return track_enter(args->fd, (u64)args->buf, HOW_PLAIN); }
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { return track_enter(args->fd, (u64)args->buf, HOW_PLAIN, 1); }
 TRACEPOINT_PROBE(syscalls, sys_exit_write) { return track_exit(args->ret, 1); }
-TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return track_enter(args->fd, (u64)args->vec, HOW_IOV); }
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return track_enter(args->fd, (u64)args->vec, HOW_IOV, 1); }
 TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return track_exit(args->ret, 1); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return track_enter(args->fd, (u64)args->buff, HOW_PLAIN); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return track_enter(args->fd, (u64)args->buff, HOW_PLAIN, 1); }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return track_exit(args->ret, 1); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return track_enter(args->fd, (u64)args->msg, HOW_MSG); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return track_enter(args->fd, (u64)args->msg, HOW_MSG, 1); }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return track_exit(args->ret, 1); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendfile64) { return track_enter(args->out_fd, 0, HOW_SENDFILE); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendfile64) { return track_enter(args->out_fd, 0, HOW_SENDFILE, 1); }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendfile64) { return track_exit(args->ret, 1); }
 
 /* ---- connection lifecycle ---- */
@@ -422,23 +463,17 @@ static __always_inline int accept_enter(u32 fd, u64 uaddr)
 {
     if (telegen_is_self())
         return 0;
-    u64 id = bpf_get_current_pid_tgid();
-    struct pending p = {.buf = uaddr, .ts = bpf_ktime_get_ns(), .fd = fd, .how = HOW_ACCEPT};
-    inflight.update(&id, &p);
+    inflight_put(uaddr, 0, fd, HOW_ACCEPT);
     return 0;
 }
 
 static __always_inline int accept_exit(s64 ret)
 {
+    struct pending p;
+    if (!inflight_take(&p) || ret < 0 || p.how != HOW_ACCEPT)
+        return 0;
     u64 id = bpf_get_current_pid_tgid();
-    struct pending *pp = inflight.lookup(&id);
-    if (!pp)
-        return 0;
-    u64 uaddr = pp->buf;
-    u32 how = pp->how;
-    inflight.delete(&id);
-    if (ret < 0 || how != HOW_ACCEPT)
-        return 0;
+    u64 uaddr = p.buf;
     struct conn c = {};
     if (read_sockaddr(&c.peer, uaddr)) {
         struct endpoint key = {};
@@ -509,8 +544,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
         return 0;
     if (c->role == ROLE_SERVER || c->role == ROLE_CLIENT) {
         release_request(key);
-        struct pending p = {.buf = 0, .ts = bpf_ktime_get_ns(), .fd = args->fd, .how = 0};
-        send_event(EV_CLOSE, c, &p, 0, 0, 0, p.ts);
+        struct pending p = {.buf = 0, .ts = 0, .fd = args->fd, .how = 0};
+        send_event(EV_CLOSE, c, &p, 0, 0, 0, bpf_ktime_get_ns());
     }
     conns.delete(&key);
     return 0;

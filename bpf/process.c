@@ -19,7 +19,7 @@ static __always_inline void emit(u32 kind)
         process_events.ringbuf_reserve(sizeof(*e)), TELEGEN_RB_process_events);
     if (!e)
         return;
-    telegen_fill_header(e, kind);
+    telegen_fill_header(e, kind, bpf_ktime_get_ns());
     process_events.ringbuf_submit(e, telegen_wakeup_flags(sizeof(*e)));
 }
 

@@ -28,7 +28,7 @@ _INCLUDE = '#include "%s"' % _HEADER
 PROG_TYPES = {1: "socket_filter", 2: "kprobe", 5: "tracepoint", 7: "perf_event", 17: "raw_tracepoint", 26: "tracing"}
 MAP_TYPES = {
     1: "hash", 2: "array", 3: "prog_array", 4: "perf_event_array", 5: "percpu_hash", 6: "percpu_array",
-    7: "stack_trace", 9: "lru_hash", 10: "lru_percpu_hash", 27: "ringbuf",
+    7: "stack_trace", 9: "lru_hash", 10: "lru_percpu_hash", 27: "ringbuf", 29: "task_storage",
 }
 
 

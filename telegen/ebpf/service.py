@@ -30,6 +30,7 @@ log = Logger()
 LOST_POLL = 1.0              # seconds between reads of the kernel's lost counters
 MAP_WALK_LIMIT = 1 << 20     # most keys walked to count a hash map's live entries
 _ARRAY_TYPES = frozenset(("array", "percpu_array", "prog_array", "perf_event_array"))
+_UNCOUNTABLE_TYPES = frozenset(("ringbuf", "task_storage"))
 
 
 class _Loaded:
@@ -203,10 +204,11 @@ class EbpfService(service.Service):
                 gauge.labels(kind).set(n)
 
     def _entries(self, m):
-        """Live entries: arrays are preallocated (all slots exist); hash maps are walked; ring buffers have none."""
+        """Live entries: arrays are preallocated (all slots exist); hash maps are walked; ring buffers
+        have none, and task storage cannot be walked (its entries live on the threads)."""
         if m["type"] in _ARRAY_TYPES:
             return m["max_entries"]
-        if m["type"] == "ringbuf":
+        if m["type"] in _UNCOUNTABLE_TYPES:
             return None
         return loader.count_keys(m["fd"], m["key_size"], min(m["max_entries"] or MAP_WALK_LIMIT, MAP_WALK_LIMIT))
 
