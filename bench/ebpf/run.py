@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -86,6 +87,44 @@ class Sampler(threading.Thread):
             self.samples.append(memory_mb(self.pid))
 
 
+def process_tree(pid):
+    """pid and its descendants (nginx's master and its worker)."""
+    pids = [pid]
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                pids.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return pids
+
+
+class CpuShares:
+    """
+    CPU of each party during a run, in % of one core: the server (nginx), the load generator
+    (wrk, a reaped child), the bench process itself (it hosts the OTLP receiver) and the agent.
+    Shows where the two cores go when throughput drops, instead of guessing.
+    """
+
+    def __init__(self, server_pid, agent_pid=None):
+        self.pids = {"nginx": process_tree(server_pid)}
+        if agent_pid:
+            self.pids["agent"] = [agent_pid]
+        self.t0 = time.monotonic()
+        self.cpu0 = self._sample()
+
+    def _sample(self):
+        children, me = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+        out = {name: sum(cpu_seconds(p) for p in pids) for name, pids in self.pids.items()}
+        out["wrk"] = children.ru_utime + children.ru_stime
+        out["bench"] = me.ru_utime + me.ru_stime
+        return out
+
+    def shares(self):
+        wall = time.monotonic() - self.t0
+        return {name: round(100 * (v - self.cpu0[name]) / wall, 1) for name, v in self._sample().items()}
+
+
 def wrk(port, seconds, connections=32):
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/ok"],
                          capture_output=True, text=True, check=True).stdout
@@ -145,14 +184,15 @@ def start_agent(tmp, receiver, args):
     return agent
 
 
-def saturated(agent, receiver, port, seconds):
+def saturated(agent, receiver, port, server_pid, seconds):
     """wrk against nginx with the agent on: throughput, the agent's CPU, spans and counted losses."""
     pid = agent.process.pid
     receiver.clear()
     lost0 = agent.get("/status/ebpf").json()["ringbuf"]["events_lost"]
-    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    shares = CpuShares(server_pid, pid)
     run = wrk(port, seconds)
-    run["agent_cpu_pct"] = 100 * (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+    run["cpu_pct"] = shares.shares()
+    run["agent_cpu_pct"] = run["cpu_pct"]["agent"]
     run["spans"], run["client_spans"] = settle(receiver, port, agent)
     run["events_lost"] = agent.get("/status/ebpf").json()["ringbuf"]["events_lost"] - lost0
     run["counters"] = counters(agent)
@@ -198,9 +238,11 @@ def main():
     try:
         apps.wait_listening(port)
         for _ in range(args.rounds):
+            shares = CpuShares(nginx.pid)
             off.append(wrk(port, args.seconds))
+            off[-1]["cpu_pct"] = shares.shares()
             agent = start_agent(tmp, receiver, args)
-            on.append(saturated(agent, receiver, port, args.seconds))
+            on.append(saturated(agent, receiver, port, nginx.pid, args.seconds))
             agent.stop()
             agent = None
         agent = start_agent(tmp, receiver, args)
@@ -222,7 +264,9 @@ def main():
     print(f"| wrk saturation req/s, median of {args.rounds} (runs) | {off_rps:,.0f} ({runs('rps', off, ',.0f')}) "
           f"| {on_rps:,.0f} ({runs('rps', on, ',.0f')}) | {on_rps / off_rps:.2f} (target >= 0.90) |")
     print(f"| wrk p99 latency ms (runs) | {runs('p99_ms', off, '.2f')} | {runs('p99_ms', on, '.2f')} | |")
-    print(f"| saturation: agent CPU % of one core (runs) | | {runs('agent_cpu_pct', on, '.0f')} | |")
+    for party in ("nginx", "wrk", "bench", "agent"):
+        cells = [", ".join(format(r["cpu_pct"].get(party, 0), ".0f") for r in rows) for rows in (off, on)]
+        print(f"| saturation: {party} CPU % of one core (runs) | {cells[0]} | {cells[1]} | |")
     # Every request is two exchanges (nginx's and wrk's), each one kernel event: a span or a counted loss.
     print(f"| saturation: requests / server + client spans / events lost (all runs) | | {requests:,} / {spans:,} + "
           f"{client_spans:,} / {lost:,} | (spans + lost) / (2 x requests) = {(spans + client_spans + lost) / (2 * requests):.3f} |")

@@ -151,7 +151,7 @@ def python_server():
 
 
 def nginx(tmp, port=None, static_bytes=1 << 20):
-    """(Child, port, worker pid) of nginx serving tmp/static (a file `big.bin` of static_bytes)."""
+    """(Child, port) of nginx (one worker, in the foreground) serving tmp/static (a file `big.bin` of static_bytes)."""
     port = port or free_port()
     os.makedirs(os.path.join(tmp, "static"), exist_ok=True)
     with open(os.path.join(tmp, "static", "big.bin"), "wb") as f:
