@@ -5,13 +5,14 @@ eBPF HTTP capture cost: nginx on loopback, agent off vs on, in the same run.
     times (a fresh agent each time) and compared by their medians, because this shared machine
     drifts by tens of percent within minutes; also spans exported vs requests and the ring buffer
     losses the kernel counted.
-(b) a fixed rate with h2load (default 5,000 req/s): the agent's CPU (% of one core, from
-    /proc/<pid>/stat), its steady RSS, and SERVER spans exported vs requests made.
+(b) a fixed rate with h2load (default 5,000 req/s), --rate-rounds times with a fresh agent: the
+    agent's CPU (% of one core, from /proc/<pid>/stat; median of the runs), its steady RSS, SERVER
+    spans exported vs requests made, and nginx's CPU per request as the host's speed of the moment.
 
 The agent is the real `twistd telegen` with every probe (process, http, tcp), exporting OTLP/gRPC
 to a receiver in this process (tests/support/otlp_receiver.py). Run as root from the checkout:
 
-    .venv/bin/python bench/ebpf/run.py [--rounds 3] [--seconds 8] [--rate 5000] [--rate-seconds 20]
+    .venv/bin/python bench/ebpf/run.py [--rounds 3] [--seconds 8] [--rate 5000] [--rate-seconds 20] [--rate-rounds 3]
 """
 import argparse
 import json
@@ -175,7 +176,8 @@ def settle(receiver, port, agent, timeout=60):
 
 def start_agent(tmp, receiver, args):
     agent = AgentProcess(tmp, config={
-        "otlp": {"endpoint": receiver.grpc_endpoint, "protocol": "grpc", "insecure": True},
+        "otlp": {"endpoint": receiver.grpc_endpoint, "protocol": "grpc", "insecure": True,
+                 "compression": args.compression},
         "agent": {"ebpf": {"enabled": True, "network": {"tcp": not args.no_tcp}}, "host_metrics": {"interval": "15s"}}})
     agent.start()
     wait_for(lambda: agent.get("/ready").json()["checks"]["ebpf"] == "ok", timeout=300, message="probes attached")
@@ -199,16 +201,21 @@ def saturated(agent, receiver, port, server_pid, seconds):
     return run
 
 
-def fixed_rate(agent, receiver, port, rate, seconds):
-    """h2load at a fixed rate with the agent on: its CPU, steady RSS, spans and counted losses."""
+def fixed_rate(agent, receiver, port, server_pid, rate, seconds):
+    """
+    h2load at a fixed rate with the agent on: its CPU, steady RSS, spans and counted losses, and
+    nginx's CPU per request (the same work every run: how fast the host is right now).
+    """
     pid = agent.process.pid
     receiver.clear()
     sampler = Sampler(pid)
     sampler.start()
     lost0 = agent.get("/status/ebpf").json()["ringbuf"]["events_lost"]
-    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    shares = CpuShares(server_pid, pid)
     fixed = h2load(port, rate, seconds)
-    fixed["agent_cpu_pct"] = 100 * (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+    cpu = shares.shares()
+    fixed["agent_cpu_pct"] = cpu["agent"]
+    fixed["nginx_us_per_request"] = 1e4 * cpu["nginx"] / fixed["rps"]
     sampler.done.set()
     steady = sampler.samples[len(sampler.samples) // 2:]
     for part in ("rss", "anon", "bpf_maps"):
@@ -226,6 +233,8 @@ def main():
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--rate-seconds", type=int, default=20)
+    parser.add_argument("--rate-rounds", type=int, default=3, help="fixed-rate runs, a fresh agent each")
+    parser.add_argument("--compression", choices=("gzip", "none"), default="gzip", help="otlp.compression of the agent")
     parser.add_argument("--no-tcp", action="store_true", help="turn the tcp probe off (isolates the HTTP cost)")
     parser.add_argument("--nice", type=int, default=0, help="niceness of the agent's reactor thread (yield CPU to apps)")
     args = parser.parse_args()
@@ -245,8 +254,12 @@ def main():
             on.append(saturated(agent, receiver, port, nginx.pid, args.seconds))
             agent.stop()
             agent = None
-        agent = start_agent(tmp, receiver, args)
-        fixed = fixed_rate(agent, receiver, port, args.rate, args.rate_seconds)
+        fixed = []
+        for _ in range(args.rate_rounds):
+            agent = start_agent(tmp, receiver, args)
+            fixed.append(fixed_rate(agent, receiver, port, nginx.pid, args.rate, args.rate_seconds))
+            agent.stop()
+            agent = None
     finally:
         if agent is not None:
             agent.stop()
@@ -254,13 +267,19 @@ def main():
         nginx.stop()
 
     print(json.dumps({"off": off, "on": on, "fixed": fixed}, indent=2))
+    print()
+    print("| measure | agent off | agent on | ratio / target |")
+    print("|---|---|---|---|")
+    if args.rounds:
+        saturation_rows(args, off, on)
+    fixed_rate_rows(args, fixed)
+
+
+def saturation_rows(args, off, on):
     off_rps = statistics.median(r["rps"] for r in off)
     on_rps = statistics.median(r["rps"] for r in on)
     requests, spans, client_spans, lost = (sum(r[k] for r in on) for k in ("requests", "spans", "client_spans", "events_lost"))
     runs = lambda key, rows, fmt: ", ".join(format(r[key], fmt) for r in rows)  # noqa: E731
-    print()
-    print("| measure | agent off | agent on | ratio / target |")
-    print("|---|---|---|---|")
     print(f"| wrk saturation req/s, median of {args.rounds} (runs) | {off_rps:,.0f} ({runs('rps', off, ',.0f')}) "
           f"| {on_rps:,.0f} ({runs('rps', on, ',.0f')}) | {on_rps / off_rps:.2f} (target >= 0.90) |")
     print(f"| wrk p99 latency ms (runs) | {runs('p99_ms', off, '.2f')} | {runs('p99_ms', on, '.2f')} | |")
@@ -270,12 +289,23 @@ def main():
     # Every request is two exchanges (nginx's and wrk's), each one kernel event: a span or a counted loss.
     print(f"| saturation: requests / server + client spans / events lost (all runs) | | {requests:,} / {spans:,} + "
           f"{client_spans:,} / {lost:,} | (spans + lost) / (2 x requests) = {(spans + client_spans + lost) / (2 * requests):.3f} |")
-    print(f"| h2load {args.rate}/s: achieved req/s | | {fixed['rps']:,.0f} | |")
-    print(f"| h2load {args.rate}/s: agent CPU % of one core | | {fixed['agent_cpu_pct']:.1f} | target < 15 |")
-    print(f"| h2load {args.rate}/s: agent RSS MB steady (max) | | {fixed['rss_mb_steady']:.0f} ({fixed['rss_mb_max']:.0f}) | target < 150 |")
-    print(f"| of which anonymous / BPF map (ring buffer) pages | | {fixed['anon_mb_steady']:.0f} / {fixed['bpf_maps_mb_steady']:.0f} | |")
-    print(f"| h2load {args.rate}/s: requests / server spans / events lost | | {fixed['requests']:,} / {fixed['spans']:,} / "
-          f"{fixed['events_lost']:,} | spans {100 * fixed['spans'] / fixed['requests']:.1f}% (target 100%) |")
+
+
+def fixed_rate_rows(args, fixed):
+    median = lambda key: statistics.median(r[key] for r in fixed)  # noqa: E731
+    runs = lambda key, fmt: ", ".join(format(r[key], fmt) for r in fixed)  # noqa: E731
+    requests, spans, lost = (sum(r[k] for r in fixed) for k in ("requests", "spans", "events_lost"))
+    head = f"| h2load {args.rate}/s"
+    print(f"{head}: achieved req/s (runs) | | {runs('rps', ',.0f')} | |")
+    print(f"{head}: agent CPU % of one core, median of {len(fixed)} (runs) | | {median('agent_cpu_pct'):.1f} "
+          f"({runs('agent_cpu_pct', '.1f')}) | target < 15 |")
+    print(f"{head}: nginx us CPU per request (host speed, runs) | | {runs('nginx_us_per_request', '.1f')} | |")
+    print(f"{head}: agent RSS MB steady, median (max) | | {median('rss_mb_steady'):.0f} "
+          f"({max(r['rss_mb_max'] for r in fixed):.0f}) | target < 150 |")
+    print(f"| of which anonymous / BPF map (ring buffer) pages | | {median('anon_mb_steady'):.0f} / "
+          f"{median('bpf_maps_mb_steady'):.0f} | |")
+    print(f"{head}: requests / server spans / events lost (all runs) | | {requests:,} / {spans:,} / {lost:,} | "
+          f"spans {100 * spans / requests:.2f}% (target 100%) |")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,166 @@
+"""
+What HTTP capture costs the traced applications themselves: wrk against nginx on loopback with
+
+  off    nothing attached (the baseline of each round)
+  empty  empty programs on every tracepoint the HTTP probe uses: the price of syscall tracing
+         itself on this kernel, the floor any design built on these tracepoints pays
+  http   bpf/http.c loaded as the agent loads it, with no consumer: the ring buffer fills and
+         every exchange becomes a counted loss, so this is the capture's kernel-side cost
+  agent  the real `twistd telegen` with its default config (every probe, the CPU governor),
+         exporting OTLP/gRPC to a receiver in this process
+
+alternated --rounds times (the host drifts by tens of percent within minutes, so each variant is
+compared with the off run of its own round, then medians are taken). Per run: requests/s and the
+CPU nginx and wrk spent per request (utime + stime over requests), which is what the programs
+add to. Then one more `http` run with kernel.bpf_stats_enabled, for the BPF run time per request
+of each program (bpf_stats itself costs a few tens of ns per run, so it is kept out of the
+throughput runs). Run as root from the checkout:
+
+    .venv/bin/python bench/ebpf/kernel_cost.py [--rounds 5] [--seconds 5]
+"""
+import argparse
+import os
+import re
+import statistics
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import run as bench  # noqa: E402  (bench/ebpf/run.py: nginx, wrk, agent and CPU helpers)
+from telegen.config.loader import defaults  # noqa: E402
+from telegen.ebpf import loader  # noqa: E402
+from telegen.ebpf.http_probe import HttpProbe, _tracepoints  # noqa: E402
+from tests.support import http_apps as apps  # noqa: E402
+from tests.support.otlp_receiver import OtlpReceiver  # noqa: E402
+
+VARIANTS = ("off", "empty", "http", "agent")
+BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
+
+
+class AgentDefaults:
+    """The options bench/ebpf/run.py's start_agent reads: the agent as shipped."""
+    no_tcp = False
+    nice = 0
+    compression = "gzip"
+
+
+def load_http():
+    """bpf/http.c compiled and attached exactly as the agent does it (our pid is the self filter)."""
+    return loader.compile_probe(HttpProbe.__new__(HttpProbe), defaults(), os.getpid())
+
+
+def load_empty():
+    from bcc import BPF
+    text = "\n".join("TRACEPOINT_PROBE(%s, %s) { return 0; }" % tuple(tp.split(":")) for tp, _ in _tracepoints())
+    return BPF(text=text)
+
+
+def prog_stats(pid):
+    """{program fd: (run_time_ns, run_cnt)} of the BPF programs process pid holds."""
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                text = f.read()
+        except OSError:
+            continue
+        if "prog_type" in text:
+            out[int(fd)] = (int(re.search(r"run_time_ns:\s+(\d+)", text).group(1)),
+                            int(re.search(r"run_cnt:\s+(\d+)", text).group(1)))
+    return out
+
+
+def measured(port, nginx_pid, seconds, agent_pid=None):
+    """One wrk run: requests/s and the CPU nginx and wrk spent per request (us)."""
+    shares = bench.CpuShares(nginx_pid, agent_pid)
+    run = bench.wrk(port, seconds)
+    cpu = shares.shares()
+    return {"rps": run["rps"], "nginx_us": 1e4 * cpu["nginx"] / run["rps"], "wrk_us": 1e4 * cpu["wrk"] / run["rps"],
+            "agent_pct": cpu.get("agent", 0.0)}
+
+
+def one_run(variant, tmp, receiver, port, nginx_pid, seconds):
+    bpf = agent = None
+    try:
+        if variant == "empty":
+            bpf = load_empty()
+        elif variant == "http":
+            bpf = load_http()
+        elif variant == "agent":
+            agent = bench.start_agent(tmp, receiver, AgentDefaults)
+        return measured(port, nginx_pid, seconds, agent.process.pid if agent else None)
+    finally:
+        if bpf is not None:
+            bpf.cleanup()
+        if agent is not None:
+            agent.stop()
+
+
+def bpf_time_per_request(port, seconds):
+    """BPF run time per wrk request, per program of bpf/http.c (no consumer), from bpf_stats."""
+    bpf = load_http()
+    names = {fn.fd: name.decode() for name, fn in bpf.funcs.items()}
+    with open(BPF_STATS, "w") as f:
+        f.write("1")
+    try:
+        before = prog_stats(os.getpid())
+        run = bench.wrk(port, seconds)
+        after = prog_stats(os.getpid())
+    finally:
+        with open(BPF_STATS, "w") as f:
+            f.write("0")
+        bpf.cleanup()
+    per_program = {}
+    for fd, (ns, count) in after.items():
+        ns -= before.get(fd, (0, 0))[0]
+        count -= before.get(fd, (0, 0))[1]
+        if count and fd in names:
+            per_program[names[fd].replace("tracepoint__", "")] = (ns / run["requests"], count / run["requests"], ns / count)
+    return per_program
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=5)
+    args = parser.parse_args()
+    tmp = tempfile.mkdtemp(prefix="telegen-kcost-")
+    os.chmod(tmp, 0o755)
+    nginx, port = apps.nginx(os.path.join(tmp, "nginx"))
+    receiver = OtlpReceiver().start()
+    rows = {v: [] for v in VARIANTS}
+    try:
+        apps.wait_listening(port)
+        for _ in range(args.rounds):
+            for variant in VARIANTS:
+                rows[variant].append(one_run(variant, tmp, receiver, port, nginx.pid, args.seconds))
+                r = rows[variant][-1]
+                print(f"{variant}: {r['rps']:,.0f} req/s, nginx {r['nginx_us']:.2f} us/req, wrk {r['wrk_us']:.2f} us/req",
+                      file=sys.stderr, flush=True)
+        programs = bpf_time_per_request(port, args.seconds)
+    finally:
+        receiver.stop()
+        nginx.stop()
+
+    print(f"| variant | req/s, median | throughput vs off, median of per-round ratios | nginx us CPU/request | "
+          f"wrk us CPU/request |")
+    print("|---|---|---|---|---|")
+    for variant in VARIANTS:
+        runs = rows[variant]
+        ratio = statistics.median(r["rps"] / off["rps"] for r, off in zip(runs, rows["off"]))
+        print(f"| {variant} | {statistics.median(r['rps'] for r in runs):,.0f} | {ratio:.2f} "
+              f"({', '.join(format(r['rps'] / off['rps'], '.2f') for r, off in zip(runs, rows['off']))}) | "
+              f"{statistics.median(r['nginx_us'] for r in runs):.2f} | {statistics.median(r['wrk_us'] for r in runs):.2f} |")
+    print()
+    print("| bpf/http.c program (no consumer) | BPF ns per request | runs per request | ns per run |")
+    print("|---|---|---|---|")
+    for name, (per_request, runs, per_run) in sorted(programs.items(), key=lambda kv: -kv[1][0]):
+        if runs >= 0.01:
+            print(f"| {name} | {per_request:.0f} | {runs:.2f} | {per_run:.0f} |")
+    print(f"| total | {sum(p[0] for p in programs.values()):.0f} | | |")
+
+
+if __name__ == "__main__":
+    main()
