@@ -64,6 +64,7 @@ class HttpProbe(Probe):
 
     name = "http"
     source = "http.c"
+    needs_btf = True          # in-flight syscalls live in task storage (bpf/http.c)
 
     def __init__(self, config, pipeline, processes, metrics, reactor=None):
         net = config["agent"]["ebpf"]["network"]

@@ -55,6 +55,11 @@ def kernel_headers_dir():
     return f"/lib/modules/{os.uname().release}/build"
 
 
+def kernel_btf_path():
+    """The running kernel's BTF (CONFIG_DEBUG_INFO_BTF), which task storage and BTF helpers need."""
+    return "/sys/kernel/btf/vmlinux"
+
+
 def _import_bcc():
     try:
         import bcc
@@ -83,6 +88,9 @@ def compile_probe(probe, config, self_pid, bpf_dir=None):
     headers = kernel_headers_dir()
     if not os.path.isdir(headers):
         raise LoadError(f"kernel headers missing: {headers} does not exist")
+    if probe.needs_btf and not os.path.exists(kernel_btf_path()):
+        raise LoadError(f"kernel BTF missing: {kernel_btf_path()} does not exist (the {probe.name} probe "
+                        "keeps per-thread state in BPF task storage, which needs a kernel built with BTF)")
     text = source_text(probe, bpf_dir)
     cflags = common_cflags(probe, config, self_pid) + list(probe.cflags(config))
     try:

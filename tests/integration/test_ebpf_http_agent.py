@@ -94,6 +94,8 @@ def test_curl_gives_spans_and_metrics_in_the_file_sink_and_status_lists_kernel_i
     maps = {m["name"]: m for m in status["maps"]}
     assert maps["http.conns"]["type"] == "lru_hash" and maps["http.conns"]["max_entries"] == 65536
     assert maps["http.http_events"]["max_entries"] == 1 << 20 == status["ringbuf"]["size"]
+    # Per-thread state cannot be walked: listed with its type, entries unknown (null), never a fake 0.
+    assert (maps["http.inflight"]["type"], maps["http.inflight"]["entries"]) == ("task_storage", None)
     summary = big_agent.get("/status").json()["ebpf"]
     assert summary["programs_loaded"] == len(status["programs"]) and summary["maps_created"] == len(status["maps"])
     # The API answered many requests above; none of them is telemetry.

@@ -74,6 +74,15 @@ def test_missing_kernel_headers_are_said_plainly(monkeypatch, tmp_path):
         loader.compile_probe(OneFile(), defaults(), 1)
 
 
+def test_missing_kernel_btf_is_said_plainly_for_probes_that_need_it(monkeypatch, tmp_path):
+    pytest.importorskip("bcc")
+    monkeypatch.setattr(loader, "kernel_btf_path", lambda: str(tmp_path / "vmlinux"))
+    needs_btf = OneFile()
+    needs_btf.needs_btf = True
+    with pytest.raises(LoadError, match=r"^kernel BTF missing: .*vmlinux does not exist \(the .* probe keeps"):
+        loader.compile_probe(needs_btf, defaults(), 1)
+
+
 def test_fdinfo_parses_key_value_lines(tmp_path):
     path = tmp_path / "f"
     path.write_text("x")

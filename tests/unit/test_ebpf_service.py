@@ -72,8 +72,8 @@ def fake_kernel_facts(monkeypatch):
         {"name": "tracepoint__sock__inet_sock_set_state", "type": "tracepoint", "attached": True, "id": 102,
          "tracepoint": "sock:inet_sock_set_state"},
     ])
-    monkeypatch.setattr(loader, "map_fds", lambda bpf: {"events": 7, "lost": 8, "conns": 9})
-    kinds = {7: ("ringbuf", 4096), 8: ("percpu_array", 4), 9: ("lru_hash", 1024)}
+    monkeypatch.setattr(loader, "map_fds", lambda bpf: {"events": 7, "lost": 8, "conns": 9, "inflight": 10})
+    kinds = {7: ("ringbuf", 4096), 8: ("percpu_array", 4), 9: ("lru_hash", 1024), 10: ("task_storage", 0)}
     monkeypatch.setattr(loader, "describe_map", lambda fd: {"type": kinds[fd][0], "max_entries": kinds[fd][1], "id": 200 + fd, "key_size": 8})
     monkeypatch.setattr(loader, "count_keys", lambda fd, key_size, limit: 3)
     monkeypatch.setattr(MappedRing, "from_fd", classmethod(lambda cls, fd, size: KernelSide(size).ring))
@@ -130,14 +130,16 @@ def test_status_summary_and_self_metrics_agree():
         ("tracepoint__syscalls__sys_enter_read", "tracepoint", True, 101),
         ("tracepoint__sock__inet_sock_set_state", "tracepoint", True, 102)]
     assert {m["name"]: (m["type"], m["entries"], m["max_entries"]) for m in status["maps"]} == {
-        "http.events": ("ringbuf", None, 4096), "http.lost": ("percpu_array", 4, 4), "http.conns": ("lru_hash", 3, 1024)}
+        "http.events": ("ringbuf", None, 4096), "http.lost": ("percpu_array", 4, 4), "http.conns": ("lru_hash", 3, 1024),
+        "http.inflight": ("task_storage", None, 0)}      # per-thread entries cannot be walked: unknown, not 0
     assert status["ringbuf"]["size"] == h.config["agent"]["ebpf"]["ringbuf_size"]
-    assert h.service.summary() == {"enabled": True, "programs_loaded": 2, "maps_created": 3,
+    assert h.service.summary() == {"enabled": True, "programs_loaded": 2, "maps_created": 4,
                                    "ringbuf_size": h.config["agent"]["ebpf"]["ringbuf_size"]}
     m = h.metrics
     assert m.ebpf_programs_loaded.labels("tracepoint")._value.get() == 2
     assert m.ebpf_maps_created.labels("lru_hash")._value.get() == 1
     assert m.ebpf_map_entries.labels("http.conns")._value.get() == 3
+    assert ("http.inflight",) not in m.ebpf_map_entries._metrics
 
 
 def test_a_failed_probe_is_reported_precisely_and_the_others_still_load():
