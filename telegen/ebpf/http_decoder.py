@@ -36,6 +36,13 @@ ROLE_SERVER, ROLE_CLIENT = 3, 4
 # two endpoints {addr[16], port, family, pad}, {fd, role, cap_len, pad}. Fields the decoder does not
 # use are skipped ("x") so the one unpack per event builds fewer objects.
 EVENT = struct.Struct("<QI4xI4x" "QQQQQQq" "16sH6x" "16sH6x" "III4x")
+# The same layout in three parts: every event needs its times, totals and connection key; the
+# addresses only when a connection is first seen (two 16-byte strings fewer to build per event).
+_TIMES = struct.Struct("<QI4xI4x" "QQQQQQq")
+_ENDPOINTS = struct.Struct("<16sH6x" "16sH6x")
+_KEY = struct.Struct("<III4x")
+_KEY_AT = _TIMES.size + _ENDPOINTS.size
+assert _KEY_AT + _KEY.size == EVENT.size
 # What struct http_exchange_event adds after its response (a whole struct http_event with
 # data[capture]): the request syscall's entry and exit times and its capture's length, then the capture.
 EXCHANGE_TAIL = struct.Struct("<QQI4x")
@@ -210,18 +217,19 @@ class HttpDecoder:
 
     def handle_bytes(self, raw):
         """The ring buffer handler: decode one event (its bytes)."""
-        (ts, pid, kind, enter_ts, conn_ts, rx, tx, last_rx, last_tx, ret,
-         peer, peer_port, local, local_port, fd, role, cap_len) = EVENT.unpack_from(raw)
+        ts, pid, kind, enter_ts, conn_ts, rx, tx, last_rx, last_tx, ret = _TIMES.unpack_from(raw)
+        fd, role, cap_len = _KEY.unpack_from(raw, _KEY_AT)
         key = (pid, fd, conn_ts)
         conn = self._conns.get(key)
         if conn is None:
             if kind == EV_CLOSE:
                 return
-            conn = self._conns[key] = self._connection(role == ROLE_SERVER, pid, peer, peer_port, local, local_port)
+            conn = self._conns[key] = self._connection(role == ROLE_SERVER, pid, *_ENDPOINTS.unpack_from(raw, _TIMES.size))
         conn.last_seen = ts
         # Bytes flowing towards the client (responses) and when they last moved.
         out_total, out_last = (tx, last_tx) if conn.server_side else (rx, last_rx)
-        self._finish_responding(conn, out_total, out_last)
+        if conn.responding is not None:
+            self._finish_responding(conn, out_total, out_last)
         if kind == EV_CLOSE:
             for _ in conn.waiting:
                 self._drop("no_response")
@@ -279,10 +287,8 @@ class HttpDecoder:
                 conn.responding = ex
 
     def _finish_responding(self, conn, out_total, out_last):
-        """The response in progress ended before this event: its size and end come from the totals."""
+        """The response in progress (conn.responding) ended before this event: its size and end come from the totals."""
         ex = conn.responding
-        if ex is None:
-            return
         conn.responding = None
         sent = out_total - ex.resp_start_total
         body = sent - ex.resp_head_len if ex.resp_head_len is not None else None

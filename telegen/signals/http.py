@@ -155,16 +155,17 @@ class SpanEncoder:
 
     def encode(self, template, start_ns, end_ns, peer_port):
         """One serialized Span: the template plus fresh ids (or the remote parent's trace), times and peer port."""
+        rand = self._rand
+        end_ns = max(end_ns, start_ns)
         if template.parent:
             trace_id, parent_id, flags = template.parent
-            span_id = self._rand(64).to_bytes(8, "big")
             # W3C flags + "is-remote known" (0x100) + "parent is remote" (0x200)
-            head = (b"\x0a\x10", trace_id, b"\x12\x08", span_id, b"\x22\x08", parent_id)
-            flags |= 0x300
+            head = _CHILD_HEAD.pack(0x0A, 16, trace_id, 0x12, 8, rand(64), 0x22, 8, parent_id, 0x39, start_ns, 0x41, end_ns)
+            tail = b"\x85\x01" + _U32(flags | 0x300)
         else:
-            ids = self._rand(192).to_bytes(24, "big")
-            head = (b"\x0a\x10", ids[8:], b"\x12\x08", ids[:8])
-            flags = 0x101
+            # A new trace: trace id (two random words) and span id (one) packed with the times in one call.
+            head = _ROOT_HEAD.pack(0x0A, 16, rand(64), rand(64), 0x12, 8, rand(64), 0x39, start_ns, 0x41, end_ns)
+            tail = _ROOT_FLAGS
         port = b""
         if peer_port is not None:
             port = self._peer_ports.get(peer_port)
@@ -172,8 +173,7 @@ class SpanEncoder:
                 if len(self._peer_ports) >= self.MAX_CACHED:
                     self._peer_ports.clear()
                 port = self._peer_ports[peer_port] = _field9("network.peer.port", peer_port)
-        return b"".join((*head, b"\x39", _U64(start_ns), b"\x41", _U64(max(end_ns, start_ns)),
-                         template.fixed, port, b"\x85\x01", _U32(flags)))
+        return b"".join((head, template.fixed, port, tail))
 
 
 def build_span(ex, path, route, rand=random.getrandbits):
@@ -182,8 +182,12 @@ def build_span(ex, path, route, rand=random.getrandbits):
     return Span.FromString(encoder.encode(encoder.template(ex, path, route), ex.start_ns, ex.end_ns, ex.peer_port))
 
 
-_U64 = struct.Struct("<Q").pack
 _U32 = struct.Struct("<I").pack
+# Span fields 1 trace_id (tag 0x0a, length 16), 2 span_id (0x12, 8), 4 parent_span_id (0x22, 8),
+# 7 start and 8 end (0x39, 0x41: fixed64), packed in one call; random ids are random words.
+_ROOT_HEAD = struct.Struct("<BBQQ" "BBQ" "BQ" "BQ")
+_CHILD_HEAD = struct.Struct("<BB16s" "BBQ" "BB8s" "BQ" "BQ")
+_ROOT_FLAGS = b"\x85\x01" + _U32(0x101)     # flags: sampled, "is-remote known", local parent (none)
 
 
 def _bytes_field(tag, data):

@@ -4,7 +4,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from telegen.ebpf.http_decoder import HttpExchange
 from telegen.selfmetrics import SelfMetrics
 from telegen.signals.http import (
-    CLIENT_METRIC, DURATION_BUCKETS, SERVER_METRIC, RedMetrics, RouteMatcher, build_span, url_path,
+    CLIENT_METRIC, DURATION_BUCKETS, SERVER_METRIC, RedMetrics, RouteMatcher, SpanEncoder, build_span, url_path,
 )
 from tests.support.otlp_receiver import attrs_dict
 
@@ -59,6 +59,23 @@ def test_client_span_server_is_the_peer():
     assert span.kind == Span.SPAN_KIND_CLIENT
     assert (attrs["server.address"], attrs["server.port"]) == ("10.0.0.9", 40000)
     assert "client.address" not in attrs
+
+
+def test_spans_without_traceparent_start_their_own_traces_with_fresh_ids():
+    encoder = SpanEncoder()
+    template = encoder.template(exchange(), "/", None)
+    spans = [Span.FromString(encoder.encode(template, 1_000 + i, 2_000 + i, 40000)) for i in range(500)]
+    assert len({s.trace_id for s in spans}) == len({s.span_id for s in spans}) == 500
+    assert all(len(s.trace_id) == 16 and len(s.span_id) == 8 and s.parent_span_id == b"" for s in spans)
+    assert all(s.trace_id != bytes(16) and s.span_id != bytes(8) for s in spans)
+    assert {s.flags for s in spans} == {0x101}          # sampled; "is remote" known: no remote parent
+    assert [(s.start_time_unix_nano, s.end_time_unix_nano) for s in spans[:2]] == [(1_000, 2_000), (1_001, 2_001)]
+
+
+def test_an_end_before_the_start_is_clamped_to_the_start():
+    encoder = SpanEncoder()
+    span = Span.FromString(encoder.encode(encoder.template(exchange(), "/", None), 5_000, 4_000, None))
+    assert (span.start_time_unix_nano, span.end_time_unix_nano) == (5_000, 5_000)
 
 
 def test_traceparent_joins_the_trace():
