@@ -37,7 +37,7 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 class Agent:
     """The in-process agent parts the tests look at."""
 
-    def __init__(self, receiver):
+    def __init__(self, receiver, http_probe=HttpProbe):
         config = defaults()
         config["otlp"].update(endpoint=receiver.grpc_endpoint, protocol="grpc", insecure=True)
         for queue in config["queues"].values():
@@ -49,7 +49,7 @@ class Agent:
         self.metrics = SelfMetrics()
         self.pipeline = ExportPipeline(config, self.metrics)
         self.table = ProcessTable(config, self.metrics)
-        self.http = HttpProbe(config, self.pipeline, self.table, self.metrics)
+        self.http = http_probe(config, self.pipeline, self.table, self.metrics)
         self.ebpf = EbpfService(config, self.metrics, self.pipeline, self.table,
                                 probes=[ProcessProbe(self.table), self.http])
         self.services = (self.pipeline, self.table, self.ebpf)

@@ -1,0 +1,79 @@
+"""
+The kernel's per-connection request slots under pressure: bpf/http.c compiled with 4 slots
+(MAX_PENDING_REQUESTS) while 8 keep-alive clients and their 8 server connections need 16. Slots
+are evicted and recreated all the time; whatever happens, no exchange may be mispaired (a span's
+path and status always belong together) and none may vanish uncounted: every exchange becomes a
+span or a response_without_request drop (its held request was evicted).
+
+Its own module: the agent here must not run while test_ebpf_http's captures the same traffic.
+"""
+from collections import Counter
+
+import pytest
+import pytest_twisted
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from twisted.internet import defer, threads
+
+from telegen.ebpf.http_probe import HttpProbe
+from tests.integration.test_ebpf_http import STATUS, Agent, by_pid, ready
+from tests.support import http_apps as apps
+from tests.support.otlp_receiver import OtlpReceiver
+from tests.support.twisted_wait import until
+
+pytestmark = [pytest.mark.ebpf, pytest.mark.integration]
+
+SLOTS = 4
+
+
+class FewSlots(HttpProbe):
+    def cflags(self, config):
+        return super().cflags(config) + [f"-DMAX_PENDING_REQUESTS={SLOTS}"]
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    r = OtlpReceiver().start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module")
+def agent(receiver):
+    a = Agent(receiver, http_probe=FewSlots)
+    for service in a.services:
+        service.startService()
+    yield a
+    for service in reversed(a.services):
+        pytest_twisted.blockon(defer.maybeDeferred(service.stopService))
+
+
+def without_request(agent):
+    return agent.metrics.ebpf_events_dropped.labels(reason="response_without_request")._value.get()
+
+
+@pytest_twisted.ensureDeferred
+async def test_evicted_slots_never_mispair_and_every_exchange_is_a_span_or_counted(agent, receiver):
+    await ready(agent)
+    server, port = apps.python_server()
+    try:
+        paths = ["/ok", "/missing", "/boom", "/ok", "/missing"]          # consecutive requests differ
+        plan = [{"method": "GET", "path": paths[i % len(paths)]} for i in range(8 * 25)]
+        dropped_before = without_request(agent)
+        client_pid, results = await threads.deferToThread(apps.run_client, port, plan, 8)
+        assert sorted(s for worker in results for s, _ in worker) == sorted(STATUS[r["path"]] for r in plan)
+
+        def accounted():
+            spans = by_pid(receiver, Span.SPAN_KIND_SERVER, server.pid) + by_pid(receiver, Span.SPAN_KIND_CLIENT, client_pid)
+            return len(spans) + without_request(agent) - dropped_before >= 2 * len(plan) and spans
+
+        spans = await until(accounted, timeout=30, message="every exchange a span or a counted drop")
+        agent.http.submit_spans()
+        await agent.pipeline.flush()
+        spans = by_pid(receiver, Span.SPAN_KIND_SERVER, server.pid) + by_pid(receiver, Span.SPAN_KIND_CLIENT, client_pid)
+        assert len(spans) + without_request(agent) - dropped_before == 2 * len(plan)
+        assert {(a["url.path"], a["http.response.status_code"]) for _, a, _ in spans} <= set(STATUS.items())
+        per_side = Counter(s.kind for _, _, s in spans)
+        assert per_side[Span.SPAN_KIND_SERVER] <= len(plan) and per_side[Span.SPAN_KIND_CLIENT] <= len(plan)
+        assert agent.ebpf.status()["ringbuf"]["events_lost"] == 0
+    finally:
+        server.stop()
