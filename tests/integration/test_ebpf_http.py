@@ -62,14 +62,18 @@ def receiver():
     r.stop()
 
 
+def running(agent):
+    """Start the agent's services, yield it, stop them (the body of an agent fixture)."""
+    for service in agent.services:
+        service.startService()
+    yield agent
+    for service in reversed(agent.services):
+        pytest_twisted.blockon(defer.maybeDeferred(service.stopService))
+
+
 @pytest.fixture(scope="module")
 def agent(receiver):
-    a = Agent(receiver)
-    for service in a.services:
-        service.startService()
-    yield a
-    for service in reversed(a.services):
-        pytest_twisted.blockon(defer.maybeDeferred(service.stopService))
+    yield from running(Agent(receiver))
 
 
 @pytest.fixture

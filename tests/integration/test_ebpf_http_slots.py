@@ -12,12 +12,11 @@ from collections import Counter
 import pytest
 import pytest_twisted
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-from twisted.internet import defer, threads
+from twisted.internet import threads
 
 from telegen.ebpf.http_probe import HttpProbe
-from tests.integration.test_ebpf_http import STATUS, Agent, by_pid, ready
+from tests.integration.test_ebpf_http import STATUS, Agent, by_pid, ready, receiver, running  # noqa: F401 (fixture)
 from tests.support import http_apps as apps
-from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.twisted_wait import until
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.integration]
@@ -31,20 +30,8 @@ class FewSlots(HttpProbe):
 
 
 @pytest.fixture(scope="module")
-def receiver():
-    r = OtlpReceiver().start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture(scope="module")
 def agent(receiver):
-    a = Agent(receiver, http_probe=FewSlots)
-    for service in a.services:
-        service.startService()
-    yield a
-    for service in reversed(a.services):
-        pytest_twisted.blockon(defer.maybeDeferred(service.stopService))
+    yield from running(Agent(receiver, http_probe=FewSlots))
 
 
 def without_request(agent):
