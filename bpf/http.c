@@ -67,7 +67,7 @@ struct conn {
 /* A syscall in flight on a tracked fd (or an accept), in the calling thread's task storage. */
 struct pending {
     u64 buf;                      /* user pointer: data, iovec array, msghdr or sockaddr */
-    u64 ts;                       /* entry time where it is used (client writes, accepts), else 0 */
+    u64 ts;                       /* entry time where a span uses it (a client's writes), else 0 */
     u32 fd;
     u32 how;                      /* 0: no syscall in flight */
 };
