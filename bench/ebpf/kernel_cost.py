@@ -6,6 +6,8 @@ What HTTP capture costs the traced applications themselves: wrk against nginx on
          itself on this kernel, the floor any design built on these tracepoints pays
   http   bpf/http.c loaded as the agent loads it, with no consumer: the ring buffer fills and
          every exchange becomes a counted loss, so this is the capture's kernel-side cost
+  waker  http, plus a process that only sleeps 1 ms in a loop: does a third process that wakes up
+         often (as the agent does, even idle) change what the capture costs nginx and wrk?
   agent  the real `twistd telegen` with its default config (every probe, the CPU governor),
          exporting OTLP/gRPC to a receiver in this process
 
@@ -22,6 +24,7 @@ import argparse
 import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 
@@ -35,7 +38,8 @@ from telegen.ebpf.http_probe import HttpProbe, _tracepoints  # noqa: E402
 from tests.support import http_apps as apps  # noqa: E402
 from tests.support.otlp_receiver import OtlpReceiver  # noqa: E402
 
-VARIANTS = ("off", "empty", "http", "agent")
+VARIANTS = ("off", "empty", "http", "waker", "agent")
+WAKER = "import time\nwhile True:\n    time.sleep(0.001)\n"
 BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
 
 
@@ -82,12 +86,14 @@ def measured(port, nginx_pid, seconds, agent_pid=None):
 
 
 def one_run(variant, tmp, receiver, port, nginx_pid, seconds):
-    bpf = agent = None
+    bpf = agent = waker = None
     try:
         if variant == "empty":
             bpf = load_empty()
-        elif variant == "http":
+        elif variant in ("http", "waker"):
             bpf = load_http()
+        if variant == "waker":
+            waker = subprocess.Popen([sys.executable, "-c", WAKER])
         elif variant == "agent":
             agent = bench.start_agent(tmp, receiver, AgentDefaults)
         return measured(port, nginx_pid, seconds, agent.process.pid if agent else None)
@@ -96,6 +102,9 @@ def one_run(variant, tmp, receiver, port, nginx_pid, seconds):
             bpf.cleanup()
         if agent is not None:
             agent.stop()
+        if waker is not None:
+            waker.kill()
+            waker.wait()
 
 
 def bpf_time_per_request(port, seconds):
