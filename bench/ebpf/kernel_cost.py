@@ -153,8 +153,8 @@ def main():
         receiver.stop()
         nginx.stop()
 
-    print(f"| variant | req/s, median | throughput vs off, median of per-round ratios | nginx us CPU/request | "
-          f"wrk us CPU/request |")
+    print("| variant | req/s, median | throughput vs off, median of per-round ratios | nginx us CPU/request | "
+          "wrk us CPU/request |")
     print("|---|---|---|---|---|")
     for variant in VARIANTS:
         runs = rows[variant]
