@@ -16,8 +16,6 @@ _VARINT = 0
 _LEN = 2
 
 
-
-
 class _Message:
     """Accumulates the encoded fields of one message."""
 

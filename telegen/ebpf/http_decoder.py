@@ -33,16 +33,15 @@ EV_REQUEST, EV_RESPONSE, EV_CLOSE, EV_EXCHANGE = 1, 2, 3, 4
 ROLE_SERVER, ROLE_CLIENT = 3, 4
 
 # struct http_event without data[] (bpf/http.c): header {ts, pid, tid, kind, pad}, 6 u64 + s64,
-# two endpoints {addr[16], port, family, pad}, {fd, role, cap_len, pad}. Fields the decoder does not
-# use are skipped ("x") so the one unpack per event builds fewer objects.
-EVENT = struct.Struct("<QI4xI4x" "QQQQQQq" "16sH6x" "16sH6x" "III4x")
-# The same layout in three parts: every event needs its times, totals and connection key; the
-# addresses only when a connection is first seen (two 16-byte strings fewer to build per event).
+# two endpoints {addr[16], port, family, pad}, {fd, role, cap_len, pad}; EVENT is the whole of it.
+# Fields the decoder does not use are skipped ("x"), and it unpacks the three parts separately:
+# every event needs its times, totals and connection key, the addresses only when a connection is
+# first seen (two 16-byte strings fewer to build per event).
 _TIMES = struct.Struct("<QI4xI4x" "QQQQQQq")
 _ENDPOINTS = struct.Struct("<16sH6x" "16sH6x")
 _KEY = struct.Struct("<III4x")
 _KEY_AT = _TIMES.size + _ENDPOINTS.size
-assert _KEY_AT + _KEY.size == EVENT.size
+EVENT = struct.Struct("<" + "".join(part.format.lstrip("<") for part in (_TIMES, _ENDPOINTS, _KEY)))
 # What struct http_exchange_event adds after its response (a whole struct http_event with
 # data[capture]): the request syscall's entry and exit times and its capture's length, then the capture.
 EXCHANGE_TAIL = struct.Struct("<QQI4x")

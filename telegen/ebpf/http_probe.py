@@ -164,9 +164,7 @@ class HttpProbe(Probe):
             self._drop(template.drop)
             return
         self.exchanges += 1
-        if template.overflow:
-            self._red.overflowed(template.overflow)
-        template.series.add(max(end_ns - start_ns, 0) / 1e9)
+        self._red.add(template.series, template.overflow, start_ns, end_ns)
         spans = self._spans.get(pid)
         if spans is None:
             spans = self._spans[pid] = []

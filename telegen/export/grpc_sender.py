@@ -3,9 +3,10 @@ OTLP/gRPC sender on grpcio's future API, bridged to the reactor.
 
 Why futures + callFromThread: it works with the default reactor (no asyncio loop), the I/O runs
 in grpcio's C core off the reactor thread, and the result comes back to the reactor as a Deferred.
-(grpcio compresses the message inside future(), on the calling thread: 3-4 ms of gzip at zlib level 6
-for a 512-span batch here, which grpcio does not let us lower; see bench/README.md, "eBPF".) Channel reconnect backoff is capped low so a collector that comes back
-is reached again within seconds instead of grpcio's default two minutes.
+(grpcio compresses the message inside future(), on the calling thread: 3-4 ms of gzip at zlib
+level 6 for a 512-span batch here, which grpcio does not let us lower; see bench/README.md, "eBPF".)
+Channel reconnect backoff is capped low so a collector that comes back is reached again within
+seconds instead of grpcio's default two minutes.
 """
 import ssl
 

@@ -259,15 +259,12 @@ class RedMetrics:
     def record(self, ex, route, now_ns):
         """Add one exchange's duration."""
         series, overflow = self.series(ex, route, now_ns)
-        if overflow:
-            self.overflowed(overflow)
-        series.add(max(ex.end_ns - ex.start_ns, 0) / 1e9)
+        self.add(series, overflow, ex.start_ns, ex.end_ns)
 
     def series(self, ex, route, now_ns):
         """
         (the series an exchange of this shape adds to, the metric name when that is the overflow
-        series, else None). Callers may keep the series until forget() of its pid; they count
-        telegen_metric_attribute_overflow_total with overflowed() per point that overflowed.
+        series, else None). Callers may keep both until forget() of its pid and hand them to add().
         """
         name = SERVER_METRIC if ex.server_side else CLIENT_METRIC
         key = (ex.pid, self._attributes(ex, route))
@@ -284,9 +281,11 @@ class RedMetrics:
                 self._start.setdefault(key, now_ns)
         return series, overflow
 
-    def overflowed(self, name):
-        """Count one point of metric `name` that went to the overflow series."""
-        self._metrics.metric_overflow.labels(metric=name).inc()
+    def add(self, series, overflow, start_ns, end_ns):
+        """One exchange's duration into a series from series(); a point in the overflow series is counted."""
+        if overflow:
+            self._metrics.metric_overflow.labels(metric=overflow).inc()
+        series.add(max(end_ns - start_ns, 0) / 1e9)
 
     def collect(self, now_ns):
         """{pid: [Metric]}: every series so far, cumulative since its first point."""
