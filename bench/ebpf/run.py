@@ -10,9 +10,11 @@ eBPF HTTP capture cost: nginx on loopback, agent off vs on, in the same run.
     spans exported vs requests made, and nginx's CPU per request as the host's speed of the moment.
 
 The agent is the real `twistd telegen` with every probe (process, http, tcp), exporting OTLP/gRPC
-to a receiver in this process (tests/support/otlp_receiver.py). Run as root from the checkout:
+with gzip (or what --export names) to a receiver in this process (tests/support/otlp_receiver.py).
+Run as root from the checkout:
 
     .venv/bin/python bench/ebpf/run.py [--rounds 3] [--seconds 8] [--rate 5000] [--rate-seconds 20] [--rate-rounds 3]
+        [--export grpc+gzip [grpc+none http+gzip ...]]
 """
 import argparse
 import json
@@ -174,10 +176,20 @@ def settle(receiver, port, agent, timeout=60):
     return last
 
 
-def start_agent(tmp, receiver, args):
+def export_setting(text):
+    """"grpc+gzip" -> ("grpc", "gzip"): an --export argument."""
+    protocol, _, compression = text.partition("+")
+    if protocol not in ("grpc", "http") or compression not in ("gzip", "none"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected grpc|http + gzip|none, e.g. grpc+gzip")
+    return protocol, compression
+
+
+def start_agent(tmp, receiver, args, export):
+    """A fresh agent exporting with `export` = (otlp.protocol, otlp.compression)."""
+    protocol, compression = export
     agent = AgentProcess(tmp, config={
-        "otlp": {"endpoint": receiver.grpc_endpoint, "protocol": "grpc", "insecure": True,
-                 "compression": args.compression},
+        "otlp": {"endpoint": receiver.endpoint(protocol), "protocol": protocol, "insecure": True,
+                 "compression": compression},
         "agent": {"ebpf": {"enabled": True, "network": {"tcp": not args.no_tcp}}, "host_metrics": {"interval": "15s"}}})
     agent.start()
     wait_for(lambda: agent.get("/ready").json()["checks"]["ebpf"] == "ok", timeout=300, message="probes attached")
@@ -234,7 +246,10 @@ def main():
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--rate-seconds", type=int, default=20)
     parser.add_argument("--rate-rounds", type=int, default=3, help="fixed-rate runs, a fresh agent each")
-    parser.add_argument("--compression", choices=("gzip", "none"), default="gzip", help="otlp.compression of the agent")
+    parser.add_argument("--export", nargs="+", type=export_setting, default=[("grpc", "gzip")],
+                        metavar="PROTOCOL+COMPRESSION",
+                        help="otlp settings of the agent (grpc+gzip, grpc+none, http+gzip, http+none); with several, "
+                             "the fixed-rate runs alternate them round by round; saturation uses the first")
     parser.add_argument("--no-tcp", action="store_true", help="turn the tcp probe off (isolates the HTTP cost)")
     parser.add_argument("--nice", type=int, default=0, help="niceness of the agent's reactor thread (yield CPU to apps)")
     args = parser.parse_args()
@@ -250,29 +265,32 @@ def main():
             shares = CpuShares(nginx.pid)
             off.append(wrk(port, args.seconds))
             off[-1]["cpu_pct"] = shares.shares()
-            agent = start_agent(tmp, receiver, args)
+            agent = start_agent(tmp, receiver, args, args.export[0])
             on.append(saturated(agent, receiver, port, nginx.pid, args.seconds))
             agent.stop()
             agent = None
-        fixed = []
+        fixed = {export: [] for export in args.export}
         for _ in range(args.rate_rounds):
-            agent = start_agent(tmp, receiver, args)
-            fixed.append(fixed_rate(agent, receiver, port, nginx.pid, args.rate, args.rate_seconds))
-            agent.stop()
-            agent = None
+            for export in args.export:
+                agent = start_agent(tmp, receiver, args, export)
+                fixed[export].append(fixed_rate(agent, receiver, port, nginx.pid, args.rate, args.rate_seconds))
+                agent.stop()
+                agent = None
     finally:
         if agent is not None:
             agent.stop()
         receiver.stop()
         nginx.stop()
 
-    print(json.dumps({"off": off, "on": on, "fixed": fixed}, indent=2))
+    print(json.dumps({"off": off, "on": on, "fixed": {"+".join(k): v for k, v in fixed.items()}}, indent=2))
     print()
     print("| measure | agent off | agent on | ratio / target |")
     print("|---|---|---|---|")
     if args.rounds:
         saturation_rows(args, off, on)
-    fixed_rate_rows(args, fixed)
+    for export, runs in fixed.items():
+        if runs:
+            fixed_rate_rows(args, "+".join(export), runs)
 
 
 def saturation_rows(args, off, on):
@@ -291,11 +309,11 @@ def saturation_rows(args, off, on):
           f"{client_spans:,} / {lost:,} | (spans + lost) / (2 x requests) = {(spans + client_spans + lost) / (2 * requests):.3f} |")
 
 
-def fixed_rate_rows(args, fixed):
+def fixed_rate_rows(args, export, fixed):
     median = lambda key: statistics.median(r[key] for r in fixed)  # noqa: E731
     runs = lambda key, fmt: ", ".join(format(r[key], fmt) for r in fixed)  # noqa: E731
     requests, spans, lost = (sum(r[k] for r in fixed) for k in ("requests", "spans", "events_lost"))
-    head = f"| h2load {args.rate}/s"
+    head = f"| h2load {args.rate}/s, {export}"
     print(f"{head}: achieved req/s (runs) | | {runs('rps', ',.0f')} | |")
     print(f"{head}: agent CPU % of one core, median of {len(fixed)} (runs) | | {median('agent_cpu_pct'):.1f} "
           f"({runs('agent_cpu_pct', '.1f')}) | target < 15 |")
