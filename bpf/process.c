@@ -1,8 +1,10 @@
 /*
  * Process lifecycle for the process table: one event per exec and per process exit.
  *
- * User space reads everything else from /proc/PID when the exec event arrives, so the event
- * carries only the header. Exits are reported when the thread-group leader exits (tid == tgid):
+ * User space reads everything else from /proc/PID when the exec event arrives. The event adds
+ * only the task's comm (the executable's name as the kernel keeps it, up to 15 bytes): a
+ * short-lived process such as curl is often gone from /proc by the time the event is read, and
+ * its telemetry still needs a service.name. Exits are reported when the thread-group leader exits (tid == tgid):
  * a thread exiting is not a process exit. The periodic /proc rescan corrects what this misses
  * (a leader exiting before its other threads, lost events).
  */
@@ -11,15 +13,21 @@
 enum { TELEGEN_RB_process_events = 0 };
 enum { PROCESS_EXEC = 1, PROCESS_EXIT = 2 };
 
+struct process_event {
+    struct telegen_event_header h;
+    char comm[16];      /* TASK_COMM_LEN, NUL-padded */
+};
+
 BPF_RINGBUF_OUTPUT(process_events, RINGBUF_PAGES);
 
 static __always_inline void emit(u32 kind)
 {
-    struct telegen_event_header *e = telegen_reserved(
+    struct process_event *e = telegen_reserved(
         process_events.ringbuf_reserve(sizeof(*e)), TELEGEN_RB_process_events);
     if (!e)
         return;
-    telegen_fill_header(e, kind, bpf_ktime_get_ns());
+    telegen_fill_header(&e->h, kind, bpf_ktime_get_ns());
+    bpf_get_current_comm(e->comm, sizeof(e->comm));
     process_events.ringbuf_submit(e, telegen_wakeup_flags(sizeof(*e)));
 }
 

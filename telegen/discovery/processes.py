@@ -6,6 +6,12 @@ sched:sched_process_exec/exit events from the `process` probe (on_exec/on_exit),
 periodic rescan every agent.discovery.poll_interval (events can be lost; listening ports change
 without any event). An exited process stays for `exit_grace` seconds so that ring buffer events
 it caused before exiting, which may be consumed after its exit event, still find their resource.
+
+A process can be gone from /proc before its events are read (curl runs for milliseconds): then
+the table keeps what the kernel told, its comm (the executable's name, at most 15 bytes), as
+its service.name and process.executable.name, for the same grace period. Telemetry of a process
+known by nothing but its pid gets service.name "unknown_service", the fallback the OpenTelemetry
+resource conventions prescribe, so that every resource names a service.
 """
 from twisted.application import service
 from twisted.internet import threads
@@ -17,6 +23,8 @@ from telegen.discovery.selectors import Selection
 from telegen.signals.common import host_identity, host_resource_attributes
 
 log = Logger()
+
+UNKNOWN_SERVICE = "unknown_service"     # the resource conventions' service.name when nothing better is known
 
 
 class ProcessTable(service.Service):
@@ -115,8 +123,11 @@ class ProcessTable(service.Service):
 
     # -- events from the process probe ----------------------------------------------------------
 
-    def on_exec(self, pid):
-        """A process called exec: (re-)read it now, while it most likely still runs."""
+    def on_exec(self, pid, comm=None):
+        """
+        A process called exec: (re-)read it now, while it most likely still runs. When it is
+        already gone, keep its comm (from the event) for the grace period.
+        """
         pending = self._exited.pop(pid, None)
         if pending is not None and pending.active():
             pending.cancel()
@@ -125,16 +136,30 @@ class ProcessTable(service.Service):
         self._selected.pop(pid, None)
         if info is None:
             self._table.pop(pid, None)
+            if comm:
+                self._remember_gone(pid, comm)
         else:
             old = self._table.get(pid)
             info.ports = old.ports if old is not None else set()
             self._table[pid] = info
         self._update_gauge()
 
-    def on_exit(self, pid):
-        """A process exited: forget it after the grace period."""
-        if pid not in self._table or pid in self._exited:
+    def on_exit(self, pid, comm=None):
+        """A process exited: forget it after the grace period (one never seen is known by its comm meanwhile)."""
+        if pid in self._exited:
             return
+        if pid not in self._table:
+            if comm:
+                self._remember_gone(pid, comm)
+            return
+        self._exited[pid] = self.reactor.callLater(self.exit_grace, self._forget, pid)
+
+    def _remember_gone(self, pid, comm):
+        """A process no longer in /proc, known by the kernel's comm until the grace period ends."""
+        self._table[pid] = procfs.ProcessInfo(pid, start_time=0, exe_name=comm, service_name=comm)
+        self._missing.discard(pid)
+        self._resources.pop(pid, None)
+        self._selected.pop(pid, None)
         self._exited[pid] = self.reactor.callLater(self.exit_grace, self._forget, pid)
 
     def _forget(self, pid):
@@ -157,14 +182,17 @@ class ProcessTable(service.Service):
         """
         The OTel resource of telemetry caused by pid: service.* of that process, process.* and the
         host facts. A pid not in the table is read from /proc at once; one that is gone gets
-        process.pid and the host facts (no guessed service); pid 0 (owner unknown) the host facts.
+        process.pid, the host facts and service.name "unknown_service"; pid 0 (owner unknown)
+        the host facts and "unknown_service". Facts a process has not got (a path, a command
+        line for one known only by its comm) are left out, not sent empty.
         """
         attrs = self._resources.get(pid)
         if attrs is not None:
             return attrs
         info = self._table.get(pid) or self._read_missing(pid)
         if info is None:
-            return dict(self._host, **{"process.pid": pid}) if pid > 0 else dict(self._host)
+            unknown = dict(self._host, **{"service.name": UNKNOWN_SERVICE})
+            return dict(unknown, **{"process.pid": pid}) if pid > 0 else unknown
         attrs = {
             "service.name": info.service_name,
             "service.namespace": info.service_namespace or None,
@@ -174,7 +202,7 @@ class ProcessTable(service.Service):
             "process.executable.path": info.exe_path,
             "process.command_line": info.command_line,
         }
-        attrs = {k: v for k, v in attrs.items() if v is not None}
+        attrs = {k: v for k, v in attrs.items() if v not in (None, "")}
         attrs.update(self._host)
         self._resources[pid] = attrs
         return attrs

@@ -22,6 +22,7 @@ class Probe:
     name = "probe"        # unique; used in status and logs
     source = ""           # file in bpf/ (telegen.paths.bpf_dir()); it #includes "telegen.h"
     needs_btf = False     # uses kernel BTF (task storage, bpf_get_current_task_btf)
+    drains_first = False  # its rings are drained before every other probe's (events the others' depend on)
 
     def enabled(self, config) -> bool:
         """Whether this probe should be loaded with this config."""

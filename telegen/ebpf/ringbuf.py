@@ -10,7 +10,9 @@ consumer position. That skips BCC's per-event ctypes callback (and libbpf's loop
 which cost more than decoding a small event. The kernel wakes us only once a CPU has filled
 its share of an eighth of the ring (telegen.h), so a timer drains every drain_interval: a quiet
 moment never strands events, and under load one drain handles thousands of events. A CpuGovernor
-may pause the reader for the rest of a budget window (cpu_governor.py).
+may pause the reader for the rest of a budget window (cpu_governor.py). A reader may name readers
+to catch up before each of its own drains (drain_before): the process ring before the HTTP and
+TCP rings, so the process table knows a process before the spans it caused ask for its resource.
 
 Memory ordering: loads and stores of aligned 8-byte positions are ordered as the kernel needs on
 x86-64 (total store order); libbpf's acquire/release are plain moves there.
@@ -100,8 +102,10 @@ class RingBufferReader(FileDescriptor):
         telegen_ebpf_events_dropped{reason="handler_error"}).
     """
 
-    def __init__(self, bpf, name, handler, metrics, reactor=None, drain_interval=0.1, ring=None, governor=None):
+    def __init__(self, bpf, name, handler, metrics, reactor=None, drain_interval=0.1, ring=None, governor=None,
+                 drain_before=()):
         FileDescriptor.__init__(self, reactor=reactor)
+        self._drain_before = drain_before       # readers to catch up first (a list the owner may extend)
         self._governor = governor
         self.name = name
         self.events_received = 0
@@ -131,6 +135,8 @@ class RingBufferReader(FileDescriptor):
         Drain up to MAX_EVENTS_PER_READ events; count them in telegen_ebpf_ringbuf_events_total.
         When the CPU governor's budget for this window is spent, pause instead (resume()).
         """
+        for reader in self._drain_before:
+            reader.catch_up()
         arrived = 0
         while arrived < MAX_EVENTS_PER_READ:
             if self._governor is not None and not self._governor.may_consume():
@@ -144,6 +150,11 @@ class RingBufferReader(FileDescriptor):
         if arrived:
             self.events_received += arrived
             self._metrics.ebpf_ringbuf_events.inc(arrived)
+
+    def catch_up(self):
+        """Drain now if reading (another reader whose events depend on these asks before its own drain)."""
+        if self.connected and not self.disconnected:
+            self.doRead()
 
     def resume(self):
         """Read again after a pause (a new budget window); the epoll registration finds waiting events."""

@@ -71,6 +71,7 @@ class EbpfService(service.Service):
         self._loaded = []
         self._lost_loop = None
         self._governor = None
+        self._first_readers = []        # readers of probes that drain first (ProcessProbe)
         self.loading = None
 
     @property
@@ -142,7 +143,10 @@ class EbpfService(service.Service):
         for name, handler in st.probe.ring_buffers().items():
             reader = RingBufferReader(bpf, name, handler, self.metrics, reactor=self.reactor,
                                       drain_interval=self.config["agent"]["ebpf"]["drain_interval"],
-                                      governor=self._governor)
+                                      governor=self._governor,
+                                      drain_before=() if st.probe.drains_first else self._first_readers)
+            if st.probe.drains_first:
+                self._first_readers.append(reader)
             st.readers.append(reader)
             st.lost.append(0)
             reader.start()
@@ -153,6 +157,8 @@ class EbpfService(service.Service):
     def _release(self, st):
         for reader in st.readers:
             reader.stop()
+            if reader in self._first_readers:
+                self._first_readers.remove(reader)
         st.readers = []
         st.lost = []
 

@@ -160,6 +160,29 @@ async def test_python_server_and_client_give_exactly_one_span_per_request_each(a
         assert (span.status.code == Status.STATUS_CODE_ERROR) == (attrs["http.response.status_code"] >= 400)
 
 
+def run_curl(url):
+    """One curl run to completion; its pid."""
+    child = subprocess.Popen(["curl", "-s", "-o", "/dev/null", url])
+    assert child.wait(timeout=30) == 0
+    return child.pid
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_short_lived_client_is_named_by_its_executable(agent, receiver, python_server):
+    """
+    curl runs for milliseconds and is usually gone from /proc before its events are read: its
+    CLIENT spans still carry service.name and process.executable.name curl (the exec event's comm).
+    """
+    await ready(agent)
+    _, port = python_server
+    pids = [await threads.deferToThread(run_curl, f"http://127.0.0.1:{port}/ok?i={i}") for i in range(5)]
+    spans = await exactly(agent, lambda: [s for pid in pids for s in by_pid(receiver, Span.SPAN_KIND_CLIENT, pid)],
+                          len(pids), "curl's client spans")
+    for resource, attrs, _ in spans:
+        assert (resource["service.name"], resource["process.executable.name"]) == ("curl", "curl")
+        assert attrs["user_agent.original"].startswith("curl/") and attrs["server.port"] == port
+
+
 @pytest_twisted.ensureDeferred
 async def test_red_metrics_count_every_server_request_by_status(agent, receiver, python_server):
     """http.server.request.duration: cumulative histogram points for the server process, counts per status code."""

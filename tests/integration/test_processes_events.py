@@ -79,7 +79,7 @@ async def test_exec_and_exit_events_add_and_remove_a_child():
             child.send_signal(signal.SIGKILL)
             child.wait()
         await until(lambda: table.lookup(child.pid) is None, message="exit event for the child")
-        assert table.resource_attributes(child.pid).get("service.name") is None
+        assert table.resource_attributes(child.pid)["service.name"] == "unknown_service"
     finally:
         await defer.maybeDeferred(ebpf.stopService)
         table.stopService()

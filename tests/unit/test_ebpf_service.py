@@ -31,7 +31,8 @@ class FakeLost:
 
 class FakeBPF:
     def __init__(self, lost):
-        self.tables = {b"events": FakeTable(), b"lost": FakeLost(lost)}
+        self.tables = {b"events": FakeTable(), b"process_events": FakeTable(), b"http_events": FakeTable(),
+                       b"lost": FakeLost(lost)}
         self.cleaned = False
 
     def __getitem__(self, name):
@@ -196,3 +197,43 @@ def test_a_probe_finishing_after_stop_is_cleaned_up():
     h.service.stopService()
     h.finish()
     assert h.bpfs["http"].cleaned and not h.reactor.readers
+
+
+class RecordingProbe(FakeProbe):
+    """A FakeProbe whose ring buffer handler records (probe name, event)."""
+
+    def __init__(self, name, seen, drains_first=False):
+        super().__init__(name)
+        self.seen = seen
+        self.drains_first = drains_first
+
+    def ring_buffers(self):
+        return {f"{self.name}_events": lambda raw: self.seen.append((self.name, bytes(raw)))}
+
+
+def test_the_drains_first_probes_rings_are_caught_up_before_any_other_ring_is_drained(monkeypatch):
+    """
+    A process's exec event precedes its HTTP events in time: with the process ring drained first,
+    the table knows the process before its spans ask for their resource, whichever timer fires.
+    """
+    kernels = []
+
+    def ring(cls, fd, size):
+        kernels.append(KernelSide(size))
+        return kernels[-1].ring
+    monkeypatch.setattr(MappedRing, "from_fd", classmethod(ring))
+    seen = []
+    h = Harness([RecordingProbe("process", seen, drains_first=True), RecordingProbe("http", seen)])
+    h.service.startService()
+    h.finish()
+    h.finish()
+    process_ring, http_ring = kernels
+    process_ring.submit(b"exec 7")
+    http_ring.submit(b"exchange of 7")
+    [http_reader] = [r for r in h.reactor.readers if r.name == "http_events"]
+    http_reader.doRead()
+    assert seen == [("process", b"exec 7"), ("http", b"exchange of 7")]
+    h.service.stopService()
+    http_ring.submit(b"after stop")
+    http_reader.catch_up()                       # a stopped reader (and its unmapped ring) is left alone
+    assert len(seen) == 2

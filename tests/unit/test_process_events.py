@@ -1,6 +1,6 @@
-"""The process probe decodes header-only exec/exit events into ProcessTable calls."""
+"""The process probe decodes exec/exit events (header and comm) into ProcessTable calls."""
 
-from telegen.ebpf.process_events import HEADER, PROCESS_EXEC, PROCESS_EXIT, ProcessProbe
+from telegen.ebpf.process_events import EVENT, PROCESS_EXEC, PROCESS_EXIT, ProcessProbe
 from tests.unit.test_process_table import make_config
 
 
@@ -10,25 +10,29 @@ class Calls:
     def __init__(self):
         self.seen = []
 
-    def on_exec(self, pid):
-        self.seen.append(("exec", pid))
+    def on_exec(self, pid, comm):
+        self.seen.append(("exec", pid, comm))
 
-    def on_exit(self, pid):
-        self.seen.append(("exit", pid))
-
-
-def feed(probe, kind, pid):
-    probe.ring_buffers()["process_events"](HEADER.pack(123, pid, pid + 1, kind))
+    def on_exit(self, pid, comm):
+        self.seen.append(("exit", pid, comm))
 
 
-def test_exec_and_exit_reach_the_table_by_tgid():
-    """kind picks the call; the header's pid (tgid), not the tid, is passed; unknown kinds are ignored."""
+def feed(probe, kind, pid, comm=b"curl"):
+    probe.ring_buffers()["process_events"](EVENT.pack(123, pid, pid + 1, kind, comm))
+
+
+def test_exec_and_exit_reach_the_table_by_tgid_with_the_comm():
+    """
+    kind picks the call; the header's pid (tgid), not the tid, is passed with the comm up to its
+    NUL (a full 15-byte one has no NUL but the last byte; bad UTF-8 is replaced); unknown kinds are ignored.
+    """
     calls = Calls()
     probe = ProcessProbe(calls)
     feed(probe, PROCESS_EXEC, 100)
-    feed(probe, PROCESS_EXIT, 100)
+    feed(probe, PROCESS_EXIT, 100, b"a-very-long-nam\0")
+    feed(probe, PROCESS_EXEC, 101, b"caf\xc3\xa9\xff")
     feed(probe, 99, 7)
-    assert calls.seen == [("exec", 100), ("exit", 100)]
+    assert calls.seen == [("exec", 100, "curl"), ("exit", 100, "a-very-long-nam"), ("exec", 101, "caf\u00e9\ufffd")]
 
 
 def test_enabled_with_ebpf_and_sized_from_config():

@@ -101,7 +101,7 @@ def test_initial_scan_reads_service_name_from_environment(tmp_path):
 
 
 def test_resource_attributes_fall_back_to_resource_env_and_never_take_agent_service(tmp_path):
-    """service.name/namespace from OTEL_RESOURCE_ATTRIBUTES; an unknown pid gets host facts only."""
+    """service.name/namespace from OTEL_RESOURCE_ATTRIBUTES; an unknown pid gets host facts and unknown_service."""
     proc, _, table = make_table(tmp_path)
     proc.add(12, "/usr/bin/java", ["java"], {"OTEL_RESOURCE_ATTRIBUTES": "service.name=billing,service.namespace=shop%20a"})
     table.startService()
@@ -109,9 +109,9 @@ def test_resource_attributes_fall_back_to_resource_env_and_never_take_agent_serv
     assert (attrs["service.name"], attrs["service.namespace"]) == ("billing", "shop a")
     unknown = table.resource_attributes(999)
     assert "host.name" in unknown and unknown["process.pid"] == 999
-    assert not any(k.startswith("service.") for k in unknown)
+    assert [k for k in unknown if k.startswith("service.")] == ["service.name"] and unknown["service.name"] == "unknown_service"
     owner_unknown = table.resource_attributes(0)
-    assert not any(k.startswith(("service.", "process.")) for k in owner_unknown)
+    assert owner_unknown["service.name"] == "unknown_service" and not any(k.startswith("process.") for k in owner_unknown)
     proc.add(13, "/usr/bin/late", ["late"], {"OTEL_SERVICE_NAME": "late-svc"})
     assert table.resource_attributes(13)["service.name"] == "late-svc"     # read on demand, before any event
     table.stopService()
@@ -132,6 +132,33 @@ def test_exit_removes_after_grace_and_exec_rereads(tmp_path):
     clock.advance(table.exit_grace)
     assert table.lookup(20) is None
     assert gauge(metrics) == 0
+    table.stopService()
+
+
+def test_a_process_gone_before_its_events_are_read_is_known_by_its_comm_for_the_grace_period(tmp_path):
+    """
+    curl exits within milliseconds: its exec event finds no /proc entry, yet its spans get
+    service.name curl from the event's comm, until the grace period ends. An exit event of a pid
+    never seen does the same; a rescan meanwhile keeps it. Without a comm nothing is invented.
+    """
+    clock = Clock()
+    proc, metrics, table = make_table(tmp_path, clock)
+    table.startService()
+    assert table.resource_attributes(40)["service.name"] == "unknown_service"   # asked before its event
+    table.on_exec(40, "curl")
+    attrs = table.resource_attributes(40)
+    assert (attrs["service.name"], attrs["process.executable.name"], attrs["process.pid"]) == ("curl", "curl", 40)
+    assert "process.executable.path" not in attrs and "process.command_line" not in attrs
+    table.on_exit(40, "curl")
+    table.on_exit(41, "wget")
+    table.rescan()
+    assert table.resource_attributes(41)["service.name"] == "wget" and table.lookup(40).exe_name == "curl"
+    clock.advance(table.exit_grace)
+    assert table.lookup(40) is None and table.lookup(41) is None and gauge(metrics) == 0
+    assert table.resource_attributes(40)["service.name"] == "unknown_service"
+    table.on_exec(42)
+    table.on_exit(42)
+    assert table.lookup(42) is None
     table.stopService()
 
 
