@@ -9,7 +9,10 @@ it caused before exiting, which may be consumed after its exit event, still find
 
 A process can be gone from /proc before its events are read (curl runs for milliseconds): then
 the table keeps what the kernel told, its comm (the executable's name, at most 15 bytes), as
-its service.name and process.executable.name, for the same grace period. Telemetry of a process
+its service.name and process.executable.name, for the same grace period. Metrics are flushed
+later than that (RED and TCP every host_metrics.interval), so the resource of a forgotten process
+is kept a while longer (the last DEPARTED_MAX of them) for telemetry that still names its pid,
+until that pid is seen again. Telemetry of a process
 known by nothing but its pid gets service.name "unknown_service", the fallback the OpenTelemetry
 resource conventions prescribe, so that every resource names a service.
 """
@@ -25,6 +28,7 @@ from telegen.signals.common import host_identity, host_resource_attributes
 log = Logger()
 
 UNKNOWN_SERVICE = "unknown_service"     # the resource conventions' service.name when nothing better is known
+DEPARTED_MAX = 4096                     # resources of forgotten processes kept for late telemetry
 
 
 class ProcessTable(service.Service):
@@ -45,6 +49,7 @@ class ProcessTable(service.Service):
         self.poll_interval = config["agent"]["discovery"]["poll_interval"]
         self._table = {}            # pid -> ProcessInfo
         self._resources = {}        # pid -> resource attribute dict (cache)
+        self._departed = {}         # pid -> resource of a forgotten process, oldest first (bounded)
         self._exited = {}           # pid -> IDelayedCall removing it after the grace period
         self._host = {k: v for k, v in host_resource_attributes(config).items() if not k.startswith("service.")}
         self._hostname = host_identity()["name"]
@@ -102,6 +107,7 @@ class ProcessTable(service.Service):
             if pid in self._table:
                 table[pid] = self._table[pid]
         for pid, info in table.items():
+            self._departed.pop(pid, None)
             old = self._table.get(pid)
             if old is None or old.start_time != info.start_time:
                 self._resources.pop(pid, None)
@@ -139,6 +145,7 @@ class ProcessTable(service.Service):
             if comm:
                 self._remember_gone(pid, comm)
         else:
+            self._departed.pop(pid, None)       # the pid names a live process now
             old = self._table.get(pid)
             info.ports = old.ports if old is not None else set()
             self._table[pid] = info
@@ -157,6 +164,7 @@ class ProcessTable(service.Service):
     def _remember_gone(self, pid, comm):
         """A process no longer in /proc, known by the kernel's comm until the grace period ends."""
         self._table[pid] = procfs.ProcessInfo(pid, start_time=0, exe_name=comm, service_name=comm)
+        self._departed.pop(pid, None)
         self._missing.discard(pid)
         self._resources.pop(pid, None)
         self._selected.pop(pid, None)
@@ -164,8 +172,12 @@ class ProcessTable(service.Service):
 
     def _forget(self, pid):
         self._exited.pop(pid, None)
-        self._table.pop(pid, None)
-        self._resources.pop(pid, None)
+        info = self._table.pop(pid, None)
+        attrs = self._resources.pop(pid, None)
+        if info is not None:
+            if len(self._departed) >= DEPARTED_MAX:
+                del self._departed[next(iter(self._departed))]
+            self._departed[pid] = attrs or self._attributes(pid, info)
         self._selected.pop(pid, None)
         self._update_gauge()
 
@@ -191,8 +203,16 @@ class ProcessTable(service.Service):
             return attrs
         info = self._table.get(pid) or self._read_missing(pid)
         if info is None:
+            departed = self._departed.get(pid)
+            if departed is not None:
+                return departed
             unknown = dict(self._host, **{"service.name": UNKNOWN_SERVICE})
             return dict(unknown, **{"process.pid": pid}) if pid > 0 else unknown
+        attrs = self._resources[pid] = self._attributes(pid, info)
+        return attrs
+
+    def _attributes(self, pid, info):
+        """The resource attributes of a ProcessInfo."""
         attrs = {
             "service.name": info.service_name,
             "service.namespace": info.service_namespace or None,
@@ -204,7 +224,6 @@ class ProcessTable(service.Service):
         }
         attrs = {k: v for k, v in attrs.items() if v not in (None, "")}
         attrs.update(self._host)
-        self._resources[pid] = attrs
         return attrs
 
     def _read_missing(self, pid):

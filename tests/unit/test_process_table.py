@@ -9,6 +9,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from telegen.config.loader import defaults
+from telegen.discovery import processes
 from telegen.discovery.processes import ProcessTable
 from telegen.selfmetrics import SelfMetrics
 
@@ -155,10 +156,38 @@ def test_a_process_gone_before_its_events_are_read_is_known_by_its_comm_for_the_
     assert table.resource_attributes(41)["service.name"] == "wget" and table.lookup(40).exe_name == "curl"
     clock.advance(table.exit_grace)
     assert table.lookup(40) is None and table.lookup(41) is None and gauge(metrics) == 0
-    assert table.resource_attributes(40)["service.name"] == "unknown_service"
     table.on_exec(42)
     table.on_exit(42)
-    assert table.lookup(42) is None
+    assert table.lookup(42) is None and table.resource_attributes(42)["service.name"] == "unknown_service"
+    table.stopService()
+
+
+def test_a_forgotten_process_keeps_its_resource_for_later_metrics_until_its_pid_is_reused(tmp_path, monkeypatch):
+    """
+    RED and TCP metrics are flushed every host_metrics.interval, long after the exit grace: they
+    still get the process's resource. A new process on that pid replaces it; the memory is bounded.
+    """
+    monkeypatch.setattr(processes, "DEPARTED_MAX", 2)
+    clock = Clock()
+    proc, _, table = make_table(tmp_path, clock)
+    proc.add(50, "/usr/bin/python3.11", ["python3", "job.py"], {"OTEL_SERVICE_NAME": "nightly-job"})
+    table.startService()
+    table.on_exit(50)
+    proc.remove(50)
+    table.on_exec(51, "curl")
+    clock.advance(table.exit_grace)
+    assert table.lookup(50) is None
+    assert table.resource_attributes(50)["service.name"] == "nightly-job"
+    assert table.resource_attributes(50)["process.command_line"] == "python3 job.py"
+    assert table.resource_attributes(51)["service.name"] == "curl"
+    proc.add(50, "/usr/sbin/nginx", ["nginx"], start=300)     # the pid reused
+    table.on_exec(50)
+    assert table.resource_attributes(50)["service.name"] == "nginx"
+    table.on_exec(52, "a")
+    table.on_exec(53, "b")
+    clock.advance(table.exit_grace)
+    assert table.resource_attributes(51)["service.name"] == "unknown_service"   # the oldest went first
+    assert table.resource_attributes(53)["service.name"] == "b"
     table.stopService()
 
 
