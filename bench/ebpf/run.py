@@ -210,7 +210,18 @@ def saturated(agent, receiver, port, server_pid, seconds):
     run["spans"], run["client_spans"] = settle(receiver, port, agent)
     run["events_lost"] = agent.get("/status/ebpf").json()["ringbuf"]["events_lost"] - lost0
     run["counters"] = counters(agent)
+    run["dropped"] = counted_drops(run["counters"])
     return run
+
+
+def counted_drops(agent_counters):
+    """
+    Exchanges that reached the agent but not the receiver, each counted with a reason: spans
+    dropped on export (queue_full after a backlog drains at once, ...) and events the decoder
+    dropped. A fresh agent per run, so the totals are the run's.
+    """
+    return int(sum(v for k, v in agent_counters.items()
+                   if k.startswith(("telegen_spans_dropped_total", "telegen_ebpf_events_dropped_total"))))
 
 
 def fixed_rate(agent, receiver, port, server_pid, rate, seconds):
@@ -296,7 +307,8 @@ def main():
 def saturation_rows(args, off, on):
     off_rps = statistics.median(r["rps"] for r in off)
     on_rps = statistics.median(r["rps"] for r in on)
-    requests, spans, client_spans, lost = (sum(r[k] for r in on) for k in ("requests", "spans", "client_spans", "events_lost"))
+    requests, spans, client_spans, lost, dropped = (sum(r[k] for r in on) for k in (
+        "requests", "spans", "client_spans", "events_lost", "dropped"))
     runs = lambda key, rows, fmt: ", ".join(format(r[key], fmt) for r in rows)  # noqa: E731
     print(f"| wrk saturation req/s, median of {args.rounds} (runs) | {off_rps:,.0f} ({runs('rps', off, ',.0f')}) "
           f"| {on_rps:,.0f} ({runs('rps', on, ',.0f')}) | {on_rps / off_rps:.2f} (target >= 0.90) |")
@@ -304,9 +316,11 @@ def saturation_rows(args, off, on):
     for party in ("nginx", "wrk", "bench", "agent"):
         cells = [", ".join(format(r["cpu_pct"].get(party, 0), ".0f") for r in rows) for rows in (off, on)]
         print(f"| saturation: {party} CPU % of one core (runs) | {cells[0]} | {cells[1]} | |")
-    # Every request is two exchanges (nginx's and wrk's), each one kernel event: a span or a counted loss.
-    print(f"| saturation: requests / server + client spans / events lost (all runs) | | {requests:,} / {spans:,} + "
-          f"{client_spans:,} / {lost:,} | (spans + lost) / (2 x requests) = {(spans + client_spans + lost) / (2 * requests):.3f} |")
+    # Every request is two exchanges (nginx's and wrk's), each one kernel event: a span, a counted
+    # kernel loss, or counted by the agent as dropped.
+    print(f"| saturation: requests / server + client spans / events lost / counted drops (all runs) | | {requests:,} / "
+          f"{spans:,} + {client_spans:,} / {lost:,} / {dropped:,} | (spans + lost + dropped) / (2 x requests) = "
+          f"{(spans + client_spans + lost + dropped) / (2 * requests):.3f} |")
 
 
 def fixed_rate_rows(args, export, fixed):
