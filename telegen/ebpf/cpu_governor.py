@@ -14,17 +14,9 @@ agent.ebpf.max_cpu, which a host with idle CPUs easily gives.
 The contention signal is the agent's own scheduling delay: the share of the time its reactor
 thread was runnable but waiting for a CPU (/proc/thread-self/schedstat). Unlike the host's idle
 time or its pressure stall (PSI), it does not vanish when the agent backs off: whenever it runs,
-it still queues behind the applications. But it also rises on a host with CPU to spare, whenever
-the agent (at telegen.nice) happens to queue behind a busy process for a moment: at 5,000 req/s on
-this 2-core host, three quarters idle, it crossed the threshold for seconds at a time, the budget
-fell to min_cpu and the ring overflowed by an event now and then. So a window is contended only
-when, besides the agent waiting, the host's CPUs are nearly all busy (less than IDLE_HEADROOM of
-their time idle, /proc/stat): shedding is for hosts where the agent's CPU would come out of the
-applications', not for one that has idle cores to give. Both shares are smoothed over windows (an
-EWMA, so one scheduling hiccup is not a trend) and the budget follows AIMD, as TCP's window does: a
-contended window halves it (down to min_cpu), an uncontended one adds GROWTH cores (up to max_cpu).
-When the agent's own consumption is what leaves no idle CPU, the budget settles where about
-IDLE_HEADROOM stays free.
+it still queues behind the applications. The share is smoothed over windows (an EWMA, so one
+scheduling hiccup is not a trend) and the budget follows AIMD, as TCP's window does: a contended
+window halves it (down to min_cpu), an uncontended one adds GROWTH cores (up to max_cpu).
 A reader whose drain finds the window's budget spent stops reading until the next window.
 
 The budget counts all the agent's CPU (process time), not only the draining: exporting the spans
@@ -42,24 +34,9 @@ log = Logger()
 
 WINDOW = 0.2            # seconds per budget decision
 CONTENDED = 0.25        # wait share of the runnable time above which CPUs are contended
-IDLE_HEADROOM = 0.2     # ... provided the host's CPUs were idle less than this share of the time
 GROWTH = 0.1            # cores added per uncontended window
 MIN_SAMPLE_NS = 2_000_000   # a window where the thread was runnable less than this says nothing
 SMOOTHING = 0.5         # weight of the newest window in the smoothed wait share
-
-
-def host_cpu_ticks(path="/proc/stat"):
-    """
-    (idle, total) clock ticks of all CPUs together since boot; None where unavailable. Idle
-    includes iowait; total counts user, nice, system, idle, iowait, irq, softirq and steal (guest
-    time is already inside user and nice).
-    """
-    try:
-        with open(path) as f:
-            ticks = [int(v) for v in f.readline().split()[1:9]]
-        return ticks[3] + ticks[4], sum(ticks)
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def thread_schedstat(path="/proc/thread-self/schedstat"):
@@ -80,8 +57,7 @@ class CpuGovernor:
     @param max_cpu: cores it may use otherwise.
     """
 
-    def __init__(self, min_cpu, max_cpu, metrics, reactor, cpu_time=time.process_time, schedstat=thread_schedstat,
-                 host_ticks=host_cpu_ticks):
+    def __init__(self, min_cpu, max_cpu, metrics, reactor, cpu_time=time.process_time, schedstat=thread_schedstat):
         self.min_cpu = min_cpu
         self.max_cpu = max_cpu
         self.budget = max_cpu
@@ -89,9 +65,6 @@ class CpuGovernor:
         self._reactor = reactor
         self._cpu_time = cpu_time
         self._schedstat = schedstat
-        self._host_ticks = host_ticks
-        self._host = None
-        self._idle_share = None     # unknown until a window is measured (then: contended by waiting alone)
         self._window_cpu = 0.0
         self._tokens = 0.0
         self._sched = None
@@ -104,7 +77,6 @@ class CpuGovernor:
         self._window_cpu = self._cpu_time()
         self._tokens = self.budget * WINDOW
         self._sched = self._schedstat()
-        self._host = self._host_ticks()
         if self._sched is None:
             log.warn("no schedstat for the reactor thread: the event consumer's CPU budget stays at max_cpu")
         self._metrics.ebpf_cpu_budget.set(self.budget)
@@ -130,7 +102,6 @@ class CpuGovernor:
             self._metrics.ebpf_consumer_held.inc()
 
     def _contended(self):
-        self._measure_idle()
         sched = self._schedstat()
         if sched is None or self._sched is None:
             return False
@@ -138,16 +109,7 @@ class CpuGovernor:
         self._sched = sched
         if run + wait >= MIN_SAMPLE_NS:
             self._wait_share += SMOOTHING * (wait / (run + wait) - self._wait_share)
-        busy_host = self._idle_share is None or self._idle_share < IDLE_HEADROOM
-        return self._wait_share > CONTENDED and busy_host
-
-    def _measure_idle(self):
-        """Smooth in the share of the window the host's CPUs were idle."""
-        host = self._host_ticks()
-        if host is not None and self._host is not None and host[1] > self._host[1]:
-            share = (host[0] - self._host[0]) / (host[1] - self._host[1])
-            self._idle_share = share if self._idle_share is None else self._idle_share + SMOOTHING * (share - self._idle_share)
-        self._host = host
+        return self._wait_share > CONTENDED
 
     def _next_window(self):
         if self._contended():

@@ -1,43 +1,34 @@
 """
-The event consumer's CPU budget: AIMD on the reactor thread's scheduling delay while the host has no
-idle CPU, readers paused for the rest of a window once it is spent and resumed at the next, with a
-Clock and fake CPU clocks.
+The event consumer's CPU budget: AIMD on the reactor thread's scheduling delay, readers paused
+for the rest of a window once it is spent and resumed at the next, with a Clock and fake CPU clocks.
 """
 from twisted.internet.testing import MemoryReactorClock
 
 from telegen.ebpf import ringbuf
-from telegen.ebpf.cpu_governor import GROWTH, WINDOW, CpuGovernor, host_cpu_ticks, thread_schedstat
+from telegen.ebpf.cpu_governor import GROWTH, WINDOW, CpuGovernor, thread_schedstat
 from telegen.ebpf.ringbuf import RingBufferReader
 from telegen.selfmetrics import SelfMetrics
 from tests.unit.test_ebpf_ringbuf import FakeBPF, KernelSide
 
 
 class Clocks:
-    """
-    Process CPU seconds, (run, wait) ns of the reactor thread and the host's (idle, total) CPU
-    ticks, advanced by the test. Unless told otherwise the host has no idle CPU.
-    """
+    """Process CPU seconds and (run, wait) ns of the reactor thread, advanced by the test."""
 
     def __init__(self):
         self.cpu = 0.0
         self.run = 0
         self.wait = 0
-        self.idle_ticks = 0
-        self.total_ticks = 0
 
-    def spend(self, cpu_seconds=0.0, run_ms=0, wait_ms=0, host_idle=0.0):
+    def spend(self, cpu_seconds=0.0, run_ms=0, wait_ms=0):
         self.cpu += cpu_seconds
         self.run += run_ms * 1_000_000
         self.wait += wait_ms * 1_000_000
-        self.idle_ticks += round(100 * host_idle)
-        self.total_ticks += 100
 
 
 def make(min_cpu=0.05, max_cpu=1.0):
     clock, clocks, metrics = MemoryReactorClock(), Clocks(), SelfMetrics()
     governor = CpuGovernor(min_cpu, max_cpu, metrics, clock, cpu_time=lambda: clocks.cpu,
-                           schedstat=lambda: (clocks.run, clocks.wait),
-                           host_ticks=lambda: (clocks.idle_ticks, clocks.total_ticks))
+                           schedstat=lambda: (clocks.run, clocks.wait))
     governor.start()
     return governor, clock, clocks, metrics
 
@@ -55,21 +46,6 @@ def test_contended_windows_halve_the_budget_down_to_min_cpu_and_free_ones_grow_i
         clock.advance(WINDOW)                        # idle windows say nothing against growing
     assert governor.budget == 1.0
     assert metrics.registry.get_sample_value("telegen_ebpf_cpu_budget_cores") == 1.0
-
-
-def test_waiting_for_a_cpu_is_not_contention_while_the_host_has_idle_cpus():
-    """A niced agent queues behind busy processes now and then even at light load: no shedding for that."""
-    governor, clock, clocks, _ = make()
-    for _ in range(6):
-        clocks.spend(run_ms=10, wait_ms=10, host_idle=0.75)
-        clock.advance(WINDOW)
-    assert governor.budget == 1.0
-    clocks.spend(run_ms=10, wait_ms=10, host_idle=0.0)  # the CPUs fill up: idle share smoothed to 0.375
-    clock.advance(WINDOW)
-    assert governor.budget == 1.0
-    clocks.spend(run_ms=10, wait_ms=10, host_idle=0.0)  # 0.19, under the headroom: now it sheds
-    clock.advance(WINDOW)
-    assert governor.budget == 0.5
 
 
 def test_one_contended_window_among_free_ones_is_smoothed_away():
@@ -137,15 +113,6 @@ def test_a_reader_over_budget_pauses_until_the_next_window_and_the_rest_stays_in
     assert handled == [b"e0", b"e1", b"e2", b"e3"] and kernel.consumed < kernel.position
     reader.stop()
     governor.stop()
-
-
-def test_host_cpu_ticks_from_proc_stat(tmp_path):
-    stat = tmp_path / "stat"
-    stat.write_text("cpu  100 5 50 800 20 3 2 10 7 0\ncpu0 50 2 25 400 10 1 1 5 3 0\n")
-    assert host_cpu_ticks(str(stat)) == (820, 990)      # idle + iowait; guest (already in user) left out
-    assert host_cpu_ticks(str(tmp_path / "missing")) is None
-    idle, total = host_cpu_ticks()
-    assert 0 <= idle <= total
 
 
 def test_schedstat_of_this_thread_or_none(tmp_path):
