@@ -49,7 +49,7 @@ class ProcessTable(service.Service):
         self.poll_interval = config["agent"]["discovery"]["poll_interval"]
         self._table = {}            # pid -> ProcessInfo
         self._resources = {}        # pid -> resource attribute dict (cache)
-        self._departed = {}         # pid -> resource of a forgotten process, oldest first (bounded)
+        self._departed = {}         # pid -> ProcessInfo of a forgotten process, oldest first (bounded)
         self._exited = {}           # pid -> IDelayedCall removing it after the grace period
         self._host = {k: v for k, v in host_resource_attributes(config).items() if not k.startswith("service.")}
         self._hostname = host_identity()["name"]
@@ -106,8 +106,9 @@ class ProcessTable(service.Service):
         for pid in self._exited:            # an exited process keeps its info until its grace period ends
             if pid in self._table:
                 table[pid] = self._table[pid]
+        for pid in self._departed.keys() & table.keys():     # alive again: a new process on that pid
+            del self._departed[pid]
         for pid, info in table.items():
-            self._departed.pop(pid, None)
             old = self._table.get(pid)
             if old is None or old.start_time != info.start_time:
                 self._resources.pop(pid, None)
@@ -166,18 +167,17 @@ class ProcessTable(service.Service):
         self._table[pid] = procfs.ProcessInfo(pid, start_time=0, exe_name=comm, service_name=comm)
         self._departed.pop(pid, None)
         self._missing.discard(pid)
-        self._resources.pop(pid, None)
         self._selected.pop(pid, None)
         self._exited[pid] = self.reactor.callLater(self.exit_grace, self._forget, pid)
 
     def _forget(self, pid):
         self._exited.pop(pid, None)
         info = self._table.pop(pid, None)
-        attrs = self._resources.pop(pid, None)
-        if info is not None:
+        self._resources.pop(pid, None)
+        if info is not None:    # kept as is: most exited processes are never asked for again
             if len(self._departed) >= DEPARTED_MAX:
                 del self._departed[next(iter(self._departed))]
-            self._departed[pid] = attrs or self._attributes(pid, info)
+            self._departed[pid] = info
         self._selected.pop(pid, None)
         self._update_gauge()
 
@@ -205,7 +205,7 @@ class ProcessTable(service.Service):
         if info is None:
             departed = self._departed.get(pid)
             if departed is not None:
-                return departed
+                return self._attributes(pid, departed)
             unknown = dict(self._host, **{"service.name": UNKNOWN_SERVICE})
             return dict(unknown, **{"process.pid": pid}) if pid > 0 else unknown
         attrs = self._resources[pid] = self._attributes(pid, info)

@@ -153,7 +153,7 @@ class RingBufferReader(FileDescriptor):
 
     def catch_up(self):
         """Drain now if reading (another reader whose events depend on these asks before its own drain)."""
-        if self.connected and not self.disconnected:
+        if self.connected:
             self.doRead()
 
     def resume(self):
