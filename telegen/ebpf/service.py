@@ -123,6 +123,7 @@ class EbpfService(service.Service):
                 self._release(st)
                 bpf.cleanup()
                 self._failed(st, e)
+        self._governor.forget_contention()
         self._update_gauges()
 
     def _thread(self, fn, *args):

@@ -48,6 +48,38 @@ def test_contended_windows_halve_the_budget_down_to_min_cpu_and_free_ones_grow_i
     assert metrics.registry.get_sample_value("telegen_ebpf_cpu_budget_cores") == 1.0
 
 
+def test_a_thread_gone_idle_after_contention_is_no_longer_contended():
+    """An idle window is share 0: the last busy share must not hold the budget at min_cpu while nothing runs."""
+    governor, clock, clocks, _ = make()
+    for _ in range(6):
+        clocks.spend(run_ms=10, wait_ms=10)
+        clock.advance(WINDOW)
+    assert governor.budget == 0.05
+    clock.advance(WINDOW)                            # idle: the smoothed share (0.49) halves, below 0.25
+    assert governor.budget == 0.05 + GROWTH
+    for _ in range(10):
+        clock.advance(WINDOW)
+    assert governor.budget == 1.0
+
+
+def test_forgetting_contention_restores_max_cpu_and_a_full_window_at_once():
+    """What the agent did to itself (compiling probes) must not hold the first traffic to min_cpu."""
+    governor, clock, clocks, metrics = make()
+    for _ in range(6):
+        clocks.spend(cpu_seconds=0.01, run_ms=10, wait_ms=10)
+        clock.advance(WINDOW)
+    assert governor.budget == 0.05
+    clocks.spend(cpu_seconds=0.5)                    # the compile's CPU: not charged to the next window
+    governor.forget_contention()
+    assert governor.budget == 1.0
+    assert metrics.registry.get_sample_value("telegen_ebpf_cpu_budget_cores") == 1.0
+    clocks.spend(cpu_seconds=WINDOW * 0.9)
+    assert governor.may_consume()
+    clocks.spend(run_ms=10, wait_ms=1)               # the next window starts from share 0, not the old one
+    clock.advance(WINDOW)
+    assert governor.budget == 1.0
+
+
 def test_one_contended_window_among_free_ones_is_smoothed_away():
     governor, clock, clocks, _ = make()
     clocks.spend(run_ms=10, wait_ms=4)               # a 29% hiccup: smoothed to 14%

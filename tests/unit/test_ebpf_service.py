@@ -122,6 +122,19 @@ def test_not_ready_while_loading_then_ok_with_readers_registered():
     assert [r.fileno() for r in h.reactor.readers] == [FakeTable.map_fd]
 
 
+def test_contention_seen_while_compiling_is_forgotten_once_the_probes_are_loaded():
+    """The reactor thread queued behind the agent's own compiler: the first traffic must not meet min_cpu."""
+    h = Harness([FakeProbe("process"), FakeProbe("http")])
+    h.service.startService()
+    governor = h.service._governor
+    governor.budget = governor.min_cpu               # as the windows during the compiles left it
+    h.finish()
+    assert governor.budget == governor.min_cpu       # one probe still compiling
+    h.finish()
+    assert governor.budget == governor.max_cpu
+    assert h.metrics.registry.get_sample_value("telegen_ebpf_cpu_budget_cores") == governor.max_cpu
+
+
 def test_status_summary_and_self_metrics_agree():
     h = Harness([FakeProbe("http")])
     h.service.startService()
