@@ -4,7 +4,12 @@ out a BPF ring buffer (consumer page; producer page, then the data mapped twice)
 the kernel's producer writes it. Then RingBufferReader on MemoryReactorClock: registration,
 draining on doRead and on the drain timer, counting, failures contained, stop.
 """
+import mmap
+import os
 import struct
+import time
+
+import pytest
 
 from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import MemoryReactorClock
@@ -53,6 +58,42 @@ def test_records_in_order_and_the_consumer_position_moves():
     assert kernel.ring.drain(seen.append, 100, None) == 2
     assert seen == [b"first", b"second-event"]
     assert kernel.consumed == kernel.position
+
+
+def test_another_cpu_never_sees_the_consumer_position_torn():
+    """
+    The kernel reads the consumer position on other CPUs while the reader stores it. Stored in
+    pieces (struct.pack_into zero-fills the field first), it was seen as 0 and the kernel failed
+    reserves with the ring nearly empty. A process watching the page must only ever see it grow.
+    """
+    if os.cpu_count() < 2:
+        pytest.skip("needs a second CPU to watch the position from")
+    kernel = KernelSide()
+    kernel.consumer = mmap.mmap(-1, PAGE)                    # shared with the watching child
+    kernel.ring = MappedRing(kernel.consumer, kernel.producer, kernel.size)
+    shared = mmap.mmap(-1, PAGE)
+    control = memoryview(shared)[:24].cast("Q")              # [done, positions seen going back, reads]
+    child = os.fork()
+    if child == 0:
+        try:
+            position, last, back, reads = memoryview(kernel.consumer)[:8].cast("Q"), 0, 0, 0
+            while not control[0]:
+                seen = position[0]
+                back += seen < last
+                last = seen
+                reads += 1
+            control[1], control[2] = back, reads
+        finally:
+            os._exit(0)
+    end = time.monotonic() + 0.5
+    while time.monotonic() < end:
+        for _ in range(1000):
+            kernel.submit(b"event")
+            kernel.ring.drain(lambda raw: None, 1, None)
+    control[0] = 1
+    os.waitpid(child, 0)
+    assert control[2] > 10_000                               # it did watch
+    assert control[1] == 0
 
 
 def test_wrapped_record_is_read_whole_from_the_double_mapping():
