@@ -16,14 +16,20 @@ thread was runnable but waiting for a CPU (/proc/thread-self/schedstat). Unlike 
 time or its pressure stall (PSI), it does not vanish when the agent backs off: whenever it runs,
 it still queues behind the applications. The share is smoothed over windows (an EWMA, so one
 scheduling hiccup is not a trend) and the budget follows AIMD, as TCP's window does: a contended
-window halves it (down to min_cpu), an uncontended one adds GROWTH cores (up to max_cpu). A window
-in which the thread hardly ran counts as uncontended (share 0): an idle thread takes nothing from
-anyone, and keeping the last busy share instead left the budget at min_cpu for as long as the
-agent stayed idle, so the next burst of traffic met a reader held to min_cpu and filled the ring
-(measured: 15.9 of 16 MiB two seconds into a 5,000 req/s run). For the same reason the
-loader calls forget_contention() once the probes are compiled: while BCC compiles, the reactor
-thread queues behind the agent's own compiler thread, which says nothing about the applications.
+window halves it (down to min_cpu), an uncontended one adds GROWTH cores (up to max_cpu).
 A reader whose drain finds the window's budget spent stops reading until the next window.
+
+A window in which the thread hardly ran says nothing when a reader was held in it (the thread had
+work; the budget stopped it), but counts as share 0 when none was: an idle thread takes nothing
+from anyone. Keeping the last busy share through idleness left the budget at min_cpu for as long
+as the agent stayed idle, so the next burst of traffic met a reader held to min_cpu and filled
+the ring (measured: 15.9 of 16 MiB two seconds into a 5,000 req/s run; 2.2-5.4 MiB since). Counting held windows
+as share 0 too made the budget climb at saturation, where the held thread barely runs: the agent
+took 11-20 % of a core there instead of 5-7 %. For the same reason the service calls
+forget_contention() once the probes are compiled: while BCC compiles, the reactor thread queues
+behind the agent's own compiler thread, which says nothing about the applications. The budget
+itself is not reset: it grows back by GROWTH per window, so an agent started on a saturated host
+does not consume at max_cpu until the next contended windows halve it again.
 
 The budget counts all the agent's CPU (process time), not only the draining: exporting the spans
 of what was drained costs about as much again. A window that overspends starts the next one in
@@ -41,7 +47,7 @@ log = Logger()
 WINDOW = 0.2            # seconds per budget decision
 CONTENDED = 0.25        # wait share of the runnable time above which CPUs are contended
 GROWTH = 0.1            # cores added per uncontended window
-MIN_SAMPLE_NS = 2_000_000   # a window where the thread was runnable less than this was idle (share 0)
+MIN_SAMPLE_NS = 2_000_000   # a window where the thread was runnable less than this was idle (or held)
 SMOOTHING = 0.5         # weight of the newest window in the smoothed wait share
 
 
@@ -80,7 +86,10 @@ class CpuGovernor:
 
     def start(self):
         """Begin the first window."""
-        self._begin_afresh()
+        self._window_cpu = self._cpu_time()
+        self._tokens = self.budget * WINDOW
+        self._sched = self._schedstat()
+        self._metrics.ebpf_cpu_budget.set(self.budget)
         if self._sched is None:
             log.warn("no schedstat for the reactor thread: the event consumer's CPU budget stays at max_cpu")
         self._loop = LoopingCall(self._next_window)
@@ -98,17 +107,9 @@ class CpuGovernor:
         return self._cpu_time() - self._window_cpu < self._tokens
 
     def forget_contention(self):
-        """Start afresh at max_cpu: what made the reactor thread wait until now was the agent's own doing."""
-        self._begin_afresh()
-
-    def _begin_afresh(self):
-        """A full window at max_cpu, with no contention seen yet."""
-        self.budget = self.max_cpu
+        """Forget the wait seen so far (the agent's own doing); the budget grows back from where it is."""
         self._wait_share = 0.0
         self._sched = self._schedstat()
-        self._window_cpu = self._cpu_time()
-        self._tokens = self.budget * WINDOW
-        self._metrics.ebpf_cpu_budget.set(self.budget)
 
     def hold(self, reader):
         """Stop `reader` reading until the next window (its ring buffer fills; the kernel counts overflow)."""
@@ -123,8 +124,10 @@ class CpuGovernor:
             return False
         run, wait = sched[0] - self._sched[0], sched[1] - self._sched[1]
         self._sched = sched
-        share = wait / (run + wait) if run + wait >= MIN_SAMPLE_NS else 0.0
-        self._wait_share += SMOOTHING * (share - self._wait_share)
+        if run + wait >= MIN_SAMPLE_NS:
+            self._wait_share += SMOOTHING * (wait / (run + wait) - self._wait_share)
+        elif not self._held:
+            self._wait_share -= SMOOTHING * self._wait_share         # idle: a share of 0
         return self._wait_share > CONTENDED
 
     def _next_window(self):

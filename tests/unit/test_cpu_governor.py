@@ -25,12 +25,30 @@ class Clocks:
         self.wait += wait_ms * 1_000_000
 
 
+class Reader:
+    """A ring buffer reader as the governor handles it."""
+
+    def stopReading(self):  # noqa: N802 (Twisted's name)
+        pass
+
+    def resume(self):
+        pass
+
+
 def make(min_cpu=0.05, max_cpu=1.0):
     clock, clocks, metrics = MemoryReactorClock(), Clocks(), SelfMetrics()
     governor = CpuGovernor(min_cpu, max_cpu, metrics, clock, cpu_time=lambda: clocks.cpu,
                            schedstat=lambda: (clocks.run, clocks.wait))
     governor.start()
     return governor, clock, clocks, metrics
+
+
+def contend_down_to_min_cpu(clock, clocks, governor):
+    """Six windows with half the runnable time queueing: the budget halves down to min_cpu (0.05)."""
+    for _ in range(6):
+        clocks.spend(run_ms=10, wait_ms=10)
+        clock.advance(WINDOW)
+    assert governor.budget == 0.05
 
 
 def test_contended_windows_halve_the_budget_down_to_min_cpu_and_free_ones_grow_it_back():
@@ -43,7 +61,7 @@ def test_contended_windows_halve_the_budget_down_to_min_cpu_and_free_ones_grow_i
     clock.advance(WINDOW)
     assert governor.budget == 0.05 + GROWTH
     for _ in range(20):
-        clock.advance(WINDOW)                        # idle windows say nothing against growing
+        clock.advance(WINDOW)                        # idle windows (share 0) keep growing it
     assert governor.budget == 1.0
     assert metrics.registry.get_sample_value("telegen_ebpf_cpu_budget_cores") == 1.0
 
@@ -51,10 +69,7 @@ def test_contended_windows_halve_the_budget_down_to_min_cpu_and_free_ones_grow_i
 def test_a_thread_gone_idle_after_contention_is_no_longer_contended():
     """An idle window is share 0: the last busy share must not hold the budget at min_cpu while nothing runs."""
     governor, clock, clocks, _ = make()
-    for _ in range(6):
-        clocks.spend(run_ms=10, wait_ms=10)
-        clock.advance(WINDOW)
-    assert governor.budget == 0.05
+    contend_down_to_min_cpu(clock, clocks, governor)
     clock.advance(WINDOW)                            # idle: the smoothed share (0.49) halves, below 0.25
     assert governor.budget == 0.05 + GROWTH
     for _ in range(10):
@@ -62,22 +77,26 @@ def test_a_thread_gone_idle_after_contention_is_no_longer_contended():
     assert governor.budget == 1.0
 
 
-def test_forgetting_contention_restores_max_cpu_and_a_full_window_at_once():
-    """What the agent did to itself (compiling probes) must not hold the first traffic to min_cpu."""
-    governor, clock, clocks, metrics = make()
-    for _ in range(6):
-        clocks.spend(cpu_seconds=0.01, run_ms=10, wait_ms=10)
+def test_a_window_the_budget_held_the_thread_in_says_nothing():
+    """At saturation the held thread barely runs: that must not read as idle and grow the budget."""
+    governor, clock, clocks, _ = make()
+    contend_down_to_min_cpu(clock, clocks, governor)
+    for _ in range(5):
+        governor.hold(Reader())
+        clocks.spend(run_ms=1)                       # held: under 2 ms runnable
         clock.advance(WINDOW)
-    assert governor.budget == 0.05
-    clocks.spend(cpu_seconds=0.5)                    # the compile's CPU: not charged to the next window
+        assert governor.budget == 0.05
+
+
+def test_forgetting_contention_lets_the_budget_grow_back_from_where_it_is():
+    """What the agent did to itself (compiling probes) is forgotten; the budget is not reset to max_cpu."""
+    governor, clock, clocks, _ = make()
+    contend_down_to_min_cpu(clock, clocks, governor)
     governor.forget_contention()
-    assert governor.budget == 1.0
-    assert metrics.registry.get_sample_value("telegen_ebpf_cpu_budget_cores") == 1.0
-    clocks.spend(cpu_seconds=WINDOW * 0.9)
-    assert governor.may_consume()
-    clocks.spend(run_ms=10, wait_ms=1)               # the next window starts from share 0, not the old one
+    assert governor.budget == 0.05
+    clocks.spend(run_ms=10, wait_ms=3)               # 23 %: contended on top of the old share, not alone
     clock.advance(WINDOW)
-    assert governor.budget == 1.0
+    assert governor.budget == 0.05 + GROWTH
 
 
 def test_one_contended_window_among_free_ones_is_smoothed_away():
