@@ -48,6 +48,7 @@ class SelfMetrics:
         self.ebpf_maps_created = Gauge("telegen_ebpf_maps_created", "BPF maps created", ["map_type"], registry=r)
         self.ebpf_map_entries = Gauge("telegen_ebpf_map_entries", "Live entries per BPF map", ["map_name"], registry=r)
         self.ebpf_ringbuf_events = Counter("telegen_ebpf_ringbuf_events", "Ring buffer events received", registry=r)
+        self.ebpf_ringbuf_fill = Gauge("telegen_ebpf_ringbuf_fill_ratio", "Share of each ring buffer waiting to be read when its last drain began (the kernel loses events at 1)", ["buffer"], registry=r)
         self.ebpf_ringbuf_lost = Counter("telegen_ebpf_ringbuf_lost", "Ring buffer events lost (reserve failed in the kernel)", registry=r)
         self.ebpf_events_dropped = Counter("telegen_ebpf_events_dropped", "Kernel events dropped in user space, by reason", ["reason"], registry=r)
         self.ebpf_cpu_budget = Gauge("telegen_ebpf_cpu_budget_cores", "CPU the event consumer may use now (agent.ebpf.min_cpu..max_cpu; lower while CPUs are contended)", registry=r)

@@ -70,6 +70,10 @@ class MappedRing:
         producer = mmap.mmap(fd, PAGE + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=PAGE)
         return cls(consumer, producer, size)
 
+    def pending(self):
+        """Bytes the kernel has reserved or committed that the reader has not consumed yet."""
+        return self._producer_position[0] - self._consumer_position[0]
+
     def drain(self, handler, budget, on_error):
         """
         Hand committed records to handler(bytes), at most budget of them; returns how many.
@@ -110,6 +114,10 @@ class RingBufferReader(FileDescriptor):
     @ivar events_received: events handed to the handler since start.
     @ivar handler_errors: events whose handler raised (each also counted in
         telegen_ebpf_events_dropped{reason="handler_error"}).
+    @ivar pending_bytes: bytes waiting in the ring when the last drain began (the fill before
+        reading: how close the kernel came to losing events), also the gauge
+        telegen_ebpf_ringbuf_fill_ratio{buffer} as a share of the ring.
+    @ivar max_pending_bytes: the highest pending_bytes since start.
     """
 
     def __init__(self, bpf, name, handler, metrics, reactor=None, drain_interval=0.1, ring=None, governor=None,
@@ -120,12 +128,15 @@ class RingBufferReader(FileDescriptor):
         self.name = name
         self.events_received = 0
         self.handler_errors = 0
+        self.pending_bytes = 0
+        self.max_pending_bytes = 0
         self.error = None
         self._handler = handler
         self._metrics = metrics
         table = bpf[name.encode()]
         self._fd = table.map_fd
         self._ring = ring if ring is not None else MappedRing.from_fd(self._fd, table.max_entries)
+        self._fill = metrics.ebpf_ringbuf_fill.labels(name)
         self._drain = LoopingCall(self.doRead)
         self._drain.clock = self.reactor
         self._drain_interval = drain_interval
@@ -147,6 +158,7 @@ class RingBufferReader(FileDescriptor):
         """
         for reader in self._drain_before:
             reader.catch_up()
+        self._note_pending()
         arrived = 0
         while arrived < MAX_EVENTS_PER_READ:
             if self._governor is not None and not self._governor.may_consume():
@@ -160,6 +172,13 @@ class RingBufferReader(FileDescriptor):
         if arrived:
             self.events_received += arrived
             self._metrics.ebpf_ringbuf_events.inc(arrived)
+
+    def _note_pending(self):
+        pending = self._ring.pending()
+        self.pending_bytes = pending
+        if pending > self.max_pending_bytes:
+            self.max_pending_bytes = pending
+        self._fill.set(pending / self._ring.size)
 
     def catch_up(self):
         """Drain now if reading (another reader whose events depend on these asks before its own drain)."""

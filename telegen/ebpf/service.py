@@ -242,6 +242,7 @@ class EbpfService(service.Service):
             for reader, lost in zip(st.readers, st.lost):
                 buffers.append({"probe": st.probe.name, "name": reader.name, "size": st.probe.ringbuf_size(self.config),
                                 "events_received": reader.events_received, "events_lost": lost,
+                                "pending_bytes": reader.pending_bytes, "max_pending_bytes": reader.max_pending_bytes,
                                 "handler_errors": reader.handler_errors, "error": reader.error})
         return {
             "enabled": self.enabled,

@@ -137,3 +137,4 @@ def test_a_flood_beyond_the_ring_buffer_is_counted_as_lost_while_the_api_answers
     assert sum(b["events_lost"] for b in before["buffers"]) == before["events_lost"]
     [http] = [b for b in before["buffers"] if b["probe"] == "http"]
     assert http["events_lost"] > 0 and http["size"] == 4096
+    assert http["max_pending_bytes"] > http["size"] // 2        # the fill it reported before losing

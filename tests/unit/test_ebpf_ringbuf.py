@@ -162,6 +162,22 @@ def test_do_read_drains_and_counts():
     assert metrics.registry.get_sample_value("telegen_ebpf_ringbuf_events_total") == 2
 
 
+def test_each_drain_notes_how_full_the_ring_was_and_the_highest_fill_is_kept():
+    """What an SRE watches to see how close the kernel came to losing events, before it loses any."""
+    kernel, _, metrics, reader = make(lambda raw: None)
+    for _ in range(3):
+        kernel.submit(b"x" * 504)                    # 512 bytes with its header
+    reader.doRead()
+    assert reader.pending_bytes == reader.max_pending_bytes == 3 * 512
+    assert metrics.registry.get_sample_value("telegen_ebpf_ringbuf_fill_ratio", {"buffer": "events"}) == 3 * 512 / 4096
+    kernel.submit(b"x" * 504)
+    reader.doRead()
+    assert (reader.pending_bytes, reader.max_pending_bytes) == (512, 3 * 512)
+    reader.doRead()
+    assert reader.pending_bytes == 0
+    assert metrics.registry.get_sample_value("telegen_ebpf_ringbuf_fill_ratio", {"buffer": "events"}) == 0
+
+
 def test_a_raising_handler_is_contained_counted_and_the_drain_goes_on():
     def handler(raw):
         if raw == b"bad":

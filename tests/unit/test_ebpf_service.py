@@ -156,6 +156,20 @@ def test_status_summary_and_self_metrics_agree():
     assert ("http.inflight",) not in m.ebpf_map_entries._metrics
 
 
+def test_status_shows_each_ring_buffers_fill_at_its_last_drain_and_the_highest(monkeypatch):
+    kernels = []
+    monkeypatch.setattr(MappedRing, "from_fd", classmethod(lambda cls, fd, size: kernels.append(KernelSide(size)) or kernels[-1].ring))
+    h = Harness([FakeProbe("http")])
+    h.service.startService()
+    h.finish()
+    [kernel], [reader] = kernels, h.service._loaded[0].readers
+    kernel.submit(b"x" * 1016)                       # 1,024 bytes with its header
+    reader.doRead()
+    reader.doRead()
+    [buffer] = h.service.status()["ringbuf"]["buffers"]
+    assert (buffer["pending_bytes"], buffer["max_pending_bytes"]) == (0, 1024)
+
+
 def test_a_failed_probe_is_reported_precisely_and_the_others_still_load():
     bad, good = FakeProbe("http"), FakeProbe("tcp")
     h = Harness([bad, good])
