@@ -30,6 +30,9 @@
 #ifndef MAX_CONNS
 #define MAX_CONNS 65536
 #endif
+#ifndef TELEGEN_API_PORT
+#define TELEGEN_API_PORT 0         /* the agent's own API port: never captured (telegen/ebpf/probe.py api_port) */
+#endif
 #ifndef MAX_PENDING_REQUESTS
 #define MAX_PENDING_REQUESTS 8192  /* connections with a request waiting for its response */
 #endif
@@ -133,6 +136,8 @@ BPF_ARRAY(settings, u32, 1);
 
 static __always_inline int port_allowed(u16 port, int known)
 {
+    if (known && TELEGEN_API_PORT && port == TELEGEN_API_PORT)
+        return 0;
     u32 z = 0, k = port;
     u32 *include_mode = settings.lookup(&z);
     u8 *rule = port_rules.lookup(&k);

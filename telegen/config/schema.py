@@ -101,7 +101,7 @@ SCHEMA = Section({
                 "http": Field("bool", True, "HTTP/1.x spans and RED metrics."),
                 "tcp": Field("bool", True, "TCP connection telemetry."),
                 "include_ports": Field("list_ports", [], "Only these ports (empty: all)."),
-                "exclude_ports": Field("list_ports", [], "Never these ports."),
+                "exclude_ports": Field("list_ports", [], "Never these ports (nor the agent's own API port, always excluded)."),
                 "exclude_paths": Field("list_str", [], "Drop exchanges whose path matches one of these globs."),
                 "routes": Field("list_str", [], "Route patterns like /users/{id}; a match sets http.route."),
             }),

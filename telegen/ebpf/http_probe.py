@@ -22,7 +22,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from telegen.ebpf.http_decoder import HttpDecoder, HttpExchange
-from telegen.ebpf.probe import Probe
+from telegen.ebpf.probe import Probe, api_port
 from telegen.signals.common import host_identity
 from telegen.signals.http import RedMetrics, RouteMatcher, SpanEncoder, url_path
 
@@ -97,7 +97,7 @@ class HttpProbe(Probe):
         return ebpf["enabled"] and ebpf["network"]["enabled"] and ebpf["network"]["http"]
 
     def cflags(self, config):
-        return [f"-DHTTP_CAPTURE={CAPTURE_BYTES}"]
+        return [f"-DHTTP_CAPTURE={CAPTURE_BYTES}", f"-DTELEGEN_API_PORT={api_port(config)}"]
 
     def tracepoints(self):
         return _tracepoints()

@@ -52,3 +52,20 @@ class Probe:
 
     def detached(self) -> None:
         """Hook when the service stops or the probe is unloaded (flush aggregated state)."""
+
+
+def api_port(config) -> int:
+    """
+    The agent's own API port. The API's server side is the agent's process, which the kernel
+    already skips; its clients (health probes, Prometheus scrapes, an SRE's curl) are the agent's
+    own traffic too, so they make no span, duration or connection metric either, whatever
+    include_ports says. The HTTP probe compiles it in (TELEGEN_API_PORT), so even a readiness
+    probe answered while the probes still load is never captured.
+    """
+    return int(config["self_telemetry"]["listen"].rpartition(":")[2])
+
+
+def excluded_ports(config) -> list:
+    """agent.ebpf.network.exclude_ports plus api_port() (the TCP probe filters in user space)."""
+    port = api_port(config)
+    return list(config["agent"]["ebpf"]["network"]["exclude_ports"]) + [(port, port)]

@@ -17,7 +17,7 @@ import struct
 
 from twisted.internet.task import LoopingCall
 
-from telegen.ebpf.probe import Probe
+from telegen.ebpf.probe import Probe, excluded_ports
 from telegen.ebpf.process_events import small_ringbuf_size
 from telegen.signals import tcp as signals
 
@@ -72,7 +72,7 @@ class TcpProbe(Probe):
         self.interval = interval
         network = config["agent"]["ebpf"]["network"]
         self.include_ports = network["include_ports"]
-        self.exclude_ports = network["exclude_ports"]
+        self.exclude_ports = excluded_ports(config)
         self.telemetry = signals.TcpTelemetry(pipeline, processes, metrics, max_series=max_series)
         self._self_pid = os.getpid()
         self._bpf = None

@@ -60,6 +60,8 @@ def test_curl_gives_spans_and_metrics_in_the_file_sink_and_status_lists_kernel_i
     data_dir = os.path.join(str(tmp_path), "data")
     server, port = apps.python_server()
     try:
+        # A client of the agent's own API (a health probe, a scrape): the agent's traffic, not telemetry.
+        subprocess.run(["curl", "-s", "-o", "/dev/null", f"{big_agent.url}/healthz"], check=True, timeout=10)
         for path in ("/ok", "/missing", "/ok"):
             subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}{path}"], check=True, timeout=10)
 
@@ -98,8 +100,10 @@ def test_curl_gives_spans_and_metrics_in_the_file_sink_and_status_lists_kernel_i
     assert (maps["http.inflight"]["type"], maps["http.inflight"]["entries"]) == ("task_storage", None)
     summary = big_agent.get("/status").json()["ebpf"]
     assert summary["programs_loaded"] == len(status["programs"]) and summary["maps_created"] == len(status["maps"])
-    # The API answered many requests above; none of them is telemetry.
+    # The API answered many requests above; none of them is telemetry, on either side.
     assert [s for r, s in read_spans(data_dir) if r.get("process.pid") == big_agent.process.pid] == []
+    assert [s for r, s in read_spans(data_dir)
+            if any(kv.key == "server.port" and kv.value.int_value == big_agent.port for kv in s.attributes)] == []
 
 
 def metric_value(agent, name):

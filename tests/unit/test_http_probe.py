@@ -46,8 +46,9 @@ class Processes:
         return pid != 66
 
 
-def make(**network):
+def make(listen=":19090", **network):
     config = defaults()
+    config["self_telemetry"]["listen"] = listen
     config["agent"]["ebpf"]["network"].update(network)
     config["agent"]["host_metrics"]["interval"] = 5.0
     clock, pipeline, metrics = Clock(), Pipeline(), SelfMetrics()
@@ -69,6 +70,12 @@ def test_port_filter_is_seeded_from_config():
     assert bpf.tables[b"settings"] == {0: 1}
     _, open_bpf, _, _, _ = make()
     assert open_bpf.tables[b"port_rules"] == {} and open_bpf.tables[b"settings"] == {0: 0}
+
+
+def test_the_agents_own_api_port_is_compiled_into_the_kernel_filter():
+    """From the moment the programs attach, before any map is seeded: readiness probes during loading too."""
+    probe, _, _, _, _ = make(listen="127.0.0.1:40549")
+    assert "-DTELEGEN_API_PORT=40549" in probe.cflags(probe._config)
 
 
 def test_changing_the_port_filter_resets_only_what_was_set():

@@ -198,6 +198,7 @@ def test_port_filters_and_self_are_dropped():
     probe.handle(decode(pack(1, pid=5, peer=("10.0.0.1", 22), established=1)))
     probe.handle(decode(pack(2, direction=2, local=("127.0.0.1", 19090), peer=("127.0.0.1", 5000), established=1)))
     probe.handle(decode(pack(3, pid=os.getpid(), direction=2, local=("127.0.0.1", 19090), established=1)))
+    probe.handle(decode(pack(1, pid=5, peer=("127.0.0.1", 19090), established=1)))     # a client of the agent's API
     assert probe.flush() == 0
     only, pipeline2, _ = make_probe(include_ports=[(8000, 8100)])
     only.handle(decode(pack(1, pid=5, peer=("10.0.0.1", 9000), established=1)))
