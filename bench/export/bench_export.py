@@ -254,7 +254,7 @@ def main():
     os.environ["BENCH_CONTROL"] = f"127.0.0.1:{server.server_address[1]}"
     try:
         if args.only != "soak":
-            print(f"| protocol | sender | spans | wall s | spans/s | CPU s per 100k | CPU us/span |")
+            print("| protocol | sender | spans | wall s | spans/s | CPU s per 100k | CPU us/span |")
             print("|---|---|---|---|---|---|---|")
             ratios = {}
             for protocol in ("grpc", "http"):
