@@ -1,8 +1,9 @@
 """
 Where the agent's CPU goes at a fixed request rate: the reactor thread's CPU time inside the ring
 buffer drains (decoding, span templates and encoding, RED histograms), inside span submission
-(which runs the export: request encoding and grpcio's call, its gzip included), inside each timer,
-and in the rest of the process, measured with time.thread_time() around those calls.
+(which runs the export: request encoding and grpcio's call, its gzip included), inside each timer
+and in the garbage collector, and in the rest of the process, measured with time.thread_time()
+around those calls (and gc.callbacks).
 
 nginx on loopback at --rate requests/s (h2load), the real agent with every probe exporting to a
 receiver in this process, as bench/ebpf/run.py does; the agent runs through this file (--agent),
@@ -13,6 +14,7 @@ the previous one and start again: one after --warmup seconds of load, one at the
 """
 import argparse
 import functools
+import gc
 import os
 import signal
 import sys
@@ -57,6 +59,20 @@ class Split:
 
         setattr(cls, name, accounted)
 
+    def watch_gc(self):
+        """Account the garbage collector's passes, per generation (they run inside whatever allocated)."""
+        began = {}
+
+        def on_gc(phase, info):
+            if phase == "start":
+                began[0] = time.thread_time()
+            elif 0 in began:
+                key = f"garbage collection, generation {info['generation']}"
+                self.seconds[key] += time.thread_time() - began.pop(0)
+                self.calls[key] += 1
+
+        gc.callbacks.append(on_gc)
+
     def dump(self, *_):
         """Log one line per label (% of a core over the interval) and start a new interval."""
         wall, process, thread = (now - then for now, then in zip(self._now(), self._start))
@@ -86,6 +102,7 @@ def run_agent(twistd_args):
     split.wrap(SignalExporter, "_pump", "export: encode request, grpcio call (gzip)")
     split.wrap(ReactorBase, "runUntilCurrent", "timed and thread calls (submission included)")
     split.wrap(LoopingCall, "__call__", lambda args: "timer " + getattr(args[0].f, "__qualname__", "?"))
+    split.watch_gc()
     signal.signal(signal.SIGUSR2, split.dump)
     sys.argv = ["twistd"] + twistd_args
     run()
