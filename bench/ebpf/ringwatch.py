@@ -18,7 +18,6 @@ import json
 import mmap
 import os
 import re
-import struct
 import sys
 import threading
 import time
@@ -26,12 +25,13 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from telegen.ebpf.cpu_governor import thread_schedstat  # noqa: E402
 from telegen.ebpf.loader import fdinfo  # noqa: E402
+from telegen.ebpf.ringbuf import PAGE, MappedRing  # noqa: E402
+from telegen.hostmetrics import ProcReader  # noqa: E402
 
-PAGE = 4096
 RINGBUF_MAP_TYPE = 27
 SYS_PIDFD_GETFD = 438          # x86-64
-_POSITION = struct.Struct("<Q")
 
 
 def ring_fd(pid, size):
@@ -52,13 +52,13 @@ def get(url):
         return answer.read()
 
 
-def reactor_thread(pid):
-    """(ns on a CPU, ns waiting for one) of the agent's main (reactor) thread, and the host's (idle, total) ticks."""
-    with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
-        run, wait = f.read().split()[:2]
-    with open("/proc/stat") as f:
-        ticks = [int(x) for x in f.readline().split()[1:9]]
-    return int(run), int(wait), ticks[3], sum(ticks)
+def reactor_thread(pid, host=ProcReader()):
+    """(ns on a CPU, ns waiting for one) of the agent's main (reactor) thread, and the host's (idle, total) CPU seconds."""
+    sched = thread_schedstat(f"/proc/{pid}/task/{pid}/schedstat")
+    if sched is None:
+        raise OSError(f"process {pid} is gone")
+    cpus = host.cpu_and_boot()[0].values()
+    return (*sched, sum(c["idle"] for c in cpus), sum(sum(c.values()) for c in cpus))
 
 
 class Agent:
@@ -103,8 +103,9 @@ def main():
     args = parser.parse_args()
 
     fd = ring_fd(args.pid, args.size)
-    consumer = mmap.mmap(fd, PAGE, mmap.MAP_SHARED, mmap.PROT_READ, offset=0)
-    producer = mmap.mmap(fd, PAGE, mmap.MAP_SHARED, mmap.PROT_READ, offset=PAGE)
+    # Both pages read-only: the agent's consumer position is the agent's to move.
+    ring = MappedRing(mmap.mmap(fd, PAGE, mmap.MAP_SHARED, mmap.PROT_READ, offset=0),
+                      mmap.mmap(fd, PAGE, mmap.MAP_SHARED, mmap.PROT_READ, offset=PAGE), args.size)
     agent = Agent(args.api, 0.05)
     threading.Thread(target=agent.poll, daemon=True).start()
     samples, reported = [], 0
@@ -114,7 +115,7 @@ def main():
             sched = reactor_thread(args.pid)
         except OSError:
             break                   # the agent exited
-        fill = _POSITION.unpack_from(producer, 0)[0] - _POSITION.unpack_from(consumer, 0)[0]
+        fill = ring.pending()
         samples.append((time.time(), fill, agent.budget, agent.held, sched))
         for at, per_ring in agent.losses[reported:]:
             recent = max(f for t, f, *_ in samples if t >= at - 2)
@@ -137,7 +138,7 @@ def main():
         shown = step
         if previous is not None:
             ran, waited = sched[0] - previous[0], sched[1] - previous[1]
-            idle = (sched[2] - previous[2]) / max(1, sched[3] - previous[3])
+            idle = (sched[2] - previous[2]) / ((sched[3] - previous[3]) or 1)
             print(f"  {t - start:5.2f} s  fill {fill / 1e6:6.2f} MB  budget {budget}  held {held}  "
                   f"wait share {waited / max(1, ran + waited):.2f}  host idle {idle:.2f}")
         previous = sched
