@@ -136,8 +136,10 @@ BPF_ARRAY(settings, u32, 1);
 
 static __always_inline int port_allowed(u16 port, int known)
 {
-    if (known && TELEGEN_API_PORT && port == TELEGEN_API_PORT)
+#if TELEGEN_API_PORT
+    if (known && port == TELEGEN_API_PORT)
         return 0;
+#endif
     u32 z = 0, k = port;
     u32 *include_mode = settings.lookup(&z);
     u8 *rule = port_rules.lookup(&k);
