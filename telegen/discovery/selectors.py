@@ -33,11 +33,9 @@ class Selection:
     def __init__(self, discovery_config):
         self.instrument = discovery_config["instrument"]
         self.exclude = discovery_config["exclude_instrument"]
-
-    @property
-    def everything(self):
-        """True when no selector is configured: every process, known or not, is selected."""
-        return not self.instrument and not self.exclude
+        # True when no selector is configured: every process, known or not, is selected. A plain
+        # attribute, not a property: ProcessTable.selected() reads it for every HTTP exchange.
+        self.everything = not self.instrument and not self.exclude
 
     def selected(self, info):
         """Whether telemetry of this process (a ProcessInfo, or None when unknown) is reported."""

@@ -34,14 +34,15 @@ ROLE_SERVER, ROLE_CLIENT = 3, 4
 
 # struct http_event without data[] (bpf/http.c): header {ts, pid, tid, kind, pad}, 6 u64 + s64,
 # two endpoints {addr[16], port, family, pad}, {fd, role, cap_len, pad}; EVENT is the whole of it.
-# Fields the decoder does not use are skipped ("x"), and it unpacks the three parts separately:
-# every event needs its times, totals and connection key, the addresses only when a connection is
-# first seen (two 16-byte strings fewer to build per event).
-_TIMES = struct.Struct("<QI4xI4x" "QQQQQQq")
+# Fields the decoder does not use are skipped ("x"): every event needs its times, totals and
+# connection key (one unpack, _FIXED, which skips the addresses), the addresses only when a
+# connection is first seen (two 16-byte strings fewer to build per event).
+_TIMES = "QI4xI4x" "QQQQQQq"
 _ENDPOINTS = struct.Struct("<16sH6x" "16sH6x")
-_KEY = struct.Struct("<III4x")
-_KEY_AT = _TIMES.size + _ENDPOINTS.size
-EVENT = struct.Struct("<" + "".join(part.format.lstrip("<") for part in (_TIMES, _ENDPOINTS, _KEY)))
+_KEY = "III4x"
+_ENDPOINTS_AT = struct.calcsize("<" + _TIMES)
+_FIXED = struct.Struct("<" + _TIMES + "%dx" % _ENDPOINTS.size + _KEY)
+EVENT = struct.Struct("<" + _TIMES + _ENDPOINTS.format.lstrip("<") + _KEY)
 # What struct http_exchange_event adds after its response (a whole struct http_event with
 # data[capture]): the request syscall's entry and exit times and its capture's length, then the capture.
 EXCHANGE_TAIL = struct.Struct("<QQI4x")
@@ -216,14 +217,14 @@ class HttpDecoder:
 
     def handle_bytes(self, raw):
         """The ring buffer handler: decode one event (its bytes)."""
-        ts, pid, kind, enter_ts, conn_ts, rx, tx, last_rx, last_tx, ret = _TIMES.unpack_from(raw)
-        fd, role, cap_len = _KEY.unpack_from(raw, _KEY_AT)
+        ts, pid, kind, enter_ts, conn_ts, rx, tx, last_rx, last_tx, ret, fd, role, cap_len = _FIXED.unpack_from(raw)
         key = (pid, fd, conn_ts)
         conn = self._conns.get(key)
         if conn is None:
             if kind == EV_CLOSE:
                 return
-            conn = self._conns[key] = self._connection(role == ROLE_SERVER, pid, *_ENDPOINTS.unpack_from(raw, _TIMES.size))
+            conn = self._conns[key] = self._connection(role == ROLE_SERVER, pid,
+                                                       *_ENDPOINTS.unpack_from(raw, _ENDPOINTS_AT))
         conn.last_seen = ts
         # Bytes flowing towards the client (responses) and when they last moved.
         out_total, out_last = (tx, last_tx) if conn.server_side else (rx, last_rx)
@@ -243,7 +244,9 @@ class HttpDecoder:
             start = self._tail + EXCHANGE_TAIL.size
             request_data = raw[start:start + request_len]
             if not conn.waiting and conn.responding is None:
-                pair = self._pair(request_data, data)
+                pair = self._pairs.get((request_data, data), False)      # _pair(), its cache hit inlined
+                if pair is False:
+                    pair = self._pair(request_data, data)
                 if pair is not None and pair.complete_len is not None and pair.complete_len <= ret:
                     begin = request_ts if conn.server_side else request_enter
                     self._on_exchange(conn, pair.request, pair.status, pair.body,

@@ -46,13 +46,12 @@ MAX_TEMPLATES = 20000       # exchange shapes remembered (cleared when full)
 class _ExchangeTemplate:
     """What every exchange of one shape yields: a drop reason, or its span template and RED series."""
 
-    __slots__ = ("drop", "span", "series", "overflow")
+    __slots__ = ("drop", "span", "record")
 
-    def __init__(self, drop, span=None, series=None, overflow=None):
+    def __init__(self, drop, span=None, record=None):
         self.drop = drop
         self.span = span
-        self.series = series
-        self.overflow = overflow       # the metric name when series is the overflow series
+        self.record = record           # adds a duration (s) to the RED series (RedMetrics.recorder)
 
 
 def _glob_regex(patterns):
@@ -164,7 +163,9 @@ class HttpProbe(Probe):
             self._drop(template.drop)
             return
         self.exchanges += 1
-        self._red.add(template.series, template.overflow, start_ns, end_ns)
+        if end_ns < start_ns:
+            end_ns = start_ns
+        template.record((end_ns - start_ns) / 1e9)
         spans = self._spans.get(pid)
         if spans is None:
             spans = self._spans[pid] = []
@@ -181,8 +182,8 @@ class HttpProbe(Probe):
             template = _ExchangeTemplate("excluded_path")
         else:
             route = self._routes.match(path)
-            series, overflow = self._red.series(ex, route, ex.end_ns)
-            template = _ExchangeTemplate(None, self._encoder.template(ex, path, route), series, overflow)
+            template = _ExchangeTemplate(None, self._encoder.template(ex, path, route),
+                                         self._red.recorder(ex, route, ex.end_ns))
         self._templates[key] = template
         return template
 

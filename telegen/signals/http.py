@@ -156,7 +156,8 @@ class SpanEncoder:
     def encode(self, template, start_ns, end_ns, peer_port):
         """One serialized Span: the template plus fresh ids (or the remote parent's trace), times and peer port."""
         rand = self._rand
-        end_ns = max(end_ns, start_ns)
+        if end_ns < start_ns:
+            end_ns = start_ns
         if template.parent:
             trace_id, parent_id, flags = template.parent
             # W3C flags + "is-remote known" (0x100) + "parent is remote" (0x200)
@@ -258,34 +259,35 @@ class RedMetrics:
 
     def record(self, ex, route, now_ns):
         """Add one exchange's duration."""
-        series, overflow = self.series(ex, route, now_ns)
-        self.add(series, overflow, ex.start_ns, ex.end_ns)
+        self.recorder(ex, route, now_ns)(max(ex.end_ns - ex.start_ns, 0) / 1e9)
 
-    def series(self, ex, route, now_ns):
+    def recorder(self, ex, route, now_ns):
         """
-        (the series an exchange of this shape adds to, the metric name when that is the overflow
-        series, else None). Callers may keep both until forget() of its pid and hand them to add().
+        The function that adds a duration (seconds, not negative) to the series exchanges of this
+        shape belong to: the series' own add, or for the overflow series one that also counts the
+        point in telegen_metric_overflow_total. Callers may keep it until forget() of its pid.
         """
         name = SERVER_METRIC if ex.server_side else CLIENT_METRIC
         key = (ex.pid, self._attributes(ex, route))
         table = self._series[name]
         series = table.get(key)
-        overflow = None
+        if series is not None:
+            return series.add
+        if len(table) < self._max:
+            series = table[key] = _Series()
+            self._start.setdefault(key, now_ns)
+            return series.add
+        key = (ex.pid, OVERFLOW)
+        series = table.get(key)
         if series is None:
-            if len(table) >= self._max:
-                overflow = name
-                key = (ex.pid, OVERFLOW)
-                series = table.get(key)
-            if series is None:
-                series = table[key] = _Series()
-                self._start.setdefault(key, now_ns)
-        return series, overflow
+            series = table[key] = _Series()
+            self._start.setdefault(key, now_ns)
+        overflowed = self._metrics.metric_overflow.labels(metric=name)
 
-    def add(self, series, overflow, start_ns, end_ns):
-        """One exchange's duration into a series from series(); a point in the overflow series is counted."""
-        if overflow:
-            self._metrics.metric_overflow.labels(metric=overflow).inc()
-        series.add(max(end_ns - start_ns, 0) / 1e9)
+        def add_overflow(seconds):
+            overflowed.inc()
+            series.add(seconds)
+        return add_overflow
 
     def collect(self, now_ns):
         """{pid: [Metric]}: every series so far, cumulative since its first point."""
