@@ -7,6 +7,8 @@ for the byte bound), and a batch is then a join of byte strings: no message copi
 encoding. The layout is the same for all OTLP signals (request.1 -> Resource*; Resource*.1 =
 resource, .2 -> Scope*; Scope*.1 = scope, .2 -> records); kinds.py checks it against the protos.
 """
+from itertools import chain
+
 from telegen.protowire import length_delimited as _field
 from telegen.protowire import varint
 from telegen.signals.common import SCOPE, resource
@@ -50,12 +52,22 @@ def encode_request(chunks, resources):
         if group is None:
             group = groups[chunk.resource_key] = [resources.encoded(chunk.resource_key, chunk.resource_attrs), [_SCOPE_FIELD]]
         parts = group[1]
-        for data in chunk.records:
-            n = len(data)
-            parts += (_RECORD_PREFIX[n] if n < 4096 else _TAG_2 + varint(n), data)
+        records = chunk.records
+        lengths = list(map(len, records))
+        if max(lengths, default=0) < len(_RECORD_PREFIX):
+            # Every record's frame from the table, interleaved with the records, in C.
+            parts += chain.from_iterable(zip(map(_RECORD_PREFIX.__getitem__, lengths), records))
+        else:
+            for n, data in zip(lengths, records):
+                parts += (_RECORD_PREFIX[n] if n < len(_RECORD_PREFIX) else _TAG_2 + varint(n), data)
+    # One join for the whole request: the enclosing fields' heads are computed from the parts'
+    # lengths, so the records are copied once (joining each level separately copied the ~200 KB
+    # of a full batch three more times, which cost more than framing its records).
     out = []
     for resource_bytes, parts in groups.values():
-        scope = b"".join(parts)
-        body = _field(_TAG_1, resource_bytes) + _field(_TAG_2, scope)
-        out.append(_field(_TAG_1, body))
+        scope_len = sum(map(len, parts))
+        resource_field = _field(_TAG_1, resource_bytes)
+        scope_head = _TAG_2 + varint(scope_len)
+        out += (_TAG_1, varint(len(resource_field) + len(scope_head) + scope_len), resource_field, scope_head)
+        out += parts
     return b"".join(out)

@@ -44,6 +44,23 @@ def test_queue_byte_bound():
     assert q.nbytes == one and len(q) == 1
 
 
+def test_serialized_records_are_bounded_like_messages_and_kept_as_a_copy():
+    """Records that arrive as bytes (the HTTP probe's spans) take the bulk path: same bounds, own list."""
+    data = [s.SerializeToString() for s in spans(7)]
+    q = BoundedQueue(capacity=10, max_bytes=1 << 20)
+    assert q.offer("r", {}, data, None) == (7, 7)
+    assert q.offer("r", {}, data, None) == (3, 3)
+    data.clear()                                   # the caller's list is its own to reuse
+    assert [Span.FromString(r).name for c in q.take(10) for r in c.records] == [f"s{i}" for i in range(7)] + ["s0", "s1", "s2"]
+    one = len(spans(1)[0].SerializeToString())
+    small = BoundedQueue(capacity=1000, max_bytes=one * 3 + 1)
+    assert small.offer("r", {}, [s.SerializeToString() for s in spans(5)], None) == (3, 3)
+    assert small.nbytes == one * 3
+    mixed = BoundedQueue(capacity=10, max_bytes=1 << 20)
+    assert mixed.offer("r", {}, [spans(1)[0].SerializeToString(), spans(1)[0]], None) == (2, 2)
+    assert mixed.nbytes == 2 * one
+
+
 def test_take_splits_a_chunk_at_the_batch_boundary_and_keeps_order():
     q = BoundedQueue(100, 1 << 20)
     q.offer("a", {}, spans(4), None)
@@ -93,6 +110,20 @@ def test_encoded_request_equals_the_one_protobuf_builds():
         rs.scope_spans.add(scope=SCOPE).spans.extend(records)
     got = KINDS["traces"].request_cls.FromString(encode_request(q.take(10), ResourceCache()))
     assert got == expected
+
+
+def test_encoded_request_frames_records_of_every_size():
+    """Short records (framed from the prefix table) and long ones (varint framed) in one request."""
+    def span_of_size(size):
+        base = Span(trace_id=bytes(16), span_id=bytes(8), name="n" * 200).ByteSize() - 200
+        return Span(trace_id=bytes(16), span_id=bytes(8), name="n" * (size - base))
+
+    records = [span_of_size(size) for size in (300, 4095, 4096, 10000)]
+    assert [r.ByteSize() for r in records] == [300, 4095, 4096, 10000]     # both sides of the table's end
+    q = BoundedQueue(100, 1 << 20)
+    q.offer(("x",), {"service.name": "x"}, [r.SerializeToString() for r in records], None)
+    got = KINDS["traces"].request_cls.FromString(encode_request(q.take(10), ResourceCache()))
+    assert list(got.resource_spans[0].scope_spans[0].spans) == records
 
 
 # -- retry rules -------------------------------------------------------------------------------
