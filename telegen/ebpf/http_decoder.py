@@ -46,6 +46,7 @@ EVENT = struct.Struct("<" + _TIMES + _ENDPOINTS.format.lstrip("<") + _KEY)
 # What struct http_exchange_event adds after its response (a whole struct http_event with
 # data[capture]): the request syscall's entry and exit times and its capture's length, then the capture.
 EXCHANGE_TAIL = struct.Struct("<QQI4x")
+_DATA_AT = EVENT.size
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 _NO_BODY_STATUS = frozenset((204, 304))
 PARSE_CACHE = 4096           # distinct request/response heads remembered (parsed heads are immutable)
@@ -168,6 +169,7 @@ class HttpDecoder:
         self._drop = drop
         self._offset = mono_to_epoch
         self._tail = EVENT.size + capture
+        self._request_at = self._tail + EXCHANGE_TAIL.size
         self._conns = {}
         self._parsed = {}
         self._pairs = {}
@@ -226,35 +228,35 @@ class HttpDecoder:
             conn = self._conns[key] = self._connection(role == ROLE_SERVER, pid,
                                                        *_ENDPOINTS.unpack_from(raw, _ENDPOINTS_AT))
         conn.last_seen = ts
-        # Bytes flowing towards the client (responses) and when they last moved.
-        out_total, out_last = (tx, last_tx) if conn.server_side else (rx, last_rx)
+        server = conn.server_side
         if conn.responding is not None:
-            self._finish_responding(conn, out_total, out_last)
+            # Its end and size come from the bytes flowing towards the client and when they last moved.
+            self._finish_responding(conn, tx if server else rx, last_tx if server else last_rx)
         if kind == EV_CLOSE:
             for _ in conn.waiting:
                 self._drop("no_response")
             del self._conns[key]
             return
-        data = raw[EVENT.size:EVENT.size + cap_len]
+        data = raw[_DATA_AT:_DATA_AT + cap_len]
         if kind == EV_REQUEST:
             self._requests(conn, data, ts, enter_ts)
             return
         if kind == EV_EXCHANGE:
             request_enter, request_ts, request_len = EXCHANGE_TAIL.unpack_from(raw, self._tail)
-            start = self._tail + EXCHANGE_TAIL.size
+            start = self._request_at
             request_data = raw[start:start + request_len]
-            if not conn.waiting and conn.responding is None:
+            if not conn.waiting:                     # (and nothing is responding: finished above)
                 pair = self._pairs.get((request_data, data), False)      # _pair(), its cache hit inlined
                 if pair is False:
                     pair = self._pair(request_data, data)
                 if pair is not None and pair.complete_len is not None and pair.complete_len <= ret:
-                    begin = request_ts if conn.server_side else request_enter
+                    begin = request_ts if server else request_enter
                     self._on_exchange(conn, pair.request, pair.status, pair.body,
                                       begin + self._offset, ts + self._offset)
                     return
             if not self._requests(conn, request_data, request_ts, request_enter):
                 return
-        self._responses(conn, self._parse(parse_responses, data), ret, out_total, ts)
+        self._responses(conn, self._parse(parse_responses, data), ret, tx if server else rx, ts)
 
     def _requests(self, conn, data, exit_ts, enter_ts):
         """Queue the requests a capture starts with; False (counted) when there is none."""
