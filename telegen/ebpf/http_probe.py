@@ -83,7 +83,7 @@ class HttpProbe(Probe):
         self._loops = []
         self._bpf = None
         self._port_rules = {}
-        self.exchanges = 0
+        self.exchanges = 0             # exchanges made spans, counted as each turn's batch is submitted
 
     def _clock(self):
         if self._reactor is None:
@@ -162,7 +162,6 @@ class HttpProbe(Probe):
         if template.drop:
             self._drop(template.drop)
             return
-        self.exchanges += 1
         if end_ns < start_ns:
             end_ns = start_ns
         template.record((end_ns - start_ns) / 1e9)
@@ -198,6 +197,7 @@ class HttpProbe(Probe):
         self._submit_call = None
         batches, self._spans = self._spans, {}
         for pid, spans in batches.items():
+            self.exchanges += len(spans)
             try:
                 self._pipeline.submit("traces", self.resource(pid), spans)
             except Exception:
