@@ -271,17 +271,15 @@ class RedMetrics:
         key = (ex.pid, self._attributes(ex, route))
         table = self._series[name]
         series = table.get(key)
-        if series is not None:
-            return series.add
-        if len(table) < self._max:
-            series = table[key] = _Series()
-            self._start.setdefault(key, now_ns)
-            return series.add
-        key = (ex.pid, OVERFLOW)
-        series = table.get(key)
+        overflow = series is None and len(table) >= self._max
+        if overflow:
+            key = (ex.pid, OVERFLOW)
+            series = table.get(key)
         if series is None:
             series = table[key] = _Series()
             self._start.setdefault(key, now_ns)
+        if not overflow:
+            return series.add
         overflowed = self._metrics.metric_overflow.labels(metric=name)
 
         def add_overflow(seconds):
