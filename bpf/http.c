@@ -30,9 +30,6 @@
 #ifndef MAX_CONNS
 #define MAX_CONNS 65536
 #endif
-#ifndef TELEGEN_API_PORT
-#define TELEGEN_API_PORT 0         /* the agent's own API port: never captured (telegen/ebpf/probe.py api_port) */
-#endif
 #ifndef MAX_PENDING_REQUESTS
 #define MAX_PENDING_REQUESTS 8192  /* connections with a request waiting for its response */
 #endif
@@ -129,24 +126,26 @@ BPF_HASH(connecting, u64, struct endpoint, 4096);
 BPF_TABLE("lru_hash", u64, struct http_event, pending_requests, MAX_PENDING_REQUESTS);
 BPF_PERCPU_ARRAY(request_scratch, struct http_event, 1);
 BPF_TABLE("lru_hash", struct endpoint, struct endpoint, passive, 16384);
-/* port_rules[port]: 1 = listed in include_ports, 2 = listed in exclude_ports. */
+/* port_rules[port]: 1 = listed in include_ports, 2 = excluded (exclude_ports and the agent's own API port). */
 BPF_ARRAY(port_rules, u8, 65536);
-/* settings[0]: 1 when include_ports is not empty (then unlisted ports are ignored). */
+/*
+ * settings[0]: 0 until user space has written port_rules (nothing is captured before, so the
+ * agent's API port is excluded from the first event on), 1 = every port not excluded, 2 = only
+ * the ports in include_ports. Written live, so a port filter change needs no recompilation.
+ */
 BPF_ARRAY(settings, u32, 1);
 
 static __always_inline int port_allowed(u16 port, int known)
 {
-#if TELEGEN_API_PORT
-    if (known && port == TELEGEN_API_PORT)
-        return 0;
-#endif
     u32 z = 0, k = port;
-    u32 *include_mode = settings.lookup(&z);
+    u32 *mode = settings.lookup(&z);
+    if (!mode || *mode == 0)
+        return 0;
     u8 *rule = port_rules.lookup(&k);
     u8 r = (known && rule) ? *rule : 0;
     if (r == 2)
         return 0;
-    if (include_mode && *include_mode && r != 1)
+    if (*mode == 2 && r != 1)
         return 0;
     return 1;
 }

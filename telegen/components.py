@@ -1,57 +1,63 @@
 """
 The production service tree: which children the agent runs, what config each reads, how each is
-built. Imports happen inside the factories so `twistd --help` and unit tests stay light.
+built. Every factory gets (agent, config), config being the ConfigSlice of exactly the sections
+listed beside it: a child reading anything else fails loudly (UndeclaredConfigKey) instead of
+missing a reload. Imports happen inside the factories so `twistd --help` and unit tests stay light.
 """
 from telegen.service import ChildSpec
 
+# The telegen.* keys behind the resource of the agent's own signals (signals.common.host_resource_attributes).
+RESOURCE = ("telegen.service_name", "telegen.instance_id", "telegen.resource_attributes")
 
-def _processes(agent):
+
+def _processes(agent, config):
     from telegen.discovery.processes import ProcessTable
 
-    return ProcessTable(agent.config, agent.metrics, reactor=agent.reactor)
+    return ProcessTable(config, agent.metrics, reactor=agent.reactor)
 
 
-def _export(agent):
+def _export(agent, config):
     from telegen.export.pipeline import ExportPipeline
 
-    return ExportPipeline(agent.config, agent.metrics, reactor=agent.reactor)
+    return ExportPipeline(config, agent.metrics, reactor=agent.reactor)
 
 
-def _hostmetrics(agent):
-    if not agent.config["agent"]["host_metrics"]["enabled"]:
+def _hostmetrics(agent, config):
+    if not config["agent"]["host_metrics"]["enabled"]:
         return None
     from telegen.hostmetrics import HostMetricsService
 
-    return HostMetricsService(agent.config, agent.exporter, agent.metrics, reactor=agent.reactor)
+    return HostMetricsService(config, agent.exporter, agent.metrics, reactor=agent.reactor)
 
 
-def _ebpf(agent):
-    if not agent.config["agent"]["ebpf"]["enabled"]:
+def _ebpf(agent, config):
+    if not config["agent"]["ebpf"]["enabled"]:
         return None
     from telegen.ebpf.service import EbpfService
 
-    return EbpfService(agent.config, agent.metrics, agent.exporter, agent.child("processes"), reactor=agent.reactor)
+    return EbpfService(config, agent.metrics, agent.exporter, agent.child("processes"), reactor=agent.reactor)
 
 
-def _api(agent):
+def _api(agent, config):
     from telegen.api.app import api_service
 
-    return api_service(agent)
+    return api_service(agent, config)
 
 
-def _manhole(agent):
-    if not agent.config["manhole"]["enabled"]:
+def _manhole(agent, config):
+    if not config["manhole"]["enabled"]:
         return None
     from telegen.manhole import ManholeService
 
-    return ManholeService(agent, agent.config, reactor=agent.reactor)
+    return ManholeService(agent, config, reactor=agent.reactor)
 
 
 SPECS = (
-    ChildSpec("processes", ("agent.discovery",), _processes),
-    ChildSpec("export", ("otlp", "queues", "backoff", "telegen"), _export),
-    ChildSpec("hostmetrics", ("agent.host_metrics", "telegen"), _hostmetrics),
-    ChildSpec("ebpf", ("agent.ebpf",), _ebpf, depends_on=("processes",)),
-    ChildSpec("api", ("self_telemetry",), _api),
+    ChildSpec("processes", ("agent.discovery",) + RESOURCE, _processes),
+    ChildSpec("export", ("otlp", "queues", "backoff", "telegen.data_dir", "telegen.shutdown_timeout"), _export),
+    ChildSpec("hostmetrics", ("agent.host_metrics",) + RESOURCE, _hostmetrics),
+    ChildSpec("ebpf", ("agent.ebpf", "agent.host_metrics.interval", "self_telemetry.listen"), _ebpf,
+              depends_on=("processes",)),
+    ChildSpec("api", ("self_telemetry", "telegen.log_level"), _api),
     ChildSpec("manhole", ("manhole", "telegen.data_dir"), _manhole),
 )

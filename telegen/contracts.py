@@ -55,6 +55,9 @@ class IProbe(Interface):
     def ring_buffers() -> dict:
         """Ring buffer map name -> handler(event bytes), called on the reactor thread."""
 
+    def reconfigure(config) -> None:
+        """A reload changed nothing compiled in: apply the rest (map contents, timers) in place."""
+
     def attached(bpf) -> None:
         """After load and attach: seed maps, start timers."""
 
@@ -64,6 +67,8 @@ class IProbe(Interface):
 
 class ISender(Interface):
     """One OTLP transport for one signal (gRPC, HTTP or the file sink)."""
+
+    target = Attribute("Where it sends (telegen.export.endpoints.Target; .label names it in metrics).")
 
     def send(payload: bytes):
         """Send one serialized export request; a Deferred firing with an export Outcome."""

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from twisted.application.internet import TimerService
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from telegen.contracts import IChild
 from telegen.signals.common import host_resource_attributes
 from telegen.signals.host import host_metrics
 
@@ -123,6 +125,7 @@ class ProcReader:
         return out
 
 
+@implementer(IChild)
 class HostMetricsService(TimerService):
     """Collects host metrics every interval (first one at start) and submits them as one resource."""
 
@@ -142,6 +145,23 @@ class HostMetricsService(TimerService):
         self._start_ns = int(wall_clock() * 1e9)
         self.collections = 0
         self.last_error = None
+
+    def reconfigure(self, config):
+        """The interval and the agent's resource change in place; turning the child off removes it."""
+        if not config["agent"]["host_metrics"]["enabled"]:
+            return False
+        self.config = config
+        self.step = config["agent"]["host_metrics"]["interval"]
+        if getattr(self, "_loop", None) is not None:
+            self._loop.interval = self.step
+        self._resource = host_resource_attributes(config)
+        return True
+
+    def status(self):
+        return {"enabled": True, "interval": self.step, "collections": self.collections, "last_error": self.last_error}
+
+    def ready_check(self):
+        return "ok" if self.last_error is None else f"failed: {self.last_error}"
 
     def collect(self):
         """One collection; a failure is logged and kept in last_error, and the next interval tries again."""

@@ -18,8 +18,10 @@ from twisted.conch.ssh import keys
 from twisted.cred.portal import Portal
 from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from telegen.api.gate import is_loopback
+from telegen.contracts import IChild
 
 log = Logger(namespace="telegen.manhole")
 
@@ -98,6 +100,7 @@ def load_host_key(configured, data_dir):
         raise ManholeError(f"{key_name}: cannot load host key {path}: {type(exc).__name__}") from None
 
 
+@implementer(IChild)
 class ManholeService(StreamServerEndpointService):
     """
     The SSH server. Config problems raise ManholeError when it is built, so the agent refuses to
@@ -124,6 +127,19 @@ class ManholeService(StreamServerEndpointService):
         factory.privateKeys = {host_key.sshType(): host_key}
         super().__init__(endpoint, factory)
         self._raiseSynchronously = True
+
+    def reconfigure(self, config):
+        """
+        Never in place: keys are read and checked when the service is built, so a rebuild is what
+        validates a changed manhole section (a bad key refuses the reload and keeps the old one).
+        """
+        return False
+
+    def status(self):
+        return {"enabled": True, "running": bool(self.running)}
+
+    def ready_check(self):
+        return "ok" if self.running else "not ready: not started"
 
     def _child(self, name):
         try:

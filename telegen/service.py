@@ -1,21 +1,28 @@
 """
 The agent's root service: the named children, reload, flush and graceful shutdown.
 
-Children are built by factories from the agent (so tests swap them) and each declares the config
-sections it reads; a reload rebuilds exactly the children whose sections changed. Collectors reach
-the export pipeline through ExportHandle, so rebuilding the pipeline does not rebuild them.
+Children are built by factories from the agent and the slice of configuration their ChildSpec
+declares (a ConfigSlice: reading any other key raises), so tests swap them and what a child reads
+is exactly what a reload tells it. On reload a child whose slice changed is first asked to
+reconfigure itself in place (IChild.reconfigure); it is rebuilt only when it answers False (a
+change compiled into the kernel or bound to a socket) or when a child it depends on was rebuilt.
+Collectors reach the export pipeline through ExportHandle, so rebuilding the pipeline does not
+rebuild them.
 """
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
-from twisted.application.service import MultiService
+from twisted.application.service import IService, MultiService
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from telegen.config import load_config
+from telegen.config.view import ConfigSlice
 from telegen.selfmetrics import SelfMetrics
+from telegen.timebox import within
 
 log = Logger(namespace="telegen.service")
 
@@ -25,15 +32,34 @@ class ChildSpec:
     """
     How to build one named child.
 
-    sections are dotted config paths whose change means a rebuild; depends_on names children whose
-    rebuild forces this one's (it holds a reference to them); factory(agent) returns a service or None
-    (None: the child is off under this config).
+    sections are the dotted config paths the child reads, all of them: the factory and the child
+    get only those (a ConfigSlice), and a change in any of them is passed to the child's
+    reconfigure(). depends_on names children whose rebuild forces this one's (it holds a reference
+    to them). factory(agent, config) returns a service or None (None: the child is off under
+    this config).
     """
 
     name: str
     sections: tuple
-    factory: object
+    factory: Callable[["AgentService", ConfigSlice], Optional[IService]]
     depends_on: tuple = field(default_factory=tuple)
+
+    def slice(self, config) -> ConfigSlice:
+        """The part of config this child may read."""
+        return ConfigSlice(config, self.sections)
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """What a reload did: children rebuilt, and children that applied their new slice in place."""
+
+    rebuilt: list
+    reconfigured: list
+
+    @property
+    def changed(self) -> list:
+        """Every child that now runs on the new configuration."""
+        return sorted(self.rebuilt + self.reconfigured)
 
 
 class ReloadFailed(Exception):
@@ -55,13 +81,6 @@ class ExportHandle:
         return pipeline.submit(signal_name, resource_attrs, records)
 
 
-def _section(config, dotted):
-    node = config
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
 class AgentService(MultiService):
     """
     The root of the service tree.
@@ -74,7 +93,7 @@ class AgentService(MultiService):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
-        self.reactor = reactor
+        self.reactor: Any = reactor
         self.config = config
         self.config_path = config_path
         self.metrics = SelfMetrics()
@@ -95,10 +114,11 @@ class AgentService(MultiService):
         return self.namedServices.get(name)
 
     def _build(self, spec):
-        child = spec.factory(self)
+        """Build spec's child from its slice and add it (started when the tree runs)."""
+        child = spec.factory(self, spec.slice(self.config))
         if child is not None:
             child.setName(spec.name)
-            child.setServiceParent(self)
+            child.setServiceParent(self)    # IServiceCollection.addService, which starts it if we run
         return child
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -109,29 +129,31 @@ class AgentService(MultiService):
         if self._install_signals:
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self._reload_on_signal))
 
+    def _stop_children(self):
+        """
+        Stop the children in reverse declared order (the exporter flushes last), whatever order
+        rebuilds added them in: MultiService would use the order of addService.
+        """
+        super(MultiService, self).stopService()
+        order = [s.name for s in self._specs]
+        children = sorted(self, key=lambda c: order.index(c.name) if c.name in order else len(order))
+        return defer.DeferredList([defer.maybeDeferred(c.stopService) for c in reversed(children)])
+
     def stopService(self):
         """Stop children in reverse order (the exporter flushes last), bounded by shutdown_timeout."""
         self.stopping = True
         timeout = self.config["telegen"]["shutdown_timeout"]
-        done = defer.Deferred()
 
-        def finish(result):
-            if timer.active():
-                timer.cancel()
+        def log_failure(result):
             if isinstance(result, Failure):
                 log.failure("a child failed to stop cleanly", result)
-            if not done.called:
-                done.callback(None)
 
         def give_up():
-            # The children are not cancelled (a cancelled flush would log noise and lose the
-            # reason); twistd simply stops waiting for them.
+            # twistd simply stops waiting for the children; they are not cancelled.
             log.warn("shutdown took longer than {timeout}s; stopping anyway", timeout=timeout)
-            done.callback(None)
 
-        timer = self.reactor.callLater(timeout, give_up)
-        defer.maybeDeferred(super().stopService).addBoth(finish)
-        return done
+        stopping = defer.maybeDeferred(self._stop_children).addBoth(log_failure)
+        return within(stopping, self.reactor, timeout, give_up)
 
     # -- reload --------------------------------------------------------------------------------
 
@@ -143,8 +165,8 @@ class AgentService(MultiService):
         """
         Re-read the config file and apply it. One reload runs at a time; a second request while
         one runs waits for it and then runs its own, so the newest file always gets applied.
-        Fires with the list of rebuilt children; fails with ConfigError (nothing changed) or
-        ReloadFailed (old children restored).
+        Fires with a ReloadResult; fails with ConfigError (nothing changed) or ReloadFailed (old
+        children restored).
         """
         return self._reload_lock.run(self._reload_once)
 
@@ -158,63 +180,58 @@ class AgentService(MultiService):
 
     @defer.inlineCallbacks
     def apply_config(self, new_config):
-        """Rebuild the children whose config sections differ between the running and the new config."""
+        """
+        Tell every child whose slice differs between the running and the new config: in place
+        where it can, by a rebuild otherwise (and then every child depending on it is rebuilt).
+        """
         old_config = self.config
-        changed = self._changed_children(old_config, new_config)
-        log.info("applying new config; rebuilding {children}", children=sorted(changed) or "nothing")
+        changed = [s for s in self._specs if s.slice(old_config) != s.slice(new_config)]
         self.config = new_config
         try:
-            yield self._rebuild(changed)
+            reconfigured = self._reconfigure_in_place(changed, new_config)
+            rebuild = self._with_dependents({s.name for s in changed} - set(reconfigured))
+            reconfigured = [name for name in reconfigured if name not in rebuild]
+            log.info("applied new config: rebuilt {rebuilt}, reconfigured in place {reconfigured}",
+                     rebuilt=sorted(rebuild) or "nothing", reconfigured=sorted(reconfigured) or "nothing")
+            yield self._rebuild(rebuild)
         except Exception as exc:
             log.failure("applying the new config failed; restoring the previous one")
             self.config = old_config
-            yield self._rebuild(changed)
+            yield self._rebuild({s.name for s in changed})
             raise ReloadFailed(f"{type(exc).__name__}: {exc}") from exc
-        return sorted(changed)
+        return ReloadResult(rebuilt=sorted(rebuild), reconfigured=sorted(reconfigured))
 
-    def _changed_children(self, old, new):
-        changed = {
-            spec.name for spec in self._specs
-            if any(_section(old, s) != _section(new, s) for s in spec.sections)
-        }
+    def _reconfigure_in_place(self, changed, new_config):
+        """Names of the running children that applied their new slice themselves."""
+        done = []
+        for spec in changed:
+            child = self.child(spec.name)
+            if child is not None and child.reconfigure(spec.slice(new_config)):
+                done.append(spec.name)
+        return done
+
+    def _with_dependents(self, names):
+        """names plus every child that depends, directly or not, on one of them."""
+        names = set(names)
         grew = True
         while grew:
             grew = False
             for spec in self._specs:
-                if spec.name not in changed and changed.intersection(spec.depends_on):
-                    changed.add(spec.name)
+                if spec.name not in names and names.intersection(spec.depends_on):
+                    names.add(spec.name)
                     grew = True
-        return changed
+        return names
 
     @defer.inlineCallbacks
     def _rebuild(self, names):
+        """Stop and remove the named children (dependents first), then build them anew in order."""
         specs = [s for s in self._specs if s.name in names]
         for spec in reversed(specs):
             old = self.child(spec.name)
             if old is not None:
-                yield defer.maybeDeferred(old.disownServiceParent)
+                yield defer.maybeDeferred(old.disownServiceParent)   # IServiceCollection.removeService
         for spec in specs:
-            child = spec.factory(self)
-            if child is None:
-                continue
-            child.setName(spec.name)
-            # Keep the declared order so stopService still stops the exporter last.
-            self._insert_in_order(child)
-            if self.running:
-                child.privilegedStartService()
-                yield defer.maybeDeferred(child.startService)
-
-    def _insert_in_order(self, child):
-        order = [s.name for s in self._specs]
-        child.parent = self
-        self.namedServices[child.name] = child
-        rank = order.index(child.name)
-        position = len(self.services)
-        for i, existing in enumerate(self.services):
-            if existing.name in order and order.index(existing.name) > rank:
-                position = i
-                break
-        self.services.insert(position, child)
+            self._build(spec)
 
     # -- operations used by the API and the manhole ----------------------------------------------
 
@@ -239,4 +256,4 @@ def default_specs():
     return components.SPECS
 
 
-__all__ = ["AgentService", "ChildSpec", "ExportHandle", "ReloadFailed", "default_specs"]
+__all__ = ["AgentService", "ChildSpec", "ExportHandle", "ReloadFailed", "ReloadResult", "default_specs"]

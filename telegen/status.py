@@ -5,32 +5,13 @@ Nothing here invents a value: a subsystem that is off reports enabled false, zer
 empty lists; times are RFC 3339 UTC; durations use Go's form (24h15m30s).
 """
 import time
-from datetime import datetime, timezone
 
 from telegen import __version__, _build
 from telegen.selfmetrics import SIGNALS
 from telegen.signals.common import host_identity
+from telegen.timefmt import go_duration
 
 READY_VALUES = ("ok", "disabled")
-
-
-def go_duration(seconds):
-    """Format seconds like Go's time.Duration.String(), to whole seconds: 24h15m30s, 5m0s, 7s."""
-    total = int(seconds)
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes}m{secs}s"
-    if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"
-
-
-def rfc3339(epoch_seconds):
-    """An epoch time as RFC 3339 UTC with a Z, or None."""
-    if epoch_seconds is None:
-        return None
-    return datetime.fromtimestamp(epoch_seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _disabled_queues(config):

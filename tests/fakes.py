@@ -4,28 +4,47 @@ of the real shape from state the test controls.
 """
 from twisted.application.service import Service
 from twisted.internet import defer
+from zope.interface import implementer
 
 from telegen.config import defaults
+from telegen.contracts import IChild
 from telegen.service import AgentService, ChildSpec
 
 
+@implementer(IChild)
 class FakeChild(Service):
-    """A child with a readiness answer the test sets."""
+    """
+    A child with a readiness answer the test sets. It applies a new slice in place when
+    in_place is true (and remembers it), and asks for a rebuild otherwise.
+    """
 
-    def __init__(self, agent, check="ok"):
+    in_place = False
+
+    def __init__(self, agent, config, check="ok"):
         self.agent = agent
         self.check = check
-        self.config_seen = agent.config
+        self.config_seen = config
+        self.reconfigured = []
 
     def ready_check(self):
         return self.check
+
+    def status(self):
+        return {"ready": self.check}
+
+    def reconfigure(self, config):
+        if not self.in_place:
+            return False
+        self.config_seen = config
+        self.reconfigured.append(config)
+        return True
 
 
 class FakeExport(FakeChild):
     """An export pipeline whose queues the test fills by hand."""
 
-    def __init__(self, agent, check="ok"):
-        super().__init__(agent, check)
+    def __init__(self, agent, config, check="ok"):
+        super().__init__(agent, config, check)
         self.queued = {"traces": 0, "metrics": 0, "logs": 0, "profiles": 0}
         self.exported = dict(self.queued)
         self.submitted = []

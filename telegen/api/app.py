@@ -7,6 +7,7 @@ flush); checks shared by every route live in telegen.api.gate, errors in telegen
 import json
 
 from klein import Klein
+from zope.interface import implementer
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
@@ -18,6 +19,7 @@ from telegen import status as status_docs
 from telegen.api.errors import ApiError
 from telegen.api.gate import CappedRequest, Gate, write_error
 from telegen.config import ConfigError, redact
+from telegen.contracts import IChild
 from telegen.selfmetrics import CONTENT_TYPE
 from telegen.service import ReloadFailed
 
@@ -116,8 +118,10 @@ class TelegenApi:
     def reload(self, request):
         d = self.agent.reload()
 
-        def done(rebuilt):
-            return json_response(request, {"status": "ok", "message": "Configuration reloaded", "reloaded": rebuilt})
+        def done(result):
+            return json_response(request, {"status": "ok", "message": "Configuration reloaded",
+                                           "reloaded": result.changed, "rebuilt": result.rebuilt,
+                                           "reconfigured": result.reconfigured})
 
         def failed(failure):
             if failure.check(ConfigError):
@@ -196,20 +200,25 @@ class ApiSite(Site):
             super().log(request)
 
 
-def make_site(agent):
+def make_site(agent, config=None):
     """The web Site: the gate in front of the Klein resource, with the body cap."""
-    settings = agent.config["self_telemetry"]
-    gate = Gate(TelegenApi(agent).app.resource(), settings, agent.metrics, agent.reactor, ROUTES)
+    site = ApiSite(None)
+    configure_site(site, agent, config if config is not None else agent.config)
+    site.displayTracebacks = False
+    site.noisy = False
+    return site
+
+
+def configure_site(site, agent, config):
+    """(Re)apply self_telemetry (all but listen) and the log level to a site, in place."""
+    settings = config["self_telemetry"]
 
     class Request(CappedRequest):
         max_body_bytes = settings["max_body_bytes"]
 
-    site = ApiSite(gate)
-    site.access_log = agent.config["telegen"]["log_level"] == "debug"
+    site.resource = Gate(TelegenApi(agent).app.resource(), settings, agent.metrics, agent.reactor, ROUTES)
     site.requestFactory = Request
-    site.displayTracebacks = False
-    site.noisy = False
-    return site
+    site.access_log = config["telegen"]["log_level"] == "debug"
 
 
 def listen_endpoint(listen):
@@ -223,9 +232,33 @@ def listen_endpoint(listen):
     return f"tcp:{port}:interface={host}"
 
 
-def api_service(agent):
-    """The API listener; a bind failure raises at start so twistd exits non-zero."""
-    endpoint = serverFromString(agent.reactor, listen_endpoint(agent.config["self_telemetry"]["listen"]))
-    service = StreamServerEndpointService(endpoint, make_site(agent))
-    service._raiseSynchronously = True
-    return service
+@implementer(IChild)
+class ApiService(StreamServerEndpointService):
+    """
+    The `api` child: the API listener. A bind failure raises at start so twistd exits non-zero.
+    Auth, rate limit, CORS, the body cap and the log level change in place; a new listen address
+    needs a new socket, so the child is rebuilt for it.
+    """
+
+    def __init__(self, agent, config):
+        self._agent = agent
+        self.listen = config["self_telemetry"]["listen"]
+        super().__init__(serverFromString(agent.reactor, listen_endpoint(self.listen)), make_site(agent, config))
+        self._raiseSynchronously = True
+
+    def reconfigure(self, config):
+        if config["self_telemetry"]["listen"] != self.listen:
+            return False
+        configure_site(self.factory, self._agent, config)
+        return True
+
+    def status(self):
+        return {"listen": self.listen, "running": bool(self.running)}
+
+    def ready_check(self):
+        return "ok" if self.running else "not ready: not started"
+
+
+def api_service(agent, config):
+    """The `api` child (components.py)."""
+    return ApiService(agent, config)

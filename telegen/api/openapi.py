@@ -96,7 +96,12 @@ SCHEMAS = {
     "Config": {"type": "object", "required": ["telegen", "otlp", "agent", "self_telemetry"]},
     "ReloadResult": _obj({
         "status": {"enum": ["ok"]}, "message": {"type": "string"},
-        "reloaded": {"type": "array", "items": {"type": "string"}},
+        "reloaded": {"type": "array", "items": {"type": "string"},
+                     "description": "every child now running on the new configuration"},
+        "rebuilt": {"type": "array", "items": {"type": "string"},
+                    "description": "children stopped and built anew (a socket or a BPF program changed)"},
+        "reconfigured": {"type": "array", "items": {"type": "string"},
+                         "description": "children that applied their new configuration in place"},
     }),
     "FlushResult": _obj({
         "status": {"enum": ["ok"]},

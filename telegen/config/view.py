@@ -10,8 +10,11 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 
-class UndeclaredConfigKey(KeyError):
-    """A child read a configuration key outside the sections its ChildSpec declares."""
+class UndeclaredConfigKey(LookupError):
+    """
+    A child read a configuration key outside the sections its ChildSpec declares. Not a KeyError,
+    so Mapping.get() cannot swallow it into a default.
+    """
 
 
 class ConfigSlice(Mapping):

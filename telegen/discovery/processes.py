@@ -20,7 +20,9 @@ from twisted.application import service
 from twisted.internet import threads
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from telegen.contracts import IChild
 from telegen.discovery import procfs
 from telegen.discovery.selectors import Selection
 from telegen.signals.common import host_identity, host_resource_attributes
@@ -31,6 +33,12 @@ UNKNOWN_SERVICE = "unknown_service"     # the resource conventions' service.name
 DEPARTED_MAX = 4096                     # resources of forgotten processes kept for late telemetry
 
 
+def _host_attributes(config):
+    """The host's part of every process resource: the agent's own resource less its service.*."""
+    return {k: v for k, v in host_resource_attributes(config).items() if not k.startswith("service.")}
+
+
+@implementer(IChild)
 class ProcessTable(service.Service):
     """Processes by pid, their OTel resources, and the services they expose (listening ports)."""
 
@@ -51,7 +59,7 @@ class ProcessTable(service.Service):
         self._resources = {}        # pid -> resource attribute dict (cache)
         self._departed = {}         # pid -> ProcessInfo of a forgotten process, oldest first (bounded)
         self._exited = {}           # pid -> IDelayedCall removing it after the grace period
-        self._host = {k: v for k, v in host_resource_attributes(config).items() if not k.startswith("service.")}
+        self._host = _host_attributes(config)
         self._hostname = host_identity()["name"]
         self._scanning = False
         self._scans = 0
@@ -278,3 +286,21 @@ class ProcessTable(service.Service):
         if self._error:
             return f"failed: /proc scan: {self._error}"
         return "failed: initial /proc scan not finished"
+
+    def status(self):
+        """The process table's part of GET /status/discovery."""
+        return {"processes": len(self._table), "scans": self._scans, "error": self._error,
+                "discovered_services": self.services()}
+
+    def reconfigure(self, config):
+        """Selectors, the poll interval and the service identity from telegen.* change in place."""
+        self.config = config
+        discovery = config["agent"]["discovery"]
+        self.poll_interval = discovery["poll_interval"]
+        if self._loop is not None:
+            self._loop.interval = self.poll_interval
+        self._selection = Selection(discovery)
+        self._selected.clear()
+        self._host = _host_attributes(config)
+        self._resources.clear()
+        return True

@@ -96,6 +96,12 @@ class CpuGovernor:
         self._loop.clock = self._reactor
         self._loop.start(WINDOW, now=False).addErrback(lambda f: log.failure("CPU governor failed", f))
 
+    def set_limits(self, min_cpu, max_cpu):
+        """New bounds from a reload; the budget is clamped into them now and moves within them after."""
+        self.min_cpu, self.max_cpu = min_cpu, max_cpu
+        self.budget = min(max_cpu, max(min_cpu, self.budget))
+        self._metrics.ebpf_cpu_budget.set(self.budget)
+
     def stop(self):
         """Stop deciding; held readers are the caller's to stop."""
         if self._loop is not None and self._loop.running:

@@ -22,7 +22,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from telegen.ebpf.http_decoder import HttpDecoder, HttpExchange
-from telegen.ebpf.probe import Probe, api_port
+from telegen.ebpf.probe import Probe, excluded_ports
 from telegen.signals.common import host_identity
 from telegen.signals.http import RedMetrics, RouteMatcher, SpanEncoder, url_path
 
@@ -66,18 +66,15 @@ class HttpProbe(Probe):
     needs_btf = True          # in-flight syscalls live in task storage (bpf/http.c)
 
     def __init__(self, config, pipeline, processes, metrics, reactor=None):
-        net = config["agent"]["ebpf"]["network"]
         self._config = config
         self._pipeline = pipeline
         self._processes = processes
         self._metrics = metrics
         self._reactor = reactor
-        self._routes = RouteMatcher(net["routes"])
-        self._exclude = _glob_regex(net["exclude_paths"])
+        self._read_paths(config)
         self._red = RedMetrics(metrics)
         self._encoder = SpanEncoder()
         self._decoder = HttpDecoder(self._exchange, self._drop, time.time_ns() - time.monotonic_ns(), CAPTURE_BYTES)
-        self._templates = {}
         self._spans = {}
         self._submit_call = None
         self._loops = []
@@ -96,7 +93,7 @@ class HttpProbe(Probe):
         return ebpf["enabled"] and ebpf["network"]["enabled"] and ebpf["network"]["http"]
 
     def cflags(self, config):
-        return [f"-DHTTP_CAPTURE={CAPTURE_BYTES}", f"-DTELEGEN_API_PORT={api_port(config)}"]
+        return [f"-DHTTP_CAPTURE={CAPTURE_BYTES}"]
 
     def tracepoints(self):
         return _tracepoints()
@@ -104,11 +101,17 @@ class HttpProbe(Probe):
     def ring_buffers(self):
         return {"http_events": self._decoder.handle_bytes}
 
+    def _read_paths(self, config):
+        """Routes and excluded paths: user-space only, so a reload changes them in place."""
+        net = config["agent"]["ebpf"]["network"]
+        self._routes = RouteMatcher(net["routes"])
+        self._exclude = _glob_regex(net["exclude_paths"])
+        self._templates = {}           # they hold routes and exclusions
+
     def attached(self, bpf):
-        """Seed the kernel's port filter from config and start the periodic work."""
-        net = self._config["agent"]["ebpf"]["network"]
+        """Seed the kernel's port filter from config (the kernel captures nothing before) and start the periodic work."""
         self._bpf = bpf
-        self.set_port_filter(net["include_ports"], net["exclude_ports"])
+        self.set_port_filter(self._config["agent"]["ebpf"]["network"]["include_ports"], excluded_ports(self._config))
         clock = self._clock()
         for interval, fn in ((self._config["agent"]["host_metrics"]["interval"], self.flush_metrics),
                              (IDLE_NS / 1e9 / 2, self.expire)):
@@ -117,10 +120,20 @@ class HttpProbe(Probe):
             loop.start(interval, now=False).addErrback(lambda f: log.failure("http probe timer failed", f))
             self._loops.append(loop)
 
+    def reconfigure(self, config):
+        """Port filter (with the API port), routes, excluded paths and the metric interval, in place."""
+        self._config = config
+        self._read_paths(config)
+        if self._bpf is not None:
+            self.set_port_filter(config["agent"]["ebpf"]["network"]["include_ports"], excluded_ports(config))
+        if self._loops:
+            self._loops[0].interval = config["agent"]["host_metrics"]["interval"]
+
     def set_port_filter(self, include_ports, exclude_ports):
         """
-        Write the kernel's port filter: port_rules[port] = 1 (included) or 2 (excluded), and
-        settings[0] = include mode. Live: connections accepted or connected from now on follow
+        Write the kernel's port filter: port_rules[port] = 1 (included) or 2 (excluded; an
+        exclusion wins over an inclusion of the same port), and settings[0] = 2 in include mode,
+        1 otherwise (0, before this is first called, captures nothing). Live: connections accepted or connected from now on follow
         it. Only the ports set before are reset, so a change costs one update per listed port.
         """
         rules, settings = self._bpf[b"port_rules"], self._bpf[b"settings"]
@@ -135,7 +148,7 @@ class HttpProbe(Probe):
             if self._port_rules.get(port) != value:
                 rules[rules.Key(port)] = rules.Leaf(value)
         self._port_rules = wanted
-        settings[settings.Key(0)] = settings.Leaf(1 if include_ports else 0)
+        settings[settings.Key(0)] = settings.Leaf(2 if include_ports else 1)
 
     def detached(self):
         """Stop timers and export what is aggregated."""

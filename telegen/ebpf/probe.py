@@ -8,7 +8,12 @@ module, owned and tested on its own.
 """
 from typing import Callable
 
+from zope.interface import implementer
 
+from telegen.contracts import IProbe
+
+
+@implementer(IProbe)
 class Probe:
     """
     One BPF source file = one BCC BPF object. Subclass per concern.
@@ -47,6 +52,12 @@ class Probe:
         """Ring buffer map name -> handler(event bytes), called on the reactor thread."""
         return {}
 
+    def reconfigure(self, config) -> None:
+        """
+        A reload changed config but nothing compiled into this probe (EbpfService checks
+        enabled(), cflags() and ringbuf_size()): apply the rest in place, e.g. map contents.
+        """
+
     def attached(self, bpf) -> None:
         """Hook after load and attach (seed maps from config, start timers)."""
 
@@ -59,8 +70,9 @@ def api_port(config) -> int:
     The agent's own API port. The API's server side is the agent's process, which the kernel
     already skips; its clients (health probes, Prometheus scrapes, an SRE's curl) are the agent's
     own traffic too, so they make no span, duration or connection metric either, whatever
-    include_ports says. The HTTP probe compiles it in (TELEGEN_API_PORT), so even a readiness
-    probe answered while the probes still load is never captured.
+    include_ports says. The HTTP probe writes it into its port filter map, and the kernel side
+    captures nothing until that map is written, so even a readiness probe answered while the
+    probes still load is never captured; a reload moving the API changes the map in place.
     """
     return int(config["self_telemetry"]["listen"].rpartition(":")[2])
 

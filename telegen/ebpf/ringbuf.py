@@ -203,6 +203,11 @@ class RingBufferReader(FileDescriptor):
         self.startReading()
         self._drain.start(self._drain_interval, now=False)
 
+    def set_drain_interval(self, seconds):
+        """A new drain interval (reload): it applies from the next drain on."""
+        self._drain_interval = seconds
+        self._drain.interval = seconds
+
     def stop(self):
         """Stop watching and unmap (the BPF object, which owns the fd, is cleaned up by the caller)."""
         if self._drain.running:

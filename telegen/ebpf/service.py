@@ -19,7 +19,9 @@ from twisted.application import service
 from twisted.internet import defer, threads
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from telegen.contracts import IChild
 from telegen.ebpf import loader
 from telegen.ebpf.cpu_governor import CpuGovernor
 from telegen.ebpf.loader import LoadError
@@ -47,6 +49,12 @@ class _Loaded:
         self.maps = {}
 
 
+def compiled_shape(probe, config):
+    """What of config is compiled into probe's BPF object: a change here needs a reload of it."""
+    return probe.enabled(config), tuple(probe.cflags(config)), probe.ringbuf_size(config)
+
+
+@implementer(IChild)
 class EbpfService(service.Service):
     """
     The `ebpf` child of the agent.
@@ -180,6 +188,28 @@ class EbpfService(service.Service):
                 st.bpf.cleanup()
                 st.state = "stopped"
         self._update_gauges()
+
+    def reconfigure(self, config):
+        """
+        Apply a new agent.ebpf (and the API port and metric interval) in place: port filters,
+        routes, excluded paths, intervals and the CPU budget. Anything compiled into a probe
+        (its enabled state, -D flags, ring buffer size) needs a rebuild: answer False then.
+        """
+        if bool(config["agent"]["ebpf"]["enabled"]) != self.enabled:
+            return False
+        if self._probes is not None and any(
+                compiled_shape(p, config) != compiled_shape(p, self.config) for p in self._probes):
+            return False
+        self.config = config
+        ebpf = config["agent"]["ebpf"]
+        if self._governor is not None:
+            self._governor.set_limits(ebpf["min_cpu"], ebpf["max_cpu"])
+        for st in self._loaded:
+            for reader in st.readers:
+                reader.set_drain_interval(ebpf["drain_interval"])
+        for probe in self._probes or ():
+            probe.reconfigure(config)
+        return True
 
     # ---- counters ----
 

@@ -70,9 +70,7 @@ class TcpProbe(Probe):
         self.metrics = metrics
         self._reactor = reactor
         self.interval = interval
-        network = config["agent"]["ebpf"]["network"]
-        self.include_ports = network["include_ports"]
-        self.exclude_ports = excluded_ports(config)
+        self.reconfigure(config)
         self.telemetry = signals.TcpTelemetry(pipeline, processes, metrics, max_series=max_series)
         self._self_pid = os.getpid()
         self._bpf = None
@@ -93,6 +91,11 @@ class TcpProbe(Probe):
 
     def ring_buffers(self):
         return {"tcp_events": self.on_event}
+
+    def reconfigure(self, config):
+        """The port filter lives in user space here: a reload replaces it in place."""
+        self.include_ports = config["agent"]["ebpf"]["network"]["include_ports"]
+        self.exclude_ports = excluded_ports(config)
 
     def attached(self, bpf):
         self._bpf = bpf

@@ -59,8 +59,7 @@ class SignalExporter:
         self.queue = BoundedQueue(queue_config["capacity"], queue_config["max_bytes"])
         self.exported = 0
         self.dropped = 0
-        self._batch_size = queue_config["batch_size"]
-        self._batch_timeout = queue_config["batch_timeout"]
+        self.set_limits(queue_config)
         self._backoff = backoff
         self._counters = counters
         self._reactor = reactor
@@ -73,6 +72,16 @@ class SignalExporter:
         self._closed = False
         self._stopping = False
         self._resources = ResourceCache()
+
+    def set_limits(self, queue_config):
+        """
+        Capacity, byte bound, batch size and timeout (also on reload, in place). A queue holding
+        more than a lowered capacity keeps it: only new records see the new bound.
+        """
+        self.queue.capacity = queue_config["capacity"]
+        self.queue.max_bytes = queue_config["max_bytes"]
+        self._batch_size = queue_config["batch_size"]
+        self._batch_timeout = queue_config["batch_timeout"]
 
     # -- intake ------------------------------------------------------------------------------
 

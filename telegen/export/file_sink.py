@@ -9,7 +9,9 @@ Writes are small appends to a local file, so they run on the reactor thread.
 import os
 
 from twisted.internet.defer import succeed
+from zope.interface import implementer
 
+from telegen.contracts import ISender
 from telegen.export import otlpjson
 from telegen.export.endpoints import Target
 from telegen.export.retry import PERMANENT, SUCCESS, Outcome
@@ -20,6 +22,7 @@ def sink_dir(config):
     return os.path.join(config["telegen"]["data_dir"], "otlp")
 
 
+@implementer(ISender)
 class FileSink:
     """Appends one signal's export requests as OTLP/JSON lines, rotating by size."""
 

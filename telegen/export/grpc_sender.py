@@ -13,7 +13,9 @@ import ssl
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from twisted.internet.defer import Deferred
+from zope.interface import implementer
 
+from telegen.contracts import ISender
 from telegen.export.retry import RETRYABLE, SUCCESS, Outcome, grpc_outcome
 
 _CHANNEL_OPTIONS = [
@@ -107,6 +109,7 @@ def fetch_server_certificate(address, timeout):
     return pem.encode("ascii"), (names + common + [host])[0]
 
 
+@implementer(ISender)
 class GrpcSender:
     """
     Sends one signal's export requests to one gRPC target.

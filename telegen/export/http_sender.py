@@ -18,6 +18,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from telegen.contracts import ISender
 from telegen.export.retry import RETRYABLE, SUCCESS, Outcome, http_outcome, parse_retry_after
 
 MAX_RESPONSE_BYTES = 1024 * 1024  # the spec's recommended request cap is 20 MiB; answers are tiny
@@ -99,6 +100,7 @@ def make_client(reactor, tls_config):
     return HTTPClient(agent), pool
 
 
+@implementer(ISender)
 class HttpSender:
     """Sends one signal's export requests to one OTLP/HTTP URL."""
 

@@ -6,12 +6,13 @@ destination (gRPC, HTTP or the local file sink) from the otlp config, and answer
 Why a thin service over per-signal exporters: the contract (docs/architecture.md) is one object
 for the rest of the agent, while the work stays independent per signal.
 """
-import datetime
 import os
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import DeferredList
+from zope.interface import implementer
 
+from telegen.contracts import IChild
 from telegen.export.counters import SignalCounters
 from telegen.export.endpoints import main_target, resolve
 from telegen.export.exporter import SignalExporter
@@ -19,11 +20,8 @@ from telegen.export.file_sink import FileSink, sink_dir
 from telegen.export.kinds import KINDS
 from telegen.export.retry import Backoff
 from telegen.selfmetrics import SIGNALS
-
-
-def rfc3339(seconds):
-    """UTC RFC 3339 with a Z, second precision, as the API shows times."""
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+from telegen.timebox import within
+from telegen.timefmt import rfc3339
 
 
 def make_sender(config, kind, reactor):
@@ -39,6 +37,7 @@ def make_sender(config, kind, reactor):
     return HttpSender(target, kind, otlp, reactor)
 
 
+@implementer(IChild)
 class ExportPipeline(service.Service):
     """Per-signal bounded queues, batching and OTLP senders, with live status."""
 
@@ -66,6 +65,19 @@ class ExportPipeline(service.Service):
         self._disabled_counters = {s: SignalCounters(metrics, s) for s in SIGNALS if s not in self._exporters}
         self._disabled_dropped = dict.fromkeys(self._disabled_counters, 0)
         self._main_target = main_target(self._otlp)
+
+    def reconfigure(self, config):
+        """
+        Queue limits and the shutdown budget change in place; a new destination, transport
+        setting or backoff needs new senders (connections), so the pipeline is rebuilt for it.
+        """
+        if any(config[key] != self.config[key] for key in ("otlp", "backoff")) or \
+                config["telegen"]["data_dir"] != self.config["telegen"]["data_dir"]:
+            return False
+        for signal, exporter in self._exporters.items():
+            exporter.set_limits(config["queues"][signal])
+        self.config = config
+        return True
 
     # -- intake ------------------------------------------------------------------------------
 
@@ -126,7 +138,7 @@ class ExportPipeline(service.Service):
             "tls": tls,
             "compression": compression,
             "connected": self._connected,
-            "last_export": rfc3339(self._last_export) if self._last_export is not None else None,
+            "last_export": rfc3339(self._last_export),
             "last_error": self._last_error,
             "queues": queues,
         }
@@ -150,7 +162,7 @@ class ExportPipeline(service.Service):
         for signal, exporter in self._exporters.items():
             counts[signal], d = exporter.flush()
             waits.append(d)
-        done = _first_of(DeferredList(waits), self.reactor, self._otlp["timeout"] if timeout is None else timeout)
+        done = within(DeferredList(waits), self.reactor, self._otlp["timeout"] if timeout is None else timeout)
         return done.addCallback(lambda _: counts)
 
     def stopService(self):  # noqa: N802 (Twisted hook)
@@ -161,7 +173,7 @@ class ExportPipeline(service.Service):
         super().stopService()
         budget = self.config["telegen"]["shutdown_timeout"]
         pending = [d for exporter in self._exporters.values() for d in exporter.stop()]
-        d = _first_of(DeferredList(pending), self.reactor, budget)
+        d = within(DeferredList(pending), self.reactor, budget)
         d.addCallback(lambda _: self._close())
         return d
 
@@ -184,19 +196,3 @@ def _writable(directory):
             return False
         path = parent
     return os.access(path, os.W_OK)
-
-
-def _first_of(d, reactor, timeout):
-    """A Deferred firing with d's result, or None after `timeout` seconds (d keeps running)."""
-    out = Deferred()
-    timer = reactor.callLater(timeout, lambda: out.called or out.callback(None))
-
-    def fire(result):
-        if timer.active():
-            timer.cancel()
-        if not out.called:
-            out.callback(result)
-        return result
-
-    d.addBoth(fire)
-    return out

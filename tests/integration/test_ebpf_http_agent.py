@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.agent_process import AgentProcess, wait_for
+from tests.agent_process import AgentProcess, free_port, merge, wait_for
 from tests.integration.test_agent_process import schema_validator
 from tests.support import http_apps as apps
 from tests.support.otlp_files import read_metrics, read_spans
@@ -19,9 +19,12 @@ from tests.support.otlp_files import read_metrics, read_spans
 pytestmark = [pytest.mark.ebpf, pytest.mark.integration]
 
 
+def ebpf_config(ringbuf_size):
+    return {"agent": {"ebpf": {"enabled": True, "ringbuf_size": ringbuf_size, "network": {"tcp": False}}}}
+
+
 def start_agent(tmp_path, ringbuf_size):
-    agent = AgentProcess(str(tmp_path), config={"agent": {"ebpf": {
-        "enabled": True, "ringbuf_size": ringbuf_size, "network": {"tcp": False}}}})
+    agent = AgentProcess(str(tmp_path), config=ebpf_config(ringbuf_size))
     agent.start()
     wait_for(lambda: agent.get("/ready").json()["checks"]["ebpf"] == "ok", timeout=180,
              message="ebpf ready (%s)" % agent.get("/ready").json()["checks"]["ebpf"])
@@ -104,6 +107,39 @@ def test_curl_gives_spans_and_metrics_in_the_file_sink_and_status_lists_kernel_i
     assert [s for r, s in read_spans(data_dir) if r.get("process.pid") == big_agent.process.pid] == []
     assert [s for r, s in read_spans(data_dir)
             if any(kv.key == "server.port" and kv.value.int_value == big_agent.port for kv in s.attributes)] == []
+
+
+def on_port(spans, port):
+    return [s for _, s in spans if any(kv.key == "server.port" and kv.value.int_value == port for kv in s.attributes)]
+
+
+def test_moving_the_api_by_reload_never_captures_its_clients_and_recompiles_nothing(big_agent, tmp_path):
+    """
+    The reproduced bug: the ebpf child read self_telemetry.listen without declaring it, so after a
+    reload moved the API, curl's requests to the new port became CLIENT spans.
+    """
+    data_dir = os.path.join(str(tmp_path), "data")
+    old_port, new_port = big_agent.port, free_port()
+    programs = {p["id"] for p in big_agent.get("/status/ebpf").json()["programs"]}
+    big_agent.write_config(merge(ebpf_config(1 << 20), {"self_telemetry": {"listen": f"127.0.0.1:{new_port}"}}))
+    answer = big_agent.post("/admin/reload").json()
+    assert "api" in answer["rebuilt"] and "ebpf" in answer["reconfigured"], answer
+    big_agent.port = new_port
+    big_agent.wait_healthy()
+    server, port = apps.python_server()
+    try:
+        for _ in range(3):
+            subprocess.run(["curl", "-s", "-o", "/dev/null", f"{big_agent.url}/healthz"], check=True, timeout=10)
+        # A marker after them in the same ring: once its span is in, theirs would be too.
+        subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/ok"], check=True, timeout=10)
+        wait_for(lambda: [s for r, s in read_spans(data_dir) if r.get("process.pid") == server.pid],
+                 timeout=30, message="the marker's server span")
+    finally:
+        server.stop()
+    spans = read_spans(data_dir)
+    assert on_port(spans, new_port) == [] and on_port(spans, old_port) == []
+    assert len(on_port(spans, port)) == 2                      # the marker, server and client side
+    assert {p["id"] for p in big_agent.get("/status/ebpf").json()["programs"]} == programs
 
 
 def metric_value(agent, name):

@@ -311,7 +311,8 @@ class ReloadTests(SynchronousTestCase):
         self.next["otlp"]["endpoint"] = "collector:4317"
         code, document = self.post()
         self.assertEqual(code, 200)
-        self.assertEqual(document, {"status": "ok", "message": "Configuration reloaded", "reloaded": ["export"]})
+        self.assertEqual(document, {"status": "ok", "message": "Configuration reloaded", "reloaded": ["export"],
+                                    "rebuilt": ["export"], "reconfigured": []})
         self.assertIsNot(self.agent.child("export"), old_export)
         self.assertFalse(old_export.running)
         self.assertTrue(self.agent.child("export").running)

@@ -64,24 +64,45 @@ def exchange(probe, path, pid=10, conn=1):
     probe._decoder.handle_bytes(event(EV_RESPONSE, 200, RESP, rx=len(req), pid=pid, conn_ts=conn))
 
 
-def test_port_filter_is_seeded_from_config():
+def test_port_filter_is_seeded_from_config_with_the_api_port_excluded():
     _, bpf, _, _, _ = make(include_ports=[(8080, 8081)], exclude_ports=[(9000, 9000)])
-    assert bpf.tables[b"port_rules"] == {8080: 1, 8081: 1, 9000: 2}
-    assert bpf.tables[b"settings"] == {0: 1}
+    assert bpf.tables[b"port_rules"] == {8080: 1, 8081: 1, 9000: 2, 19090: 2}
+    assert bpf.tables[b"settings"] == {0: 2}
     _, open_bpf, _, _, _ = make()
-    assert open_bpf.tables[b"port_rules"] == {} and open_bpf.tables[b"settings"] == {0: 0}
+    assert open_bpf.tables[b"port_rules"] == {19090: 2} and open_bpf.tables[b"settings"] == {0: 1}
 
 
-def test_the_agents_own_api_port_is_compiled_into_the_kernel_filter():
-    """From the moment the programs attach, before any map is seeded: readiness probes during loading too."""
-    probe, _, _, _, _ = make(listen="127.0.0.1:40549")
-    assert "-DTELEGEN_API_PORT=40549" in probe.cflags(probe._config)
+def test_the_api_port_is_excluded_even_when_included():
+    _, bpf, _, _, _ = make(listen="127.0.0.1:40549", include_ports=[(40000, 41000)])
+    assert bpf.tables[b"port_rules"][40549] == 2 and bpf.tables[b"port_rules"][40548] == 1
+
+
+def test_nothing_about_ports_is_compiled_in():
+    """A port filter or API port change is a map write, never a recompilation."""
+    one, _, _, _, _ = make(listen="127.0.0.1:40549", exclude_ports=[(9000, 9000)])
+    two, _, _, _, _ = make(listen="127.0.0.1:40550", include_ports=[(80, 80)])
+    assert one.cflags(one._config) == two.cflags(two._config)
+
+
+def test_reconfigure_moves_the_api_port_and_the_filter_in_place():
+    probe, bpf, clock, _, _ = make(exclude_ports=[(9000, 9000)])
+    new = defaults()
+    new["self_telemetry"]["listen"] = "127.0.0.1:19191"
+    new["agent"]["ebpf"]["network"]["include_ports"] = [(80, 80)]
+    new["agent"]["ebpf"]["network"]["exclude_paths"] = ["/skip*"]
+    new["agent"]["host_metrics"]["interval"] = 7.0
+    probe.reconfigure(new)
+    assert bpf.tables[b"port_rules"] == {9000: 0, 19090: 0, 19191: 2, 80: 1} and bpf.tables[b"settings"] == {0: 2}
+    assert probe._loops[0].interval == 7.0
+    exchange(probe, "/skipped")
+    clock.advance(0)
+    assert probe._metrics.registry.get_sample_value("telegen_ebpf_events_dropped_total", {"reason": "excluded_path"}) == 1
 
 
 def test_changing_the_port_filter_resets_only_what_was_set():
     probe, bpf, _, _, _ = make(exclude_ports=[(9000, 9001)])
     probe.set_port_filter([(80, 80)], [(9001, 9001)])
-    assert bpf.tables[b"port_rules"] == {9000: 0, 9001: 2, 80: 1} and bpf.tables[b"settings"] == {0: 1}
+    assert bpf.tables[b"port_rules"] == {9000: 0, 9001: 2, 80: 1, 19090: 0} and bpf.tables[b"settings"] == {0: 2}
 
 
 def test_spans_are_submitted_once_per_reactor_turn_per_process():

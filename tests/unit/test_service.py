@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from telegen import cli
 from telegen.config import defaults
+from telegen.config.view import UndeclaredConfigKey
 from telegen.logconfig import make_observer
 from telegen.service import AgentService, ChildSpec
 from tests.fakes import FakeChild
@@ -26,8 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 class Recorder(FakeChild):
     """A child that records the config it was built with and can refuse to stop."""
 
-    def __init__(self, agent, stop_result=None):
-        super().__init__(agent)
+    def __init__(self, agent, config, stop_result=None):
+        super().__init__(agent, config)
         self.stop_result = stop_result
 
     def stopService(self):
@@ -35,14 +36,20 @@ class Recorder(FakeChild):
         return self.stop_result
 
 
-class TreeTests(SynchronousTestCase):
-    """Rebuilds follow changed sections and declared dependencies, in declared order."""
+class InPlace(Recorder):
+    """A child that applies every new slice itself."""
 
-    def make(self, stop_result=None):
+    in_place = True
+
+
+class TreeTests(SynchronousTestCase):
+    """Reloads reconfigure in place or rebuild, by changed slices and declared dependencies, in order."""
+
+    def make(self, stop_result=None, ebpf=Recorder):
         specs = [
             ChildSpec("processes", ("agent.discovery",), Recorder),
-            ChildSpec("export", ("otlp",), lambda agent: Recorder(agent, stop_result)),
-            ChildSpec("ebpf", ("agent.ebpf",), Recorder, depends_on=("processes",)),
+            ChildSpec("export", ("otlp",), lambda agent, config: Recorder(agent, config, stop_result)),
+            ChildSpec("ebpf", ("agent.ebpf", "self_telemetry.listen"), ebpf, depends_on=("processes",)),
             ChildSpec("api", ("self_telemetry",), Recorder),
         ]
         self.reactor = MemoryReactorClock()
@@ -55,18 +62,53 @@ class TreeTests(SynchronousTestCase):
         ebpf, api = agent.child("ebpf"), agent.child("api")
         new = copy.deepcopy(agent.config)
         new["agent"]["discovery"]["poll_interval"] = 9.0
-        rebuilt = self.successResultOf(agent.apply_config(new))
-        self.assertEqual(rebuilt, ["ebpf", "processes"])
+        result = self.successResultOf(agent.apply_config(new))
+        self.assertEqual((result.rebuilt, result.reconfigured), (["ebpf", "processes"], []))
         self.assertIsNot(agent.child("ebpf"), ebpf)
         self.assertIs(agent.child("api"), api)
-        self.assertEqual([s.name for s in agent], ["processes", "export", "ebpf", "api"])
+        self.assertTrue(agent.child("ebpf").running)
+        self.assertIsNone(ebpf.parent)
+
+    def test_stop_order_is_the_declared_one_whatever_was_rebuilt(self):
+        agent = self.make()
+        stopped = []
+        new = copy.deepcopy(agent.config)
+        new["otlp"]["endpoint"] = "collector:4317"          # export rebuilt: added last to the collection
+        self.successResultOf(agent.apply_config(new))
+        for child in agent:
+            child.stopService = lambda name=child.name: stopped.append(name)
+        self.successResultOf(agent.stopService())
+        self.assertEqual(stopped, ["api", "ebpf", "export", "processes"])
+
+    def test_every_child_is_told_of_each_section_it_declared(self):
+        """The reproduced bug: the ebpf child read self_telemetry.listen but was not told it changed."""
+        agent = self.make(ebpf=InPlace)
+        ebpf = agent.child("ebpf")
+        new = copy.deepcopy(agent.config)
+        new["self_telemetry"]["listen"] = "127.0.0.1:19191"
+        result = self.successResultOf(agent.apply_config(new))
+        self.assertEqual((result.rebuilt, result.reconfigured), (["api"], ["ebpf"]))
+        self.assertIs(agent.child("ebpf"), ebpf)
+        self.assertEqual(ebpf.config_seen["self_telemetry"]["listen"], "127.0.0.1:19191")
+
+    def test_a_child_reads_only_its_declared_slice(self):
+        agent = self.make()
+        seen = agent.child("ebpf").config_seen
+        self.assertEqual(seen["agent"]["ebpf"]["ringbuf_size"], agent.config["agent"]["ebpf"]["ringbuf_size"])
+        with self.assertRaises(UndeclaredConfigKey):
+            seen["self_telemetry"]["auth"]
+        with self.assertRaises(UndeclaredConfigKey):
+            seen["agent"].get("host_metrics")      # not swallowed into a default
+        self.assertEqual(list(seen["agent"]), ["ebpf"])
 
     def test_unchanged_config_rebuilds_nothing(self):
         agent = self.make()
-        self.assertEqual(self.successResultOf(agent.apply_config(copy.deepcopy(agent.config))), [])
+        result = self.successResultOf(agent.apply_config(copy.deepcopy(agent.config)))
+        self.assertEqual(result.changed, [])
 
     def test_child_turned_off_and_on(self):
-        specs = [ChildSpec("extra", ("manhole",), lambda a: Recorder(a) if a.config["manhole"]["enabled"] else None)]
+        specs = [ChildSpec("extra", ("manhole",),
+                           lambda a, config: Recorder(a, config) if config["manhole"]["enabled"] else None)]
         agent = AgentService(defaults(), reactor=MemoryReactorClock(), specs=specs)
         agent.startService()
         self.assertIsNone(agent.child("extra"))
@@ -93,12 +135,12 @@ class TreeTests(SynchronousTestCase):
         one = copy.deepcopy(agent.config)
         one["otlp"]["endpoint"] = "first:4317"
         loads[0].callback(one)
-        self.assertEqual(self.successResultOf(first), ["export"])
+        self.assertEqual(self.successResultOf(first).rebuilt, ["export"])
         self.assertNoResult(second)
         two = copy.deepcopy(one)
         two["otlp"]["endpoint"] = "second:4317"
         loads[1].callback(two)
-        self.assertEqual(self.successResultOf(second), ["export"])
+        self.assertEqual(self.successResultOf(second).rebuilt, ["export"])
         self.assertEqual(agent.child("export").config_seen["otlp"]["endpoint"], "second:4317")
 
     def test_a_failed_reload_does_not_block_the_next(self):
@@ -107,7 +149,7 @@ class TreeTests(SynchronousTestCase):
         outcomes = [defer.fail(ConfigError("f.yaml", "otlp.protocol", "bad")), defer.succeed(defaults())]
         agent = AgentService(defaults(), reactor=MemoryReactorClock(), specs=[], loader=lambda path: outcomes.pop(0))
         self.failureResultOf(agent.reload(), ConfigError)
-        self.assertEqual(self.successResultOf(agent.reload()), [])
+        self.assertEqual(self.successResultOf(agent.reload()).changed, [])
 
     def test_shutdown_is_bounded_by_shutdown_timeout(self):
         agent = self.make(stop_result=defer.Deferred())
