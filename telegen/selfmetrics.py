@@ -47,6 +47,7 @@ class SelfMetrics:
         self.ebpf_programs_loaded = Gauge("telegen_ebpf_programs_loaded", "BPF programs attached", ["program_type"], registry=r)
         self.ebpf_maps_created = Gauge("telegen_ebpf_maps_created", "BPF maps created", ["map_type"], registry=r)
         self.ebpf_map_entries = Gauge("telegen_ebpf_map_entries", "Live entries per BPF map", ["map_name"], registry=r)
+        self.ebpf_map_entries_counted = Gauge("telegen_ebpf_map_entries_counted_timestamp_seconds", "When telegen_ebpf_map_entries was last counted (Unix time)", registry=r)
         self.ebpf_ringbuf_events = Counter("telegen_ebpf_ringbuf_events", "Ring buffer events received", registry=r)
         self.ebpf_ringbuf_fill = Gauge("telegen_ebpf_ringbuf_fill_ratio", "Share of each ring buffer waiting to be read when its last drain began (the kernel loses events at 1)", ["buffer"], registry=r)
         self.ebpf_ringbuf_lost = Counter("telegen_ebpf_ringbuf_lost", "Ring buffer events lost (reserve failed in the kernel)", registry=r)

@@ -8,12 +8,17 @@ while the rest of the agent (API included) runs; /ready says "not ready: loading
 A probe that fails (no BCC, no kernel headers, a compiler error, the verifier) is reported
 with its reason and the other probes and subsystems keep working.
 
+Map entries: a hash map's live entries are only known by walking it key by key (a syscall per
+key), so a timer counts them every MAP_COUNT_INTERVAL seconds in a thread, on duplicated fds;
+/status/ebpf and /metrics show the last count and its age, and no API request walks a map.
+
 Ring buffer loss: BPF ring buffers have no loss counter, so every bpf/*.c counts failed
 reserves in its per-CPU `lost` array (bpf/telegen.h), one slot per ring buffer in the order
 of Probe.ring_buffers(). A timer sums them every LOST_POLL seconds into
 telegen_ebpf_ringbuf_lost_total; status() polls them first so it is never stale.
 """
 import os
+import time
 
 from twisted.application import service
 from twisted.internet import defer, threads
@@ -30,6 +35,7 @@ from telegen.ebpf.ringbuf import RingBufferReader
 log = Logger()
 
 LOST_POLL = 1.0              # seconds between reads of the kernel's lost counters
+MAP_COUNT_INTERVAL = 15.0    # seconds between counts of the maps' live entries
 MAP_WALK_LIMIT = 1 << 20     # most keys walked to count a hash map's live entries
 _ARRAY_TYPES = frozenset(("array", "percpu_array", "prog_array", "perf_event_array"))
 _UNCOUNTABLE_TYPES = frozenset(("ringbuf", "task_storage"))
@@ -78,6 +84,10 @@ class EbpfService(service.Service):
         self._run_in_thread = run_in_thread
         self._loaded = []
         self._lost_loop = None
+        self._count_loop = None
+        self._counting = False
+        self._entries = {}              # "<probe>.<map>" -> live entries at the last count
+        self._counted_at = None         # time.time() of the last count
         self._governor = None
         self._first_readers = []        # readers of probes that drain first (ProcessProbe)
         self.loading = None
@@ -110,6 +120,9 @@ class EbpfService(service.Service):
         self._lost_loop = LoopingCall(self.poll_lost)
         self._lost_loop.clock = self.reactor
         self._lost_loop.start(LOST_POLL, now=False)
+        self._count_loop = LoopingCall(self.count_entries)
+        self._count_loop.clock = self.reactor
+        self._count_loop.start(MAP_COUNT_INTERVAL, now=False)
 
     @defer.inlineCallbacks
     def _load_all(self):
@@ -133,6 +146,7 @@ class EbpfService(service.Service):
                 self._failed(st, e)
         self._governor.forget_contention()
         self._update_gauges()
+        yield self.count_entries()
 
     def _thread(self, fn, *args):
         if self._run_in_thread is not None:
@@ -173,8 +187,9 @@ class EbpfService(service.Service):
 
     def stopService(self):
         service.Service.stopService(self)
-        if self._lost_loop is not None and self._lost_loop.running:
-            self._lost_loop.stop()
+        for loop in (self._lost_loop, self._count_loop):
+            if loop is not None and loop.running:
+                loop.stop()
         if self._governor is not None:
             self._governor.stop()
         for st in self._loaded:
@@ -240,14 +255,31 @@ class EbpfService(service.Service):
             for kind, n in counts.items():
                 gauge.labels(kind).set(n)
 
-    def _entries(self, m):
-        """Live entries: arrays are preallocated (all slots exist); hash maps are walked; ring buffers
-        have none, and task storage cannot be walked (its entries live on the threads)."""
-        if m["type"] in _ARRAY_TYPES:
-            return m["max_entries"]
-        if m["type"] in _UNCOUNTABLE_TYPES:
+    def count_entries(self):
+        """
+        Count every attached probe's map entries in a thread (on duplicated fds, so a probe
+        unloaded meanwhile cannot close them under the walk), then publish the counts on the
+        reactor thread. A count still running when the timer fires again is not doubled.
+        """
+        if self._counting or not self._attached():
             return None
-        return loader.count_keys(m["fd"], m["key_size"], min(m["max_entries"] or MAP_WALK_LIMIT, MAP_WALK_LIMIT))
+        walks = [(f"{st.probe.name}.{name}", m["type"], m["max_entries"], m["key_size"], os.dup(m["fd"]))
+                 for st in self._attached() for name, m in st.maps.items() if m["type"] not in _UNCOUNTABLE_TYPES]
+        self._counting = True
+
+        def published(counts):
+            self._counting = False
+            self._entries, self._counted_at = counts, time.time()
+            self.metrics.ebpf_map_entries.clear()
+            for qualified, entries in counts.items():
+                self.metrics.ebpf_map_entries.labels(qualified).set(entries)
+            self.metrics.ebpf_map_entries_counted.set(self._counted_at)
+
+        def failed(failure):
+            self._counting = False
+            log.failure("counting BPF map entries failed", failure)
+
+        return self._thread(_count_maps, walks).addCallbacks(published, failed)
 
     # ---- reporting ----
 
@@ -263,11 +295,8 @@ class EbpfService(service.Service):
             for p in st.programs:
                 programs.append(dict(p, probe=st.probe.name))
             for name, m in sorted(st.maps.items()):
-                entries = self._entries(m)
                 qualified = f"{st.probe.name}.{name}"
-                if entries is not None:
-                    self.metrics.ebpf_map_entries.labels(qualified).set(entries)
-                maps.append({"name": qualified, "type": m["type"], "entries": entries,
+                maps.append({"name": qualified, "type": m["type"], "entries": self._entries.get(qualified),
                              "max_entries": m["max_entries"], "id": m["id"], "probe": st.probe.name})
             for reader, lost in zip(st.readers, st.lost):
                 buffers.append({"probe": st.probe.name, "name": reader.name, "size": st.probe.ringbuf_size(self.config),
@@ -282,6 +311,7 @@ class EbpfService(service.Service):
                        for st in self._loaded],
             "programs": programs,
             "maps": maps,
+            "map_entries_age_seconds": None if self._counted_at is None else round(time.time() - self._counted_at, 3),
             "ringbuf": {
                 "size": size,
                 "events_received": sum(b["events_received"] for b in buffers),
@@ -323,3 +353,21 @@ class EbpfService(service.Service):
         if any(st.state == "loading" for st in self._loaded):
             return "not ready: loading"
         return "ok"
+
+
+def _count_maps(walks):
+    """
+    Live entries of each (name, type, max_entries, key_size, fd) walk, closing each fd. Arrays
+    are preallocated (every slot exists); hash maps are walked up to MAP_WALK_LIMIT keys. Runs in
+    a thread.
+    """
+    counts = {}
+    for name, kind, max_entries, key_size, fd in walks:
+        try:
+            if kind in _ARRAY_TYPES:
+                counts[name] = max_entries
+            else:
+                counts[name] = loader.count_keys(fd, key_size, min(max_entries or MAP_WALK_LIMIT, MAP_WALK_LIMIT))
+        finally:
+            os.close(fd)
+    return counts

@@ -3,6 +3,8 @@ EbpfService with MemoryReactor, a fake compiler and a fake BCC object: the loadi
 states, failures that leave the rest running, status/summary/self-metrics agreeing, kernel
 loss counters, stop.
 """
+import os
+
 import pytest
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
@@ -12,7 +14,7 @@ from telegen.ebpf import loader
 from telegen.ebpf.cpu_governor import GROWTH, WINDOW
 from telegen.ebpf.loader import LoadError
 from telegen.ebpf.probe import Probe
-from telegen.ebpf.service import EbpfService
+from telegen.ebpf.service import MAP_COUNT_INTERVAL, EbpfService
 from telegen.selfmetrics import SelfMetrics
 from telegen.ebpf.ringbuf import MappedRing
 from tests.unit.test_ebpf_ringbuf import FakeTable, KernelSide
@@ -74,11 +76,18 @@ def fake_kernel_facts(monkeypatch):
         {"name": "tracepoint__sock__inet_sock_set_state", "type": "tracepoint", "attached": True, "id": 102,
          "tracepoint": "sock:inet_sock_set_state"},
     ])
-    monkeypatch.setattr(loader, "map_fds", lambda bpf: {"events": 7, "lost": 8, "conns": 9, "inflight": 10})
-    kinds = {7: ("ringbuf", 4096), 8: ("percpu_array", 4), 9: ("lru_hash", 1024), 10: ("task_storage", 0)}
-    monkeypatch.setattr(loader, "describe_map", lambda fd: {"type": kinds[fd][0], "max_entries": kinds[fd][1], "id": 200 + fd, "key_size": 8})
-    monkeypatch.setattr(loader, "count_keys", lambda fd, key_size, limit: 3)
+    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(4)]      # real fds: the service dups them
+    names = dict(zip(("events", "lost", "conns", "inflight"), fds))
+    monkeypatch.setattr(loader, "map_fds", lambda bpf: names)
+    kinds = dict(zip(fds, (("ringbuf", 4096), ("percpu_array", 4), ("lru_hash", 1024), ("task_storage", 0))))
+    monkeypatch.setattr(loader, "describe_map", lambda fd: {"type": kinds[fd][0], "max_entries": kinds[fd][1],
+                                                            "id": 200 + fds.index(fd), "key_size": 8})
+    walked = []
+    monkeypatch.setattr(loader, "count_keys", lambda fd, key_size, limit: walked.append(fd) or 3)
     monkeypatch.setattr(MappedRing, "from_fd", classmethod(lambda cls, fd, size: KernelSide(size).ring))
+    yield walked
+    for fd in fds:
+        os.close(fd)
 
 
 class Harness:
@@ -135,10 +144,32 @@ def test_contention_seen_while_compiling_is_forgotten_once_the_probes_are_loaded
     assert governor.budget == governor.min_cpu + GROWTH
 
 
+def test_map_entries_are_counted_off_the_reactor_thread_never_by_a_status_request(fake_kernel_facts):
+    h = Harness([FakeProbe("http")])
+    h.service.startService()
+    h.finish()                                          # the compile
+    status = h.service.status()
+    assert {m["name"]: m["entries"] for m in status["maps"]}["http.conns"] is None
+    assert status["map_entries_age_seconds"] is None and fake_kernel_facts == []
+    fn, _, _ = h.calls[0]
+    assert fn.__name__ == "_count_maps"                 # handed to the thread
+    h.finish()
+    assert len(fake_kernel_facts) == 1                  # one hash map walked
+    h.service.status()
+    h.service.status()
+    assert len(fake_kernel_facts) == 1
+    h.reactor.advance(MAP_COUNT_INTERVAL)
+    h.finish()
+    assert len(fake_kernel_facts) == 2
+    assert 0 <= h.service.status()["map_entries_age_seconds"] < 5
+    assert h.metrics.registry.get_sample_value("telegen_ebpf_map_entries_counted_timestamp_seconds") > 0
+
+
 def test_status_summary_and_self_metrics_agree():
     h = Harness([FakeProbe("http")])
     h.service.startService()
     h.finish()
+    h.finish()                                          # the first count of the map entries
     status = h.service.status()
     assert [(p["name"], p["type"], p["attached"], p["id"]) for p in status["programs"]] == [
         ("tracepoint__syscalls__sys_enter_read", "tracepoint", True, 101),
@@ -149,11 +180,11 @@ def test_status_summary_and_self_metrics_agree():
     assert status["ringbuf"]["size"] == h.config["agent"]["ebpf"]["ringbuf_size"]
     assert h.service.summary() == {"enabled": True, "programs_loaded": 2, "maps_created": 4,
                                    "ringbuf_size": h.config["agent"]["ebpf"]["ringbuf_size"]}
-    m = h.metrics
-    assert m.ebpf_programs_loaded.labels("tracepoint")._value.get() == 2
-    assert m.ebpf_maps_created.labels("lru_hash")._value.get() == 1
-    assert m.ebpf_map_entries.labels("http.conns")._value.get() == 3
-    assert ("http.inflight",) not in m.ebpf_map_entries._metrics
+    sample = h.metrics.registry.get_sample_value
+    assert sample("telegen_ebpf_programs_loaded", {"program_type": "tracepoint"}) == 2
+    assert sample("telegen_ebpf_maps_created", {"map_type": "lru_hash"}) == 1
+    assert sample("telegen_ebpf_map_entries", {"map_name": "http.conns"}) == 3
+    assert sample("telegen_ebpf_map_entries", {"map_name": "http.inflight"}) is None
 
 
 def test_status_shows_each_ring_buffers_fill_at_its_last_drain_and_the_highest(monkeypatch):
