@@ -40,5 +40,6 @@ setup(
         "opentelemetry-proto>=1.27,<2",
         "protobuf>=5.26,<6",
         "prometheus-client>=0.19",
+        "googleapis-common-protos>=1.60",    # google.rpc status details of gRPC export errors
     ],
 )
