@@ -129,8 +129,6 @@ class ProcReader:
 class HostMetricsService(TimerService):
     """Collects host metrics every interval (first one at start) and submits them as one resource."""
 
-    name = "hostmetrics"
-
     def __init__(self, config, pipeline, metrics, reactor=None, reader=None, wall_clock=time.time):
         super().__init__(config["agent"]["host_metrics"]["interval"], self.collect)
         if reactor is not None:

@@ -12,7 +12,7 @@ rebuild them.
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Generator, Iterable, Optional
 
 from twisted.application.service import IService, MultiService
 from twisted.internet import defer, threads
@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from telegen.config import load_config
 from telegen.config.view import ConfigSlice
+from telegen.contracts import IChild
 from telegen.selfmetrics import SelfMetrics
 from telegen.timebox import within
 
@@ -89,11 +90,13 @@ class AgentService(MultiService):
     @ivar metrics: the SelfMetrics every child reports into.
     """
 
-    def __init__(self, config, config_path=None, reactor=None, specs=None, install_signals=False, loader=None):
+    def __init__(self, config: dict, config_path: Optional[str] = None, reactor: Any = None,
+                 specs: Optional[Iterable[ChildSpec]] = None, install_signals: bool = False,
+                 loader: Optional[Callable[[Optional[str]], Any]] = None) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
-        self.reactor: Any = reactor
+        self.reactor = reactor
         self.config = config
         self.config_path = config_path
         self.metrics = SelfMetrics()
@@ -109,11 +112,11 @@ class AgentService(MultiService):
 
     # -- children ----------------------------------------------------------------------------
 
-    def child(self, name):
+    def child(self, name: str) -> Optional[IService]:
         """The running child called name, or None when it is off."""
         return self.namedServices.get(name)
 
-    def _build(self, spec):
+    def _build(self, spec: ChildSpec) -> Optional[IService]:
         """Build spec's child from its slice and add it (started when the tree runs)."""
         child = spec.factory(self, spec.slice(self.config))
         if child is not None:
@@ -161,7 +164,7 @@ class AgentService(MultiService):
         d = self.reload()
         d.addErrback(lambda f: log.error("reload on SIGHUP failed: {error}", error=f.getErrorMessage()))
 
-    def reload(self):
+    def reload(self) -> defer.Deferred:
         """
         Re-read the config file and apply it. One reload runs at a time; a second request while
         one runs waits for it and then runs its own, so the newest file always gets applied.
@@ -179,7 +182,7 @@ class AgentService(MultiService):
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), load_config, path)
 
     @defer.inlineCallbacks
-    def apply_config(self, new_config):
+    def apply_config(self, new_config: dict) -> Generator[Any, Any, ReloadResult]:
         """
         Tell every child whose slice differs between the running and the new config: in place
         where it can, by a rebuild otherwise (and then every child depending on it is rebuilt).
@@ -201,16 +204,17 @@ class AgentService(MultiService):
             raise ReloadFailed(f"{type(exc).__name__}: {exc}") from exc
         return ReloadResult(rebuilt=sorted(rebuild), reconfigured=sorted(reconfigured))
 
-    def _reconfigure_in_place(self, changed, new_config):
+    def _reconfigure_in_place(self, changed: list, new_config: dict) -> list:
         """Names of the running children that applied their new slice themselves."""
         done = []
         for spec in changed:
             child = self.child(spec.name)
-            if child is not None and child.reconfigure(spec.slice(new_config)):
+            # IChild(child): a child not declaring the contract fails here, loudly, not later.
+            if child is not None and IChild(child).reconfigure(spec.slice(new_config)):
                 done.append(spec.name)
         return done
 
-    def _with_dependents(self, names):
+    def _with_dependents(self, names: set) -> set:
         """names plus every child that depends, directly or not, on one of them."""
         names = set(names)
         grew = True
@@ -223,7 +227,7 @@ class AgentService(MultiService):
         return names
 
     @defer.inlineCallbacks
-    def _rebuild(self, names):
+    def _rebuild(self, names: set) -> Generator[Any, Any, None]:
         """Stop and remove the named children (dependents first), then build them anew in order."""
         specs = [s for s in self._specs if s.name in names]
         for spec in reversed(specs):

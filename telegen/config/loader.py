@@ -20,7 +20,10 @@ from telegen.config.validate import validate
 ALIASES = {"selfTelemetry": ("self_telemetry",), "discovery": ("agent", "discovery")}
 
 
-class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+_FastestSafeLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _StrictLoader(_FastestSafeLoader):
     """safe_load (libyaml when present) that refuses a key repeated in one mapping (PyYAML keeps the last)."""
 
     def construct_mapping(self, node, deep=False):

@@ -66,7 +66,7 @@ class _FunctionIndex:
     """
 
     # Shared by every index: the source of a running module does not change under it.
-    _sources = {}
+    _sources: dict = {}
 
     def __init__(self):
         self._found = {}

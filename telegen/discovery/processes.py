@@ -42,8 +42,6 @@ def _host_attributes(config):
 class ProcessTable(service.Service):
     """Processes by pid, their OTel resources, and the services they expose (listening ports)."""
 
-    name = "processes"
-
     def __init__(self, config, metrics, reactor=None, proc_root="/proc", exit_grace=2.0, run_in_thread=None):
         """
         proc_root and run_in_thread (fn, *args) -> Deferred exist for unit tests: a fake /proc tree

@@ -70,8 +70,6 @@ class EbpfService(service.Service):
     @param run_in_thread: (fn, *args) -> Deferred; defaults to the reactor's thread pool.
     """
 
-    name = "ebpf"
-
     def __init__(self, config, metrics, pipeline, processes, reactor=None, probes=None,
                  compile_probe=None, run_in_thread=None):
         self.config = config

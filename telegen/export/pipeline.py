@@ -41,8 +41,6 @@ def make_sender(config, kind, reactor):
 class ExportPipeline(service.Service):
     """Per-signal bounded queues, batching and OTLP senders, with live status."""
 
-    name = "export"
-
     def __init__(self, config, metrics, reactor=None, sender_factory=make_sender):
         if reactor is None:
             from twisted.internet import reactor

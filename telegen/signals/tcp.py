@@ -13,7 +13,7 @@ import os
 import time
 from bisect import bisect_left
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as m
 from opentelemetry.proto.trace.v1 import trace_pb2 as t
@@ -39,7 +39,7 @@ class MetricSpec:
     name: str
     unit: str
     description: str
-    buckets: tuple = None
+    buckets: Optional[tuple] = None
 
 
 OPENED_METRIC = MetricSpec("telegen.tcp.connections.opened", "{connection}", "Outgoing TCP connections established.")
