@@ -77,6 +77,30 @@ class ISender(Interface):
         """Release connections; no send follows."""
 
 
+class IRecordSink(Interface):
+    """Where producers hand records: the export pipeline, or ExportHandle in front of it."""
+
+    def submit(signal: str, resource_attrs: dict, records: list) -> int:
+        """
+        Queue records (OTLP protos or their serialized bytes) of one resource for signal
+        (traces|metrics|logs|profiles); return how many were accepted, every other one counted
+        as dropped with a reason. Never blocks.
+        """
+
+
+class IProcessResources(Interface):
+    """What probes ask the process table (telegen.discovery.processes.ProcessTable)."""
+
+    def resource_attributes(pid: int) -> dict:
+        """The OTel resource of pid's telemetry (service.name always set)."""
+
+    def selected(pid: int) -> bool:
+        """Whether pid is instrumented under the discovery selectors."""
+
+    def listener_pid(port: int):
+        """The one process listening on TCP port, or None."""
+
+
 class IResourceProvider(Interface):
     """
     One link of discovery's resource chain (procfs, cgroup, Docker, Kubernetes, cloud, host).

@@ -18,10 +18,11 @@ from twisted.application.service import IService, MultiService
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from telegen.config import load_config
 from telegen.config.view import ConfigSlice
-from telegen.contracts import IChild
+from telegen.contracts import IChild, IRecordSink
 from telegen.selfmetrics import SelfMetrics
 from telegen.timebox import within
 
@@ -67,6 +68,7 @@ class ReloadFailed(Exception):
     """The new config was valid but applying it failed; the old children were restored."""
 
 
+@implementer(IRecordSink)
 class ExportHandle:
     """A stable reference to whatever export pipeline the agent runs now."""
 

@@ -14,7 +14,7 @@ import threading
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from tests.agent_process import AgentProcess  # noqa: E402
+from tests.support.agent_process import AgentProcess  # noqa: E402
 
 
 def wrk(url, seconds):

@@ -26,7 +26,7 @@ from collections import defaultdict
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from tests.agent_process import wait_for  # noqa: E402
+from tests.support.agent_process import wait_for  # noqa: E402
 
 MARK = "cpu-split"
 

@@ -33,7 +33,7 @@ sys.path.insert(0, ROOT)
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span  # noqa: E402
 
-from tests.agent_process import AgentProcess, wait_for  # noqa: E402
+from tests.support.agent_process import AgentProcess, wait_for  # noqa: E402
 from tests.support import http_apps as apps  # noqa: E402
 from tests.support.otlp_receiver import OtlpReceiver  # noqa: E402
 

@@ -22,7 +22,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from telegen.contracts import IChild
+from telegen.contracts import IChild, IProcessResources
 from telegen.discovery import procfs
 from telegen.discovery.selectors import Selection
 from telegen.signals.common import host_identity, host_resource_attributes
@@ -38,7 +38,7 @@ def _host_attributes(config):
     return {k: v for k, v in host_resource_attributes(config).items() if not k.startswith("service.")}
 
 
-@implementer(IChild)
+@implementer(IChild, IProcessResources)
 class ProcessTable(service.Service):
     """Processes by pid, their OTel resources, and the services they expose (listening ports)."""
 

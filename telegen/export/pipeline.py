@@ -12,7 +12,7 @@ from twisted.application import service
 from twisted.internet.defer import DeferredList
 from zope.interface import implementer
 
-from telegen.contracts import IChild
+from telegen.contracts import IChild, IRecordSink
 from telegen.export.counters import SignalCounters
 from telegen.export.endpoints import main_target, resolve
 from telegen.export.exporter import SignalExporter
@@ -37,7 +37,7 @@ def make_sender(config, kind, reactor):
     return HttpSender(target, kind, otlp, reactor)
 
 
-@implementer(IChild)
+@implementer(IChild, IRecordSink)
 class ExportPipeline(service.Service):
     """Per-signal bounded queues, batching and OTLP senders, with live status."""
 

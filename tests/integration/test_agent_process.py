@@ -10,11 +10,11 @@ import socket
 import subprocess
 import sys
 
-import jsonschema
 import pytest
 from openapi_spec_validator import validate as validate_spec
 
-from tests.agent_process import AgentProcess, http
+from tests.support.agent_process import AgentProcess, http
+from tests.support.openapi_check import schema_validator
 from tests.support.otlp_receiver import free_port, wait_for
 
 TELEGEN = os.path.join(os.path.dirname(sys.executable), "telegen")
@@ -26,14 +26,6 @@ def agent(tmp_path):
     process.start()
     yield process
     process.stop()
-
-
-def schema_validator(document, path, method, code):
-    """A jsonschema validator for one documented response, resolving #/components refs."""
-    response = document["paths"][path][method]["responses"][str(code)]
-    schema = response["content"]["application/json"]["schema"]
-    wrapped = {"$defs": {}, "components": document["components"], **schema}
-    return jsonschema.Draft202012Validator(wrapped)
 
 
 def test_every_endpoint_answers_its_documented_shape(agent):

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 import telegen
-from tests.agent_process import AgentProcess, free_port, merge, wait_for
+from tests.support.agent_process import AgentProcess, free_port, merge, wait_for
 from tests.support import http_apps as apps
 from tests.integration.test_debug_endpoints import AUTH, GO, TOKEN, Load, pprof_top
 from tests.integration.test_manhole_ssh import Session, keygen

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from tests.agent_process import AgentProcess, wait_for
+from tests.support.agent_process import AgentProcess, wait_for
 
 pytestmark = pytest.mark.integration
 

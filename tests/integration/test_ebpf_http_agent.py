@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tests.agent_process import AgentProcess, free_port, merge, wait_for
-from tests.integration.test_agent_process import schema_validator
+from tests.support.agent_process import AgentProcess, free_port, merge, wait_for
+from tests.support.openapi_check import schema_validator
 from tests.support import http_apps as apps
 from tests.support.otlp_files import read_metrics, read_spans
 

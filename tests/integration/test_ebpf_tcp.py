@@ -24,7 +24,7 @@ from telegen.export.pipeline import ExportPipeline
 from telegen.selfmetrics import SelfMetrics
 from tests.support.otlp_receiver import attrs_dict
 from tests.support.twisted_wait import until
-from tests.unit.test_process_table import make_config
+from tests.support.fakes import make_config
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.integration]
 

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from tests.agent_process import AgentProcess, free_port, wait_for
+from tests.support.agent_process import AgentProcess, free_port, wait_for
 
 pytestmark = [
     pytest.mark.integration,

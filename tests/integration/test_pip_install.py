@@ -4,14 +4,13 @@ says) gives a working agent, gRPC export included: setup.py's install_requires a
 every module the agent imports. The build runs on a copy of the checkout, so the checkout and its
 .venv are never written to, and the agent runs from a folder outside it.
 """
-import os
 import shutil
 import signal
 import subprocess
 
 import pytest
 
-from tests.agent_process import ROOT, AgentProcess
+from tests.support.agent_process import ROOT, AgentProcess
 from tests.support.otlp_receiver import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]

@@ -20,8 +20,8 @@ from telegen.ebpf.process_events import ProcessProbe
 from telegen.ebpf.service import EbpfService
 from telegen.selfmetrics import SelfMetrics
 from tests.support.twisted_wait import until
-from tests.unit.test_process_table import make_config
-from tests.unit.test_tcp_telemetry import RecordingPipeline
+from tests.support.fakes import make_config
+from tests.support.fakes import RecordingPipeline
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.integration]
 

@@ -15,7 +15,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from telegen.api.app import ROUTES, listen_endpoint, make_site
 from telegen.api.gate import Gate, is_loopback
 from telegen.config import ConfigError, defaults
-from tests.fakes import make_agent
+from tests.support.fakes import make_agent
 
 
 def settings(**changes):

@@ -8,7 +8,7 @@ from telegen.ebpf import ringbuf
 from telegen.ebpf.cpu_governor import GROWTH, WINDOW, CpuGovernor, thread_schedstat
 from telegen.ebpf.ringbuf import RingBufferReader
 from telegen.selfmetrics import SelfMetrics
-from tests.unit.test_ebpf_ringbuf import FakeBPF, KernelSide
+from tests.support.ring import FakeBPF, KernelSide
 
 
 class Clocks:

@@ -6,7 +6,6 @@ draining on doRead and on the drain timer, counting, failures contained, stop.
 """
 import mmap
 import os
-import struct
 import time
 
 import pytest
@@ -16,39 +15,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from telegen.ebpf import ringbuf
-from telegen.ebpf.ringbuf import BUSY_BIT, DISCARD_BIT, HEADER_SIZE, PAGE, MappedRing, RingBufferReader
+from telegen.ebpf.ringbuf import BUSY_BIT, DISCARD_BIT, PAGE, MappedRing, RingBufferReader
 from telegen.selfmetrics import SelfMetrics
-
-
-class KernelSide:
-    """Writes records as the kernel does: header {len | flags, pg_off}, data, 8-byte aligned."""
-
-    def __init__(self, size=4096):
-        self.size = size
-        self.consumer = bytearray(PAGE)
-        self.producer = bytearray(PAGE + 2 * size)
-        self.position = 0
-        self.ring = MappedRing(self.consumer, self.producer, size)
-
-    def _write(self, offset, data):
-        """Write into the data area at ring offset, and into its second mapping (wrap-around)."""
-        for base in (PAGE, PAGE + self.size):
-            start = base + offset
-            end = min(start + len(data), PAGE + 2 * self.size)
-            self.producer[start:end] = data[:end - start]
-        if offset + len(data) > self.size:  # the part past the end is the start of the first copy
-            tail = data[self.size - offset:]
-            self.producer[PAGE:PAGE + len(tail)] = tail
-
-    def submit(self, payload, flags=0):
-        offset = self.position % self.size
-        self._write(offset, struct.pack("<II", len(payload) | flags, 0) + payload)
-        self.position += (len(payload) + HEADER_SIZE + 7) & ~7
-        struct.pack_into("<Q", self.producer, 0, self.position)
-
-    @property
-    def consumed(self):
-        return struct.unpack_from("<Q", self.consumer, 0)[0]
+from tests.support.ring import FakeBPF, KernelSide
 
 
 def test_records_in_order_and_the_consumer_position_moves():
@@ -123,17 +92,6 @@ def test_budget_bounds_one_drain():
     assert kernel.ring.drain(seen.append, 3, None) == 3
     assert kernel.ring.drain(seen.append, 3, None) == 2
     assert seen == [bytes([i]) for i in range(5)]
-
-
-class FakeTable:
-    map_fd = 42
-    max_entries = 4096
-
-
-class FakeBPF:
-    def __getitem__(self, name):
-        assert name == b"events"
-        return FakeTable()
 
 
 def make(handler):

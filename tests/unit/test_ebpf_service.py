@@ -17,7 +17,7 @@ from telegen.ebpf.probe import Probe
 from telegen.ebpf.service import MAP_COUNT_INTERVAL, EbpfService
 from telegen.selfmetrics import SelfMetrics
 from telegen.ebpf.ringbuf import MappedRing
-from tests.unit.test_ebpf_ringbuf import FakeTable, KernelSide
+from tests.support.ring import FakeTable, KernelSide
 
 
 class FakeLost:
@@ -222,7 +222,7 @@ def test_kernel_loss_counters_feed_status_and_metrics_by_delta():
     assert h.service.status()["ringbuf"]["events_lost"] == 5
     h.lost[0][:] = [4, 6]
     h.reactor.advance(1.0)          # the periodic poll
-    assert h.metrics.ebpf_ringbuf_lost._value.get() == 10
+    assert h.metrics.registry.get_sample_value("telegen_ebpf_ringbuf_lost_total") == 10
     assert h.service.status()["ringbuf"]["events_lost"] == 10
 
 

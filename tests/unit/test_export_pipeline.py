@@ -5,46 +5,15 @@ OTLP retry decisions, drop accounting, status, ready check, flush and shutdown. 
 import pytest
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from telegen.config import defaults
-from telegen.export.endpoints import Target
 from telegen.export.pipeline import ExportPipeline
 from telegen.export.retry import PERMANENT, RETRYABLE, SUCCESS, Outcome
 from telegen.selfmetrics import SelfMetrics
+from tests.support.fakes import OK, ScriptedSender
 
-OK = Outcome(SUCCESS, "OK", True)
 REFUSED = Outcome(RETRYABLE, "unreachable", False, "connection refused", "connection_refused")
-
-
-class ScriptedSender:
-    """Records requests; answers each with the next scripted Outcome, or holds it when `hold`."""
-
-    def __init__(self, kind):
-        self.kind = kind
-        self.target = Target("grpc", "collector:4317", False, "collector:4317")
-        self.requests = []
-        self.script = []
-        self.default = OK
-        self.hold = False
-        self.held = []
-        self.closed = False
-
-    def send(self, payload):
-        self.requests.append(self.kind.request_cls.FromString(payload))
-        d = Deferred()
-        if self.hold:
-            self.held.append(d)
-        else:
-            d.callback(self.script.pop(0) if self.script else self.default)
-        return d
-
-    def close(self):
-        self.closed = True
-
-    def items(self):
-        return sum(len(ss.spans) for r in self.requests for rs in r.resource_spans for ss in rs.scope_spans)
 
 
 def make(endpoint="collector:4317", **overrides):

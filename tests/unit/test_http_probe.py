@@ -9,6 +9,7 @@ from telegen.config.loader import defaults
 from telegen.ebpf.http_decoder import EV_REQUEST, EV_RESPONSE
 from telegen.ebpf.http_probe import HttpProbe
 from telegen.selfmetrics import SelfMetrics
+from tests.support.fakes import RecordingPipeline, StubProcesses
 from tests.unit.test_http_decoder import RESP, event
 
 
@@ -27,32 +28,13 @@ class FakeBPF:
         return self.tables[name]
 
 
-class Pipeline:
-    def __init__(self):
-        self.calls = []
-
-    def submit(self, signal, resource, records):
-        self.calls.append((signal, resource, list(records)))
-        return len(records)
-
-
-class Processes:
-    """A process table where pid 10 is a known service and pid 66 is excluded by selectors."""
-
-    def resource_attributes(self, pid):
-        return {"service.name": f"svc-{pid}", "process.pid": pid} if pid == 10 else {"host.name": "h", "process.pid": pid}
-
-    def selected(self, pid):
-        return pid != 66
-
-
 def make(listen=":19090", **network):
     config = defaults()
     config["self_telemetry"]["listen"] = listen
     config["agent"]["ebpf"]["network"].update(network)
     config["agent"]["host_metrics"]["interval"] = 5.0
-    clock, pipeline, metrics = Clock(), Pipeline(), SelfMetrics()
-    probe = HttpProbe(config, pipeline, Processes(), metrics, reactor=clock)
+    clock, pipeline, metrics = Clock(), RecordingPipeline(), SelfMetrics()
+    probe = HttpProbe(config, pipeline, StubProcesses(excluded={66}), metrics, reactor=clock)
     bpf = FakeBPF()
     probe.attached(bpf)
     return probe, bpf, clock, pipeline, metrics
@@ -114,7 +96,7 @@ def test_spans_are_submitted_once_per_reactor_turn_per_process():
     clock.advance(0)
     traces = [(r, recs) for s, r, recs in pipeline.calls if s == "traces"]
     assert [(r, len(recs)) for r, recs in traces] == [({"service.name": "svc-10", "process.pid": 10}, 2),
-                                                      ({"host.name": "h", "process.pid": 11}, 1)]
+                                                      ({"service.name": "svc-11", "process.pid": 11}, 1)]
     span = Span.FromString(traces[0][1][0])
     assert span.name == "GET" and span.kind == Span.SPAN_KIND_SERVER
 
@@ -127,7 +109,7 @@ def test_excluded_paths_are_dropped_and_counted():
     clock.advance(0)
     [(_, _, spans)] = [c for c in pipeline.calls if c[0] == "traces"]
     assert len(spans) == 1
-    assert metrics.ebpf_events_dropped.labels(reason="excluded_path")._value.get() == 2
+    assert metrics.registry.get_sample_value("telegen_ebpf_events_dropped_total", {"reason": "excluded_path"}) == 2
 
 
 def test_exchanges_of_processes_not_selected_are_dropped_and_counted():
@@ -165,4 +147,4 @@ def test_a_failing_submit_is_counted_and_does_not_stop_other_processes():
     exchange(probe, "/b", pid=11, conn=2)
     clock.advance(0)
     assert [r["process.pid"] for s, r, _ in pipeline.calls if s == "traces"] == [11]
-    assert metrics.spans_dropped.labels(reason="submit_error")._value.get() == 1
+    assert metrics.registry.get_sample_value("telegen_spans_dropped_total", {"reason": "submit_error"}) == 1

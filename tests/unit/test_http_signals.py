@@ -120,4 +120,4 @@ def test_cardinality_cap_folds_into_the_overflow_series_and_counts():
     series = {tuple(sorted(attrs_dict(p.attributes).items())): p.count for p in server.histogram.data_points}
     assert len(series) == 3
     assert series[(("otel.metric.overflow", True),)] == 2
-    assert metrics.metric_overflow.labels(metric=SERVER_METRIC)._value.get() == 2
+    assert metrics.registry.get_sample_value("telegen_metric_attribute_overflow_total", {"metric": SERVER_METRIC}) == 2

@@ -1,7 +1,7 @@
 """The process probe decodes exec/exit events (header and comm) into ProcessTable calls."""
 
 from telegen.ebpf.process_events import EVENT, PROCESS_EXEC, PROCESS_EXIT, ProcessProbe
-from tests.unit.test_process_table import make_config
+from tests.support.fakes import make_config
 
 
 class Calls:

@@ -8,18 +8,10 @@ import os
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from telegen.config.loader import defaults
 from telegen.discovery import processes
 from telegen.discovery.processes import ProcessTable
 from telegen.selfmetrics import SelfMetrics
-
-
-def make_config(**telegen):
-    """The default config with agent resource attributes (which process resources must not take)."""
-    config = defaults()
-    config["telegen"]["resource_attributes"] = {"service.name": "agent-own", "deployment.environment": "test"}
-    config["telegen"].update(telegen)
-    return config
+from tests.support.fakes import make_config
 
 
 class FakeProc:

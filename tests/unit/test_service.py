@@ -19,7 +19,7 @@ from telegen.config import defaults
 from telegen.config.view import UndeclaredConfigKey
 from telegen.logconfig import make_observer
 from telegen.service import AgentService, ChildSpec
-from tests.fakes import FakeChild
+from tests.support.fakes import FakeChild
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -253,7 +253,7 @@ class CliTests(SynchronousTestCase):
         self.assertEqual((info["version"], info["commit"]), (__version__, "unknown"))
 
     def test_render_status(self):
-        from tests.fakes import make_agent
+        from tests.support.fakes import make_agent
 
         agent = make_agent(MemoryReactorClock())
         from telegen.status import readiness

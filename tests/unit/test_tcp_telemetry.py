@@ -15,38 +15,7 @@ from twisted.internet.task import Clock
 from telegen.ebpf.tcp import EVENT, TcpProbe, decode
 from telegen.selfmetrics import SelfMetrics
 from telegen.signals import tcp as signals
-from tests.unit.test_process_table import make_config
-
-
-class RecordingPipeline:
-    """Records submit() calls as (signal, resource, records); accepts everything."""
-
-    def __init__(self):
-        self.calls = []
-
-    def submit(self, signal, resource_attrs, records):
-        self.calls.append((signal, resource_attrs, list(records)))
-        return len(records)
-
-    def of(self, signal):
-        return [c for c in self.calls if c[0] == signal]
-
-
-class StubProcesses:
-    """resource_attributes by pid and listener owners by port, as ProcessTable answers them."""
-
-    def __init__(self, listeners=None, excluded=()):
-        self.listeners = listeners or {}
-        self.excluded = set(excluded)
-
-    def resource_attributes(self, pid):
-        return {"service.name": f"svc-{pid}", "process.pid": pid} if pid else {"host.name": "h"}
-
-    def listener_pid(self, port):
-        return self.listeners.get(port)
-
-    def selected(self, pid):
-        return pid not in self.excluded
+from tests.support.fakes import RecordingPipeline, StubProcesses, make_config
 
 
 def pack(kind, pid=0, direction=1, family=socket.AF_INET, local=("127.0.0.1", 40000), peer=("127.0.0.1", 8080),

@@ -1,13 +1,18 @@
 """
-Stand-ins for the agent's children in unit tests of the tree and the API: each returns documents
-of the real shape from state the test controls.
+Stand-ins for the agent's parts in unit tests: children of the tree, the export pipeline as its
+producers see it, the process table, a sender. Each declares the contract of the real part
+(telegen.contracts) and tests/unit/test_contracts.py checks it, so a fake cannot answer what the
+real class does not.
 """
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from telegen.config import defaults
-from telegen.contracts import IChild
+from telegen.contracts import IChild, IProcessResources, IRecordSink, ISender
+from telegen.export.endpoints import Target
+from telegen.export.retry import SUCCESS, Outcome
 from telegen.service import AgentService, ChildSpec
 
 
@@ -92,3 +97,77 @@ def make_agent(reactor, config=None, loader=None, children=("processes", "export
     specs = [ChildSpec(name, sections[name], factories[name]) for name in children]
     return AgentService(config or defaults(), config_path="/nonexistent.yaml", reactor=reactor,
                         specs=specs, loader=loader)
+
+
+def make_config(**telegen):
+    """The default config with agent resource attributes (which process resources must not take)."""
+    config = defaults()
+    config["telegen"]["resource_attributes"] = {"service.name": "agent-own", "deployment.environment": "test"}
+    config["telegen"].update(telegen)
+    return config
+
+
+@implementer(IRecordSink)
+class RecordingPipeline:
+    """Records submit() calls as (signal, resource, records); accepts everything."""
+
+    def __init__(self):
+        self.calls = []
+
+    def submit(self, signal, resource_attrs, records):
+        self.calls.append((signal, resource_attrs, list(records)))
+        return len(records)
+
+    def of(self, signal):
+        return [c for c in self.calls if c[0] == signal]
+
+
+@implementer(IProcessResources)
+class StubProcesses:
+    """resource_attributes by pid and listener owners by port, as ProcessTable answers them."""
+
+    def __init__(self, listeners=None, excluded=()):
+        self.listeners = listeners or {}
+        self.excluded = set(excluded)
+
+    def resource_attributes(self, pid):
+        return {"service.name": f"svc-{pid}", "process.pid": pid} if pid else {"host.name": "h"}
+
+    def listener_pid(self, port):
+        return self.listeners.get(port)
+
+    def selected(self, pid):
+        return pid not in self.excluded
+
+
+OK = Outcome(SUCCESS, "OK", True)
+
+
+@implementer(ISender)
+class ScriptedSender:
+    """Records requests; answers each with the next scripted Outcome, or holds it when `hold`."""
+
+    def __init__(self, kind):
+        self.kind = kind
+        self.target = Target("grpc", "collector:4317", False, "collector:4317")
+        self.requests = []
+        self.script = []
+        self.default = OK
+        self.hold = False
+        self.held = []
+        self.closed = False
+
+    def send(self, payload):
+        self.requests.append(self.kind.request_cls.FromString(payload))
+        d = Deferred()
+        if self.hold:
+            self.held.append(d)
+        else:
+            d.callback(self.script.pop(0) if self.script else self.default)
+        return d
+
+    def close(self):
+        self.closed = True
+
+    def items(self):
+        return sum(len(ss.spans) for r in self.requests for rs in r.resource_spans for ss in rs.scope_spans)
