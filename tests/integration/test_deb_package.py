@@ -17,8 +17,8 @@ import yaml
 import telegen
 from tests.support.agent_process import AgentProcess, free_port, merge, wait_for
 from tests.support import http_apps as apps
-from tests.integration.test_debug_endpoints import AUTH, GO, TOKEN, Load, pprof_top
-from tests.integration.test_manhole_ssh import Session, keygen
+from tests.support.debug_tools import AUTH, GO, TOKEN, Load, pprof_top
+from tests.support.ssh_session import Session, keygen
 from tests.support.otlp_files import read_spans
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -5,19 +5,14 @@ answering while it samples, and the other profiles load in `go tool pprof` too.
 """
 import json
 import os
-import shutil
-import subprocess
 import threading
 
 import pytest
 
 from tests.support.agent_process import AgentProcess, wait_for
+from tests.support.debug_tools import AUTH, GO, TOKEN, Load, pprof_top
 
 pytestmark = pytest.mark.integration
-
-TOKEN = "debug-test-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-GO = shutil.which("go")
 
 
 @pytest.fixture
@@ -27,36 +22,6 @@ def agent(tmp_path):
     process.start()
     yield process
     process.stop()
-
-
-def pprof_top(path, *flags):
-    """`go tool pprof -top` of a profile file; fails the test if pprof cannot read it."""
-    result = subprocess.run([GO, "tool", "pprof", "-top", *flags, path], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-class Load:
-    """GET /status in a loop from a thread, so the agent has real work to be profiled doing."""
-
-    def __init__(self, agent):
-        self.agent = agent
-        self.stop = threading.Event()
-        self.answers = 0
-        self.thread = threading.Thread(target=self._run, name="load")
-
-    def _run(self):
-        while not self.stop.is_set():
-            assert self.agent.get("/status", headers=AUTH).code == 200
-            self.answers += 1
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
 
 
 @pytest.mark.skipif(GO is None, reason="go (Debian golang-go) is not installed")

@@ -12,38 +12,12 @@ import pytest
 
 import telegen
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEBIAN = os.path.join(ROOT, "debian")
+from tests.support.debian_unit import DEBIAN, ROOT, read, service, unit_directives
+
 UNIT = os.path.join(DEBIAN, "telegen.service")
 EXEC_START = "/opt/telegen/venv/bin/twistd"
 CAPABILITIES = {"CAP_BPF", "CAP_PERFMON", "CAP_SYS_RESOURCE", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE",
                 "CAP_DAC_READ_SEARCH", "CAP_NET_ADMIN"}
-
-
-def read(name):
-    with open(os.path.join(DEBIAN, name), encoding="utf-8") as f:
-        return f.read()
-
-
-def unit_directives(text):
-    """The unit's [Service] directives as {key: [values]} (systemd allows repeated keys)."""
-    directives, section = {}, None
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("["):
-            section = line.strip("[]")
-            continue
-        key, _, value = line.partition("=")
-        directives.setdefault((section, key.strip()), []).append(value.strip())
-    return directives
-
-
-def service(key):
-    values = unit_directives(read("telegen.service")).get(("Service", key))
-    assert values, f"telegen.service has no {key}="
-    return values[-1]
 
 
 def test_changelog_version_is_the_package_version():

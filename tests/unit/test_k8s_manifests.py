@@ -16,7 +16,7 @@ import yaml
 
 import telegen
 from telegen.config import load_config
-from tests.unit.test_debian_package import ROOT, service
+from tests.support.debian_unit import ROOT, service
 
 K8S = os.path.join(ROOT, "deploy", "kubernetes")
 VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
