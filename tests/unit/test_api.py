@@ -340,3 +340,23 @@ class ListenTests(SynchronousTestCase):
         self.assertEqual(listen_endpoint(":19090"), "tcp:19090")
         self.assertEqual(listen_endpoint("127.0.0.1:19090"), "tcp:19090:interface=127.0.0.1")
         self.assertEqual(listen_endpoint("[::1]:19090"), "tcp6:19090:interface=\\:\\:1")
+
+
+class ApiReconfigureTests(SynchronousTestCase):
+    """The api child applies auth, rate limit, CORS and the body cap in place; a new listen address rebuilds it."""
+
+    def test_auth_turned_on_in_place_and_listen_change_refused(self):
+        from telegen.api.app import ApiService
+        from telegen.components import SPECS
+
+        [spec] = [s for s in SPECS if s.name == "api"]
+        agent = make_agent(MemoryReactorClock())
+        service = ApiService(agent, spec.slice(defaults()))
+        client = StubTreq(service.factory.resource)
+        answer = self.successResultOf(client.get("http://127.0.0.1/status"))
+        self.assertEqual(answer.code, 200)
+        secured = settings(auth__enabled=True, auth__bearer_token="s3cret-token")
+        self.assertTrue(service.reconfigure(spec.slice(secured)))
+        client = StubTreq(service.factory.resource)
+        self.assertEqual(self.successResultOf(client.get("http://127.0.0.1/status")).code, 401)
+        self.assertFalse(service.reconfigure(spec.slice(settings(listen="127.0.0.1:19191"))))

@@ -295,3 +295,37 @@ def test_the_drains_first_probes_rings_are_caught_up_before_any_other_ring_is_dr
     http_ring.submit(b"after stop")
     http_reader.catch_up()                       # a stopped reader (and its unmapped ring) is left alone
     assert len(seen) == 2
+
+
+class ShapedProbe(FakeProbe):
+    """A probe whose -D flags follow ringbuf_size and which records the configs it is handed."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.reconfigured = []
+
+    def cflags(self, config):
+        return [f"-DSIZE={config['agent']['ebpf']['ringbuf_size']}"]
+
+    def reconfigure(self, config):
+        self.reconfigured.append(config)
+
+
+def test_a_reload_reconfigures_in_place_unless_a_probe_would_compile_differently():
+    probe = ShapedProbe("http")
+    h = Harness([probe])
+    h.service.startService()
+    h.finish()
+    h.finish()
+    new = defaults()
+    new["agent"]["ebpf"]["network"]["exclude_ports"] = [(8080, 8080)]
+    new["agent"]["ebpf"].update(max_cpu=0.5, min_cpu=0.1, drain_interval=2.0)
+    assert h.service.reconfigure(new) is True
+    assert probe.reconfigured == [new] and h.calls == []               # nothing compiled again
+    assert (h.service._governor.min_cpu, h.service._governor.max_cpu) == (0.1, 0.5)
+    assert h.service._governor.budget <= 0.5
+    assert all(r._drain.interval == 2.0 for st in h.service._loaded for r in st.readers)
+    compiled_differently = defaults()
+    compiled_differently["agent"]["ebpf"]["ringbuf_size"] = 1 << 20
+    assert h.service.reconfigure(compiled_differently) is False
+    assert probe.reconfigured == [new] and h.service.config is new      # a refusal changes nothing

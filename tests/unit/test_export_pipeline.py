@@ -298,3 +298,19 @@ def test_stop_retries_waiting_batches_at_once_and_does_not_wait_out_the_backoff(
     pipeline.stopService().addCallback(done.append)
     assert len(sender.requests) == 2 and done
     assert sample(metrics, "telegen_queue_dropped_total", signal_type="traces", reason="shutdown") == 5
+
+
+def test_queue_limits_change_in_place_and_a_new_destination_asks_for_a_rebuild():
+    pipeline, senders, clock, _ = make()
+    new = defaults()
+    new["otlp"].update(pipeline.config["otlp"])
+    new["backoff"].update(pipeline.config["backoff"])
+    new["queues"]["traces"].update(capacity=3, batch_size=2, batch_timeout=1.0)
+    assert pipeline.reconfigure(new) is True
+    assert pipeline.submit("traces", {"service.name": "a"}, spans(5)) == 3     # the new capacity
+    clock.advance(0)
+    assert [len(r.resource_spans[0].scope_spans[0].spans) for r in senders["traces"].requests][:1] == [2]
+    moved = defaults()
+    moved["otlp"].update(pipeline.config["otlp"], endpoint="elsewhere:4317")
+    assert pipeline.reconfigure(moved) is False
+    assert pipeline.config is new

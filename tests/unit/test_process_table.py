@@ -270,3 +270,18 @@ def test_without_selectors_everything_is_selected(tmp_path):
     table.startService()
     assert not table.selected(70) and table.selected(0)
     table.stopService()
+
+
+def test_a_reload_changes_selectors_interval_and_identity_in_place(tmp_path):
+    clock = Clock()
+    proc, _, table = make_table(tmp_path, clock=clock)
+    proc.add(80, "/usr/sbin/sshd", ["sshd"])
+    table.startService()
+    assert table.selected(80)
+    new = make_config(resource_attributes={"deployment.environment": "prod"})
+    new["agent"]["discovery"].update(exclude_instrument=[{"exe_path": "*/sshd"}], poll_interval=60.0)
+    assert table.reconfigure(new) is True
+    assert not table.selected(80)
+    assert table.resource_attributes(80)["deployment.environment"] == "prod"
+    assert table._loop.interval == 60.0                   # from the next scan on
+    table.stopService()
