@@ -74,9 +74,3 @@ class ConfigSlice(Mapping):
     def __repr__(self) -> str:
         return f"ConfigSlice({self._prefix or '<root>'}: {', '.join(self.sections) or '*'})"
 
-
-def unwrap(value: Any) -> Any:
-    """A plain nested copy of a slice (dicts and lists), e.g. to hand to code that mutates."""
-    if isinstance(value, Mapping):
-        return {k: unwrap(v) for k, v in value.items()}
-    return value
