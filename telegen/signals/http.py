@@ -224,7 +224,8 @@ _STATUS_ERROR = length_delimited(_SPAN_STATUS, _STATUS_CODE + varint(Status.STAT
 def _attribute(key, value):
     """
     A Span.attributes entry, KeyValue{key, value: AnyValue}, of a str, a bool or an int (int64):
-    the same bytes as Span(attributes=attributes({key: value})) serializes to.
+    the bytes Span(attributes=attributes({key: value})) serializes to (an empty key, which proto3
+    leaves out, is written: it parses the same).
     """
     if isinstance(value, bool):
         any_value = _ANY_BOOL + (b"\x01" if value else b"\x00")

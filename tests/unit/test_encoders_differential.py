@@ -24,7 +24,7 @@ from telegen.export.queue import BoundedQueue
 from telegen.export.wire import ResourceCache, encode_request
 from telegen.protowire import I32, I64, LEN, VARINT, tag
 from telegen.signals.common import SCOPE, any_value, attributes, resource
-from telegen.signals.http import SpanEncoder, exchange_attributes, is_error
+from telegen.signals.http import SpanEncoder, _attribute, exchange_attributes, is_error
 
 FAST = settings(max_examples=200, deadline=None)
 INT64 = st.integers(-(2 ** 63), 2 ** 63 - 1)
@@ -42,6 +42,16 @@ def test_tags_are_the_runtimes(field_number, wire_type):
 
 
 # -- SpanEncoder --------------------------------------------------------------------------------
+
+@FAST
+@given(TEXT, st.one_of(TEXT, st.booleans(), INT64))
+def test_an_attribute_is_the_bytes_the_runtime_writes(key, value):
+    """Any key and any str, bool or int64 value: the runtime's span, byte for byte but for an empty key."""
+    expected = Span(attributes=attributes({key: value}))
+    assert Span.FromString(_attribute(key, value)) == expected
+    if key:                                    # proto3 leaves an empty string out; _attribute writes it
+        assert _attribute(key, value) == expected.SerializeToString()
+
 
 def _nonzero_id(size):
     return st.binary(min_size=size, max_size=size).filter(any)
