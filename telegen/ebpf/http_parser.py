@@ -13,6 +13,8 @@ from typing import Optional
 _METHODS = frozenset((b"GET", b"POST", b"PUT", b"HEAD", b"DELETE", b"PATCH", b"OPTIONS", b"CONNECT", b"TRACE"))
 _WANTED = frozenset((b"host", b"user-agent", b"traceparent", b"content-length", b"transfer-encoding"))
 _END = b"\r\n\r\n"
+_MAX_LENGTH = 2 ** 63 - 1        # the largest body size an OTLP int64 attribute holds
+_FOLD = (b" ", b"\t")
 
 
 @dataclass(slots=True, eq=False)
@@ -36,8 +38,9 @@ class Head:
 
     def __post_init__(self):
         value = self.headers.get(b"content-length")
-        if value is not None and not self.headers.get(b"transfer-encoding") and value.isdigit():
-            self.content_length = int(value)
+        if value is not None and not self.headers.get(b"transfer-encoding") and value.isdigit() and len(value) < 20:
+            length = int(value)
+            self.content_length = length if length <= _MAX_LENGTH else None
 
 
 def _headers(lines):
@@ -51,6 +54,21 @@ def _headers(lines):
     return out
 
 
+def _unfold(lines):
+    """
+    Field lines with obs-fold (RFC 9112 5.2) undone: a line that starts with whitespace goes on
+    with the previous field's value, joined by a space, and never starts a field of its own; one
+    before the first field is dropped (2.2).
+    """
+    out = []
+    for line in lines:
+        if line[:1] not in _FOLD:
+            out.append(line)
+        elif out:
+            out[-1] += b" " + line.lstrip(b" \t")
+    return out
+
+
 def _split(data, pos):
     """(start line parts, headers, head_len or None) of the message starting at pos."""
     end = data.find(_END, pos)
@@ -58,7 +76,12 @@ def _split(data, pos):
     lines = head.split(b"\r\n")
     if end < 0 and len(lines) > 1:
         lines.pop()          # the last line was cut by the capture
-    return lines[0].split(b" ", 2), _headers(lines[1:]), (end + 4 - pos) if end >= 0 else None
+    fields = lines[1:]
+    if fields and min(fields)[:1] <= b" ":
+        # Some line starts with whitespace (or less: a field name starts above SP): one cheap
+        # test in C, as folded lines are rare.
+        fields = _unfold(fields)
+    return lines[0].split(b" ", 2), _headers(fields), (end + 4 - pos) if end >= 0 else None
 
 
 def _version(token):
@@ -91,10 +114,9 @@ def parse_responses(data):
         parts, headers, head_len = _split(data, pos)
         if not parts[0].startswith(b"HTTP/") or len(parts) < 2:
             break
-        try:
-            status = int(parts[1])
-        except ValueError:
+        if len(parts[1]) != 3 or not parts[1].isdigit():     # status-code = 3DIGIT (RFC 9112 4)
             break
+        status = int(parts[1])
         reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
         resp = Head(status, reason, _version(parts[0]), headers, head_len, pos)
         out.append(resp)

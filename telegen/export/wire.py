@@ -9,20 +9,24 @@ resource, .2 -> Scope*; Scope*.1 = scope, .2 -> records); kinds.py checks it aga
 """
 from itertools import chain
 
+from telegen.protowire import LEN, tag, varint
 from telegen.protowire import length_delimited as _field
-from telegen.protowire import varint
 from telegen.signals.common import SCOPE, resource
 
-_TAG_1 = b"\x0a"  # field 1, wire type 2 (length-delimited)
-_TAG_2 = b"\x12"  # field 2, wire type 2
-# Tag and length of a field-2 record for every length up to 4 KiB (most spans and metrics): one
-# list index per record instead of a varint encoding, in the loop that frames every exported record.
-_RECORD_PREFIX = [_TAG_2 + varint(n) for n in range(4096)]
+# The five fields a request is made of, the same numbers for every signal (kinds.py checks them
+# against each signal's protos at import). Signal = trace, metrics, logs or profiles (v1development).
+# opentelemetry/proto/collector/<signal>/v1/<signal>_service.proto:
+_REQUEST_RESOURCES = tag(1, LEN)    # Export<Signal>ServiceRequest.resource_<records> (repeated)
+# opentelemetry/proto/<signal>/v1/<signal>.proto:
+_RESOURCE = tag(1, LEN)             # Resource<Records>.resource
+_RESOURCE_SCOPES = tag(2, LEN)      # Resource<Records>.scope_<records> (repeated)
+_SCOPE = tag(1, LEN)                # Scope<Records>.scope
+_SCOPE_RECORDS = tag(2, LEN)        # Scope<Records>.spans | metrics | log_records | profiles (repeated)
+# Tag and length of a record for every length up to 4 KiB (most spans and metrics): one list
+# index per record instead of a varint encoding, in the loop that frames every exported record.
+_RECORD_PREFIX = [_SCOPE_RECORDS + varint(n) for n in range(4096)]
 
-
-
-
-_SCOPE_FIELD = _field(_TAG_1, SCOPE.SerializeToString())
+_SCOPE_FIELD = _field(_SCOPE, SCOPE.SerializeToString())
 
 
 class ResourceCache:
@@ -59,15 +63,15 @@ def encode_request(chunks, resources):
             parts += chain.from_iterable(zip(map(_RECORD_PREFIX.__getitem__, lengths), records))
         else:
             for n, data in zip(lengths, records):
-                parts += (_RECORD_PREFIX[n] if n < len(_RECORD_PREFIX) else _TAG_2 + varint(n), data)
+                parts += (_RECORD_PREFIX[n] if n < len(_RECORD_PREFIX) else _SCOPE_RECORDS + varint(n), data)
     # One join for the whole request: the enclosing fields' heads are computed from the parts'
     # lengths, so the records are copied once (joining each level separately copied the ~200 KB
     # of a full batch three more times, which cost more than framing its records).
     out = []
     for resource_bytes, parts in groups.values():
         scope_len = sum(map(len, parts))
-        resource_field = _field(_TAG_1, resource_bytes)
-        scope_head = _TAG_2 + varint(scope_len)
-        out += (_TAG_1, varint(len(resource_field) + len(scope_head) + scope_len), resource_field, scope_head)
+        resource_field = _field(_RESOURCE, resource_bytes)
+        scope_head = _RESOURCE_SCOPES + varint(scope_len)
+        out += (_REQUEST_RESOURCES, varint(len(resource_field) + len(scope_head) + scope_len), resource_field, scope_head)
         out += parts
     return b"".join(out)

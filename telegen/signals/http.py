@@ -19,10 +19,10 @@ import struct
 from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     AggregationTemporality, Histogram, HistogramDataPoint, Metric,
 )
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, SpanFlags, Status
 
 from telegen.ebpf.http_parser import parse_traceparent, split_host
-from telegen.protowire import length_delimited, varint
+from telegen.protowire import I32, I64, LEN, VARINT, length_delimited, tag, varint
 from telegen.signals.common import attributes
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -30,7 +30,6 @@ SERVER_METRIC = "http.server.request.duration"
 CLIENT_METRIC = "http.client.request.duration"
 KNOWN_METHODS = frozenset(("GET", "POST", "PUT", "HEAD", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"))
 OVERFLOW = (("otel.metric.overflow", True),)
-_SPAN_KIND = {True: Span.SPAN_KIND_SERVER, False: Span.SPAN_KIND_CLIENT}
 
 
 class RouteMatcher:
@@ -144,12 +143,12 @@ class SpanEncoder:
         """The SpanTemplate of an HttpExchange's shape (everything but ids, times and peer port)."""
         attrs = exchange_attributes(ex, path, route)
         name = f"{attrs['http.request.method']} {route}" if route else attrs["http.request.method"]
-        parts = [_bytes_field(0x2a, name.encode()), b"\x30", bytes((_SPAN_KIND[ex.server_side],))]
-        parts += [_field9(k, v) for k, v in attrs.items() if v is not None and k != "network.peer.port"]
+        parts = [length_delimited(_SPAN_NAME, name.encode()), _SPAN_KIND_FIELD[ex.server_side]]
+        parts += [_attribute(k, v) for k, v in attrs.items() if v is not None and k != "network.peer.port"]
         if is_error(ex.server_side, ex.status):
             if ex.status is not None:
-                parts.append(_field9("error.type", str(ex.status)))
-            parts.append(b"\x7a\x02\x18\x02")          # status { code: STATUS_CODE_ERROR }
+                parts.append(_attribute("error.type", str(ex.status)))
+            parts.append(_STATUS_ERROR)
         traceparent = ex.headers.get(b"traceparent")
         return SpanTemplate(b"".join(parts), parse_traceparent(traceparent) if traceparent else None)
 
@@ -160,12 +159,12 @@ class SpanEncoder:
             end_ns = start_ns
         if template.parent:
             trace_id, parent_id, flags = template.parent
-            # W3C flags + "is-remote known" (0x100) + "parent is remote" (0x200)
-            head = _CHILD_HEAD.pack(0x0A, 16, trace_id, 0x12, 8, rand(64), 0x22, 8, parent_id, 0x39, start_ns, 0x41, end_ns)
-            tail = b"\x85\x01" + _U32(flags | 0x300)
+            head = _CHILD_HEAD.pack(_TRACE_ID_HEAD, trace_id, _SPAN_ID_HEAD, rand(64), _PARENT_SPAN_ID_HEAD, parent_id,
+                                    _START_TIME, start_ns, _END_TIME, end_ns)
+            tail = _SPAN_FLAGS + _U32(flags | _REMOTE_PARENT)
         else:
             # A new trace: trace id (two random words) and span id (one) packed with the times in one call.
-            head = _ROOT_HEAD.pack(0x0A, 16, rand(64), rand(64), 0x12, 8, rand(64), 0x39, start_ns, 0x41, end_ns)
+            head = _ROOT_HEAD.pack(_TRACE_ID_HEAD, rand(64), rand(64), _SPAN_ID_HEAD, rand(64), _START_TIME, start_ns, _END_TIME, end_ns)
             tail = _ROOT_FLAGS
         port = b""
         if peer_port is not None:
@@ -173,7 +172,7 @@ class SpanEncoder:
             if port is None:
                 if len(self._peer_ports) >= self.MAX_CACHED:
                     self._peer_ports.clear()
-                port = self._peer_ports[peer_port] = _field9("network.peer.port", peer_port)
+                port = self._peer_ports[peer_port] = _attribute("network.peer.port", peer_port)
         return b"".join((head, template.fixed, port, tail))
 
 
@@ -183,27 +182,58 @@ def build_span(ex, path, route, rand=random.getrandbits):
     return Span.FromString(encoder.encode(encoder.template(ex, path, route), ex.start_ns, ex.end_ns, ex.peer_port))
 
 
+def _packed(*parts):
+    """Tag and length bytes as the little-endian int a struct "B" or "H" writes back as those bytes."""
+    return int.from_bytes(b"".join(parts), "little")
+
+
+# The Span fields SpanEncoder writes, opentelemetry/proto/trace/v1/trace.proto, and their tags:
+_SPAN_NAME = tag(5, LEN)                  # Span.name
+_SPAN_KIND = tag(6, VARINT)               # Span.kind (enum SpanKind)
+_SPAN_ATTRIBUTES = tag(9, LEN)            # Span.attributes (repeated KeyValue)
+_SPAN_STATUS = tag(15, LEN)               # Span.status
+_STATUS_CODE = tag(3, VARINT)             # Status.code (enum StatusCode)
+_SPAN_FLAGS = tag(16, I32)                # Span.flags (fixed32)
+# opentelemetry/proto/common/v1/common.proto:
+_KEY_VALUE_KEY = tag(1, LEN)              # KeyValue.key
+_KEY_VALUE_VALUE = tag(2, LEN)            # KeyValue.value (AnyValue)
+_ANY_STRING = tag(1, LEN)                 # AnyValue.string_value
+_ANY_BOOL = tag(2, VARINT)                # AnyValue.bool_value
+_ANY_INT = tag(3, VARINT)                 # AnyValue.int_value (int64)
+
+# The ids and times that open every span, packed in one struct call: each field's tag, and its
+# length where it is length-delimited (both one byte, packed together as one little-endian short),
+# then the value: trace_id (16 bytes: random words or the remote parent's), span_id (8),
+# parent_span_id (8, remote parent only), start_time_unix_nano and end_time_unix_nano (fixed64).
+_TRACE_ID_HEAD = _packed(tag(1, LEN), varint(16))       # Span.trace_id, 16 bytes
+_SPAN_ID_HEAD = _packed(tag(2, LEN), varint(8))         # Span.span_id, 8 bytes
+_PARENT_SPAN_ID_HEAD = _packed(tag(4, LEN), varint(8))  # Span.parent_span_id, 8 bytes
+_START_TIME = _packed(tag(7, I64))                      # Span.start_time_unix_nano (fixed64)
+_END_TIME = _packed(tag(8, I64))                        # Span.end_time_unix_nano (fixed64)
+_ROOT_HEAD = struct.Struct("<HQQ" "HQ" "BQ" "BQ")
+_CHILD_HEAD = struct.Struct("<H16s" "HQ" "H8s" "BQ" "BQ")
 _U32 = struct.Struct("<I").pack
-# Span fields 1 trace_id (tag 0x0a, length 16), 2 span_id (0x12, 8), 4 parent_span_id (0x22, 8),
-# 7 start and 8 end (0x39, 0x41: fixed64), packed in one call; random ids are random words.
-_ROOT_HEAD = struct.Struct("<BBQQ" "BBQ" "BQ" "BQ")
-_CHILD_HEAD = struct.Struct("<BB16s" "BBQ" "BB8s" "BQ" "BQ")
-_ROOT_FLAGS = b"\x85\x01" + _U32(0x101)     # flags: sampled, "is-remote known", local parent (none)
+# Span.flags: the W3C trace flags in the low byte, and whether the parent is remote.
+_SAMPLED = 0x01
+_REMOTE_PARENT = SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK | SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
+_ROOT_FLAGS = _SPAN_FLAGS + _U32(_SAMPLED | SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK)   # no parent at all
+_SPAN_KIND_FIELD = {True: _SPAN_KIND + varint(Span.SPAN_KIND_SERVER), False: _SPAN_KIND + varint(Span.SPAN_KIND_CLIENT)}
+_STATUS_ERROR = length_delimited(_SPAN_STATUS, _STATUS_CODE + varint(Status.STATUS_CODE_ERROR))
 
 
-def _bytes_field(tag, data):
-    return length_delimited(bytes((tag,)), data)
-
-
-def _field9(key, value):
-    """Span.attributes entry: KeyValue{key (1), value (2): AnyValue{string (1) | bool (2) | int (3)}}."""
+def _attribute(key, value):
+    """
+    A Span.attributes entry, KeyValue{key, value: AnyValue}, of a str, a bool or an int (int64):
+    the bytes Span(attributes=attributes({key: value})) serializes to (an empty key, which proto3
+    leaves out, is written: it parses the same).
+    """
     if isinstance(value, bool):
-        any_value = b"\x10" + (b"\x01" if value else b"\x00")
+        any_value = _ANY_BOOL + (b"\x01" if value else b"\x00")
     elif isinstance(value, int):
-        any_value = b"\x18" + varint(value & 0xFFFFFFFFFFFFFFFF)
+        any_value = _ANY_INT + varint(value)
     else:
-        any_value = _bytes_field(0x0a, str(value).encode())
-    return _bytes_field(0x4a, _bytes_field(0x0a, key.encode()) + _bytes_field(0x12, any_value))
+        any_value = length_delimited(_ANY_STRING, value.encode())
+    return length_delimited(_SPAN_ATTRIBUTES, length_delimited(_KEY_VALUE_KEY, key.encode()) + length_delimited(_KEY_VALUE_VALUE, any_value))
 
 
 class _Series:

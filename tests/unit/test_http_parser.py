@@ -57,3 +57,27 @@ def test_split_host_forms():
     assert split_host(b"example.com", 80) == ("example.com", 80)
     assert split_host(b"[::1]:9000", 80) == ("::1", 9000)
     assert split_host(b"[::1]", 443) == ("::1", 443)
+
+
+def test_folded_lines_continue_the_previous_value_and_never_start_a_field():
+    """obs-fold (RFC 9112 5.2): joined by a space; a folded "host:" is part of X-A, not a Host field."""
+    [req] = parse_requests(b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n host: evil\r\nUser-Agent: x\r\n\t(y)\r\n\r\n")
+    assert req.headers == {b"host": b"a", b"user-agent": b"x (y)"}
+    [req] = parse_requests(b"GET / HTTP/1.1\r\n host: evil\r\nHost: a\r\n\r\n")     # before any field: skipped
+    assert req.headers == {b"host": b"a"}
+
+
+def test_a_status_code_is_three_digits():
+    """status-code = 3DIGIT (RFC 9112 4): what int() reads besides ("+20", "-1", "2_00", "2000") is no response."""
+    for code in (b"+20", b"-1", b"2_00", b"2000", b"20", b" 200"):
+        assert parse_responses(b"HTTP/1.1 " + code + b" OK\r\n\r\n") == [], code
+    assert parse_responses(b"HTTP/1.1 099 Odd\r\n\r\n")[0].first == 99
+
+
+def test_a_content_length_beyond_int64_is_unknown():
+    """A body size must fit the int64 span attribute it becomes: a larger numeral is no length."""
+    for value in (b"9223372036854775808", b"99999999999999999999", b"9" * 400):
+        [req] = parse_requests(b"POST / HTTP/1.1\r\nContent-Length: " + value + b"\r\n\r\n")
+        assert req.content_length is None, value
+    [req] = parse_requests(b"POST / HTTP/1.1\r\nContent-Length: 9223372036854775807\r\n\r\n")
+    assert req.content_length == 2 ** 63 - 1
