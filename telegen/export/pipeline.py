@@ -13,6 +13,7 @@ from twisted.application import service
 from twisted.internet.defer import Deferred, DeferredList
 
 from telegen.export.counters import SignalCounters
+from telegen.export.delivery import settled_delivery
 from telegen.export.endpoints import main_target, resolve
 from telegen.export.exporter import SignalExporter
 from telegen.export.file_sink import FileSink, sink_dir
@@ -82,6 +83,18 @@ class ExportPipeline(service.Service):
         counters.dropped(items, "disabled")
         self._disabled_dropped[signal] += items
         return 0
+
+    def submit_tracked(self, signal, resource_attrs, records):
+        """
+        Like submit, for a producer that can hold what does not fit: return (accepted, Delivery);
+        records beyond the queue's room are left to the caller, not dropped. With the signal
+        disabled every record is counted dropped (disabled) at once.
+        """
+        exporter = self._exporters.get(signal)
+        if exporter is not None:
+            return exporter.submit_tracked(resource_attrs, records)
+        self.submit(signal, resource_attrs, records)
+        return len(records), settled_delivery(KINDS[signal].items(records), "disabled")
 
     def sender_label(self, signal):
         """The endpoint label one signal's requests are counted under in telegen_export_* metrics."""
