@@ -33,6 +33,14 @@ def _ebpf(agent):
     return EbpfService(agent.config, agent.metrics, agent.exporter, agent.child("processes"), reactor=agent.reactor)
 
 
+def _logs(agent):
+    if not agent.config["agent"]["logs"]["enabled"]:
+        return None
+    from telegen.logs.tailer import LogTailer
+
+    return LogTailer(agent.config, agent.exporter, agent.metrics, reactor=agent.reactor)
+
+
 def _api(agent):
     from telegen.api.app import api_service
 
@@ -52,6 +60,7 @@ SPECS = (
     ChildSpec("export", ("otlp", "queues", "backoff", "telegen"), _export),
     ChildSpec("hostmetrics", ("agent.host_metrics", "telegen"), _hostmetrics),
     ChildSpec("ebpf", ("agent.ebpf",), _ebpf, depends_on=("processes",)),
+    ChildSpec("logs", ("agent.logs", "telegen"), _logs),
     ChildSpec("api", ("self_telemetry",), _api),
     ChildSpec("manhole", ("manhole", "telegen.data_dir"), _manhole),
 )

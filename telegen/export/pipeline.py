@@ -147,7 +147,7 @@ class ExportPipeline(service.Service):
     def ready_check(self):
         """"ok", or "failed: <reason>" when the last attempt did not reach the destination."""
         if self._file_mode():
-            return "ok" if _writable(sink_dir(self.config)) else "failed: data directory not writable"
+            return "ok" if writable(sink_dir(self.config)) else "failed: data directory not writable"
         if self._attempted and not self._connected:
             return f"failed: {self._last_error or 'unreachable'}"
         return "ok"
@@ -163,7 +163,7 @@ class ExportPipeline(service.Service):
         for signal, exporter in self._exporters.items():
             counts[signal], d = exporter.flush()
             waits.append(d)
-        done = _first_of(DeferredList(waits), self.reactor, self._otlp["timeout"] if timeout is None else timeout)
+        done = first_of(DeferredList(waits), self.reactor, self._otlp["timeout"] if timeout is None else timeout)
         return done.addCallback(lambda _: counts)
 
     def stopService(self):  # noqa: N802 (Twisted hook)
@@ -174,7 +174,7 @@ class ExportPipeline(service.Service):
         super().stopService()
         budget = self.config["telegen"]["shutdown_timeout"]
         pending = [d for exporter in self._exporters.values() for d in exporter.stop()]
-        d = _first_of(DeferredList(pending), self.reactor, budget)
+        d = first_of(DeferredList(pending), self.reactor, budget)
         d.addCallback(lambda _: self._close())
         return d
 
@@ -188,7 +188,7 @@ class ExportPipeline(service.Service):
         return DeferredList(closing) if closing else None
 
 
-def _writable(directory):
+def writable(directory):
     """True if `directory` (or the nearest existing parent, where it would be created) is writable."""
     path = directory
     while not os.path.exists(path):
@@ -199,7 +199,7 @@ def _writable(directory):
     return os.access(path, os.W_OK)
 
 
-def _first_of(d, reactor, timeout):
+def first_of(d, reactor, timeout):
     """A Deferred firing with d's result, or None after `timeout` seconds (d keeps running)."""
     out = Deferred()
     timer = reactor.callLater(timeout, lambda: out.called or out.callback(None))

@@ -1,0 +1,147 @@
+"""
+One tailed file: its fingerprint, its open descriptor, the lines read but not yet handed to the
+export pipeline, and the deliveries in flight that move its checkpoint.
+
+Why a fingerprint (a digest of the first bytes) and not the path or the inode: after a rename the
+same data lives under another path; after copytruncate the same path and inode hold new data, and
+the copy (a new inode) holds the old; a re-created path is a new inode with new data. The first
+bytes follow the data in all three cases. A file shorter than the fingerprint size is known by
+what it has so far, and its fingerprint grows with it.
+"""
+import hashlib
+import os
+from collections import deque
+
+from telegen.logs.lines import LineCutter
+
+
+def digest(head):
+    """The fingerprint digest of a file's first bytes."""
+    return hashlib.blake2b(head, digest_size=16).hexdigest()
+
+
+class TrackedFile:
+    """
+    State of one file. `committed` is the offset every line before which was delivered (what the
+    checkpoint holds); reading resumes at `cutter.offset + len(cutter.pending)`; `records` are
+    built records not yet accepted by the pipeline (back-pressure); `inflight` holds
+    [end_offset, delivered] per submitted delivery, in file order.
+    """
+
+    def __init__(self, length, digest_hex, offset, path, max_line_size, long_lines, make_joiner):
+        self.length = length
+        self.digest = digest_hex
+        self.path = path
+        self.fd = None
+        self.inode = None
+        self.committed = offset
+        self.generation = 0
+        self.last_data = None      # reactor time the file last grew (None: not read yet)
+        self.seen = False          # matched by the include globs in the current scan
+        self.resource = None       # resource attributes and record attributes, set when first matched
+        self.file_attrs = None
+        self._max_line_size = max_line_size
+        self._long_lines = long_lines
+        self._make_joiner = make_joiner
+        self._reset(offset)
+
+    def _reset(self, offset):
+        self.cutter = LineCutter(offset, self._max_line_size, self._long_lines)
+        self.joiner = self._make_joiner()
+        self.records = deque()
+        self.inflight = deque()
+
+    @property
+    def key(self):
+        return self.length, self.digest
+
+    @property
+    def read_offset(self):
+        return self.cutter.offset + len(self.cutter.pending)
+
+    @property
+    def idle(self):
+        """Nothing read and undelivered: the entry can be forgotten once its file is gone."""
+        return not (self.records or self.inflight or self.cutter.pending or self.joiner.holding)
+
+    def rewind(self):
+        """Forget everything after the checkpoint and read from there again (a delivery was abandoned)."""
+        self.generation += 1
+        self._reset(self.committed)
+
+    def restart_at_zero(self):
+        """The file was truncated and rewritten under the same fingerprint: it is new data."""
+        self.committed = 0
+        self.rewind()
+
+    def grow_fingerprint(self, head):
+        if len(head) > self.length:
+            self.length = len(head)
+            self.digest = digest(head)
+
+    def attach(self, fd, inode):
+        """Read from `fd` (of `inode`) from now on, closing a previous descriptor of another file."""
+        if self.fd is not None and self.fd != fd:
+            os.close(self.fd)
+        self.fd = fd
+        self.inode = inode
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+            self.inode = None
+
+    def submitted(self, end_offset):
+        """A delivery of records up to end_offset left for the pipeline; returns its token."""
+        token = [end_offset, False]
+        self.inflight.append(token)
+        return token
+
+    def delivered(self, token):
+        """Mark a delivery done; return True if the checkpoint moved."""
+        token[1] = True
+        moved = False
+        while self.inflight and self.inflight[0][1]:
+            self.committed = self.inflight.popleft()[0]
+            moved = True
+        return moved
+
+
+class Fingerprints:
+    """Known files by (fingerprint length, digest): finds the file a head of bytes belongs to."""
+
+    def __init__(self):
+        self._by_key = {}
+
+    def __iter__(self):
+        return iter(list(self._by_key.values()))
+
+    def __len__(self):
+        return len(self._by_key)
+
+    def add(self, tracked):
+        self._by_key[tracked.key] = tracked
+
+    def remove(self, tracked):
+        if self._by_key.get(tracked.key) is tracked:
+            del self._by_key[tracked.key]
+
+    def rekey(self, tracked, head):
+        """Grow a file's fingerprint to `head` (the file got longer than its old fingerprint)."""
+        if len(head) > tracked.length:
+            self.remove(tracked)
+            tracked.grow_fingerprint(head)
+            self.add(tracked)
+
+    def match(self, head):
+        """The known file whose fingerprint is a prefix of `head` (the longest such), or None."""
+        best = None
+        for length in sorted({k[0] for k in self._by_key}, reverse=True):
+            if length > len(head):
+                continue
+            found = self._by_key.get((length, digest(head[:length])))
+            if found is not None:
+                best = found
+                break
+        return best
