@@ -16,6 +16,9 @@ from telegen.export.retry import PERMANENT, RETRYABLE, SUCCESS, Outcome
 from telegen.export.wire import ResourceCache, encode_request
 
 MAX_IN_FLIGHT = 2
+# Signals whose records must arrive in the order they were submitted (lines of a log file): one
+# request at a time, so a batch waiting for a retry is never overtaken by the next one.
+IN_FLIGHT = {"logs": 1}
 
 _log = Logger()
 

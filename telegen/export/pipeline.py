@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from telegen.export.counters import SignalCounters
 from telegen.export.delivery import settled_delivery
 from telegen.export.endpoints import main_target, resolve
-from telegen.export.exporter import SignalExporter
+from telegen.export.exporter import IN_FLIGHT, MAX_IN_FLIGHT, SignalExporter
 from telegen.export.file_sink import FileSink, sink_dir
 from telegen.export.kinds import KINDS
 from telegen.export.retry import Backoff
@@ -63,7 +63,8 @@ class ExportPipeline(service.Service):
                 kind = KINDS[signal]
                 self._exporters[signal] = SignalExporter(
                     kind, config["queues"][signal], sender_factory(config, kind, reactor),
-                    Backoff(config["backoff"]), SignalCounters(metrics, signal), reactor, self._attempt_done)
+                    Backoff(config["backoff"]), SignalCounters(metrics, signal), reactor, self._attempt_done,
+                    IN_FLIGHT.get(signal, MAX_IN_FLIGHT))
         self._disabled_counters = {s: SignalCounters(metrics, s) for s in SIGNALS if s not in self._exporters}
         self._disabled_dropped = dict.fromkeys(self._disabled_counters, 0)
         self._main_target = main_target(self._otlp)

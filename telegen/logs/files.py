@@ -36,6 +36,7 @@ class TrackedFile:
         self.inode = None
         self.committed = offset
         self.generation = 0
+        self.sequence = 0          # set by the tailer: files first known earlier are read first
         self.last_data = None      # reactor time the file last grew (None: not read yet)
         self.seen = False          # matched by the include globs in the current scan
         self.resource = None       # resource attributes and record attributes, set when first matched

@@ -89,6 +89,7 @@ class LogTailer(service.Service):
         self._shutdown_timeout = config["telegen"]["shutdown_timeout"]
         self._store = CheckpointStore(checkpoint_dir(config))
         self._files = Fingerprints()
+        self._sequence = 0  # TrackedFile.sequence: the order files became known (checkpoint order at start)
         self._first_run = True
         self._first_poll = True
         self._call = None
@@ -191,6 +192,8 @@ class LogTailer(service.Service):
             if tracked is not None:
                 order.append(tracked)
         order += [t for t in self._files if not t.seen and t.fd is not None]  # left the globs: drain
+        # Oldest first: a rotated file's last lines go out before its successor's first ones.
+        order.sort(key=lambda t: t.sequence)
         more = False
         for tracked in order:
             state = self._read(tracked)
@@ -248,7 +251,10 @@ class LogTailer(service.Service):
 
     def _new_file(self, length, digest_hex, offset, path):
         make_joiner = (lambda: Multiline(self._multiline, self._max_line_size)) if self._multiline else _NoJoin
-        return TrackedFile(length, digest_hex, offset, path, self._max_line_size, self._long_lines, make_joiner)
+        tracked = TrackedFile(length, digest_hex, offset, path, self._max_line_size, self._long_lines, make_joiner)
+        self._sequence += 1
+        tracked.sequence = self._sequence
+        return tracked
 
     def _describe(self, tracked):
         tracked.file_attrs = records.file_attributes(tracked.path)
@@ -349,7 +355,8 @@ class LogTailer(service.Service):
     def _save(self):
         self._save_call = None
         try:
-            self._store.save([(t.length, t.digest, t.committed, t.path) for t in self._files])
+            ordered = sorted(self._files, key=lambda t: t.sequence)
+            self._store.save([(t.length, t.digest, t.committed, t.path) for t in ordered])
         except OSError as exc:
             self.last_error = f"checkpoint not saved: {exc.strerror or exc}"
             _log.error("log checkpoint not saved: {error}", error=exc)

@@ -385,3 +385,18 @@ def test_tracked_submit_of_a_disabled_signal_is_settled_dropped_at_once():
     taken, delivery = pipeline.submit_tracked("logs", {}, [LogRecord(), LogRecord()])
     assert taken == 2 and delivery.dropped == {"disabled": 2}
     assert sample(metrics, "telegen_queue_dropped_total", signal_type="logs", reason="disabled") == 2
+
+
+def test_log_batches_keep_their_order_through_retries():
+    """One logs request at a time: a batch waiting for its retry is not overtaken by the next."""
+    pipeline, senders, clock, _ = make(queues={"logs": {"capacity": 100, "max_bytes": 1 << 20, "batch_size": 2,
+                                                        "batch_timeout": 1.0}})
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+    sender = senders["logs"]
+    sender.script = [REFUSED, REFUSED]
+    pipeline.submit("logs", {}, [LogRecord(body={"string_value": str(i)}) for i in range(6)])
+    clock.pump([1.0] * 10)
+    sent = [r.body.string_value for req in sender.requests for rl in req.resource_logs
+            for sl in rl.scope_logs for r in sl.log_records]
+    assert sent == ["0", "1", "0", "1", "0", "1", "2", "3", "4", "5"]
