@@ -28,7 +28,7 @@ class TrackedFile:
     [end_offset, delivered] per submitted delivery, in file order.
     """
 
-    def __init__(self, length, digest_hex, offset, path, max_line_size, long_lines, make_joiner):
+    def __init__(self, length, digest_hex, offset, path, max_line_size, long_lines, make_joiner, make_format):
         self.length = length
         self.digest = digest_hex
         self.path = path
@@ -44,11 +44,13 @@ class TrackedFile:
         self._max_line_size = max_line_size
         self._long_lines = long_lines
         self._make_joiner = make_joiner
+        self._make_format = make_format
         self._reset(offset)
 
     def _reset(self, offset):
         self.cutter = LineCutter(offset, self._max_line_size, self._long_lines)
         self.joiner = self._make_joiner()
+        self.format = self._make_format()
         self.records = deque()
         self.inflight = deque()
 
@@ -63,7 +65,7 @@ class TrackedFile:
     @property
     def idle(self):
         """Nothing read and undelivered: the entry can be forgotten once its file is gone."""
-        return not (self.records or self.inflight or self.cutter.pending or self.joiner.holding)
+        return not (self.records or self.inflight or self.cutter.pending or self.joiner.holding or self.format.holding)
 
     def rewind(self):
         """Forget everything after the checkpoint and read from there again (a delivery was abandoned)."""

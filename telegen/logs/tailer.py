@@ -33,7 +33,7 @@ from telegen.logs import records
 from telegen.logs.checkpoint import CheckpointStore
 from telegen.logs.files import Fingerprints, TrackedFile, digest
 from telegen.logs.multiline import Multiline
-from telegen.logs.parsers import parser
+from telegen.logs.parsers import Format
 from telegen.signals.common import host_resource_attributes
 
 READ_BYTES = 1 << 20  # per file per poll: one busy file cannot starve the others
@@ -83,7 +83,7 @@ class LogTailer(service.Service):
         self._max_open = logs["max_open_files"]
         self._flush_timeout = logs["flush_timeout"]
         self._multiline = logs["multiline_start"]
-        self._parse = parser(logs["format"])
+        self._format = logs["format"]
         self._wall_clock = wall_clock
         self._resource = host_resource_attributes(config)
         self._shutdown_timeout = config["telegen"]["shutdown_timeout"]
@@ -251,7 +251,8 @@ class LogTailer(service.Service):
 
     def _new_file(self, length, digest_hex, offset, path):
         make_joiner = (lambda: Multiline(self._multiline, self._max_line_size)) if self._multiline else _NoJoin
-        tracked = TrackedFile(length, digest_hex, offset, path, self._max_line_size, self._long_lines, make_joiner)
+        tracked = TrackedFile(length, digest_hex, offset, path, self._max_line_size, self._long_lines, make_joiner,
+                              lambda: Format(self._format, self._max_line_size))
         self._sequence += 1
         tracked.sequence = self._sequence
         return tracked
@@ -278,10 +279,10 @@ class LogTailer(service.Service):
             split, truncated = tracked.cutter.split, tracked.cutter.truncated
             lines = tracked.cutter.feed(data)
             self._count_long(tracked, split, truncated)
-            self._build(tracked, tracked.joiner.feed(self._decode(lines)))
+            self._build(tracked, tracked.format.feed(tracked.joiner.feed(self._decode(lines))))
         elif tracked.last_data is None or now - tracked.last_data >= self._flush_timeout:
             tail = self._decode(tracked.cutter.flush())
-            self._build(tracked, tracked.joiner.feed(tail) + tracked.joiner.flush())
+            self._build(tracked, tracked.format.feed(tracked.joiner.feed(tail) + tracked.joiner.flush()) + tracked.format.flush())
             if not tracked.seen and tracked.fd is not None and tracked.idle:
                 tracked.close()  # gone from the globs and read to its end
         if tracked.records and not self._submit(tracked):
@@ -307,14 +308,14 @@ class LogTailer(service.Service):
             self.metrics.logs_lines_read.inc(len(out))
         return out
 
-    def _build(self, tracked, texts):
-        if not texts:
+    def _build(self, tracked, parsed):
+        if not parsed:
             return
         observed = int(self._wall_clock() * 1e9)
-        parse, attrs = self._parse, tracked.file_attrs
+        attrs = tracked.file_attrs
         append = tracked.records.append
-        for text, end in texts:
-            append((records.build(parse(text), attrs, observed), end))
+        for fields, end in parsed:
+            append((records.build(fields, attrs, observed), end))
 
     def _submit(self, tracked):
         """Offer the file's built records; True if all were taken."""

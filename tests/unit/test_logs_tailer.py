@@ -322,3 +322,20 @@ def test_kubernetes_names_become_resource_attributes(tmp_path):
     resource = pipeline.queued[0][0]
     assert {k: resource[k] for k in ("k8s.pod.name", "k8s.namespace.name", "k8s.container.name", "container.id")} == {
         "k8s.pod.name": "web-7d4b9", "k8s.namespace.name": "shop", "k8s.container.name": "nginx", "container.id": cid}
+
+
+def test_cri_pieces_wait_for_their_final_line_and_carry_the_stream(tmp_path):
+    cid = "b" * 64
+    path = str(tmp_path / "logs" / f"api-1_prod_app-{cid}.log")
+    tailer, pipeline, clock, _ = make(tmp_path, start_at="beginning", flush_timeout=30.0)
+    append(path, "2024-03-05T10:20:30.000000001Z stderr P Traceback part ")
+    tailer.startService()
+    clock.advance(0)
+    poll(clock)
+    assert pipeline.records() == []
+    append(path, '2024-03-05T10:20:30.000000002Z stderr F {"level":"error","msg":"the end"}')
+    poll(clock)
+    (record,) = pipeline.records()
+    assert record.body.string_value == 'Traceback part {"level":"error","msg":"the end"}'
+    attrs = {kv.key: kv.value.string_value for kv in record.attributes}
+    assert attrs["log.iostream"] == "stderr" and record.time_unix_nano == 1709634030000000001
