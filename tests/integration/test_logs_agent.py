@@ -17,6 +17,7 @@ import time
 import pytest
 
 from tests.agent_process import AgentProcess
+from tests.support.otlp_files import read_logs
 from tests.support.otlp_receiver import OtlpReceiver, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -146,3 +147,53 @@ def test_every_line_arrives_once_through_rotations_kills_and_an_outage(tmp_path)
     finally:
         agent.stop()
         receiver.stop()
+
+
+def test_default_file_sink_gets_each_line_once_with_severity_and_file_attributes(tmp_path):
+    """The issue's "done": no endpoint, a glob, append, rotate, restart: each line once in the sink."""
+    directory = str(tmp_path / "logs")
+    os.makedirs(directory)
+    path = os.path.join(directory, "app.log")
+    agent = AgentProcess(str(tmp_path), {
+        "queues": {"logs": {"batch_timeout": "100ms"}},
+        "agent": {"host_metrics": {"enabled": False}, "logs": {
+            "enabled": True, "include": [path + "*"], "poll_interval": "50ms"}},
+    })
+    data_dir = os.path.join(str(tmp_path), "data")
+
+    def bodies():
+        return [r.body.string_value for _, r in read_logs(data_dir)]
+
+    def write(*lines):
+        with open(path, "a") as f:
+            f.write("".join(line + "\n" for line in lines))
+
+    write("written before the first start: start_at end skips it")
+    try:
+        agent.start()
+        wait_for(lambda: agent.get("/metrics").body.decode().count("telegen_logs_files_watched 1.0"),
+                 message="the file watched")
+        write("2024-03-05T10:00:00Z ERROR one", "WARN two")
+        wait_for(lambda: len(bodies()) == 2, message="two lines in the sink")
+        os.rename(path, path + ".1")
+        write("INFO three")
+        wait_for(lambda: len(bodies()) == 3, message="the line after the rotation")
+        agent.stop()
+        write("DEBUG four")  # while the agent is down
+        agent.start()
+        wait_for(lambda: len(bodies()) >= 4, message="four lines in the sink")
+        time.sleep(0.5)
+        assert bodies() == ["2024-03-05T10:00:00Z ERROR one", "WARN two", "INFO three", "DEBUG four"]
+        resource, first = read_logs(data_dir)[0]
+        attrs = {kv.key: kv.value.string_value for kv in first.attributes}
+        assert attrs == {"log.file.path": path, "log.file.name": "app.log"}
+        assert (first.severity_text, first.severity_number) == ("ERROR", 17)
+        assert [r.severity_number for _, r in read_logs(data_dir)] == [17, 13, 9, 5]
+        assert all(r.observed_time_unix_nano for _, r in read_logs(data_dir))
+        assert resource["service.name"] == "telegen"
+        queue = agent.get("/status/export").json()["queues"]["logs"]
+        assert (queue["exported"], queue["dropped"], queue["size"]) == (1, 0, 0)  # since the restart
+        metrics = agent.get("/metrics").body.decode()
+        assert "telegen_logs_exported_total 1.0" in metrics and "telegen_logs_lines_read_total 1.0" in metrics
+    finally:
+        agent.stop()
