@@ -11,6 +11,7 @@ Line formats, in two stages.
 agent.logs.format picks a fixed pair, or "auto" decides per line by its shape (cheap checks on
 its first characters) so one glob can cover container and plain files.
 """
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -66,13 +67,20 @@ def parse_time(value):
     m = _RFC3339.match(value.strip())
     if m is None:
         return 0
-    zone = m[3] or "Z"
-    try:
-        base = datetime.fromisoformat(m[1].replace(" ", "T") + ("+00:00" if zone in "Zz" else zone))
-    except ValueError:
+    seconds = _seconds(m[1], m[3] or "Z")
+    if seconds is None:
         return 0
     fraction = (m[2] or "").ljust(9, "0")
-    return int(base.timestamp()) * 1_000_000_000 + int(fraction)
+    return seconds * 1_000_000_000 + int(fraction)
+
+
+@functools.lru_cache(maxsize=1024)
+def _seconds(stamp, zone):
+    """Epoch seconds of "YYYY-MM-DDTHH:MM:SS" in `zone` (lines of one second share it: cached)."""
+    try:
+        return int(datetime.fromisoformat(stamp.replace(" ", "T") + ("+00:00" if zone in "Zz" else zone)).timestamp())
+    except ValueError:
+        return None
 
 
 # -- trace context ------------------------------------------------------------------------------
@@ -109,19 +117,28 @@ def _trace_from_text(parsed, text):
 
 # -- structured fields --------------------------------------------------------------------------
 
-_TIME_KEYS = ("time", "timestamp", "ts", "@timestamp", "datetime", "date", "t")
-_LEVEL_KEYS = ("level", "severity", "lvl", "loglevel", "log.level", "levelname", "severity_text", "@level", "l")
-_MESSAGE_KEYS = ("message", "msg", "log", "@message", "text", "body")
-_TRACE_KEYS = ("trace_id", "traceId", "traceid", "trace.id", "dd.trace_id", "logging.googleapis.com/trace")
-_SPAN_KEYS = ("span_id", "spanId", "spanid", "span.id", "dd.span_id", "logging.googleapis.com/spanId")
-_FLAG_KEYS = ("trace_flags", "traceFlags", "flags")
+# Field names by role; the first name of a role found in a line is used, the others stay attributes.
+_ROLES = {}
+for _role, _names in (
+        ("time", ("time", "timestamp", "ts", "@timestamp", "datetime", "date", "t")),
+        ("level", ("level", "severity", "lvl", "loglevel", "log.level", "levelname", "severity_text", "@level", "l")),
+        ("message", ("message", "msg", "log", "@message", "text", "body")),
+        ("trace", ("trace_id", "traceId", "traceid", "trace.id", "dd.trace_id", "logging.googleapis.com/trace")),
+        ("span", ("span_id", "spanId", "spanid", "span.id", "dd.span_id", "logging.googleapis.com/spanId")),
+        ("flags", ("trace_flags", "traceFlags", "flags")),
+        ("traceparent", ("traceparent",))):
+    for _rank, _name in enumerate(_names):
+        _ROLES[_name] = (_role, _rank)
 
 
-def _take(fields, keys):
-    for key in keys:
-        if key in fields:
-            return key, fields.pop(key)
-    return None, None
+def _roles(fields):
+    """{role: value} of the best-ranked field of each role, those fields removed from `fields`."""
+    found = {}
+    for key in fields:
+        role = _ROLES.get(key)
+        if role is not None and (role[0] not in found or role[1] < found[role[0]][0]):
+            found[role[0]] = (role[1], key)
+    return {role: fields.pop(key) for role, (_, key) in found.items()}
 
 
 def _attribute_value(value):
@@ -132,9 +149,8 @@ def _attribute_value(value):
 
 def _from_fields(fields, line):
     """A Parsed from a flat mapping of a structured line (JSON object or logfmt pairs)."""
-    _, message = _take(fields, _MESSAGE_KEYS)
-    _, when = _take(fields, _TIME_KEYS)
-    _, level = _take(fields, _LEVEL_KEYS)
+    roles = _roles(fields)
+    message, when, level = roles.get("message"), roles.get("time"), roles.get("level")
     parsed = Parsed(line if message is None else (message if isinstance(message, str) else _attribute_value(message)))
     parsed.time_ns = parse_time(when) if when is not None else 0
     if when is not None and not parsed.time_ns:
@@ -142,19 +158,17 @@ def _from_fields(fields, line):
     if level is not None:
         parsed.severity_text = str(level)
         parsed.severity_number = severity.number(level)
-    _, traceparent = _take(fields, ("traceparent",))
+    traceparent = roles.get("traceparent")
     m = _TRACEPARENT.match(traceparent) if isinstance(traceparent, str) else None
     if m is not None:
         parsed.trace_id, parsed.span_id, parsed.trace_flags = bytes.fromhex(m[1]), bytes.fromhex(m[2]), int(m[3], 16)
     else:
-        _, trace = _take(fields, _TRACE_KEYS)
-        _, span = _take(fields, _SPAN_KEYS)
+        trace, span, flags = roles.get("trace"), roles.get("span"), roles.get("flags")
         parsed.trace_id = _hex(trace, _HEX32) if trace is not None else b""
         parsed.span_id = _hex(span, _HEX16) if span is not None else b""
-        _, flags = _take(fields, _FLAG_KEYS)
         if isinstance(flags, int) and parsed.trace_id:
             parsed.trace_flags = flags & 0xFF
-    parsed.attributes = {k: _attribute_value(v) for k, v in fields.items() if v is not None}
+    parsed.attributes = fields  # what is left; records.py writes lists and objects as JSON text
     return parsed
 
 
@@ -283,6 +297,9 @@ class Format:
 
     def feed(self, lines):
         """[(text, end_offset)] -> the completed [(Parsed, end_offset)]."""
+        if self._unwrap is bare:  # no envelope, no pieces: straight to the line parser
+            parse = self._parse
+            return [(parse(text), end) for text, end in lines]
         out = []
         for text, end in lines:
             envelope = self._unwrap(text)

@@ -1,16 +1,18 @@
 """
-OTLP LogRecords from parsed lines, and the per-file attributes and resource.
+OTLP LogRecords (serialized) from parsed lines, and the per-file attributes and resource.
 
 Why per file: log.file.path/log.file.name are the same for every line of a file, and a file under
 /var/log/containers names its pod, namespace and container, which belong in the resource (the
 same pod's spans carry them there too), so both are computed once when the file is first seen.
 """
+import json
 import os
 import re
+import struct
 
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
-from telegen.signals.common import any_value, attributes
+from telegen.protowire import varint
 
 # /var/log/containers/<pod>_<namespace>_<container>-<64 hex container id>.log (kubelet's links)
 _K8S_NAME = re.compile(r"^(?P<pod>[^_]+)_(?P<ns>[^_]+)_(?P<container>.+)-(?P<id>[0-9a-f]{64})\.log$")
@@ -26,25 +28,111 @@ def kubernetes_attributes(path):
 
 
 def file_attributes(path):
-    """The record attributes every line of `path` carries, in dict form for the LogRecord constructor."""
-    return attributes({"log.file.path": path, "log.file.name": os.path.basename(path)})
+    """The encoded attributes (LogRecord field 6) every line of `path` carries."""
+    return _attribute({"log.file.path": path, "log.file.name": os.path.basename(path)})
 
 
-def build(parsed, file_attrs, observed_ns):
-    """A LogRecord from a Parsed line; observed_time is always set, time only when the line had one."""
-    attrs = list(file_attrs)
+# LogRecord, KeyValue and AnyValue field tags (field number << 3 | wire type); checked below.
+_TIME = 0x09           # 1 time_unix_nano, fixed64
+_SEVERITY = 0x10       # 2 severity_number, varint
+_SEVERITY_TEXT = b"\x1a"  # 3 severity_text
+_BODY = b"\x2a"        # 5 body (AnyValue)
+_ATTRIBUTE = b"\x32"   # 6 attributes (KeyValue)
+_FLAGS = 0x45          # 8 flags, fixed32
+_TRACE_ID = b"\x4a"    # 9 trace_id
+_SPAN_ID = b"\x52"     # 10 span_id
+_OBSERVED = 0x59       # 11 observed_time_unix_nano, fixed64
+_KEY, _VALUE = b"\x0a", b"\x12"
+_STRING, _BOOL, _INT, _DOUBLE = b"\x0a", 0x10, 0x18, 0x21
+
+_FIXED64 = struct.Struct("<BQ").pack
+_FIXED32 = struct.Struct("<BI").pack
+_DOUBLE_VALUE = struct.Struct("<Bd").pack
+
+
+# varint(n) for the lengths most fields have: a list index instead of a call per field.
+_LENGTH = [varint(n) for n in range(16384)]
+
+
+def _framed(tag, data):
+    n = len(data)
+    return tag + (_LENGTH[n] if n < 16384 else varint(n)) + data
+
+
+def _any(value):
+    """An AnyValue's bytes for a scalar (str, bool, int, float); lists and objects as JSON text."""
+    kind = type(value)
+    if kind is str:
+        return _framed(_STRING, value.encode("utf-8", "replace"))
+    if kind is bool:
+        return bytes((_BOOL, int(value)))
+    if kind is int:
+        return bytes((_INT,)) + varint(value)
+    if kind is float:
+        return _DOUBLE_VALUE(_DOUBLE, value)
+    if kind is list or kind is dict:
+        value = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _framed(_STRING, str(value).encode("utf-8", "replace"))
+
+
+_KEYS = {}  # encoded key field by attribute name (structured lines repeat the same few names)
+
+
+def _attribute(mapping):
+    """Encoded attributes (repeated field 6) from a dict of scalars, None values skipped."""
+    out = []
+    for key, value in mapping.items():
+        if value is None:
+            continue
+        head = _KEYS.get(key)
+        if head is None:
+            if len(_KEYS) >= 4096:
+                _KEYS.clear()
+            head = _KEYS[key] = _framed(_KEY, key.encode("utf-8", "replace"))
+        out.append(_framed(_ATTRIBUTE, head + _framed(_VALUE, _any(value))))
+    return b"".join(out)
+
+
+_STREAMS = {name: _attribute({"log.iostream": name}) for name in ("stdout", "stderr")}
+
+
+def encode(parsed, file_attrs, observed_ns):
+    """
+    The serialized LogRecord of a Parsed line (the export queue takes records as bytes), written
+    field by field: building a LogRecord message per line cost most of the tailer's CPU.
+    observed_time is always set, time only when the line had one.
+    """
+    parts = []
+    if parsed.time_ns:
+        parts.append(_FIXED64(_TIME, parsed.time_ns))
+    if parsed.severity_number:
+        parts.append(bytes((_SEVERITY, parsed.severity_number)))
+    if parsed.severity_text:
+        parts.append(_framed(_SEVERITY_TEXT, parsed.severity_text.encode("utf-8", "replace")))
+    parts.append(_framed(_BODY, _any(parsed.body)))
+    parts.append(file_attrs)
     if parsed.stream:
-        attrs.append({"key": "log.iostream", "value": {"string_value": parsed.stream}})
+        parts.append(_STREAMS.get(parsed.stream) or _attribute({"log.iostream": parsed.stream}))
     if parsed.attributes:
-        attrs += attributes(parsed.attributes)
-    return LogRecord(
-        time_unix_nano=parsed.time_ns,
-        observed_time_unix_nano=observed_ns,
-        severity_number=parsed.severity_number,
-        severity_text=parsed.severity_text,
-        body=any_value(parsed.body) if not isinstance(parsed.body, str) else {"string_value": parsed.body},
-        attributes=attrs,
-        trace_id=parsed.trace_id,
-        span_id=parsed.span_id,
-        flags=parsed.trace_flags,
-    )
+        parts.append(_attribute(parsed.attributes))
+    if parsed.trace_flags:
+        parts.append(_FIXED32(_FLAGS, parsed.trace_flags))
+    if parsed.trace_id:
+        parts.append(_framed(_TRACE_ID, parsed.trace_id))
+    if parsed.span_id:
+        parts.append(_framed(_SPAN_ID, parsed.span_id))
+    parts.append(_FIXED64(_OBSERVED, observed_ns))
+    return b"".join(parts)
+
+
+def _check_tags():
+    """Fail loudly at import if the proto ever numbers these fields differently."""
+    fields = LogRecord.DESCRIPTOR.fields_by_name
+    expected = {"time_unix_nano": (1, _TIME), "severity_number": (2, _SEVERITY), "severity_text": (3, _SEVERITY_TEXT[0]),
+                "body": (5, _BODY[0]), "attributes": (6, _ATTRIBUTE[0]), "flags": (8, _FLAGS),
+                "trace_id": (9, _TRACE_ID[0]), "span_id": (10, _SPAN_ID[0]), "observed_time_unix_nano": (11, _OBSERVED)}
+    for name, (number, tag) in expected.items():
+        assert fields[name].number == number and tag >> 3 == number, name
+
+
+_check_tags()

@@ -26,9 +26,10 @@ NUMBERS = {
 PRIORITY = {0: ("EMERG", FATAL3), 1: ("ALERT", FATAL2), 2: ("CRIT", FATAL), 3: ("ERR", ERROR),
             4: ("WARNING", WARN), 5: ("NOTICE", INFO2), 6: ("INFO", INFO), 7: ("DEBUG", DEBUG)}
 
-_WORDS = "TRACE|DEBUG|INFO|NOTICE|WARN|WARNING|ERROR|ERR|CRIT|CRITICAL|FATAL|ALERT|EMERG|PANIC"
-_PLAIN = re.compile(rf"(?:^|[\s\[(<|])({_WORDS})(?=$|[\s\]):>|,])|[\[<]((?i:{_WORDS}))[\]>]")
-_PLAIN_WINDOW = 200  # the level sits near the start of a line; do not scan long bodies
+_WORDS = "TRACE|DEBUG|INFO|NOTICE|WARN(?:ING)?|ERR(?:OR)?|CRIT(?:ICAL)?|FATAL|ALERT|EMERG|PANIC"
+_UPPER = re.compile(rf"\b({_WORDS})\b")
+_BRACKETED = re.compile(rf"[\[<]((?i:{_WORDS}))[\]>]")
+_WINDOW = 120  # the level sits near the start of a line; do not scan long bodies
 
 
 def number(text):
@@ -40,8 +41,13 @@ def number(text):
 
 def detect(line):
     """(severity_text, severity_number) of a plain line's level word, or ("", 0)."""
-    m = _PLAIN.search(line, 0, _PLAIN_WINDOW)
+    m = _UPPER.search(line, 0, _WINDOW)
     if m is None:
-        return "", 0
-    word = m.group(1) or m.group(2)
+        head = line[:_WINDOW]
+        if "[" not in head and "<" not in head:
+            return "", 0
+        m = _BRACKETED.search(head)
+        if m is None:
+            return "", 0
+    word = m.group(1)
     return word, NUMBERS[word.lower()]

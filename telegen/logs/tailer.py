@@ -315,7 +315,7 @@ class LogTailer(service.Service):
         attrs = tracked.file_attrs
         append = tracked.records.append
         for fields, end in parsed:
-            append((records.build(fields, attrs, observed), end))
+            append((records.encode(fields, attrs, observed), end))
 
     def _submit(self, tracked):
         """Offer the file's built records; True if all were taken."""

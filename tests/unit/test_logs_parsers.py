@@ -52,7 +52,7 @@ def test_container_messages_are_parsed_as_application_lines():
 def test_json_lines_take_time_level_message_and_keep_other_fields():
     (p,) = records("json", '{"ts": 1709634030.5, "severity": "WARNING", "message": "slow", "user": {"id": 7}, "ms": 12}')
     assert (p.body, p.severity_text, p.severity_number, p.time_ns) == ("slow", "WARNING", 13, 1709634030500000000)
-    assert p.attributes == {"user": '{"id":7}', "ms": 12}
+    assert p.attributes == {"user": {"id": 7}, "ms": 12}
 
 
 def test_json_traceparent_sets_trace_context_and_flags():

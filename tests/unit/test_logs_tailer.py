@@ -10,6 +10,8 @@ import pytest
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
 from telegen.config import defaults
 from telegen.contracts import IChild
 from telegen.export.delivery import Delivery
@@ -31,7 +33,7 @@ class ScriptedPipeline:
         if taken <= 0:
             return 0, None
         delivery = Delivery(taken)
-        self.queued.append((resource, [r for r in records[:taken]], delivery))
+        self.queued.append((resource, [LogRecord.FromString(r) for r in records[:taken]], delivery))
         return taken, delivery
 
     def deliver(self, reason=None):
