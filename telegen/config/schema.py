@@ -137,6 +137,11 @@ SCHEMA = Section({
             "max_open_files": Field("int", 256, "Files held open at once; the least recently written are closed and reopened by path.", min=1, max=100_000),
             "flush_timeout": Field("duration", 0.5, "A last line without newline, or an open multiline record, is sent after this long without new data.", min=0.01, max=600),
             "multiline_start": Field("str", None, "Regular expression matching the first line of a record; other lines join the record before them (stack traces).", nullable=True),
+            "journal": Section({
+                "enabled": Field("bool", False, "Read the systemd journal (needs python3-systemd)."),
+                "directory": Field("str", None, "Read the journal files in this directory instead of the system journal.", nullable=True),
+                "units": Field("list_str", [], "Only entries of these systemd units (empty: all)."),
+            }),
             "format": Field("enum", "auto", "How lines are parsed: auto (by each line's shape), docker, cri (container envelopes, then auto), json, logfmt or plain.", choices=("auto", "docker", "cri", "json", "logfmt", "plain")),
         }),
     }),

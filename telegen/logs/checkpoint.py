@@ -1,6 +1,7 @@
 """
 The tailer's checkpoint file: for every known log file, its fingerprint and the offset up to which
-its lines were delivered (exported, or counted dropped), in <data_dir>/logs/checkpoints.json.
+its lines were delivered (exported, or counted dropped), and the journal's cursor, in
+<data_dir>/logs/checkpoints.json.
 
 Why atomic replace without fsync: the file is rewritten each time a delivery moves an offset, so
 it must never be seen half-written (write a temporary file, then rename over). A crash of the
@@ -18,7 +19,7 @@ _log = Logger()
 
 
 class CheckpointStore:
-    """Loads and atomically saves [{fingerprint: (length, digest hex), offset, path}]."""
+    """Loads and atomically saves [{fingerprint: (length, digest hex), offset, path}] and a journal cursor."""
 
     def __init__(self, directory):
         self.directory = directory
@@ -30,23 +31,27 @@ class CheckpointStore:
         return os.path.exists(self.path)
 
     def load(self):
-        """The saved entries; an unreadable file is reported and treated as empty (lines replay, none is skipped)."""
+        """
+        (file entries, journal cursor or None); an unreadable file is reported and treated as
+        empty (lines replay, none is skipped).
+        """
         try:
             with open(self.path, encoding="utf-8") as f:
                 document = json.load(f)
             if document.get("version") != VERSION:
                 raise ValueError(f"unknown version {document.get('version')!r}")
-            return [(int(e["length"]), e["digest"], int(e["offset"]), e["path"]) for e in document["files"]]
+            files = [(int(e["length"]), e["digest"], int(e["offset"]), e["path"]) for e in document["files"]]
+            return files, document.get("journal")
         except FileNotFoundError:
-            return []
+            return [], None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             _log.warn("log checkpoint {path} unreadable ({error}): files are read again from their beginning",
                       path=self.path, error=e)
-            return []
+            return [], None
 
-    def save(self, entries):
-        """Replace the file with `entries` [(length, digest, offset, path)]."""
-        document = {"version": VERSION, "files": [
+    def save(self, entries, journal_cursor=None):
+        """Replace the file with `entries` [(length, digest, offset, path)] and the journal cursor."""
+        document = {"version": VERSION, "journal": journal_cursor, "files": [
             {"length": length, "digest": digest, "offset": offset, "path": path}
             for length, digest, offset, path in entries]}
         os.makedirs(self.directory, exist_ok=True)

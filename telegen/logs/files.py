@@ -10,9 +10,9 @@ what it has so far, and its fingerprint grows with it.
 """
 import hashlib
 import os
-from collections import deque
 
 from telegen.logs.lines import LineCutter
+from telegen.logs.progress import Progress
 
 
 def digest(head):
@@ -20,27 +20,23 @@ def digest(head):
     return hashlib.blake2b(head, digest_size=16).hexdigest()
 
 
-class TrackedFile:
+class TrackedFile(Progress):
     """
     State of one file. `committed` is the offset every line before which was delivered (what the
-    checkpoint holds); reading resumes at `cutter.offset + len(cutter.pending)`; `records` are
-    built records not yet accepted by the pipeline (back-pressure); `inflight` holds
-    [end_offset, delivered] per submitted delivery, in file order.
+    checkpoint holds); reading resumes at `cutter.offset + len(cutter.pending)`.
     """
 
     def __init__(self, length, digest_hex, offset, path, max_line_size, long_lines, make_joiner, make_format):
+        super().__init__(offset)
         self.length = length
         self.digest = digest_hex
         self.path = path
         self.fd = None
         self.inode = None
-        self.committed = offset
-        self.generation = 0
         self.sequence = 0          # set by the tailer: files first known earlier are read first
         self.last_data = None      # reactor time the file last grew (None: not read yet)
         self.seen = False          # matched by the include globs in the current scan
-        self.resource = None       # resource attributes and record attributes, set when first matched
-        self.file_attrs = None
+        self.file_attrs = None     # encoded record attributes, set with `resource` when first matched
         self._max_line_size = max_line_size
         self._long_lines = long_lines
         self._make_joiner = make_joiner
@@ -51,8 +47,6 @@ class TrackedFile:
         self.cutter = LineCutter(offset, self._max_line_size, self._long_lines)
         self.joiner = self._make_joiner()
         self.format = self._make_format()
-        self.records = deque()
-        self.inflight = deque()
 
     @property
     def key(self):
@@ -69,7 +63,7 @@ class TrackedFile:
 
     def rewind(self):
         """Forget everything after the checkpoint and read from there again (a delivery was abandoned)."""
-        self.generation += 1
+        self.clear()
         self._reset(self.committed)
 
     def restart_at_zero(self):
@@ -94,21 +88,6 @@ class TrackedFile:
             os.close(self.fd)
             self.fd = None
             self.inode = None
-
-    def submitted(self, end_offset):
-        """A delivery of records up to end_offset left for the pipeline; returns its token."""
-        token = [end_offset, False]
-        self.inflight.append(token)
-        return token
-
-    def delivered(self, token):
-        """Mark a delivery done; return True if the checkpoint moved."""
-        token[1] = True
-        moved = False
-        while self.inflight and self.inflight[0][1]:
-            self.committed = self.inflight.popleft()[0]
-            moved = True
-        return moved
 
 
 class Fingerprints:

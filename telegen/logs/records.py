@@ -29,7 +29,7 @@ def kubernetes_attributes(path):
 
 def file_attributes(path):
     """The encoded attributes (LogRecord field 6) every line of `path` carries."""
-    return _attribute({"log.file.path": path, "log.file.name": os.path.basename(path)})
+    return encode_attributes({"log.file.path": path, "log.file.name": os.path.basename(path)})
 
 
 # LogRecord, KeyValue and AnyValue field tags (field number << 3 | wire type); checked below.
@@ -78,7 +78,7 @@ def _any(value):
 _KEYS = {}  # encoded key field by attribute name (structured lines repeat the same few names)
 
 
-def _attribute(mapping):
+def encode_attributes(mapping):
     """Encoded attributes (repeated field 6) from a dict of scalars, None values skipped."""
     out = []
     for key, value in mapping.items():
@@ -93,7 +93,7 @@ def _attribute(mapping):
     return b"".join(out)
 
 
-_STREAMS = {name: _attribute({"log.iostream": name}) for name in ("stdout", "stderr")}
+_STREAMS = {name: encode_attributes({"log.iostream": name}) for name in ("stdout", "stderr")}
 
 
 def encode(parsed, file_attrs, observed_ns):
@@ -112,9 +112,9 @@ def encode(parsed, file_attrs, observed_ns):
     parts.append(_framed(_BODY, _any(parsed.body)))
     parts.append(file_attrs)
     if parsed.stream:
-        parts.append(_STREAMS.get(parsed.stream) or _attribute({"log.iostream": parsed.stream}))
+        parts.append(_STREAMS.get(parsed.stream) or encode_attributes({"log.iostream": parsed.stream}))
     if parsed.attributes:
-        parts.append(_attribute(parsed.attributes))
+        parts.append(encode_attributes(parsed.attributes))
     if parsed.trace_flags:
         parts.append(_FIXED32(_FLAGS, parsed.trace_flags))
     if parsed.trace_id:

@@ -32,11 +32,13 @@ from telegen.export.pipeline import first_of, writable
 from telegen.logs import records
 from telegen.logs.checkpoint import CheckpointStore
 from telegen.logs.files import Fingerprints, TrackedFile, digest
+from telegen.logs.journal import JournalSource, open_reader
 from telegen.logs.multiline import Multiline
 from telegen.logs.parsers import Format
 from telegen.signals.common import host_resource_attributes
 
 READ_BYTES = 1 << 20  # per file per poll: one busy file cannot starve the others
+JOURNAL_ENTRIES = 5000  # journal entries per poll, for the same reason
 SHUTDOWN = "shutdown"
 
 _log = Logger()
@@ -66,7 +68,7 @@ class LogTailer(service.Service):
 
     name = "logs"
 
-    def __init__(self, config, exporter, metrics, reactor=None, wall_clock=time.time):
+    def __init__(self, config, exporter, metrics, reactor=None, wall_clock=time.time, journal_reader=open_reader):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -83,8 +85,11 @@ class LogTailer(service.Service):
         self._max_open = logs["max_open_files"]
         self._flush_timeout = logs["flush_timeout"]
         self._multiline = logs["multiline_start"]
+        self._journal_config = logs["journal"]
+        self._journal = None
         self._format = logs["format"]
         self._wall_clock = wall_clock
+        self._journal_reader = journal_reader
         self._resource = host_resource_attributes(config)
         self._shutdown_timeout = config["telegen"]["shutdown_timeout"]
         self._store = CheckpointStore(checkpoint_dir(config))
@@ -97,6 +102,7 @@ class LogTailer(service.Service):
         self._waiting = set()  # Deferreds of deliveries not settled yet
         self._stopped = True
         self._finished = False
+        self._journal_error = None
         self.polls = 0
         self.backpressure = 0
         self.last_error = None
@@ -107,9 +113,22 @@ class LogTailer(service.Service):
         super().startService()
         self._stopped = False
         self._first_run = not self._store.exists()
-        for length, digest_hex, offset, path in self._store.load():
+        files, cursor = self._store.load()
+        for length, digest_hex, offset, path in files:
             self._files.add(self._new_file(length, digest_hex, offset, path))
+        if self._journal_config["enabled"]:
+            self._open_journal(cursor)
         self._call = self.reactor.callLater(0, self._poll)
+
+    def _open_journal(self, cursor):
+        journal = self._journal_config
+        try:
+            reader = self._journal_reader(journal["directory"])
+            self._journal = JournalSource(reader, journal["units"], self._start_at_end, cursor, self._resource)
+        except (ImportError, OSError, ValueError) as exc:
+            self._journal_error = f"{type(exc).__name__}: {exc}"
+            self.last_error = f"journal: {self._journal_error}"
+            _log.error("the systemd journal cannot be read: {error}", error=self._journal_error)
 
     def stopService(self):  # noqa: N802 (Twisted hook)
         """
@@ -131,6 +150,8 @@ class LogTailer(service.Service):
         self._finished = True  # a later settlement must not write over a successor's checkpoint
         for tracked in self._files:
             tracked.close()
+        if self._journal is not None:
+            self._journal.close()
 
     # -- IChild --------------------------------------------------------------------------------
 
@@ -142,10 +163,14 @@ class LogTailer(service.Service):
             "polls": self.polls,
             "backpressure_pauses": self.backpressure,
             "checkpoint": self._store.path,
+            "journal": {"enabled": self._journal_config["enabled"],
+                        "cursor": self._journal.committed if self._journal is not None else None},
             "last_error": self.last_error,
         }
 
     def ready_check(self):
+        if self._journal_error:
+            return f"failed: journal: {self._journal_error}"
         if not writable(self._store.directory):
             return f"failed: checkpoint directory {self._store.directory} not writable"
         return "ok"
@@ -199,6 +224,11 @@ class LogTailer(service.Service):
             state = self._read(tracked)
             if state is None:
                 return False  # the logs queue is full: stop reading until it drains
+            more |= state
+        if self._journal is not None:
+            state = self._read_journal()
+            if state is None:
+                return False
             more |= state
         self._forget_gone()
         self._limit_open()
@@ -289,6 +319,20 @@ class LogTailer(service.Service):
             return None
         return len(data) == READ_BYTES
 
+    def _read_journal(self):
+        """Like _read for the journal: True more to read, False done, None queue full."""
+        journal = self._journal
+        if journal.records and not self._submit(journal):
+            return None
+        count, invalid = journal.read(JOURNAL_ENTRIES, int(self._wall_clock() * 1e9))
+        if count:
+            self.metrics.logs_lines_read.inc(count)
+        if invalid:
+            self.metrics.logs_invalid_utf8.inc(invalid)
+        if journal.records and not self._submit(journal):
+            return None
+        return count == JOURNAL_ENTRIES
+
     def _count_long(self, tracked, split, truncated):
         if tracked.cutter.split > split:
             self.metrics.logs_long_lines.labels(action="split").inc(tracked.cutter.split - split)
@@ -318,7 +362,7 @@ class LogTailer(service.Service):
             append((records.encode(fields, attrs, observed), end))
 
     def _submit(self, tracked):
-        """Offer the file's built records; True if all were taken."""
+        """Offer a source's (a file's, the journal's) built records; True if all were taken."""
         batch = [r for r, _ in tracked.records]
         taken, delivery = self.exporter.submit_tracked("logs", tracked.resource, batch)
         if taken:
@@ -357,7 +401,8 @@ class LogTailer(service.Service):
         self._save_call = None
         try:
             ordered = sorted(self._files, key=lambda t: t.sequence)
-            self._store.save([(t.length, t.digest, t.committed, t.path) for t in ordered])
+            cursor = self._journal.committed if self._journal is not None else None
+            self._store.save([(t.length, t.digest, t.committed, t.path) for t in ordered], cursor)
         except OSError as exc:
             self.last_error = f"checkpoint not saved: {exc.strerror or exc}"
             _log.error("log checkpoint not saved: {error}", error=exc)

@@ -48,7 +48,7 @@ class ScriptedPipeline:
         return [r for _, recs, _ in self.queued for r in recs]
 
 
-def make(tmp_path, pipeline=None, clock=None, **logs):
+def make(tmp_path, pipeline=None, clock=None, journal_reader=None, **logs):
     config = defaults()
     config["telegen"]["data_dir"] = str(tmp_path / "data")
     settings = dict(enabled=True, include=[str(tmp_path / "logs" / "*.log*")], poll_interval=1.0, flush_timeout=0.5)
@@ -56,7 +56,8 @@ def make(tmp_path, pipeline=None, clock=None, **logs):
     clock = clock or Clock()
     pipeline = pipeline or ScriptedPipeline()
     metrics = SelfMetrics()
-    tailer = LogTailer(config, pipeline, metrics, reactor=clock, wall_clock=lambda: 1_700_000_000.0)
+    extra = {"journal_reader": journal_reader} if journal_reader else {}
+    tailer = LogTailer(config, pipeline, metrics, reactor=clock, wall_clock=lambda: 1_700_000_000.0, **extra)
     return tailer, pipeline, clock, metrics
 
 
@@ -341,3 +342,87 @@ def test_cri_pieces_wait_for_their_final_line_and_carry_the_stream(tmp_path):
     assert record.body.string_value == 'Traceback part {"level":"error","msg":"the end"}'
     attrs = {kv.key: kv.value.string_value for kv in record.attributes}
     assert attrs["log.iostream"] == "stderr" and record.time_unix_nano == 1709634030000000001
+
+
+# -- the systemd journal, from files written by systemd's own journal-remote ---------------------
+
+JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def write_journal(directory, first, count, unit="app.service"):
+    """Append `count` entries (messages "entry <n>") to directory/remote.journal, in export format."""
+    import subprocess
+
+    os.makedirs(directory, exist_ok=True)
+    entries = []
+    for n in range(first, first + count):
+        entries.append(f"__REALTIME_TIMESTAMP={1709634030000000 + n}\n__MONOTONIC_TIMESTAMP={1000 + n}\n"
+                       f"_BOOT_ID=0123456789abcdef0123456789abcdef\nMESSAGE=entry {n} trace_id={TRACE}\n"
+                       f"PRIORITY={n % 8}\n_PID={100 + n}\n_SYSTEMD_UNIT={unit}\nSYSLOG_IDENTIFIER=app\n\n")
+    subprocess.run([JOURNAL_REMOTE, "-o", os.path.join(directory, "remote.journal"), "-"],
+                   input="".join(entries).encode(), check=True, capture_output=True)
+
+
+def journal_tailer(tmp_path, **journal):
+    settings = {"enabled": True, "directory": str(tmp_path / "journal"), "units": []}
+    settings.update(journal)
+    return make(tmp_path, start_at="beginning", journal=settings)
+
+
+def test_journal_entries_become_records_with_priority_unit_pid_and_trace(tmp_path):
+    write_journal(str(tmp_path / "journal"), 0, 3)
+    tailer, pipeline, clock, _ = journal_tailer(tmp_path)
+    tailer.startService()
+    clock.advance(0)
+    recs = pipeline.records()
+    assert [r.body.string_value for r in recs] == [f"entry {n} trace_id={TRACE}" for n in range(3)]
+    first = recs[0]
+    assert (first.severity_text, first.severity_number) == ("EMERG", 23)
+    assert (recs[2].severity_text, recs[2].severity_number) == ("CRIT", 21)
+    assert first.time_unix_nano == 1709634030000000000 and first.trace_id.hex() == TRACE
+    attrs = {kv.key: kv.value for kv in first.attributes}
+    assert attrs["systemd.unit"].string_value == "app.service" and attrs["process.pid"].int_value == 100
+
+
+def test_journal_resumes_after_the_last_delivered_entry(tmp_path):
+    directory = str(tmp_path / "journal")
+    write_journal(directory, 0, 3)
+    tailer, pipeline, clock, _ = journal_tailer(tmp_path)
+    tailer.startService()
+    clock.advance(0)
+    pipeline.deliver()
+    clock.advance(0)
+    write_journal(directory, 3, 2)
+    poll(clock)
+    assert len(pipeline.records()) == 2  # read, never delivered: the process dies here
+    again, pipeline2, clock2, _ = journal_tailer(tmp_path)
+    write_journal(directory, 5, 1)
+    again.startService()
+    clock2.advance(0)
+    pipeline2.deliver()
+    assert pipeline.exported + pipeline2.exported == [f"entry {n} trace_id={TRACE}" for n in range(6)]
+    assert again.status()["journal"]["cursor"] is not None
+
+
+def test_journal_units_filter_and_start_at_end(tmp_path):
+    directory = str(tmp_path / "journal")
+    write_journal(directory, 0, 2, unit="other.service")
+    write_journal(directory, 2, 2)
+    tailer, pipeline, clock, _ = make(tmp_path, journal={"enabled": True, "directory": directory, "units": ["app.service"]})
+    tailer.startService()
+    clock.advance(0)
+    assert pipeline.records() == []  # start_at end: only what comes next
+    write_journal(directory, 4, 1)
+    write_journal(directory, 5, 1, unit="other.service")
+    poll(clock)
+    assert [r.body.string_value for r in pipeline.records()] == [f"entry 4 trace_id={TRACE}"]
+
+
+def test_an_unreadable_journal_fails_the_ready_check(tmp_path):
+    def broken(directory):
+        raise OSError("no journal here")
+
+    tailer, _, clock, _ = make(tmp_path, journal_reader=broken, journal={"enabled": True, "directory": None, "units": []})
+    tailer.startService()
+    assert tailer.ready_check() == "failed: journal: OSError: no journal here"
