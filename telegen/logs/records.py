@@ -96,6 +96,23 @@ def encode_attributes(mapping):
 _STREAMS = {name: encode_attributes({"log.iostream": name}) for name in ("stdout", "stderr")}
 
 
+def OBSERVED_FIELD(observed_ns):  # noqa: N802 (a field, like the other tags)
+    """The observed_time_unix_nano field."""
+    return _FIXED64(_OBSERVED, observed_ns)
+
+
+def body_head(n):
+    """The body field's head for a string body of n UTF-8 bytes (the bytes follow)."""
+    inner = _LENGTH[n] if n < 16384 else varint(n)
+    return _BODY + varint(1 + len(inner) + n) + _STRING + inner
+
+
+def severity_fields(text, number):
+    """severity_number and severity_text fields."""
+    out = bytes((_SEVERITY, number)) if number else b""
+    return out + (_framed(_SEVERITY_TEXT, text.encode("utf-8", "replace")) if text else b"")
+
+
 def encode(parsed, file_attrs, observed_ns):
     """
     The serialized LogRecord of a Parsed line (the export queue takes records as bytes), written
@@ -105,11 +122,13 @@ def encode(parsed, file_attrs, observed_ns):
     parts = []
     if parsed.time_ns:
         parts.append(_FIXED64(_TIME, parsed.time_ns))
-    if parsed.severity_number:
-        parts.append(bytes((_SEVERITY, parsed.severity_number)))
-    if parsed.severity_text:
-        parts.append(_framed(_SEVERITY_TEXT, parsed.severity_text.encode("utf-8", "replace")))
-    parts.append(_framed(_BODY, _any(parsed.body)))
+    if parsed.severity_number or parsed.severity_text:
+        parts.append(severity_fields(parsed.severity_text, parsed.severity_number))
+    if type(parsed.body) is str:
+        data = parsed.body.encode("utf-8", "replace")
+        parts += (body_head(len(data)), data)
+    else:
+        parts.append(_framed(_BODY, _any(parsed.body)))
     parts.append(file_attrs)
     if parsed.stream:
         parts.append(_STREAMS.get(parsed.stream) or encode_attributes({"log.iostream": parsed.stream}))
@@ -121,7 +140,7 @@ def encode(parsed, file_attrs, observed_ns):
         parts.append(_framed(_TRACE_ID, parsed.trace_id))
     if parsed.span_id:
         parts.append(_framed(_SPAN_ID, parsed.span_id))
-    parts.append(_FIXED64(_OBSERVED, observed_ns))
+    parts.append(OBSERVED_FIELD(observed_ns))
     return b"".join(parts)
 
 

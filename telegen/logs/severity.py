@@ -26,10 +26,10 @@ NUMBERS = {
 PRIORITY = {0: ("EMERG", FATAL3), 1: ("ALERT", FATAL2), 2: ("CRIT", FATAL), 3: ("ERR", ERROR),
             4: ("WARNING", WARN), 5: ("NOTICE", INFO2), 6: ("INFO", INFO), 7: ("DEBUG", DEBUG)}
 
-_WORDS = "TRACE|DEBUG|INFO|NOTICE|WARN(?:ING)?|ERR(?:OR)?|CRIT(?:ICAL)?|FATAL|ALERT|EMERG|PANIC"
-_UPPER = re.compile(rf"\b({_WORDS})\b")
-_BRACKETED = re.compile(rf"[\[<]((?i:{_WORDS}))[\]>]")
-_WINDOW = 120  # the level sits near the start of a line; do not scan long bodies
+WORDS = "TRACE|DEBUG|INFO|NOTICE|WARN(?:ING)?|ERR(?:OR)?|CRIT(?:ICAL)?|FATAL|ALERT|EMERG|PANIC"
+_UPPER = re.compile(rf"\b({WORDS})\b")
+_BRACKETED = re.compile(rf"[\[<]((?i:{WORDS}))[\]>]")
+WINDOW = 120  # the level sits near the start of a line; do not scan long bodies
 
 
 def number(text):
@@ -41,9 +41,9 @@ def number(text):
 
 def detect(line):
     """(severity_text, severity_number) of a plain line's level word, or ("", 0)."""
-    m = _UPPER.search(line, 0, _WINDOW)
+    m = _UPPER.search(line, 0, WINDOW)
     if m is None:
-        head = line[:_WINDOW]
+        head = line[:WINDOW]
         if "[" not in head and "<" not in head:
             return "", 0
         m = _BRACKETED.search(head)

@@ -29,7 +29,7 @@ from zope.interface import implementer
 
 from telegen.contracts import IChild
 from telegen.export.pipeline import first_of, writable
-from telegen.logs import records
+from telegen.logs import fastplain, records
 from telegen.logs.checkpoint import CheckpointStore
 from telegen.logs.files import Fingerprints, TrackedFile, digest
 from telegen.logs.journal import JournalSource, open_reader
@@ -88,6 +88,9 @@ class LogTailer(service.Service):
         self._journal_config = logs["journal"]
         self._journal = None
         self._format = logs["format"]
+        # plain lines skip decoding and the Parsed record when nothing joins lines (fastplain.py)
+        self._fast = (fastplain.encoder(self._format == "auto")
+                      if self._format in ("plain", "auto") and not self._multiline else None)
         self._wall_clock = wall_clock
         self._journal_reader = journal_reader
         self._resource = host_resource_attributes(config)
@@ -309,10 +312,12 @@ class LogTailer(service.Service):
             split, truncated = tracked.cutter.split, tracked.cutter.truncated
             lines = tracked.cutter.feed(data)
             self._count_long(tracked, split, truncated)
-            self._build(tracked, tracked.format.feed(tracked.joiner.feed(self._decode(lines))))
+            self._convert(tracked, lines)
         elif tracked.last_data is None or now - tracked.last_data >= self._flush_timeout:
-            tail = self._decode(tracked.cutter.flush())
-            self._build(tracked, tracked.format.feed(tracked.joiner.feed(tail) + tracked.joiner.flush()) + tracked.format.flush())
+            tail = tracked.cutter.flush()
+            self.metrics.logs_lines_read.inc(len(tail))
+            self._build(tracked, tracked.format.feed(tracked.joiner.feed(self._decode(tail)) + tracked.joiner.flush())
+                        + tracked.format.flush())
             if not tracked.seen and tracked.fd is not None and tracked.idle:
                 tracked.close()  # gone from the globs and read to its end
         if tracked.records and not self._submit(tracked):
@@ -339,6 +344,25 @@ class LogTailer(service.Service):
         if tracked.cutter.truncated > truncated:
             self.metrics.logs_long_lines.labels(action="truncated").inc(tracked.cutter.truncated - truncated)
 
+    def _convert(self, tracked, lines):
+        """Cut lines to records: plain ones on the fast path, the others through the parsers."""
+        if not lines:
+            return
+        self.metrics.logs_lines_read.inc(len(lines))
+        fast = self._fast
+        if fast is None:
+            self._build(tracked, tracked.format.feed(tracked.joiner.feed(self._decode(lines))))
+            return
+        observed = int(self._wall_clock() * 1e9)
+        attrs = tracked.file_attrs
+        append = tracked.records.append
+        for raw, end in lines:
+            record = None if tracked.format.holding else fast(raw, attrs, observed)
+            if record is not None:
+                append((record, end))
+            else:
+                self._build(tracked, tracked.format.feed(self._decode([(raw, end)])))
+
     def _decode(self, lines):
         out = []
         for raw, end in lines:
@@ -348,8 +372,6 @@ class LogTailer(service.Service):
                 text = raw.decode("utf-8", "replace")
                 self.metrics.logs_invalid_utf8.inc()
             out.append((text, end))
-        if out:
-            self.metrics.logs_lines_read.inc(len(out))
         return out
 
     def _build(self, tracked, parsed):

@@ -29,3 +29,38 @@ def test_a_bare_line_has_only_body_file_attributes_and_observed_time():
 
 def test_non_kubelet_names_give_no_kubernetes_attributes():
     assert kubernetes_attributes("/var/log/syslog") == {}
+
+
+LINES = [
+    "2026-12-07 10:00:00 INFO served /api/items in 3ms",
+    "WARNING: disk 91% full",
+    "plain words, no level",
+    "ERROR",
+    "x" * 300 + " ERROR late in a long line",
+    "[error] bracketed lower case",
+    "level=info msg=hi",
+    '{"msg": "json"}',
+    "2024-03-05T10:20:30Z stdout F cri line",
+    "trace_id=4bf92f3577b34da6a3ce929d0e0e4736 found",
+    "caf\u00e9 ERROR non-ascii",
+    "",
+]
+
+
+def test_the_fast_plain_path_writes_what_the_general_one_writes():
+    """Lines the fast path takes encode to the same bytes as parsing them; the others it refuses."""
+    from telegen.logs import fastplain
+    from telegen.logs.parsers import auto, plain
+
+    attrs = file_attributes("/var/log/app.log")
+    for is_auto, parse in ((False, plain), (True, auto)):
+        fast = fastplain.encoder(is_auto)
+        taken = 0
+        for line in LINES:
+            record = fast(line.encode(), attrs, 7)
+            if record is not None:
+                taken += 1
+                assert record == encode(parse(line), attrs, 7), line
+        assert taken >= 4
+    assert fastplain.encoder(True)(b'{"msg": "json"}', attrs, 7) is None
+    assert fastplain.encoder(False)(b"trace_id=4bf92f3577b34da6a3ce929d0e0e4736 found", attrs, 7) is None
