@@ -13,6 +13,7 @@ its first characters) so one glob can cover container and plain files.
 """
 import functools
 import json
+import json.scanner
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -182,13 +183,16 @@ def plain(text):
     return parsed
 
 
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())  # the C scanner, without json.loads' wrappers
+
+
 def json_line(text):
     """A JSON object per line; not an object: plain text."""
     try:
-        fields = json.loads(text)
-    except ValueError:
+        fields, end = _scan_json(text, 0)
+    except (ValueError, StopIteration):
         return plain(text)
-    if not isinstance(fields, dict):
+    if type(fields) is not dict or (end != len(text) and text[end:].strip()):
         return plain(text)
     return _from_fields(fields, text)
 

@@ -75,21 +75,36 @@ def _any(value):
     return _framed(_STRING, str(value).encode("utf-8", "replace"))
 
 
-_KEYS = {}  # encoded key field by attribute name (structured lines repeat the same few names)
+_KEYS = {}   # encoded key field by attribute name (structured lines repeat the same few names)
+_PAIRS = {}  # encoded attribute by (name, type, value) for short values (status=200, path=/x repeat)
+_CACHE_LIMIT = 8192
+_SHORT = (str, int, bool)
 
 
 def encode_attributes(mapping):
-    """Encoded attributes (repeated field 6) from a dict of scalars, None values skipped."""
+    """Encoded attributes (repeated field 6) from a dict of values, None values skipped."""
     out = []
     for key, value in mapping.items():
-        if value is None:
+        kind = type(value)
+        cacheable = kind in _SHORT and (kind is not str or len(value) <= 64)
+        if cacheable:
+            encoded = _PAIRS.get((key, kind, value))
+            if encoded is not None:
+                out.append(encoded)
+                continue
+        elif value is None:
             continue
         head = _KEYS.get(key)
         if head is None:
-            if len(_KEYS) >= 4096:
+            if len(_KEYS) >= _CACHE_LIMIT:
                 _KEYS.clear()
             head = _KEYS[key] = _framed(_KEY, key.encode("utf-8", "replace"))
-        out.append(_framed(_ATTRIBUTE, head + _framed(_VALUE, _any(value))))
+        encoded = _framed(_ATTRIBUTE, head + _framed(_VALUE, _any(value)))
+        if cacheable:
+            if len(_PAIRS) >= _CACHE_LIMIT:
+                _PAIRS.clear()
+            _PAIRS[(key, kind, value)] = encoded
+        out.append(encoded)
     return b"".join(out)
 
 
