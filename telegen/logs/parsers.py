@@ -132,14 +132,29 @@ for _role, _names in (
         _ROLES[_name] = (_role, _rank)
 
 
-def _roles(fields):
-    """{role: value} of the best-ranked field of each role, those fields removed from `fields`."""
+_PLANS = {}  # ((role, key) pairs) by a line's key tuple: one application writes the same keys
+
+
+def _plan(keys):
+    """The best-ranked key of each role among `keys`, as ((role, key), ...)."""
     found = {}
-    for key in fields:
+    for key in keys:
         role = _ROLES.get(key)
         if role is not None and (role[0] not in found or role[1] < found[role[0]][0]):
             found[role[0]] = (role[1], key)
-    return {role: fields.pop(key) for role, (_, key) in found.items()}
+    return tuple((role, key) for role, (_, key) in found.items())
+
+
+def _roles(fields):
+    """{role: value} of the best-ranked field of each role, those fields removed from `fields`."""
+    keys = tuple(fields)
+    plan = _PLANS.get(keys)
+    if plan is None:
+        if len(_PLANS) >= 1024:
+            _PLANS.clear()
+        plan = _PLANS[keys] = _plan(keys)
+    pop = fields.pop
+    return {role: pop(key) for role, key in plan}
 
 
 def _attribute_value(value):
