@@ -30,6 +30,7 @@ class TrackedFile(Progress):
         super().__init__(offset)
         self.length = length
         self.digest = digest_hex
+        self.head = b""            # the first bytes as last seen (not saved: known once matched)
         self.path = path
         self.fd = None
         self.inode = None
@@ -115,6 +116,15 @@ class Fingerprints:
             self.remove(tracked)
             tracked.grow_fingerprint(head)
             self.add(tracked)
+
+    def covers(self, head, size, inode):
+        """
+        True if `head` (of a file of `size` bytes, another inode) is the start of a known file's
+        first bytes and all of it was read there already: a copy taken before the last read
+        (copytruncate racing the writer), nothing in it is new.
+        """
+        return any(t.head.startswith(head) and size <= t.read_offset and t.inode != inode
+                   for t in self._by_key.values() if len(t.head) > len(head))
 
     def match(self, head):
         """The known file whose fingerprint is a prefix of `head` (the longest such), or None."""

@@ -260,8 +260,10 @@ class LogTailer(service.Service):
                 os.close(fd)
             return None
         tracked = self._files.match(head) if head else None
-        if not head or (tracked is not None and tracked.seen):
-            # empty, or a copy of a file already matched in this scan (copytruncate in progress)
+        if not head or (tracked is not None and tracked.seen) or (
+                tracked is None and self._files.covers(head, os.fstat(fd).st_size, inode)):
+            # empty, a copy of a file already matched in this scan (copytruncate in progress), or
+            # a copy holding only lines already read
             if holder is None:
                 os.close(fd)
             return None
@@ -271,14 +273,18 @@ class LogTailer(service.Service):
             self._files.add(tracked)
         else:
             self._files.rekey(tracked, head)
+        tracked.head = head
         if holder is not None and holder is not tracked:
             holder.fd, holder.inode = None, None  # the descriptor follows the data, not the entry
+        # Shorter than what was read of it: truncated in place and rewritten with the same first
+        # bytes (a copy that is shorter was made before the last read: nothing in it is new).
+        truncated = tracked.inode == inode and os.fstat(fd).st_size < tracked.read_offset
         tracked.attach(fd, inode)
         if tracked.path != path or tracked.file_attrs is None:
             tracked.path = path
             self._describe(tracked)
         tracked.seen = True
-        if os.fstat(fd).st_size < tracked.read_offset:
+        if truncated:
             tracked.restart_at_zero()
         return tracked
 

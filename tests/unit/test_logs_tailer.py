@@ -426,3 +426,33 @@ def test_an_unreadable_journal_fails_the_ready_check(tmp_path):
     tailer, _, clock, _ = make(tmp_path, journal_reader=broken, journal={"enabled": True, "directory": None, "units": []})
     tailer.startService()
     assert tailer.ready_check() == "failed: journal: OSError: no journal here"
+
+
+def test_a_copy_shorter_than_what_was_read_of_the_original_is_not_read_again(tmp_path, log):
+    """copytruncate racing a writer: the copy misses lines already read from the original; none repeats."""
+    tailer, pipeline, clock, _ = make(tmp_path, start_at="beginning")
+    append(log, "line 1")
+    with open(log, "rb") as src:
+        copy = src.read()
+    append(log, "line 2")  # written after the copy was taken, before the truncation
+    tailer.startService()
+    clock.advance(0)
+    with open(log + ".1", "wb") as dst:
+        dst.write(copy)
+    os.truncate(log, 0)
+    append(log, "fresh")
+    poll(clock)
+    pipeline.deliver()
+    assert pipeline.exported == ["line 1", "line 2", "fresh"]
+
+
+def test_truncated_in_place_with_the_same_first_bytes_is_read_from_zero(tmp_path, log):
+    tailer, pipeline, clock, _ = make(tmp_path, start_at="beginning")
+    append(log, "same head", "old tail")
+    tailer.startService()
+    clock.advance(0)
+    with open(log, "w") as f:
+        f.write("same head\n")
+    poll(clock)
+    pipeline.deliver()
+    assert pipeline.exported == ["same head", "old tail", "same head"]
