@@ -197,3 +197,29 @@ def test_default_file_sink_gets_each_line_once_with_severity_and_file_attributes
         assert "telegen_logs_exported_total 1.0" in metrics and "telegen_logs_lines_read_total 1.0" in metrics
     finally:
         agent.stop()
+
+
+def test_a_reload_rebuilds_the_tailer_without_losing_or_repeating_lines(tmp_path):
+    directory = str(tmp_path / "logs")
+    os.makedirs(directory)
+    path = os.path.join(directory, "app.log")
+    settings = {"enabled": True, "include": [path], "start_at": "beginning", "poll_interval": "50ms"}
+    overrides = {"queues": {"logs": {"batch_timeout": "100ms"}},
+                 "agent": {"host_metrics": {"enabled": False}, "logs": settings}}
+    agent = AgentProcess(str(tmp_path), overrides)
+    data_dir = os.path.join(str(tmp_path), "data")
+    try:
+        agent.start()
+        for i in range(300):
+            with open(path, "a") as f:
+                f.write(f"line {i}\n")
+            if i == 150:
+                agent.write_config({**overrides, "agent": {**overrides["agent"], "logs": {**settings, "poll_interval": "80ms"}}})
+                answer = agent.post("/admin/reload")
+                assert answer.code == 200 and "logs" in answer.json()["reloaded"], answer.body
+            time.sleep(0.002)
+        wait_for(lambda: len(read_logs(data_dir)) >= 300, message="300 lines in the sink")
+        time.sleep(0.5)
+        assert [r.body.string_value for _, r in read_logs(data_dir)] == [f"line {i}" for i in range(300)]
+    finally:
+        agent.stop()
