@@ -370,6 +370,8 @@ class LogTailer(service.Service):
                 self._build(tracked, tracked.format.feed(self._decode([(raw, end)])))
 
     def _decode(self, lines):
+        if all(raw.isascii() for raw, _ in lines):
+            return [(raw.decode("ascii"), end) for raw, end in lines]
         out = []
         for raw, end in lines:
             try:
@@ -395,8 +397,11 @@ class LogTailer(service.Service):
         taken, delivery = self.exporter.submit_tracked("logs", tracked.resource, batch)
         if taken:
             end = tracked.records[taken - 1][1]
-            for _ in range(taken):
-                tracked.records.popleft()
+            if taken == len(tracked.records):
+                tracked.records.clear()
+            else:
+                for _ in range(taken):
+                    tracked.records.popleft()
             token = tracked.submitted(end)
             self._waiting.add(delivery.done)
             delivery.done.addCallback(self._delivered, tracked, tracked.generation, token)
