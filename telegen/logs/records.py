@@ -119,7 +119,8 @@ def OBSERVED_FIELD(observed_ns):  # noqa: N802 (a field, like the other tags)
 def body_head(n):
     """The body field's head for a string body of n UTF-8 bytes (the bytes follow)."""
     inner = _LENGTH[n] if n < 16384 else varint(n)
-    return _BODY + varint(1 + len(inner) + n) + _STRING + inner
+    outer = 1 + len(inner) + n
+    return _BODY + (_LENGTH[outer] if outer < 16384 else varint(outer)) + _STRING + inner
 
 
 def severity_fields(text, number):
