@@ -38,6 +38,14 @@ def _ebpf(agent, config):
     return EbpfService(config, agent.metrics, agent.exporter, agent.child("processes"), reactor=agent.reactor)
 
 
+def _logs(agent, config):
+    if not config["agent"]["logs"]["enabled"]:
+        return None
+    from telegen.logs.tailer import LogTailer
+
+    return LogTailer(config, agent.exporter, agent.metrics, reactor=agent.reactor)
+
+
 def _api(agent, config):
     from telegen.api.app import api_service
 
@@ -58,6 +66,7 @@ SPECS = (
     ChildSpec("hostmetrics", ("agent.host_metrics",) + RESOURCE, _hostmetrics),
     ChildSpec("ebpf", ("agent.ebpf", "agent.host_metrics.interval", "self_telemetry.listen"), _ebpf,
               depends_on=("processes",)),
+    ChildSpec("logs", ("agent.logs", "telegen.data_dir", "telegen.shutdown_timeout") + RESOURCE, _logs),
     ChildSpec("api", ("self_telemetry", "telegen.log_level"), _api),
     ChildSpec("manhole", ("manhole", "telegen.data_dir"), _manhole),
 )

@@ -61,6 +61,17 @@ class SelfMetrics:
         self.k8s_services_discovered = Gauge("telegen_k8s_services_discovered", "Kubernetes services known", registry=r)
         self.processes_tracked = Gauge("telegen_processes_tracked", "Processes in the process table", registry=r)
 
+        # Log collection (telegen/logs): what the tailer read; records are telegen_logs_collected.
+        self.logs_lines_read = Counter("telegen_logs_lines_read", "Lines read from log files", registry=r)
+        self.logs_bytes_read = Counter("telegen_logs_bytes_read", "Bytes read from log files", registry=r)
+        self.logs_files_watched = Gauge("telegen_logs_files_watched", "Log files matched by agent.logs.include", registry=r)
+        self.logs_files_open = Gauge("telegen_logs_files_open", "Log files held open", registry=r)
+        self.logs_long_lines = Counter("telegen_logs_long_lines", "Lines longer than agent.logs.max_line_size, by action (split, truncated)", ["action"], registry=r)
+        self.logs_invalid_utf8 = Counter("telegen_logs_invalid_utf8_lines", "Lines whose invalid UTF-8 was replaced", registry=r)
+        self.logs_file_errors = Counter("telegen_logs_file_errors", "Log files that could not be opened or read", registry=r)
+        self.logs_backpressure = Counter("telegen_logs_backpressure_pauses", "Polls that read nothing because the logs queue was full", registry=r)
+        self.logs_dropped = Counter("telegen_logs_dropped", "Log records the export pipeline dropped, by reason (their lines are not read again)", ["reason"], registry=r)
+
         # The API itself.
         self.api_requests = Counter("telegen_api_requests", "API requests by route and status code", ["route", "code"], registry=r)
 

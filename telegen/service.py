@@ -83,6 +83,16 @@ class ExportHandle:
             return 0
         return pipeline.submit(signal_name, resource_attrs, records)
 
+    def submit_tracked(self, signal_name, resource_attrs, records):
+        """Forward to the current pipeline (ExportPipeline.submit_tracked); without one, settled as dropped."""
+        pipeline = self._agent.child("export")
+        if pipeline is None:
+            from telegen.export.delivery import settled_delivery
+
+            self._agent.metrics.queue_dropped.labels(signal_type=signal_name, reason="disabled").inc(len(records))
+            return len(records), settled_delivery(len(records), "disabled")
+        return pipeline.submit_tracked(signal_name, resource_attrs, records)
+
 
 class AgentService(MultiService):
     """

@@ -100,6 +100,12 @@ def _check_cross_fields(config):
     ebpf = config["agent"]["ebpf"]
     if ebpf["min_cpu"] > ebpf["max_cpu"]:
         raise Invalid(f"must be <= agent.ebpf.max_cpu ({ebpf['max_cpu']:g}), got {ebpf['min_cpu']:g}", at=("agent", "ebpf", "min_cpu"))
+    pattern = config["agent"]["logs"]["multiline_start"]
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise Invalid(f"not a regular expression: {err}", at=("agent", "logs", "multiline_start")) from None
 
 
 def validate(tree):

@@ -10,11 +10,15 @@ consumers do): with the destination down the queue fills and overflow is dropped
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
+from telegen.export.delivery import Delivery
 from telegen.export.queue import BoundedQueue
 from telegen.export.retry import PERMANENT, RETRYABLE, SUCCESS, Outcome
 from telegen.export.wire import ResourceCache, encode_request
 
 MAX_IN_FLIGHT = 2
+# Signals whose records must arrive in the order they were submitted (lines of a log file): one
+# request at a time, so a batch waiting for a retry is never overtaken by the next one.
+IN_FLIGHT = {"logs": 1}
 
 _log = Logger()
 
@@ -37,11 +41,12 @@ def resource_key(attrs):
 class Batch:
     """An encoded export request being sent, with the items it holds and a Deferred fired when settled."""
 
-    __slots__ = ("payload", "items", "first_attempt", "attempt", "retry_call", "settled", "done")
+    __slots__ = ("payload", "items", "deliveries", "first_attempt", "attempt", "retry_call", "settled", "done")
 
-    def __init__(self, payload, items, now):
+    def __init__(self, payload, items, deliveries, now):
         self.payload = payload
         self.items = items
+        self.deliveries = deliveries  # [(Delivery, items of it in this batch)]
         self.first_attempt = now
         self.attempt = 0
         self.retry_call = None
@@ -98,6 +103,22 @@ class SignalExporter:
         self._pump()
         return taken
 
+    def submit_tracked(self, resource_attrs, records):
+        """
+        Queue the leading records that fit, and never drop the rest: return (accepted, Delivery
+        of the accepted ones or None). The caller keeps what was not accepted (back-pressure).
+        """
+        if self._closed:
+            return 0, None
+        delivery = Delivery(0)
+        taken, items = self.queue.offer(resource_key(resource_attrs), resource_attrs, records, self.kind.weight, delivery)
+        if not taken:
+            return 0, None
+        delivery.items = items
+        self._counters.collected(items)
+        self._pump()
+        return taken, delivery
+
     # -- batching ----------------------------------------------------------------------------
 
     def _pump(self):
@@ -123,7 +144,8 @@ class SignalExporter:
 
     def _start(self, chunks):
         items = sum(c.items for c in chunks)
-        batch = Batch(encode_request(chunks, self._resources), items, self._reactor.seconds())
+        deliveries = [(c.delivery, c.items) for c in chunks if c.delivery is not None]
+        batch = Batch(encode_request(chunks, self._resources), items, deliveries, self._reactor.seconds())
         self._counters.batch_size(items)
         self._in_flight.add(batch)
         self._attempt(batch)
@@ -157,10 +179,10 @@ class SignalExporter:
                           signal=self.kind.name, rejected=outcome.rejected, message=outcome.message[:200])
             if outcome.rejected:
                 self._drop(outcome.rejected, PARTIAL_REJECTED)
-            return self._settle(batch)
+            return self._settle(batch, rejected=outcome.rejected)
         self._counters.error(self._endpoint, outcome.error_type or "unknown")
         if outcome.kind == RETRYABLE and self._stopping:
-            self._drop(batch.items, SHUTDOWN)
+            reason = SHUTDOWN
         elif outcome.kind == RETRYABLE:
             delay = self._backoff.delay(batch.attempt, outcome.retry_after)
             if not self._backoff.gives_up(now - batch.first_attempt, delay):
@@ -168,17 +190,28 @@ class SignalExporter:
                 self._counters.retry(self._endpoint)
                 batch.retry_call = self._reactor.callLater(delay, self._attempt, batch)
                 return None
-            self._drop(batch.items, RETRY_EXHAUSTED)
+            reason = RETRY_EXHAUSTED
         else:
             assert outcome.kind == PERMANENT
             _log.warn("{signal} export rejected ({status}): {error}; {items} items dropped",
                       signal=self.kind.name, status=outcome.status, error=outcome.error, items=batch.items)
-            self._drop(batch.items, REJECTED)
-        return self._settle(batch)
+            reason = REJECTED
+        self._drop(batch.items, reason)
+        return self._settle(batch, reason)
 
-    def _settle(self, batch):
+    def _settle(self, batch, reason=None, rejected=0):
+        """
+        The batch is done: exported, or dropped for `reason`; with `rejected` items of an accepted
+        batch refused by the server (partial success: which ones is not said, so they are
+        attributed to the batch's first deliveries).
+        """
         batch.settled = True
         self._in_flight.discard(batch)
+        for delivery, items in batch.deliveries:
+            refused = min(rejected, items)
+            rejected -= refused
+            delivery.settle(refused, PARTIAL_REJECTED)
+            delivery.settle(items - refused, reason)
         batch.done.callback(batch.items)
         self._pump()
 
@@ -224,8 +257,11 @@ class SignalExporter:
             if batch.retry_call is not None and batch.retry_call.active():
                 batch.retry_call.cancel()
             self._drop(batch.items, SHUTDOWN)
-            self._settle(batch)
+            self._settle(batch, SHUTDOWN)
         leftover = self.queue.take(self.queue.items)
         if leftover:
             self._drop(sum(c.items for c in leftover), SHUTDOWN)
+        for chunk in leftover:
+            if chunk.delivery is not None:
+                chunk.delivery.settle(chunk.items, SHUTDOWN)
         self._counters.queue_size(0)

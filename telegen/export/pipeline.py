@@ -14,8 +14,9 @@ from zope.interface import implementer
 
 from telegen.contracts import IChild, IRecordSink
 from telegen.export.counters import SignalCounters
+from telegen.export.delivery import settled_delivery
 from telegen.export.endpoints import main_target, resolve
-from telegen.export.exporter import SignalExporter
+from telegen.export.exporter import IN_FLIGHT, MAX_IN_FLIGHT, SignalExporter
 from telegen.export.file_sink import FileSink, sink_dir
 from telegen.export.kinds import KINDS
 from telegen.export.retry import Backoff
@@ -59,7 +60,8 @@ class ExportPipeline(service.Service):
                 kind = KINDS[signal]
                 self._exporters[signal] = SignalExporter(
                     kind, config["queues"][signal], sender_factory(config, kind, reactor),
-                    Backoff(config["backoff"]), SignalCounters(metrics, signal), reactor, self._attempt_done)
+                    Backoff(config["backoff"]), SignalCounters(metrics, signal), reactor, self._attempt_done,
+                    IN_FLIGHT.get(signal, MAX_IN_FLIGHT))
         self._disabled_counters = {s: SignalCounters(metrics, s) for s in SIGNALS if s not in self._exporters}
         self._disabled_dropped = dict.fromkeys(self._disabled_counters, 0)
         self._main_target = main_target(self._otlp)
@@ -92,6 +94,18 @@ class ExportPipeline(service.Service):
         counters.dropped(items, "disabled")
         self._disabled_dropped[signal] += items
         return 0
+
+    def submit_tracked(self, signal, resource_attrs, records):
+        """
+        Like submit, for a producer that can hold what does not fit: return (accepted, Delivery);
+        records beyond the queue's room are left to the caller, not dropped. With the signal
+        disabled every record is counted dropped (disabled) at once.
+        """
+        exporter = self._exporters.get(signal)
+        if exporter is not None:
+            return exporter.submit_tracked(resource_attrs, records)
+        self.submit(signal, resource_attrs, records)
+        return len(records), settled_delivery(KINDS[signal].items(records), "disabled")
 
     def sender_label(self, signal):
         """The endpoint label one signal's requests are counted under in telegen_export_* metrics."""
@@ -144,7 +158,7 @@ class ExportPipeline(service.Service):
     def ready_check(self):
         """"ok", or "failed: <reason>" when the last attempt did not reach the destination."""
         if self._file_mode():
-            return "ok" if _writable(sink_dir(self.config)) else "failed: data directory not writable"
+            return "ok" if writable(sink_dir(self.config)) else "failed: data directory not writable"
         if self._attempted and not self._connected:
             return f"failed: {self._last_error or 'unreachable'}"
         return "ok"
@@ -185,7 +199,7 @@ class ExportPipeline(service.Service):
         return DeferredList(closing) if closing else None
 
 
-def _writable(directory):
+def writable(directory):
     """True if `directory` (or the nearest existing parent, where it would be created) is writable."""
     path = directory
     while not os.path.exists(path):

@@ -17,15 +17,16 @@ _BYTES = {bytes}
 class Chunk:
     """Encoded records of one resource, with their item weights and total size."""
 
-    __slots__ = ("resource_key", "resource_attrs", "records", "weights", "items", "nbytes")
+    __slots__ = ("resource_key", "resource_attrs", "records", "weights", "items", "nbytes", "delivery")
 
-    def __init__(self, resource_key, resource_attrs, records, weights, nbytes):
+    def __init__(self, resource_key, resource_attrs, records, weights, nbytes, delivery=None):
         self.resource_key = resource_key
         self.resource_attrs = resource_attrs
         self.records = records
         self.weights = weights  # None when every record weighs 1
         self.items = len(records) if weights is None else sum(weights)
         self.nbytes = nbytes
+        self.delivery = delivery  # the Delivery told when these records settle, or None
 
 
 class BoundedQueue:
@@ -41,10 +42,11 @@ class BoundedQueue:
     def __len__(self):
         return self.items
 
-    def offer(self, resource_key, resource_attrs, records, weight):
+    def offer(self, resource_key, resource_attrs, records, weight, delivery=None):
         """
         Enqueue as many leading records as fit both bounds; return (accepted_records, accepted_items).
         `weight` maps a record to its item count (data points for metrics); None: one each.
+        `delivery` (a telegen.export.delivery.Delivery) travels with the accepted records.
         """
         room_items = self.capacity - self.items
         room_bytes = self.max_bytes - self.nbytes
@@ -53,7 +55,7 @@ class BoundedQueue:
             # and checked in bulk, in C, instead of record by record below.
             nbytes = sum(map(len, records))
             if nbytes <= room_bytes:
-                self._append(Chunk(resource_key, resource_attrs, list(records), None, nbytes))
+                self._append(Chunk(resource_key, resource_attrs, list(records), None, nbytes, delivery))
                 return len(records), len(records)
         encoded, items, nbytes, weights = [], 0, 0, (None if weight is None else [])
         for record in records:
@@ -68,7 +70,7 @@ class BoundedQueue:
                 weights.append(w)
         taken = len(encoded)
         if taken:
-            self._append(Chunk(resource_key, resource_attrs, encoded, weights, nbytes))
+            self._append(Chunk(resource_key, resource_attrs, encoded, weights, nbytes, delivery))
         return taken, items
 
     def _append(self, chunk):
@@ -109,8 +111,8 @@ class BoundedQueue:
         head_records = chunk.records[:n]
         head_bytes = sum(map(len, head_records))
         head = Chunk(chunk.resource_key, chunk.resource_attrs, head_records,
-                     None if chunk.weights is None else chunk.weights[:n], head_bytes)
+                     None if chunk.weights is None else chunk.weights[:n], head_bytes, chunk.delivery)
         rest = Chunk(chunk.resource_key, chunk.resource_attrs, chunk.records[n:],
-                     None if chunk.weights is None else chunk.weights[n:], chunk.nbytes - head_bytes)
+                     None if chunk.weights is None else chunk.weights[n:], chunk.nbytes - head_bytes, chunk.delivery)
         self._chunks[0] = rest
         return head

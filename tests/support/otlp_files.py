@@ -38,3 +38,10 @@ def read_spans(data_dir):
     return [(attrs_dict(rs.resource.attributes), span)
             for req in read_requests(data_dir, "traces")
             for rs in req.resource_spans for ss in rs.scope_spans for span in ss.spans]
+
+
+def read_logs(data_dir):
+    """Flattened [(resource_attrs dict, LogRecord)] from the logs sink files."""
+    return [(attrs_dict(rl.resource.attributes), record)
+            for req in read_requests(data_dir, "logs")
+            for rl in req.resource_logs for sl in rl.scope_logs for record in sl.log_records]

@@ -201,6 +201,8 @@ def test_alias_errors_point_at_the_alias_line():
     ("backoff:\n  initial: 1m\n  max: 30s\n", "t.yaml: backoff.initial: must be <= backoff.max (30s), got 60s at line 2"),
     ("agent:\n  ebpf:\n    min_cpu: 0.5\n    max_cpu: 0.25\n",
      "t.yaml: agent.ebpf.min_cpu: must be <= agent.ebpf.max_cpu (0.25), got 0.5 at line 3"),
+    ("agent:\n  logs:\n    multiline_start: '^(unclosed'\n",
+     "t.yaml: agent.logs.multiline_start: not a regular expression: missing ), unterminated subpattern"),
     ("otlp:\n  endpoint: http://c:4317/v1\n", "t.yaml: otlp.endpoint: a gRPC endpoint is host:port"),
     ("otlp:\n  protocol: http\n  endpoint: 'https://'\n", "t.yaml: otlp.endpoint: URL without a host"),
 ])

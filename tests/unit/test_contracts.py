@@ -17,6 +17,7 @@ from telegen.export.grpc_sender import GrpcSender
 from telegen.export.http_sender import HttpSender
 from telegen.export.kinds import KINDS
 from telegen.export.endpoints import resolve
+from telegen.logs.tailer import LogTailer
 from telegen.manhole import ManholeService
 from telegen.selfmetrics import SelfMetrics
 from telegen.service import AgentService
@@ -38,6 +39,7 @@ def test_every_production_child_provides_ichild(production_tree):
     for child in children:
         assert verifyObject(IChild, child)
     assert verifyClass(IChild, ManholeService)
+    assert verifyClass(IChild, LogTailer)
 
 
 def test_the_export_pipeline_and_its_handle_are_record_sinks_and_the_process_table_answers_probes(production_tree):

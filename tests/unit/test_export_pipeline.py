@@ -314,3 +314,74 @@ def test_queue_limits_change_in_place_and_a_new_destination_asks_for_a_rebuild()
     moved["otlp"].update(pipeline.config["otlp"], endpoint="elsewhere:4317")
     assert pipeline.reconfigure(moved) is False
     assert pipeline.config is new
+
+
+# -- tracked submits (the log tailer's checkpoints wait for these) --------------------------------
+
+
+def test_tracked_submit_keeps_the_overflow_and_settles_once_every_record_is_exported():
+    """Records beyond capacity are left to the caller (no queue_full); done fires when all went out."""
+    pipeline, senders, clock, metrics = make()
+    senders["traces"].hold = True
+    taken, delivery = pipeline.submit_tracked("traces", {}, spans(25))
+    assert taken == 20 and delivery.items == 20
+    assert sample(metrics, "telegen_queue_dropped_total", signal_type="traces", reason="queue_full") == 0
+    assert sample(metrics, "telegen_spans_collected_total") == 20
+    # two batches of 5 left for the in-flight slots, so 10 more fit, then nothing
+    taken, second = pipeline.submit_tracked("traces", {}, spans(15))
+    assert taken == 10
+    assert pipeline.submit_tracked("traces", {}, spans(1)) == (0, None)
+    fired = []
+    delivery.done.addCallback(fired.append)
+    senders["traces"].hold = False
+    while senders["traces"].held:
+        senders["traces"].held.pop(0).callback(OK)
+    assert fired == [delivery] and second.done.called
+    assert (delivery.exported, delivery.dropped) == (20, {})
+
+
+def test_tracked_submit_settles_with_drop_reasons():
+    """A permanent error and a partial rejection are reported per delivery, with their reasons."""
+    pipeline, senders, clock, _ = make()
+    senders["traces"].script = [
+        Outcome(PERMANENT, "INVALID_ARGUMENT", True, "bad", "grpc_INVALID_ARGUMENT"),
+        Outcome(SUCCESS, "OK", True, rejected=2, message="bad spans"),
+    ]
+    _, first = pipeline.submit_tracked("traces", {}, spans(5))
+    _, second = pipeline.submit_tracked("traces", {}, spans(5))
+    assert first.dropped == {"rejected": 5} and first.done.called
+    assert (second.exported, second.dropped) == (3, {"partial_rejected": 2}) and second.done.called
+
+
+def test_tracked_records_left_at_shutdown_settle_as_shutdown():
+    pipeline, senders, clock, _ = make(telegen={"shutdown_timeout": 1.0})
+    pipeline.startService()
+    senders["traces"].hold = True
+    _, delivery = pipeline.submit_tracked("traces", {}, spans(3))
+    pipeline.stopService()
+    clock.advance(1.0)
+    assert delivery.done.called and delivery.dropped == {"shutdown": 3}
+
+
+def test_tracked_submit_of_a_disabled_signal_is_settled_dropped_at_once():
+    pipeline, senders, clock, metrics = make(otlp={"logs": {"enabled": False, "endpoint": None}})
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+    taken, delivery = pipeline.submit_tracked("logs", {}, [LogRecord(), LogRecord()])
+    assert taken == 2 and delivery.dropped == {"disabled": 2}
+    assert sample(metrics, "telegen_queue_dropped_total", signal_type="logs", reason="disabled") == 2
+
+
+def test_log_batches_keep_their_order_through_retries():
+    """One logs request at a time: a batch waiting for its retry is not overtaken by the next."""
+    pipeline, senders, clock, _ = make(queues={"logs": {"capacity": 100, "max_bytes": 1 << 20, "batch_size": 2,
+                                                        "batch_timeout": 1.0}})
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+    sender = senders["logs"]
+    sender.script = [REFUSED, REFUSED]
+    pipeline.submit("logs", {}, [LogRecord(body={"string_value": str(i)}) for i in range(6)])
+    clock.pump([1.0] * 10)
+    sent = [r.body.string_value for req in sender.requests for rl in req.resource_logs
+            for sl in rl.scope_logs for r in sl.log_records]
+    assert sent == ["0", "1", "0", "1", "0", "1", "2", "3", "4", "5"]

@@ -1,0 +1,458 @@
+"""
+LogTailer on a Clock with real files in tmp_path and a scripted export pipeline: start positions,
+rotation by rename, copytruncate and re-creation, checkpoints that move only on delivery,
+restart after a crash, back-pressure, abandoned deliveries, limits and counters.
+"""
+import json
+import os
+
+import pytest
+from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
+
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+from telegen.config import defaults
+from telegen.contracts import IChild
+from telegen.export.delivery import Delivery
+from telegen.logs.tailer import LogTailer
+from telegen.selfmetrics import SelfMetrics
+
+
+class ScriptedPipeline:
+    """submit_tracked like the export pipeline's: takes up to `room` records, settles when told."""
+
+    def __init__(self, room=10_000):
+        self.room = room
+        self.queued = []    # [(resource, [body], Delivery)] not settled yet
+        self.exported = []  # bodies, in export order
+
+    def submit_tracked(self, signal, resource, records):
+        assert signal == "logs"
+        taken = min(self.room - sum(len(b) for _, b, _ in self.queued), len(records))
+        if taken <= 0:
+            return 0, None
+        delivery = Delivery(taken)
+        self.queued.append((resource, [LogRecord.FromString(r) for r in records[:taken]], delivery))
+        return taken, delivery
+
+    def deliver(self, reason=None):
+        """Settle everything queued: exported, or dropped for `reason`."""
+        queued, self.queued = self.queued, []
+        for _, recs, delivery in queued:
+            if reason is None:
+                self.exported += [r.body.string_value for r in recs]
+            delivery.settle(len(recs), reason)
+
+    def records(self):
+        return [r for _, recs, _ in self.queued for r in recs]
+
+
+def make(tmp_path, pipeline=None, clock=None, journal_reader=None, **logs):
+    config = defaults()
+    config["telegen"]["data_dir"] = str(tmp_path / "data")
+    settings = dict(enabled=True, include=[str(tmp_path / "logs" / "*.log*")], poll_interval=1.0, flush_timeout=0.5)
+    config["agent"]["logs"].update(settings, **logs)
+    clock = clock or Clock()
+    pipeline = pipeline or ScriptedPipeline()
+    metrics = SelfMetrics()
+    extra = {"journal_reader": journal_reader} if journal_reader else {}
+    tailer = LogTailer(config, pipeline, metrics, reactor=clock, wall_clock=lambda: 1_700_000_000.0, **extra)
+    return tailer, pipeline, clock, metrics
+
+
+def append(path, *lines):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+def poll(clock, times=1):
+    for _ in range(times):
+        clock.advance(1.0)
+
+
+def checkpoint(tmp_path):
+    with open(tmp_path / "data" / "logs" / "checkpoints.json") as f:
+        return {e["path"]: e["offset"] for e in json.load(f)["files"]}
+
+
+@pytest.fixture
+def log(tmp_path):
+    return str(tmp_path / "logs" / "app.log")
+
+
+def test_is_an_ichild_and_reports_status(tmp_path, log):
+    tailer, _, clock, _ = make(tmp_path)
+    verifyObject(IChild, tailer)
+    append(log, "x")
+    tailer.startService()
+    clock.advance(0)
+    assert tailer.status()["files_watched"] == 1
+    assert tailer.ready_check() == "ok"
+    assert tailer.reconfigure(None) is False
+
+
+def test_first_run_starts_at_the_end_and_later_files_at_their_beginning(tmp_path, log):
+    append(log, "old 1", "old 2")
+    tailer, pipeline, clock, _ = make(tmp_path)
+    tailer.startService()
+    clock.advance(0)
+    append(log, "new 1")
+    append(str(tmp_path / "logs" / "other.log"), "other 1")
+    poll(clock)
+    pipeline.deliver()
+    assert sorted(pipeline.exported) == ["new 1", "other 1"]
+
+
+def test_start_at_beginning_reads_existing_lines(tmp_path, log):
+    append(log, "old 1", "old 2")
+    tailer, pipeline, clock, _ = make(tmp_path, start_at="beginning")
+    tailer.startService()
+    clock.advance(0)
+    pipeline.deliver()
+    assert pipeline.exported == ["old 1", "old 2"]
+
+
+def test_records_carry_file_attributes_severity_and_observed_time(tmp_path, log):
+    tailer, pipeline, clock, _ = make(tmp_path, start_at="beginning")
+    append(log, "2024-01-01 12:00:00 WARN disk almost full")
+    tailer.startService()
+    clock.advance(0)
+    (resource, recs, _), = pipeline.queued
+    record = recs[0]
+    attrs = {kv.key: kv.value.string_value for kv in record.attributes}
+    assert attrs == {"log.file.path": log, "log.file.name": "app.log"}
+    assert (record.severity_text, record.severity_number) == ("WARN", 13)
+    assert record.observed_time_unix_nano == 1_700_000_000 * 10**9 and record.time_unix_nano == 0
+    assert resource["service.name"] == "telegen"
+
+
+def test_checkpoint_moves_only_when_the_pipeline_settled_the_records(tmp_path, log):
+    append(log, "a")
+    tailer, pipeline, clock, _ = make(tmp_path)
+    tailer.startService()
+    clock.advance(0)
+    assert checkpoint(tmp_path) == {log: 2}  # first run: the end, saved at once
+    append(log, "b", "c")
+    poll(clock)
+    assert len(pipeline.records()) == 2
+    clock.advance(0)
+    assert checkpoint(tmp_path) == {log: 2}
+    pipeline.deliver()
+    clock.advance(0)
+    assert checkpoint(tmp_path) == {log: 6}
+
+
+def test_a_crash_resumes_at_the_last_delivered_line(tmp_path, log):
+    """Lines read but not delivered when the process died are read again by the next one; delivered ones are not."""
+    append(log, "a")
+    tailer, pipeline, clock, _ = make(tmp_path, start_at="beginning")
+    tailer.startService()
+    clock.advance(0)
+    pipeline.deliver()
+    clock.advance(0)
+    append(log, "b")
+    poll(clock)
+    assert [r.body.string_value for r in pipeline.records()] == ["b"]
+    # the process dies here: "b" is in flight, never settled
+    again, pipeline2, clock2, _ = make(tmp_path, start_at="beginning")
+    append(log, "c")
+    again.startService()
+    clock2.advance(0)
+    pipeline2.deliver()
+    assert pipeline.exported + pipeline2.exported == ["a", "b", "c"]
+
+
+def test_rename_rotation_finishes_the_old_file_and_reads_the_new_one(tmp_path, log):
+    tailer, pipeline, clock, _ = make(tmp_path, start_at="beginning")
+    append(log, "1", "2")
+    tailer.startService()
+    clock.advance(0)
+    append(log, "3")
+    os.rename(log, log + ".1")
+    append(log, "4")
+    append(log + ".1", "late")  # a writer still holding the old file
+    poll(clock)
+    pipeline.deliver()
+    assert sorted(pipeline.exported) == ["1", "2", "3", "4", "late"]
+    assert pipeline.exported.index("3") > pipeline.exported.index("2")
+
+
+def test_rename_out_of_the_globs_is_drained_through_the_open_descriptor(tmp_path, log):
+    tailer, pipeline, clock, _ = make(tmp_path, start_at="beginning", include=[log])
+    append(log, "1")
+    tailer.startService()
+    clock.advance(0)
+    append(log, "2")
+    os.rename(log, log + ".old")
+    append(log, "3")
+    poll(clock, 2)
+    pipeline.deliver()
+    poll(clock)
+    assert sorted(pipeline.exported) == ["1", "2", "3"]
+    assert tailer.status()["files_open"] == 1
+
+
+def test_copytruncate_reads_the_copy_to_its_end_and_the_path_from_zero(tmp_path, log):
+    tailer, pipeline, clock, _ = make(tmp_path, start_at="beginning")
+    append(log, "line 1", "line 2")
+    tailer.startService()
+    clock.advance(0)
+    append(log, "line 3")
+    with open(log, "rb") as src, open(log + ".1", "wb") as dst:
+        dst.write(src.read())
+    poll(clock)  # the copy and the original have the same first bytes: neither is read twice
+    os.truncate(log, 0)
+    append(log, "after 1")
+    poll(clock)
+    pipeline.deliver()
+    assert sorted(pipeline.exported) == ["after 1", "line 1", "line 2", "line 3"]
+
+
+def test_recreated_path_is_a_new_file(tmp_path, log):
+    tailer, pipeline, clock, _ = make(tmp_path, start_at="beginning")
+    append(log, "first file")
+    tailer.startService()
+    clock.advance(0)
+    os.remove(log)
+    append(log, "second file")
+    poll(clock)
+    pipeline.deliver()
+    assert pipeline.exported == ["first file", "second file"]
+
+
+def test_a_full_queue_pauses_reading_and_loses_nothing(tmp_path, log):
+    tailer, pipeline, clock, metrics = make(tmp_path, pipeline=ScriptedPipeline(room=3), start_at="beginning")
+    append(log, *[f"l{i}" for i in range(10)])
+    tailer.startService()
+    clock.advance(0)
+    assert len(pipeline.records()) == 3
+    poll(clock)
+    assert len(pipeline.records()) == 3
+    assert metrics.registry.get_sample_value("telegen_logs_backpressure_pauses_total") >= 1
+    for _ in range(4):
+        pipeline.deliver()
+        poll(clock)
+    pipeline.deliver()
+    assert pipeline.exported == [f"l{i}" for i in range(10)]
+
+
+def test_records_abandoned_at_shutdown_are_read_again(tmp_path, log):
+    tailer, pipeline, clock, _ = make(tmp_path, start_at="beginning")
+    append(log, "a", "b")
+    tailer.startService()
+    clock.advance(0)
+    pipeline.deliver("shutdown")
+    poll(clock)
+    pipeline.deliver()
+    assert pipeline.exported == ["a", "b"]
+
+
+def test_records_dropped_by_the_pipeline_are_counted_and_not_read_again(tmp_path, log):
+    tailer, pipeline, clock, metrics = make(tmp_path, start_at="beginning")
+    append(log, "a")
+    tailer.startService()
+    clock.advance(0)
+    pipeline.deliver("rejected")
+    clock.advance(0)
+    assert checkpoint(tmp_path) == {log: 2}
+    assert metrics.registry.get_sample_value("telegen_logs_dropped_total", {"reason": "rejected"}) == 1
+    poll(clock)
+    assert pipeline.records() == []
+
+
+def test_stop_waits_for_deliveries_and_saves_them(tmp_path, log):
+    tailer, pipeline, clock, _ = make(tmp_path, start_at="beginning")
+    append(log, "a")
+    tailer.startService()
+    clock.advance(0)
+    stopped = []
+    tailer.stopService().addCallback(stopped.append)
+    assert not stopped
+    pipeline.deliver()
+    assert stopped and checkpoint(tmp_path) == {log: 2}
+    assert tailer.status()["files_open"] == 0
+
+
+def test_invalid_utf8_is_replaced_and_long_lines_split_counted(tmp_path, log):
+    tailer, pipeline, clock, metrics = make(tmp_path, start_at="beginning", max_line_size=16)
+    os.makedirs(os.path.dirname(log))
+    with open(log, "wb") as f:
+        f.write(b"bad \xff byte\n" + b"x" * 20 + b"\nlast")
+    tailer.startService()
+    clock.advance(0)
+    poll(clock)  # the unterminated last line goes after flush_timeout
+    pipeline.deliver()
+    assert pipeline.exported == ["bad \ufffd byte", "x" * 16, "x" * 4, "last"]
+    sample = metrics.registry.get_sample_value
+    assert sample("telegen_logs_invalid_utf8_lines_total") == 1
+    assert sample("telegen_logs_long_lines_total", {"action": "split"}) == 1
+    assert sample("telegen_logs_lines_read_total") == 4
+
+
+def test_multiline_records_join_stack_traces(tmp_path, log):
+    tailer, pipeline, clock, _ = make(tmp_path, start_at="beginning", multiline_start=r"^\d{4}-")
+    append(log, "2024-01-01 ERROR boom", "Traceback:", "  File x", "2024-01-01 INFO ok")
+    tailer.startService()
+    clock.advance(0)
+    poll(clock)
+    pipeline.deliver()
+    assert pipeline.exported == ["2024-01-01 ERROR boom\nTraceback:\n  File x", "2024-01-01 INFO ok"]
+
+
+def test_open_descriptors_are_bounded(tmp_path):
+    tailer, pipeline, clock, _ = make(tmp_path, start_at="beginning", max_open_files=2)
+    for i in range(5):
+        append(str(tmp_path / "logs" / f"f{i}.log"), f"file {i}")
+    tailer.startService()
+    clock.advance(0)
+    assert tailer.status()["files_open"] == 2
+    for i in range(5):
+        append(str(tmp_path / "logs" / f"f{i}.log"), f"more {i}")
+    poll(clock)
+    pipeline.deliver()
+    assert sorted(pipeline.exported) == sorted([f"file {i}" for i in range(5)] + [f"more {i}" for i in range(5)])
+
+
+def test_kubernetes_names_become_resource_attributes(tmp_path):
+    cid = "a" * 64
+    path = str(tmp_path / "logs" / f"web-7d4b9_shop_nginx-{cid}.log")
+    tailer, pipeline, clock, _ = make(tmp_path, start_at="beginning")
+    append(path, "hello")
+    tailer.startService()
+    clock.advance(0)
+    resource = pipeline.queued[0][0]
+    assert {k: resource[k] for k in ("k8s.pod.name", "k8s.namespace.name", "k8s.container.name", "container.id")} == {
+        "k8s.pod.name": "web-7d4b9", "k8s.namespace.name": "shop", "k8s.container.name": "nginx", "container.id": cid}
+
+
+def test_cri_pieces_wait_for_their_final_line_and_carry_the_stream(tmp_path):
+    cid = "b" * 64
+    path = str(tmp_path / "logs" / f"api-1_prod_app-{cid}.log")
+    tailer, pipeline, clock, _ = make(tmp_path, start_at="beginning", flush_timeout=30.0)
+    append(path, "2024-03-05T10:20:30.000000001Z stderr P Traceback part ")
+    tailer.startService()
+    clock.advance(0)
+    poll(clock)
+    assert pipeline.records() == []
+    append(path, '2024-03-05T10:20:30.000000002Z stderr F {"level":"error","msg":"the end"}')
+    poll(clock)
+    (record,) = pipeline.records()
+    assert record.body.string_value == 'Traceback part {"level":"error","msg":"the end"}'
+    attrs = {kv.key: kv.value.string_value for kv in record.attributes}
+    assert attrs["log.iostream"] == "stderr" and record.time_unix_nano == 1709634030000000001
+
+
+# -- the systemd journal, from files written by systemd's own journal-remote ---------------------
+
+JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def write_journal(directory, first, count, unit="app.service"):
+    """Append `count` entries (messages "entry <n>") to directory/remote.journal, in export format."""
+    import subprocess
+
+    os.makedirs(directory, exist_ok=True)
+    entries = []
+    for n in range(first, first + count):
+        entries.append(f"__REALTIME_TIMESTAMP={1709634030000000 + n}\n__MONOTONIC_TIMESTAMP={1000 + n}\n"
+                       f"_BOOT_ID=0123456789abcdef0123456789abcdef\nMESSAGE=entry {n} trace_id={TRACE}\n"
+                       f"PRIORITY={n % 8}\n_PID={100 + n}\n_SYSTEMD_UNIT={unit}\nSYSLOG_IDENTIFIER=app\n\n")
+    subprocess.run([JOURNAL_REMOTE, "-o", os.path.join(directory, "remote.journal"), "-"],
+                   input="".join(entries).encode(), check=True, capture_output=True)
+
+
+def journal_tailer(tmp_path, **journal):
+    settings = {"enabled": True, "directory": str(tmp_path / "journal"), "units": []}
+    settings.update(journal)
+    return make(tmp_path, start_at="beginning", journal=settings)
+
+
+def test_journal_entries_become_records_with_priority_unit_pid_and_trace(tmp_path):
+    write_journal(str(tmp_path / "journal"), 0, 3)
+    tailer, pipeline, clock, _ = journal_tailer(tmp_path)
+    tailer.startService()
+    clock.advance(0)
+    recs = pipeline.records()
+    assert [r.body.string_value for r in recs] == [f"entry {n} trace_id={TRACE}" for n in range(3)]
+    first = recs[0]
+    assert (first.severity_text, first.severity_number) == ("EMERG", 23)
+    assert (recs[2].severity_text, recs[2].severity_number) == ("CRIT", 21)
+    assert first.time_unix_nano == 1709634030000000000 and first.trace_id.hex() == TRACE
+    attrs = {kv.key: kv.value for kv in first.attributes}
+    assert attrs["systemd.unit"].string_value == "app.service" and attrs["process.pid"].int_value == 100
+
+
+def test_journal_resumes_after_the_last_delivered_entry(tmp_path):
+    directory = str(tmp_path / "journal")
+    write_journal(directory, 0, 3)
+    tailer, pipeline, clock, _ = journal_tailer(tmp_path)
+    tailer.startService()
+    clock.advance(0)
+    pipeline.deliver()
+    clock.advance(0)
+    write_journal(directory, 3, 2)
+    poll(clock)
+    assert len(pipeline.records()) == 2  # read, never delivered: the process dies here
+    again, pipeline2, clock2, _ = journal_tailer(tmp_path)
+    write_journal(directory, 5, 1)
+    again.startService()
+    clock2.advance(0)
+    pipeline2.deliver()
+    assert pipeline.exported + pipeline2.exported == [f"entry {n} trace_id={TRACE}" for n in range(6)]
+    assert again.status()["journal"]["cursor"] is not None
+
+
+def test_journal_units_filter_and_start_at_end(tmp_path):
+    directory = str(tmp_path / "journal")
+    write_journal(directory, 0, 2, unit="other.service")
+    write_journal(directory, 2, 2)
+    tailer, pipeline, clock, _ = make(tmp_path, journal={"enabled": True, "directory": directory, "units": ["app.service"]})
+    tailer.startService()
+    clock.advance(0)
+    assert pipeline.records() == []  # start_at end: only what comes next
+    write_journal(directory, 4, 1)
+    write_journal(directory, 5, 1, unit="other.service")
+    poll(clock)
+    assert [r.body.string_value for r in pipeline.records()] == [f"entry 4 trace_id={TRACE}"]
+
+
+def test_an_unreadable_journal_fails_the_ready_check(tmp_path):
+    def broken(directory):
+        raise OSError("no journal here")
+
+    tailer, _, clock, _ = make(tmp_path, journal_reader=broken, journal={"enabled": True, "directory": None, "units": []})
+    tailer.startService()
+    assert tailer.ready_check() == "failed: journal: OSError: no journal here"
+
+
+def test_a_copy_shorter_than_what_was_read_of_the_original_is_not_read_again(tmp_path, log):
+    """copytruncate racing a writer: the copy misses lines already read from the original; none repeats."""
+    tailer, pipeline, clock, _ = make(tmp_path, start_at="beginning")
+    append(log, "line 1")
+    with open(log, "rb") as src:
+        copy = src.read()
+    append(log, "line 2")  # written after the copy was taken, before the truncation
+    tailer.startService()
+    clock.advance(0)
+    with open(log + ".1", "wb") as dst:
+        dst.write(copy)
+    os.truncate(log, 0)
+    append(log, "fresh")
+    poll(clock)
+    pipeline.deliver()
+    assert pipeline.exported == ["line 1", "line 2", "fresh"]
+
+
+def test_truncated_in_place_with_the_same_first_bytes_is_read_from_zero(tmp_path, log):
+    tailer, pipeline, clock, _ = make(tmp_path, start_at="beginning")
+    append(log, "same head", "old tail")
+    tailer.startService()
+    clock.advance(0)
+    with open(log, "w") as f:
+        f.write("same head\n")
+    poll(clock)
+    pipeline.deliver()
+    assert pipeline.exported == ["same head", "old tail", "same head"]
