@@ -33,6 +33,14 @@ def _ebpf(agent):
     return EbpfService(agent.config, agent.metrics, agent.exporter, agent.child("processes"), reactor=agent.reactor)
 
 
+def _profiling(agent):
+    if not agent.config["agent"]["profiling"]["enabled"]:
+        return None
+    from telegen.profiling.service import ProfilerService
+
+    return ProfilerService(agent.config, agent.metrics, agent.exporter, agent.child("processes"), reactor=agent.reactor)
+
+
 def _api(agent):
     from telegen.api.app import api_service
 
@@ -52,6 +60,7 @@ SPECS = (
     ChildSpec("export", ("otlp", "queues", "backoff", "telegen"), _export),
     ChildSpec("hostmetrics", ("agent.host_metrics", "telegen"), _hostmetrics),
     ChildSpec("ebpf", ("agent.ebpf",), _ebpf, depends_on=("processes",)),
+    ChildSpec("profiling", ("agent.profiling", "telegen.data_dir"), _profiling, depends_on=("processes",)),
     ChildSpec("api", ("self_telemetry",), _api),
     ChildSpec("manhole", ("manhole", "telegen.data_dir"), _manhole),
 )

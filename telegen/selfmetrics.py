@@ -60,6 +60,11 @@ class SelfMetrics:
         self.k8s_services_discovered = Gauge("telegen_k8s_services_discovered", "Kubernetes services known", registry=r)
         self.processes_tracked = Gauge("telegen_processes_tracked", "Processes in the process table", registry=r)
 
+        # CPU profiler.
+        self.profiler_samples = Counter("telegen_profiler_samples", "CPU samples drained from the kernel", registry=r)
+        self.profiler_profiles = Counter("telegen_profiler_profiles", "Profiles built (one per process and window)", registry=r)
+        self.profiler_dropped = Counter("telegen_profiler_dropped", "CPU samples or stacks lost, by reason", ["reason"], registry=r)
+
         # The API itself.
         self.api_requests = Counter("telegen_api_requests", "API requests by route and status code", ["route", "code"], registry=r)
 
