@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 # Runtime (BCC), tests (nginx, ssh, go tool pprof, systemd-analyze), benchmarks (wrk, h2load) and
 # the Debian package build (dpkg-dev, debhelper, ca-certificates).
 APT_PACKAGES=(python3-venv python3-bpfcc bpfcc-tools nginx-light wrk nghttp2-client
-              golang-go openssh-client curl make dpkg-dev debhelper ca-certificates systemd)
+              golang-go openssh-client curl make dpkg-dev debhelper ca-certificates systemd
+              gcc libc6-dev)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -68,7 +68,9 @@ class ElfSymbols:
         if i < 0:
             return None
         start, size, name = self._symbols[i]
-        if size and vaddr >= start + size:
+        # A symbol without a size (hand-written assembly, _init/_fini) claims only its first byte:
+        # stretching it to the next symbol would name padding and data after it.
+        if vaddr >= start + max(size, 1):
             return None
         return name
 

@@ -12,7 +12,6 @@ interval delays the next drain, which then covers a longer period (nothing is lo
 """
 import os
 import struct
-import time
 from collections import defaultdict
 
 from twisted.application import service
@@ -40,12 +39,13 @@ class ProfilerService(service.Service):
     """
     @param sampler_factory: (profiling config, self pid) -> Sampler; tests swap it.
     @param symbolizer: a Symbolizer (tests give one with fake /proc paths).
+    @param reader_factory: RingBufferReader's signature, for the new_pids ring; tests swap it.
     """
 
     name = "profiling"
 
     def __init__(self, config, metrics, exporter, processes, reactor=None, sampler_factory=Sampler,
-                 symbolizer=None, run_in_thread=None):
+                 symbolizer=None, run_in_thread=None, reader_factory=RingBufferReader):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -54,6 +54,7 @@ class ProfilerService(service.Service):
         self.exporter = exporter
         self.processes = processes
         self._sampler_factory = sampler_factory
+        self._reader_factory = reader_factory
         self.symbolizer = symbolizer or Symbolizer()
         self._run_in_thread = run_in_thread or (
             lambda fn, *args: threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args))
@@ -95,8 +96,8 @@ class ProfilerService(service.Service):
         if not self.running:
             self.sampler.detach()
             return
-        self._window_start = time.time()
-        self._reader = RingBufferReader(self.sampler.bpf, "new_pids", self._on_new_pid, self.metrics,
+        self._window_start = self.reactor.seconds()
+        self._reader = self._reader_factory(self.sampler.bpf, "new_pids", self._on_new_pid, self.metrics,
                                         reactor=self.reactor, drain_interval=NEW_PID_DRAIN)
         self._reader.start()
         self._loop = LoopingCall(self.collect)
@@ -154,8 +155,9 @@ class ProfilerService(service.Service):
         """Drain the window and export it; fires with the number of profiles built (0 if one is already running)."""
         if self._busy is not None or self.state != "attached":
             return defer.succeed(0)
-        start, end = self._window_start, time.time()
+        start, end = self._window_start, self.reactor.seconds()
         self._window_start = end
+        self._reader.catch_up()        # mappings of processes that started just now, before they go
         self._busy = self._thread(self._drain_and_symbolize)
         self._busy.addCallback(self._grouped, start, end)
         self._busy.addCallback(lambda grouped: self._thread(self._encode, grouped, start, end))
@@ -169,8 +171,6 @@ class ProfilerService(service.Service):
 
     def _drain_and_symbolize(self):
         """In a thread: {pid: {frames tuple: count}} of the window, plus the kernel's new drops."""
-        if self._reader is not None:
-            self.reactor.callFromThread(self._reader.catch_up)
         self.sampler.attach_new_cpus()
         window = self.sampler.drain()
         drops = self.sampler.new_drops()

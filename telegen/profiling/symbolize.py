@@ -125,7 +125,7 @@ class Symbolizer:
         self._kallsyms = kallsyms
         self._perf_map_dir = perf_map_dir
         self._kernel = None
-        self._maps = {}                      # pid -> [Mapping]
+        self._maps = {}                      # pid -> ([start], [Mapping]) sorted by start
         self._last_window = {}               # pid -> window number it was last sampled in
         self._elves = _Lru(elf_cache)        # (device, inode) -> ElfSymbols or None (unreadable)
         self._perf_maps = _Lru(64)           # (path, mtime, size) -> PerfMap
@@ -138,7 +138,7 @@ class Symbolizer:
         """Record pid's mappings now, while it runs (its first sample just arrived)."""
         maps = read_maps(pid, self._proc)
         if maps is not None:
-            self._maps[pid] = maps
+            self._maps[pid] = ([m.start for m in maps], maps)
             self._last_window[pid] = self._window
 
     def refresh(self, pids):
@@ -147,7 +147,8 @@ class Symbolizer:
         for pid in pids:
             self.remember(pid)
             self._last_window.setdefault(pid, self._window)
-        stale = [pid for pid, seen in self._last_window.items() if self._window - seen > self._forget_after]
+        # list(): remember() may add a pid from the reactor thread meanwhile.
+        stale = [pid for pid, seen in list(self._last_window.items()) if self._window - seen > self._forget_after]
         for pid in stale:
             self._maps.pop(pid, None)
             del self._last_window[pid]
@@ -173,25 +174,21 @@ class Symbolizer:
         """A return address is looked up one byte back: the call, not what follows it."""
         lookup = address - 1 if is_return else address
         mapping = self._mapping(pid, address)
-        if mapping is None:
+        if mapping is None or not mapping.path.startswith("/"):
+            # JIT code lives in anonymous mappings (or ones the snapshot missed).
             name = self._perf_map_function(pid, lookup)
-            return (name, f"/tmp/perf-{pid}.map") if name else (f"{UNKNOWN_MODULE} 0x{address:x}", UNKNOWN_MODULE)
+            if name:
+                return (name, self._perf_map_path(pid))
+            return (f"{UNKNOWN_MODULE} 0x{address:x}", mapping.path if mapping and mapping.path else UNKNOWN_MODULE)
         file_offset = lookup - mapping.start + mapping.offset
         elf = self._elf(pid, mapping)
-        name = None
-        if elf is not None:
-            vaddr = elf.vaddr(file_offset)
-            name = elf.function(vaddr) if vaddr is not None else None
-        if name is None and not mapping.path.startswith("/"):
-            name = self._perf_map_function(pid, lookup)     # JIT code lives in anonymous mappings
-        module = mapping.path or UNKNOWN_MODULE
-        return (name or f"{os.path.basename(module)}+0x{file_offset:x}", module)
+        vaddr = elf.vaddr(file_offset) if elf is not None else None
+        name = elf.function(vaddr) if vaddr is not None else None
+        return (name or f"{os.path.basename(mapping.path)}+0x{file_offset:x}", mapping.path)
 
     def _mapping(self, pid, address):
-        maps = self._maps.get(pid)
-        if not maps:
-            return None
-        i = bisect.bisect_right([m.start for m in maps], address) - 1
+        starts, maps = self._maps.get(pid, ((), ()))
+        i = bisect.bisect_right(starts, address) - 1
         if i >= 0 and address < maps[i].end:
             return maps[i]
         return None
@@ -217,8 +214,11 @@ class Symbolizer:
                 continue
         return self._elves.remember(key, elf)
 
+    def _perf_map_path(self, pid):
+        return f"{self._perf_map_dir}/perf-{pid}.map"
+
     def _perf_map_function(self, pid, address):
-        path = f"{self._perf_map_dir}/perf-{pid}.map"
+        path = self._perf_map_path(pid)
         try:
             st = os.stat(path)
         except OSError:
