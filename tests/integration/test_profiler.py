@@ -40,10 +40,11 @@ def burn(tmp_path_factory):
     return path
 
 
-@pytest.fixture
-def agent(otlp_receiver, tmp_path):
+@pytest.fixture(params=["grpc", "http"])
+def agent(request, otlp_receiver, tmp_path):
+    """ProcessTable + ProfilerService + ExportPipeline to the receiver over gRPC or HTTP (/v1development/profiles)."""
     config = make_config(data_dir=str(tmp_path))
-    config["otlp"].update(endpoint=otlp_receiver.grpc_endpoint, protocol="grpc", insecure=True)
+    config["otlp"].update(endpoint=otlp_receiver.endpoint(request.param), protocol=request.param, insecure=True)
     config["queues"]["profiles"]["batch_timeout"] = 0.1
     config["agent"]["profiling"].update(enabled=True, upload_interval=3600)
     metrics = SelfMetrics()
@@ -52,7 +53,7 @@ def agent(otlp_receiver, tmp_path):
     profiler = ProfilerService(config, metrics, pipeline, table)
     for service in (pipeline, table, profiler):
         service.startService()
-    yield profiler, metrics, tmp_path
+    yield profiler, metrics, tmp_path, request.param
     for service in (profiler, table, pipeline):
         pytest_twisted.blockon(defer.maybeDeferred(service.stopService))
 
@@ -104,7 +105,7 @@ def has_chain(names):
 
 @pytest_twisted.ensureDeferred
 async def test_burning_chain_symbolized_in_pprof_and_otlp(agent, burn, otlp_receiver):
-    profiler, metrics, data_dir = agent
+    profiler, metrics, data_dir, transport = agent
     await until(lambda: profiler.state != "loading", timeout=180, message="profiler loaded")
     assert profiler.state == "attached", profiler.error
     assert profiler.status()["cpus"] == list(range(len(profiler.status()["cpus"]))) and profiler.status()["cpus"]
@@ -138,9 +139,29 @@ async def test_burning_chain_symbolized_in_pprof_and_otlp(agent, burn, otlp_rece
     assert first and first[0].split()[-1] == "telegen_leaf", top.stdout
 
     await until(lambda: otlp_stacks(otlp_receiver, burn_pid), timeout=30, message="OTLP profile of the burner")
+    assert {r.transport for r in otlp_receiver.requests("profiles")} == {transport}
     assert otlp_stacks(otlp_receiver, burn_pid) == stacks
 
     status = profiler.status()
     assert status["enabled"] is True and status["sample_rate"] == 99
     assert status["profiles_collected"] == metrics.registry.get_sample_value("telegen_profiler_profiles_total") > 0
     assert status["samples"] == metrics.registry.get_sample_value("telegen_profiler_samples_total") >= total
+
+
+def test_cpus_coming_online_later_are_attached():
+    """attach_new_cpus() adds a perf event for a CPU not online at load time, and only that one."""
+    from telegen.profiling.sampler import Sampler, online_cpus
+
+    cpus = online_cpus()
+    seen = [cpus[:1]]
+    sampler = Sampler({"map_entries": 1024, "include_self": False, "sample_rate": 99}, os.getpid(),
+                      cpus_fn=lambda: seen[0])
+    sampler.load()
+    try:
+        assert sampler.cpus == cpus[:1]
+        seen[0] = cpus
+        assert sampler.attach_new_cpus() == cpus[1:]
+        assert sampler.attach_new_cpus() == []
+        assert sampler.cpus == cpus
+    finally:
+        sampler.detach()
