@@ -10,6 +10,9 @@ missing ones and detach() closes exactly what was opened.
 
 Everything here blocks (syscalls per map entry, the compiler): the service calls it in a thread.
 """
+import ctypes
+import errno
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -43,6 +46,36 @@ def parse_cpu_list(text):
 def online_cpus(path=ONLINE_CPUS):
     with open(path, encoding="ascii") as f:
         return parse_cpu_list(f.read())
+
+
+def lookup_and_delete_all(table):
+    """
+    [(key, value)] of every entry of a BCC hash table, each removed as it is read, in batches
+    (BPF_MAP_LOOKUP_AND_DELETE_BATCH: a few syscalls for thousands of entries).
+
+    Why not BCC's items_lookup_and_delete_batch: BCC 0.26 binds its in/out batch token and its
+    count to one c_uint32, so any map that takes more than one call fails with EINVAL.
+    """
+    from bcc.libbcc import lib
+
+    room = table.max_entries
+    keys, values = (table.Key * room)(), (table.Leaf * room)()
+    in_batch, out_batch = ctypes.c_uint32(0), ctypes.c_uint32(0)
+    total, first = 0, True
+    while total < room:
+        count = ctypes.c_uint32(room - total)
+        res = lib.bpf_lookup_and_delete_batch(
+            table.map_fd, None if first else ctypes.byref(in_batch), ctypes.byref(out_batch),
+            ctypes.byref(keys, ctypes.sizeof(table.Key) * total), ctypes.byref(values, ctypes.sizeof(table.Leaf) * total),
+            ctypes.byref(count))
+        err = ctypes.get_errno()
+        total += count.value
+        if res != 0:
+            if err == errno.ENOENT:      # no more buckets
+                break
+            raise OSError(err, f"BPF_MAP_LOOKUP_AND_DELETE_BATCH: {os.strerror(err)}")
+        in_batch.value, first = out_batch.value, False
+    return [(keys[i], values[i]) for i in range(total)]
 
 
 class ProfileProbe(Probe):
@@ -144,7 +177,7 @@ class Sampler:
         stacks = self.bpf[f"stacks{old}".encode()]
         window = Window()
         traces = {}
-        for key, value in counts.items_lookup_and_delete_batch():  # values arrive as ints
+        for key, value in lookup_and_delete_all(counts):
             user = self._trace(stacks, key.user_stack, traces)
             kernel = self._trace(stacks, key.kernel_stack, traces)
             slot = (key.pid, user, kernel)

@@ -165,3 +165,21 @@ def test_cpus_coming_online_later_are_attached():
         assert sampler.cpus == cpus
     finally:
         sampler.detach()
+
+
+def test_lookup_and_delete_all_drains_maps_that_take_many_batches():
+    """15,000 entries need several batch calls (BCC 0.26's own batch drain fails there with EINVAL)."""
+    from bcc import BPF
+
+    from telegen.profiling.sampler import lookup_and_delete_all
+
+    bpf = BPF(text="BPF_HASH(h, u32, u64, 20000);")
+    try:
+        table = bpf[b"h"]
+        for i in range(15000):
+            table[table.Key(i)] = table.Leaf(2 * i)
+        drained = lookup_and_delete_all(table)
+        assert sorted(drained) == [(i, 2 * i) for i in range(15000)]
+        assert len(table.items()) == 0
+    finally:
+        bpf.cleanup()
