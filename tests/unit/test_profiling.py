@@ -283,3 +283,18 @@ def test_disabled_profiler_reports_off(tmp_path):
     service.startService()
     assert service.ready_check() == "disabled"
     assert service.status()["enabled"] is False and service.status()["profiles_collected"] == 0
+
+
+def test_status_profiling_block_is_the_running_profilers(profiler):
+    """GET /status's profiling object comes from the child; without one it is off with the configured rate."""
+    from telegen.service import AgentService, ChildSpec
+    from telegen.status import agent_status
+
+    service, clock, _, _ = profiler
+    clock.advance(10)
+    config = make_config()
+    config["agent"]["profiling"]["sample_rate"] = 49
+    with_child = AgentService(config, reactor=clock, specs=[ChildSpec("profiling", ("agent.profiling",), lambda a: service)])
+    assert agent_status(with_child)["profiling"] == {"enabled": True, "sample_rate": 99, "profiles_collected": 1}
+    without = AgentService(config, reactor=clock, specs=[])
+    assert agent_status(without)["profiling"] == {"enabled": False, "sample_rate": 49, "profiles_collected": 0}
