@@ -26,9 +26,13 @@
 #ifndef PROFILE_SELF
 #define PROFILE_SELF 0
 #endif
+#ifndef OFF_CPU
+#define OFF_CPU 0
+#endif
 
 enum { TELEGEN_RB_new_pids = 0 };
-enum { DROP_STACK_COLLISION = 0, DROP_STACK_MAP_FULL = 1, DROP_COUNTS_MAP_FULL = 2, DROP_SLOTS = 3 };
+enum { DROP_STACK_COLLISION = 0, DROP_STACK_MAP_FULL = 1, DROP_COUNTS_MAP_FULL = 2, DROP_OFF_CPU_THREADS_FULL = 3,
+       DROP_OFF_CPU_CROSSED_WINDOW = 4, DROP_SLOTS = 5 };
 
 struct sample_key {
     u32 pid;
@@ -104,3 +108,72 @@ int on_sample(struct bpf_perf_event_data *ctx)
     note_pid(pid);
     return 0;
 }
+
+#if OFF_CPU
+/*
+ * Off-CPU time: at sched_switch the task going to sleep (prev, which is `current` here) has its
+ * stacks taken and its start time kept by thread id; when it is switched in again (next), the
+ * time in between is added to offcpu<generation> under those stacks, in nanoseconds. Only
+ * blocking counts (prev_state S or D), not preemption nor exit. A block that spans a generation
+ * flip cannot use its stack ids (that generation's stacks were drained): its time is counted as
+ * a drop instead (DROP_OFF_CPU_CROSSED_WINDOW, in samples of one).
+ */
+struct offcpu_start {
+    u64 ts;
+    u32 tgid;
+    u32 generation;
+    s32 user_stack;
+    s32 kernel_stack;
+};
+
+BPF_HASH(offcpu_started, u32, struct offcpu_start, COUNTS_ENTRIES);
+BPF_HASH(offcpu0, struct sample_key, u64, COUNTS_ENTRIES);
+BPF_HASH(offcpu1, struct sample_key, u64, COUNTS_ENTRIES);
+
+TRACEPOINT_PROBE(sched, sched_switch)
+{
+    u64 now = bpf_ktime_get_ns();
+    u32 zero = 0;
+    u32 *g = generation.lookup(&zero);
+    u32 gen = g ? *g : 0;
+    u32 prev = args->prev_pid, next = args->next_pid;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (prev != 0 && (args->prev_state & 3) != 0     /* TASK_INTERRUPTIBLE | TASK_UNINTERRUPTIBLE: blocked */
+#if !PROFILE_SELF
+        && !telegen_is_self()
+#endif
+    ) {
+        struct offcpu_start start = {.ts = now, .tgid = tgid, .generation = gen};
+        if (gen) {
+            start.user_stack = stacks1.get_stackid(args, BPF_F_USER_STACK);
+            start.kernel_stack = stacks1.get_stackid(args, 0);
+        } else {
+            start.user_stack = stacks0.get_stackid(args, BPF_F_USER_STACK);
+            start.kernel_stack = stacks0.get_stackid(args, 0);
+        }
+        check_stack(start.user_stack);
+        check_stack(start.kernel_stack);
+        if (offcpu_started.update(&prev, &start) != 0)
+            count_drop(DROP_OFF_CPU_THREADS_FULL);
+        note_pid(tgid);                 /* a process that only sleeps is never sampled on CPU */
+    }
+    if (next == 0)
+        return 0;
+    struct offcpu_start *s = offcpu_started.lookup(&next);
+    if (!s)
+        return 0;
+    if (s->generation != gen) {
+        count_drop(DROP_OFF_CPU_CROSSED_WINDOW);
+    } else {
+        struct sample_key key = {.pid = s->tgid, .user_stack = s->user_stack, .kernel_stack = s->kernel_stack};
+        u64 init = 0, *n;
+        n = gen ? offcpu1.lookup_or_try_init(&key, &init) : offcpu0.lookup_or_try_init(&key, &init);
+        if (n)
+            __sync_fetch_and_add(n, now - s->ts);
+        else
+            count_drop(DROP_COUNTS_MAP_FULL);
+    }
+    offcpu_started.delete(&next);
+    return 0;
+}
+#endif

@@ -7,6 +7,7 @@ must be read once and kept: the process that mapped them may be gone when its sa
 symbolized. 64-bit little-endian ELF (x86_64, aarch64) only; anything else is ElfError.
 """
 import bisect
+import mmap
 import struct
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
@@ -17,6 +18,7 @@ _NOTE = struct.Struct("<III")
 PT_LOAD = 1
 SHT_SYMTAB, SHT_DYNSYM, SHT_NOTE = 2, 11, 7
 STT_FUNC, STT_GNU_IFUNC = 2, 10
+_FUNCTION_TYPES = frozenset((STT_FUNC, STT_GNU_IFUNC))
 NT_GNU_BUILD_ID = 3
 
 
@@ -49,11 +51,17 @@ class ElfSymbols:
         symbols.sort()
         self._starts = [s[0] for s in symbols]
         self._symbols = symbols
+        self._data = data           # names are decoded from the string table only when asked for
 
     @classmethod
     def from_path(cls, path):
+        """Map the file rather than read it: only the headers, symbol and string tables get paged in."""
         with open(path, "rb") as f:
-            return cls(f.read())
+            try:
+                data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            except ValueError as e:          # an empty file cannot be mapped
+                raise ElfError(f"cannot map {path}: {e}") from e
+        return cls(data)
 
     def vaddr(self, file_offset):
         """The link-time virtual address of a file offset (inside a PT_LOAD segment), or None."""
@@ -67,12 +75,12 @@ class ElfSymbols:
         i = bisect.bisect_right(self._starts, vaddr) - 1
         if i < 0:
             return None
-        start, size, name = self._symbols[i]
+        start, size, name_at = self._symbols[i]
         # A symbol without a size (hand-written assembly, _init/_fini) claims only its first byte:
         # stretching it to the next symbol would name padding and data after it.
         if vaddr >= start + max(size, 1):
             return None
-        return name
+        return _string(self._data, name_at)
 
 
 def _string(data, offset):
@@ -81,7 +89,7 @@ def _string(data, offset):
 
 
 def _functions(data, sections, kind):
-    """[(start, size, name)] of the FUNC symbols of the first section of type kind."""
+    """[(start, size, offset of the name)] of the FUNC symbols of the first section of type kind."""
     for sh in sections:
         if sh[1] != kind or not sh[9]:
             continue
@@ -89,12 +97,10 @@ def _functions(data, sections, kind):
         if strtab is None:
             return []
         str_off = strtab[4]
-        out = []
         end = min(sh[4] + sh[5], len(data))
-        for st_name, info, _, shndx, value, size in _SYM.iter_unpack(data[sh[4]:end - (end - sh[4]) % _SYM.size]):
-            if info & 0xF in (STT_FUNC, STT_GNU_IFUNC) and shndx and value:
-                out.append((value, size, _string(data, str_off + st_name)))
-        return out
+        with memoryview(data)[sh[4]:end - (end - sh[4]) % _SYM.size] as table:
+            return [(value, size, str_off + st_name) for st_name, info, _, shndx, value, size in _SYM.iter_unpack(table)
+                    if info & 0xF in _FUNCTION_TYPES and shndx and value]
     return []
 
 

@@ -87,19 +87,26 @@ class Dictionary:
 
 
 def cpu_profile(samples, window_start, duration, sample_rate):
-    """
-    One ProfilesData record: a CPU profile (samples: [(frames, count)]) and its own dictionary.
-    Value: sample count; period: cpu nanoseconds per sample.
-    """
+    """One ProfilesData record of CPU samples ([(frames, count)]); period: cpu nanoseconds per sample."""
+    return _profile(samples, window_start, duration, ("samples", "count"), int(1e9 / sample_rate))
+
+
+def off_cpu_profile(samples, window_start, duration):
+    """One ProfilesData record of time blocked ([(frames, nanoseconds)])."""
+    return _profile(samples, window_start, duration, ("off_cpu", "nanoseconds"), 0)
+
+
+def _profile(samples, window_start, duration, sample_type, period):
+    """A profile of one value per stack and its own dictionary, as a ProfilesData record."""
     dictionary = Dictionary()
-    profile = pb.Profile(time_unix_nano=int(window_start * 1e9), duration_nano=int(duration * 1e9),
-                         period=int(1e9 / sample_rate))
-    profile.sample_type.type_strindex = dictionary.string("samples")
-    profile.sample_type.unit_strindex = dictionary.string("count")
-    profile.period_type.type_strindex = dictionary.string("cpu")
-    profile.period_type.unit_strindex = dictionary.string("nanoseconds")
-    for frames, count in samples:
-        profile.samples.add(stack_index=dictionary.stack(frames), values=[count])
+    profile = pb.Profile(time_unix_nano=int(window_start * 1e9), duration_nano=int(duration * 1e9), period=period)
+    profile.sample_type.type_strindex = dictionary.string(sample_type[0])
+    profile.sample_type.unit_strindex = dictionary.string(sample_type[1])
+    if period:
+        profile.period_type.type_strindex = dictionary.string("cpu")
+        profile.period_type.unit_strindex = dictionary.string("nanoseconds")
+    for frames, value in samples:
+        profile.samples.add(stack_index=dictionary.stack(frames), values=[value])
     data = pb.ProfilesData(dictionary=dictionary.message)
     data.resource_profiles.add().scope_profiles.add().profiles.append(profile)
     return data

@@ -26,17 +26,23 @@ def file_name(service_name, window_start):
     return f"{_UNSAFE.sub('_', service_name) or 'unknown_service'}.{stamp}{SUFFIX}"
 
 
-def cpu_profile(samples, window_start, duration, sample_rate, executable):
+def cpu_profile(samples, window_start, duration, sample_rate, executable, off_cpu=None):
     """
     A ProfileBuilder of one service's window: samples are (frames, count, labels) with frames
-    (function, module) innermost first. Values: sample count and CPU time (count x period).
+    (function, module) innermost first. Values: sample count and CPU time (count x period); with
+    off_cpu (the same shape, nanoseconds blocked instead of a count) a third, off_cpu nanoseconds,
+    and those samples carry 0 in the first two.
     """
     period = int(1e9 / sample_rate)
-    builder = ProfileBuilder([("samples", "count"), ("cpu", "nanoseconds")], period_type=("cpu", "nanoseconds"),
-                             period=period, default_sample_type="cpu", time_nanos=int(window_start * 1e9),
-                             duration_nanos=int(duration * 1e9), mapping_file=executable)
+    types = [("samples", "count"), ("cpu", "nanoseconds")] + ([("off_cpu", "nanoseconds")] if off_cpu is not None else [])
+    builder = ProfileBuilder(types, period_type=("cpu", "nanoseconds"), period=period, default_sample_type="cpu",
+                             time_nanos=int(window_start * 1e9), duration_nanos=int(duration * 1e9),
+                             mapping_file=executable)
+    pad = [0] if off_cpu is not None else []
     for frames, count, labels in samples:
-        builder.add([(name, module, 0, 0) for name, module in frames], [count, count * period], labels)
+        builder.add([(name, module, 0, 0) for name, module in frames], [count, count * period] + pad, labels)
+    for frames, nanoseconds, labels in off_cpu or ():
+        builder.add([(name, module, 0, 0) for name, module in frames], [0, 0, nanoseconds], labels)
     return builder
 
 

@@ -23,7 +23,7 @@ from telegen.ebpf.probe import Probe
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_CPU_CLOCK = 0
 # Drop slots of bpf/profile.c's `drops` array -> the reason label of telegen_profiler_dropped_total.
-DROP_REASONS = ("stack_collision", "stack_map_full", "counts_map_full")
+DROP_REASONS = ("stack_collision", "stack_map_full", "counts_map_full", "off_cpu_threads_full", "off_cpu_crossed_window")
 # How long a program that read the old generation just before the flip may still be writing: a
 # perf_event program runs for microseconds, so this is generous and costs the drain thread only.
 SETTLE_SECONDS = 0.01
@@ -90,7 +90,11 @@ class ProfileProbe(Probe):
     def cflags(self, config):
         entries = self._config["map_entries"]
         return [f"-DCOUNTS_ENTRIES={entries}", f"-DSTACK_ENTRIES={entries}",
-                f"-DPROFILE_SELF={int(self._config['include_self'])}"]
+                f"-DPROFILE_SELF={int(self._config['include_self'])}", f"-DOFF_CPU={int(self._config['off_cpu'])}"]
+
+    def tracepoints(self):
+        """sched_switch (a TRACEPOINT_PROBE, attached by BCC) when off-CPU time is on."""
+        return [("sched:sched_switch", "tracepoint__sched__sched_switch")] if self._config["off_cpu"] else []
 
     def ringbuf_size(self, config):
         """new_pids carries one 24-byte event per new process: 64 KiB is thousands."""
@@ -99,10 +103,14 @@ class ProfileProbe(Probe):
 
 @dataclass
 class Window:
-    """One drained window: sample counts per (pid, user addresses, kernel addresses), innermost first."""
+    """
+    One drained window: sample counts per (pid, user addresses, kernel addresses), innermost
+    first, and (off-CPU on) nanoseconds blocked per the same keys.
+    """
 
     counts: dict = field(default_factory=dict)
     samples: int = 0
+    off_cpu: dict = field(default_factory=dict)
 
 
 class Sampler:
@@ -177,12 +185,14 @@ class Sampler:
         stacks = self.bpf[f"stacks{old}".encode()]
         window = Window()
         traces = {}
-        for key, value in lookup_and_delete_all(counts):
-            user = self._trace(stacks, key.user_stack, traces)
-            kernel = self._trace(stacks, key.kernel_stack, traces)
-            slot = (key.pid, user, kernel)
-            window.counts[slot] = window.counts.get(slot, 0) + value
-            window.samples += value
+        maps = [(counts, window.counts)]
+        if self._config["off_cpu"]:
+            maps.append((self.bpf[f"offcpu{old}".encode()], window.off_cpu))
+        for table, out in maps:
+            for key, value in lookup_and_delete_all(table):
+                slot = (key.pid, self._trace(stacks, key.user_stack, traces), self._trace(stacks, key.kernel_stack, traces))
+                out[slot] = out.get(slot, 0) + value
+        window.samples = sum(window.counts.values())
         for stack_key in list(stacks.keys()):
             try:
                 del stacks[stack_key]

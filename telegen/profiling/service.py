@@ -28,8 +28,9 @@ from telegen.profiling.symbolize import Symbolizer
 
 log = Logger()
 UNKNOWN_SERVICE = "unknown_service"
-# The new_pids ring is drained this often; a process is remembered within this of its first sample.
-NEW_PID_DRAIN = 0.05
+# Each new_pids event wakes the reader at once (new processes are rare); the drain timer is only
+# a fallback, so it can be slow.
+NEW_PID_DRAIN = 1.0
 # A new_pids event is bpf/telegen.h's struct telegen_event_header: ts_ns, then the pid (tgid).
 _NEW_PID = struct.Struct("<QI")
 
@@ -170,49 +171,60 @@ class ProfilerService(service.Service):
         return self._busy.addBoth(done)
 
     def _drain_and_symbolize(self):
-        """In a thread: {pid: {frames tuple: count}} of the window, plus the kernel's new drops."""
+        """
+        In a thread: {pid: [(frames, count)]} of the window's CPU samples, the same of its off-CPU
+        nanoseconds, the sample total, and the kernel's new drops.
+        """
         self.sampler.attach_new_cpus()
         window = self.sampler.drain()
         drops = self.sampler.new_drops()
-        self.symbolizer.refresh({pid for pid, _, _ in window.counts})
+        self.symbolizer.refresh({pid for pid, _, _ in window.counts} | {pid for pid, _, _ in window.off_cpu})
+        return self._symbolized(window.counts), self._symbolized(window.off_cpu), window.samples, drops
+
+    def _symbolized(self, counts):
         stacks = defaultdict(lambda: defaultdict(int))
-        for (pid, user, kernel), count in window.counts.items():
-            stacks[pid][tuple(self.symbolizer.stack(pid, user, kernel))] += count
-        return stacks, window.samples, drops
+        for (pid, user, kernel), value in counts.items():
+            stacks[pid][tuple(self.symbolizer.stack(pid, user, kernel))] += value
+        return {pid: list(by_stack.items()) for pid, by_stack in stacks.items()}
 
     def _grouped(self, drained, start, end):
-        """On the reactor: resources and selection from the process table."""
-        stacks, samples, drops = drained
+        """On the reactor: resources and selection from the process table; [(pid, attrs, cpu, off_cpu)]."""
+        cpu, off_cpu, samples, drops = drained
         self.samples += samples
         self.metrics.profiler_samples.inc(samples)
         for reason, n in drops.items():
             self.metrics.profiler_dropped.labels(reason=reason).inc(n)
         processes = []
-        for pid, by_stack in stacks.items():
+        for pid in cpu.keys() | off_cpu.keys():
             attrs, selected = self._resource(pid)
             if not selected:
-                self.metrics.profiler_dropped.labels(reason="not_selected").inc(sum(by_stack.values()))
+                self.metrics.profiler_dropped.labels(reason="not_selected").inc(sum(n for _, n in cpu.get(pid, ())))
                 continue
-            processes.append((pid, attrs, list(by_stack.items())))
+            processes.append((pid, attrs, cpu.get(pid, []), off_cpu.get(pid, [])))
         self._early_before, self._early = self._early, {}
         return processes
 
     def _encode(self, processes, start, end):
-        """In a thread: one OTLP record per process, one pprof file per service."""
-        rate = self.profiling["sample_rate"]
-        records = [(attrs, otlp.cpu_profile(samples, start, end - start, rate).SerializeToString())
-                   for _, attrs, samples in processes]
+        """In a thread: OTLP records per process (CPU, off-CPU), one pprof file per service."""
+        rate, duration = self.profiling["sample_rate"], end - start
+        records = []
+        for _, attrs, cpu, off_cpu in processes:
+            if cpu:
+                records.append((attrs, otlp.cpu_profile(cpu, start, duration, rate).SerializeToString()))
+            if off_cpu:
+                records.append((attrs, otlp.off_cpu_profile(off_cpu, start, duration).SerializeToString()))
         written = []
         if self.profiling["pprof_files"]:
             directory = pprof_files.profiles_dir(self._config["telegen"]["data_dir"])
             by_service = defaultdict(list)
-            for pid, attrs, samples in processes:
-                service_name = attrs.get("service.name", UNKNOWN_SERVICE)
-                executable = attrs.get("process.executable.path", "")
-                by_service[service_name].append((pid, executable, samples))
+            for process in processes:
+                by_service[process[1].get("service.name", UNKNOWN_SERVICE)].append(process)
             for service_name, members in by_service.items():
-                labelled = [(frames, count, {"pid": pid}) for pid, _, samples in members for frames, count in samples]
-                builder = pprof_files.cpu_profile(labelled, start, end - start, rate, members[0][1])
+                labelled = [[(frames, value, {"pid": pid}) for pid, _, *kinds in members for frames, value in kinds[i]]
+                            for i in (0, 1)]
+                builder = pprof_files.cpu_profile(labelled[0], start, duration, rate,
+                                                  members[0][1].get("process.executable.path", ""),
+                                                  off_cpu=labelled[1] if self.profiling["off_cpu"] else None)
                 written.append(pprof_files.write(directory, service_name, start, builder.gzipped()))
             pprof_files.rotate(directory, self.profiling["pprof_max_age"], self.profiling["pprof_max_bytes"])
         return records, written

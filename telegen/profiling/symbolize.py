@@ -20,6 +20,7 @@ from telegen.profiling.elf import ElfError, ElfSymbols
 KERNEL_MODULE = "[kernel.kallsyms]"
 UNKNOWN_MODULE = "[unknown]"
 _TEXT_TYPES = frozenset("tTwW")
+_FRAME_CACHE_MAX = 200_000     # cached frames per process (and of the kernel) before starting over
 
 
 class KernelSymbols:
@@ -126,6 +127,10 @@ class Symbolizer:
         self._perf_map_dir = perf_map_dir
         self._kernel = None
         self._maps = {}                      # pid -> ([start], [Mapping]) sorted by start
+        self._layouts = {}                   # pid -> its mappings' identity, to know when they changed
+        self._frames = {}                    # pid -> {(address, is_return): frame} resolved from ELF files
+        self._kernel_frames = {}             # (address, is_return) -> frame
+        self._perf_maps_now = {}             # pid -> PerfMap or None, this window
         self._last_window = {}               # pid -> window number it was last sampled in
         self._elves = _Lru(elf_cache)        # (device, inode) -> ElfSymbols or None (unreadable)
         self._perf_maps = _Lru(64)           # (path, mtime, size) -> PerfMap
@@ -138,19 +143,27 @@ class Symbolizer:
         """Record pid's mappings now, while it runs (its first sample just arrived)."""
         maps = read_maps(pid, self._proc)
         if maps is not None:
+            layout = tuple((m.start, m.end, m.offset, m.device, m.inode) for m in maps)
+            if self._layouts.get(pid) != layout:      # exec, dlopen, munmap: cached frames may be wrong
+                self._layouts[pid] = layout
+                self._frames.pop(pid, None)
             self._maps[pid] = ([m.start for m in maps], maps)
             self._last_window[pid] = self._window
 
     def refresh(self, pids):
         """Before resolving a window: re-read the mappings of pids still alive (dlopen, exec)."""
         self._window += 1
+        self._perf_maps_now = {}
+        if len(self._kernel_frames) > _FRAME_CACHE_MAX:
+            self._kernel_frames.clear()
         for pid in pids:
             self.remember(pid)
             self._last_window.setdefault(pid, self._window)
         # list(): remember() may add a pid from the reactor thread meanwhile.
         stale = [pid for pid, seen in list(self._last_window.items()) if self._window - seen > self._forget_after]
         for pid in stale:
-            self._maps.pop(pid, None)
+            for table in (self._maps, self._layouts, self._frames):
+                table.pop(pid, None)
             del self._last_window[pid]
 
     # -- resolving -------------------------------------------------------------------------
@@ -162,6 +175,12 @@ class Symbolizer:
         return frames
 
     def kernel_frame(self, address, is_return):
+        frame = self._kernel_frames.get((address, is_return))
+        if frame is None:
+            frame = self._kernel_frames[(address, is_return)] = self._resolve_kernel(address, is_return)
+        return frame
+
+    def _resolve_kernel(self, address, is_return):
         if self._kernel is None:
             try:
                 self._kernel = KernelSymbols(self._kallsyms)
@@ -171,20 +190,41 @@ class Symbolizer:
         return (name or f"[kernel] 0x{address:x}", KERNEL_MODULE)
 
     def user_frame(self, pid, address, is_return):
-        """A return address is looked up one byte back: the call, not what follows it."""
+        """
+        A return address is looked up one byte back: the call, not what follows it. Frames are
+        cached per process until its mappings change, except in a process with a perf map, whose
+        JIT and unknown frames are looked up every window (a JIT adds symbols as it goes).
+        """
+        frames = self._frames.get(pid)
+        if frames is None:
+            frames = self._frames[pid] = {}
+        frame = frames.get((address, is_return))
+        if frame is not None:
+            return frame
+        frame, cacheable = self._resolve_user(pid, address, is_return)
+        if cacheable:
+            if len(frames) > _FRAME_CACHE_MAX:
+                frames.clear()
+            frames[(address, is_return)] = frame
+        return frame
+
+    def _resolve_user(self, pid, address, is_return):
+        """(frame, whether it may be cached)."""
         lookup = address - 1 if is_return else address
         mapping = self._mapping(pid, address)
         if mapping is None or not mapping.path.startswith("/"):
             # JIT code lives in anonymous mappings (or ones the snapshot missed).
             name = self._perf_map_function(pid, lookup)
             if name:
-                return (name, self._perf_map_path(pid))
-            return (f"{UNKNOWN_MODULE} 0x{address:x}", mapping.path if mapping and mapping.path else UNKNOWN_MODULE)
+                return (name, self._perf_map_path(pid)), False
+            # Unknown stays unknown until the mappings change, unless a JIT may name it later.
+            unknown = (f"{UNKNOWN_MODULE} 0x{address:x}", mapping.path if mapping and mapping.path else UNKNOWN_MODULE)
+            return unknown, self._perf_maps_now.get(pid) is None
         file_offset = lookup - mapping.start + mapping.offset
         elf = self._elf(pid, mapping)
         vaddr = elf.vaddr(file_offset) if elf is not None else None
         name = elf.function(vaddr) if vaddr is not None else None
-        return (name or f"{os.path.basename(mapping.path)}+0x{file_offset:x}", mapping.path)
+        return (name or f"{os.path.basename(mapping.path)}+0x{file_offset:x}", mapping.path), True
 
     def _mapping(self, pid, address):
         starts, maps = self._maps.get(pid, ((), ()))
@@ -218,6 +258,13 @@ class Symbolizer:
         return f"{self._perf_map_dir}/perf-{pid}.map"
 
     def _perf_map_function(self, pid, address):
+        if pid not in self._perf_maps_now:
+            self._perf_maps_now[pid] = self._perf_map(pid)
+        table = self._perf_maps_now[pid]
+        return table.function(address) if table is not None else None
+
+    def _perf_map(self, pid):
+        """The process's perf map as it is now (checked once per window), or None."""
         path = self._perf_map_path(pid)
         try:
             st = os.stat(path)
@@ -230,4 +277,4 @@ class Symbolizer:
                 table = self._perf_maps.remember(key, PerfMap(path))
             except OSError:
                 return None
-        return table.function(address)
+        return table

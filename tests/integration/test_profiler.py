@@ -40,22 +40,47 @@ def burn(tmp_path_factory):
     return path
 
 
-@pytest.fixture(params=["grpc", "http"])
-def agent(request, otlp_receiver, tmp_path):
-    """ProcessTable + ProfilerService + ExportPipeline to the receiver over gRPC or HTTP (/v1development/profiles)."""
-    config = make_config(data_dir=str(tmp_path))
-    config["otlp"].update(endpoint=otlp_receiver.endpoint(request.param), protocol=request.param, insecure=True)
+def start_agent(receiver, data_dir, protocol, **profiling):
+    """ProcessTable + ProfilerService + ExportPipeline to the receiver; the services, started, in stop order."""
+    config = make_config(data_dir=str(data_dir))
+    config["otlp"].update(endpoint=receiver.endpoint(protocol), protocol=protocol, insecure=True)
     config["queues"]["profiles"]["batch_timeout"] = 0.1
-    config["agent"]["profiling"].update(enabled=True, upload_interval=3600)
+    config["agent"]["profiling"].update(enabled=True, upload_interval=3600, **profiling)
     metrics = SelfMetrics()
     pipeline = ExportPipeline(config, metrics)
     table = ProcessTable(config, metrics, exit_grace=60.0)
     profiler = ProfilerService(config, metrics, pipeline, table)
     for service in (pipeline, table, profiler):
         service.startService()
-    yield profiler, metrics, tmp_path, request.param
-    for service in (profiler, table, pipeline):
+    return profiler, metrics, (profiler, table, pipeline)
+
+
+def stop(services):
+    for service in services:
         pytest_twisted.blockon(defer.maybeDeferred(service.stopService))
+
+
+@pytest.fixture(params=["grpc", "http"])
+def agent(request, otlp_receiver, tmp_path):
+    """The profiler exporting over gRPC or HTTP (/v1development/profiles)."""
+    profiler, metrics, services = start_agent(otlp_receiver, tmp_path, request.param)
+    yield profiler, metrics, tmp_path, request.param
+    stop(services)
+
+
+@pytest.fixture
+def off_cpu_agent(otlp_receiver, tmp_path):
+    profiler, metrics, services = start_agent(otlp_receiver, tmp_path, "grpc", off_cpu=True)
+    yield profiler, metrics, tmp_path
+    stop(services)
+
+
+@pytest.fixture(scope="module")
+def sleeper(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("sleeper") / "sleeper")
+    subprocess.run(["gcc", "-O2", "-fno-omit-frame-pointer", "-o", path, os.path.join(os.path.dirname(__file__), "data",
+                                                                                   "sleeper.c")], check=True)
+    return path
 
 
 def run(argv, service):
@@ -68,8 +93,8 @@ def run(argv, service):
     return threads.deferToThread(go)
 
 
-def pprof_stacks(path, pid):
-    """Counter {function names innermost first: samples} of one pid in a pprof file."""
+def pprof_stacks(path, pid, sample_type="samples"):
+    """Counter {function names innermost first: value} of one pid in a pprof file, for one sample type."""
     with open(path, "rb") as f:
         profile = Profile.FromString(gzip.decompress(f.read()))
     s = profile.string_table
@@ -80,15 +105,15 @@ def pprof_stacks(path, pid):
     for sample in profile.sample:
         labels = {s[label.key]: s[label.str] for label in sample.label}
         if labels.get("pid") == str(pid):
-            out[tuple(locations[i] for i in sample.location_id)] += sample.value[types.index("samples")]
-    return out
+            out[tuple(locations[i] for i in sample.location_id)] += sample.value[types.index(sample_type)]
+    return +out  # without the zero entries (off-CPU samples in the CPU value and the reverse)
 
 
-def otlp_stacks(receiver, pid):
-    """Counter {function names innermost first: samples} of one pid's OTLP profiles."""
+def otlp_stacks(receiver, pid, sample_type="samples"):
+    """Counter {function names innermost first: value} of one pid's OTLP profiles of one sample type."""
     out = Counter()
     for attrs, profile, d in receiver.profiles():
-        if attrs.get("process.pid") != pid:
+        if attrs.get("process.pid") != pid or d.string_table[profile.sample_type.type_strindex] != sample_type:
             continue
         for sample in profile.samples:
             names = tuple(d.string_table[d.function_table[d.location_table[i].lines[0].function_index].name_strindex]
@@ -154,7 +179,7 @@ def test_cpus_coming_online_later_are_attached():
 
     cpus = online_cpus()
     seen = [cpus[:1]]
-    sampler = Sampler({"map_entries": 1024, "include_self": False, "sample_rate": 99}, os.getpid(),
+    sampler = Sampler({"map_entries": 1024, "include_self": False, "off_cpu": False, "sample_rate": 99}, os.getpid(),
                       cpus_fn=lambda: seen[0])
     sampler.load()
     try:
@@ -183,3 +208,22 @@ def test_lookup_and_delete_all_drains_maps_that_take_many_batches():
         assert len(table.items()) == 0
     finally:
         bpf.cleanup()
+
+
+@pytest_twisted.ensureDeferred
+async def test_off_cpu_time_of_a_sleeping_chain(off_cpu_agent, sleeper, otlp_receiver):
+    """A process that sleeps 2 s in a known chain: that chain carries ~2 s of off_cpu nanoseconds, in pprof and OTLP."""
+    profiler, metrics, data_dir = off_cpu_agent
+    await until(lambda: profiler.state != "loading", timeout=180, message="profiler loaded")
+    assert profiler.state == "attached", profiler.error
+    pid = await run([sleeper, "2"], "telegen-profiler-sleeper")
+    await profiler.collect()
+
+    [path] = [p for p in (data_dir / "profiles").iterdir() if p.name.startswith("telegen-profiler-sleeper.")]
+    blocked = pprof_stacks(path, pid, "off_cpu")
+    on_chain = sum(ns for names, ns in blocked.items() if any(
+        list(names[i:i + 3]) == ["telegen_nap", "telegen_rest", "main"] for i in range(len(names))))
+    assert on_chain >= 1.5e9, [n[-6:] for n in blocked]        # 100 naps of 20 ms; scheduling adds, never removes
+    assert on_chain <= sum(blocked.values()) < 10e9
+    await until(lambda: otlp_stacks(otlp_receiver, pid, "off_cpu"), timeout=30, message="OTLP off-CPU profile")
+    assert otlp_stacks(otlp_receiver, pid, "off_cpu") == blocked

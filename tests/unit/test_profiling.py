@@ -102,6 +102,7 @@ def test_unresolved_frames_keep_module_and_offset_and_perf_maps_resolve_jit(tmp_
     assert sym.user_frame(78, start + 0x2ff0, False) == (f"burn+0x{0x2ff0:x}", path)
     assert sym.user_frame(78, 0x1234, False) == ("[unknown] 0x1234", "[unknown]")
     (tmp_path / "perf-78.map").write_text("7fff00000100 80 py::work:/app/x.py\n")
+    sym.refresh({78})                                       # a perf map is read again each window
     assert sym.user_frame(78, 0x7FFF00000110, False) == ("py::work:/app/x.py", f"{tmp_path}/perf-78.map")
 
 
@@ -298,3 +299,71 @@ def test_status_profiling_block_is_the_running_profilers(profiler):
     assert agent_status(with_child)["profiling"] == {"enabled": True, "sample_rate": 99, "profiles_collected": 1}
     without = AgentService(config, reactor=clock, specs=[])
     assert agent_status(without)["profiling"] == {"enabled": False, "sample_rate": 49, "profiles_collected": 0}
+
+
+class FakeProcesses:
+    """A process table that excludes pid 77 and names everything else."""
+
+    def __init__(self):
+        self.execs = []
+
+    def lookup(self, pid):
+        return None
+
+    def on_exec(self, pid, comm=None):
+        self.execs.append(pid)
+
+    def resource_attributes(self, pid):
+        return {"service.name": f"svc-{pid}", "process.pid": pid}
+
+    def selected(self, pid):
+        return pid != 77
+
+
+def test_discovery_selection_applies_and_resources_are_taken_at_the_first_sample(profiler):
+    service, clock, directory, _ = profiler
+    service.processes = FakeProcesses()
+    service._on_new_pid(struct.pack("<QIII4x", 1, 78, 78, 1))
+    assert service.processes.execs == [78]                     # the table learns a pid it had not seen
+    service.sampler.windows[0].counts[(78, (), ())] = 4
+    clock.advance(10)
+    [(_, attrs, _)] = service.exporter.submitted
+    assert attrs == {"service.name": "svc-78", "process.pid": 78}
+    assert os.listdir(directory) == ["svc-78.19700101T000000Z.pb.gz"]
+    assert service.metrics.registry.get_sample_value("telegen_profiler_dropped_total", {"reason": "not_selected"}) == 9
+
+
+def test_off_cpu_samples_are_a_third_pprof_value_and_their_own_otlp_profile(profiler):
+    service, clock, directory, path = profiler
+    service._config["agent"]["profiling"]["off_cpu"] = True
+    service._on_new_pid(struct.pack("<QIII4x", 1, 77, 77, 1))
+    leaf, *_ = next(iter(service.sampler.windows[0].counts))[1]
+    service.sampler.windows[0].off_cpu[(77, (leaf,), ())] = 2_000_000_000
+    clock.advance(10)
+    types = []
+    for _, _, [record] in service.exporter.submitted:
+        data = otlp.pb.ProfilesData.FromString(record)
+        profile = data.resource_profiles[0].scope_profiles[0].profiles[0]
+        types.append((data.dictionary.string_table[profile.sample_type.type_strindex],
+                      [s.values[0] for s in profile.samples]))
+    assert types == [("samples", [9]), ("off_cpu", [2_000_000_000])]
+    [name] = os.listdir(directory)
+    profile = Profile.FromString(gzip.decompress((directory / name).read_bytes()))
+    s = profile.string_table
+    assert [s[t.type] for t in profile.sample_type] == ["samples", "cpu", "off_cpu"]
+    assert sorted(list(sample.value) for sample in profile.sample) == [[0, 0, 2_000_000_000], [9, 90_909_090, 0]]
+    assert service.status()["profiles_collected"] == 2
+
+
+def test_cached_frames_are_forgotten_when_the_mappings_change(tmp_path, binary):
+    """An exec or a munmap changes what an address means: the per-process frame cache starts over."""
+    path, symbols = binary
+    start = fake_proc(tmp_path / "proc", 79, path)
+    sym = Symbolizer(proc=str(tmp_path / "proc"), perf_map_dir=str(tmp_path))
+    sym.refresh({79})
+    address = start + symbols["telegen_leaf"] + 5
+    assert sym.user_frame(79, address, False) == ("telegen_leaf", path)
+    fake_proc(tmp_path / "proc", 79, path, start=0x7F0000000000)
+    sym.refresh({79})
+    assert sym.user_frame(79, address, False) == (f"[unknown] 0x{address:x}", "[unknown]")
+    assert sym.user_frame(79, 0x7F0000000000 + symbols["telegen_leaf"] + 5, False) == ("telegen_leaf", path)
