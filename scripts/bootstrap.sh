@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # the Debian package build (dpkg-dev, debhelper, ca-certificates).
 APT_PACKAGES=(python3-venv python3-bpfcc bpfcc-tools nginx-light wrk nghttp2-client
               golang-go openssh-client curl make dpkg-dev debhelper ca-certificates systemd
-              python3-systemd systemd-journal-remote)
+              python3-systemd systemd-journal-remote gcc libc6-dev)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

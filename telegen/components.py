@@ -46,6 +46,14 @@ def _logs(agent, config):
     return LogTailer(config, agent.exporter, agent.metrics, reactor=agent.reactor)
 
 
+def _profiling(agent, config):
+    if not config["agent"]["profiling"]["enabled"]:
+        return None
+    from telegen.profiling.service import ProfilerService
+
+    return ProfilerService(config, agent.metrics, agent.exporter, agent.child("processes"), reactor=agent.reactor)
+
+
 def _api(agent, config):
     from telegen.api.app import api_service
 
@@ -66,6 +74,7 @@ SPECS = (
     ChildSpec("hostmetrics", ("agent.host_metrics",) + RESOURCE, _hostmetrics),
     ChildSpec("ebpf", ("agent.ebpf", "agent.host_metrics.interval", "self_telemetry.listen"), _ebpf,
               depends_on=("processes",)),
+    ChildSpec("profiling", ("agent.profiling", "telegen.data_dir"), _profiling, depends_on=("processes",)),
     ChildSpec("logs", ("agent.logs", "telegen.data_dir", "telegen.shutdown_timeout") + RESOURCE, _logs),
     ChildSpec("api", ("self_telemetry", "telegen.log_level"), _api),
     ChildSpec("manhole", ("manhole", "telegen.data_dir"), _manhole),

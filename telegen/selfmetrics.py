@@ -71,6 +71,10 @@ class SelfMetrics:
         self.logs_file_errors = Counter("telegen_logs_file_errors", "Log files that could not be opened or read", registry=r)
         self.logs_backpressure = Counter("telegen_logs_backpressure_pauses", "Polls that read nothing because the logs queue was full", registry=r)
         self.logs_dropped = Counter("telegen_logs_dropped", "Log records the export pipeline dropped, by reason (their lines are not read again)", ["reason"], registry=r)
+        # CPU profiler.
+        self.profiler_samples = Counter("telegen_profiler_samples", "CPU samples drained from the kernel", registry=r)
+        self.profiler_profiles = Counter("telegen_profiler_profiles", "Profiles built (one per process and window)", registry=r)
+        self.profiler_dropped = Counter("telegen_profiler_dropped", "CPU samples or stacks lost, by reason", ["reason"], registry=r)
 
         # The API itself.
         self.api_requests = Counter("telegen_api_requests", "API requests by route and status code", ["route", "code"], registry=r)

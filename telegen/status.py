@@ -86,11 +86,19 @@ def discovery_status(agent):
     }
 
 
+def _profiling_summary(agent):
+    """The /status "profiling" object: live from the profiler, or off with the configured rate."""
+    profiler = agent.child("profiling")
+    if profiler is not None:
+        doc = profiler.status()
+        return {key: doc[key] for key in ("enabled", "sample_rate", "profiles_collected")}
+    return {"enabled": False, "sample_rate": agent.config["agent"]["profiling"]["sample_rate"], "profiles_collected": 0}
+
+
 def agent_status(agent):
     """GET /status."""
     export = export_status(agent)
     discovery = discovery_status(agent)
-    profiling = agent.config["agent"]["profiling"]
     return {
         "version": __version__,
         "commit": _build.COMMIT,
@@ -99,12 +107,7 @@ def agent_status(agent):
         "mode": agent.config["telegen"]["mode"],
         "host": host_identity(),
         "ebpf": _ebpf_summary(agent),
-        "profiling": {
-            # No profiler ships in this version: it is reported off whatever the config says.
-            "enabled": False,
-            "sample_rate": profiling["sample_rate"],
-            "profiles_collected": int(agent.metrics.registry.get_sample_value("telegen_profiles_collected_total") or 0),
-        },
+        "profiling": _profiling_summary(agent),
         "export": {
             "endpoint": export["endpoint"],
             "connected": export["connected"],

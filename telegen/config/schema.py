@@ -110,6 +110,12 @@ SCHEMA = Section({
             "enabled": Field("bool", False, "CPU profiling."),
             "sample_rate": Field("int", 99, "Samples per second per CPU.", min=1, max=1000),
             "upload_interval": Field("duration", 60.0, "Profile upload period.", min=1),
+            "map_entries": Field("int", 16384, "Entries of each in-kernel counts map and stack map (two of each).", min=256, max=1 << 20),
+            "include_self": Field("bool", False, "Profile the agent's own process too."),
+            "off_cpu": Field("bool", False, "Also record time blocked (sched_switch) per stack: costs on every context switch."),
+            "pprof_files": Field("bool", True, "Write a pprof file per service and window under <telegen.data_dir>/profiles/."),
+            "pprof_max_age": Field("duration", 86400.0, "Delete pprof files older than this.", min=1),
+            "pprof_max_bytes": Field("size", 256 * 1024 * 1024, "Delete the oldest pprof files beyond this total.", min=1024),
         }),
         "discovery": Section({
             "poll_interval": Field("duration", 5.0, "/proc rescan period.", min=0.1),

@@ -17,11 +17,16 @@ import os
 import re
 import subprocess
 import sys
+import threading
 
 from telegen import paths
 from telegen.ebpf.compiler_pages import release_compiler_memory
 
 _HEADER = "telegen.h"
+# BCC compiles with process-wide state (clang finds the kernel headers relative to the working
+# directory), so two BPF objects compiled at once in two threads (the eBPF and profiling
+# children load side by side) fail with "kconfig.h file not found" or crash the process.
+_COMPILE_LOCK = threading.Lock()
 _INCLUDE = '#include "%s"' % _HEADER
 
 # BPF_PROG_TYPE_* and BPF_MAP_TYPE_* numbers (uapi/linux/bpf.h) -> the names /status/ebpf shows.
@@ -94,7 +99,8 @@ def compile_probe(probe, config, self_pid, bpf_dir=None):
     text = source_text(probe, bpf_dir)
     cflags = common_cflags(probe, config, self_pid) + list(probe.cflags(config))
     try:
-        bpf = bcc.BPF(text=text.encode(), cflags=cflags)
+        with _COMPILE_LOCK:
+            bpf = bcc.BPF(text=text.encode(), cflags=cflags)
     except Exception as e:
         raise LoadError(diagnose(text, cflags) or _first_line(e)) from e
     release_compiler_memory()

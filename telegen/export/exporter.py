@@ -145,7 +145,8 @@ class SignalExporter:
     def _start(self, chunks):
         items = sum(c.items for c in chunks)
         deliveries = [(c.delivery, c.items) for c in chunks if c.delivery is not None]
-        batch = Batch(encode_request(chunks, self._resources), items, deliveries, self._reactor.seconds())
+        batch = Batch((self.kind.encode or encode_request)(chunks, self._resources), items, deliveries,
+                      self._reactor.seconds())
         self._counters.batch_size(items)
         self._in_flight.add(batch)
         self._attempt(batch)

@@ -24,6 +24,12 @@ def data_points(metric):
     return len(getattr(metric, kind).data_points) if kind in _POINT_FIELDS else 0
 
 
+def _profiles_request(chunks, resources):
+    """Profiles share one request-level dictionary: telegen.profiling.otlp merges them."""
+    from telegen.profiling.otlp import encode_request
+    return encode_request(chunks, resources)
+
+
 def _method(module, service):
     return f"/{module.DESCRIPTOR.services_by_name[service].full_name}/Export"
 
@@ -42,6 +48,7 @@ class SignalKind:
     grpc_method: str         # /<package>.<Service>/Export
     http_path: str
     weight: Optional[Callable] = None  # items one record counts for; None: one each
+    encode: Optional[Callable] = None  # (chunks, resources) -> request bytes; None: telegen.export.wire's
 
     def items(self, records):
         """How many items `records` count for."""
@@ -62,7 +69,8 @@ KINDS = {
     "profiles": SignalKind("profiles", profiles_service_pb2.ExportProfilesServiceRequest,
                            profiles_service_pb2.ExportProfilesServiceResponse, "resource_profiles",
                            "scope_profiles", "profiles", "rejected_profiles",
-                           _method(profiles_service_pb2, "ProfilesService"), "/v1development/profiles"),
+                           _method(profiles_service_pb2, "ProfilesService"), "/v1development/profiles",
+                           encode=_profiles_request),
 }
 
 

@@ -26,13 +26,19 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.collector.profiles.v1development import profiles_service_pb2, profiles_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 SIGNALS = {
     "traces": (trace_service_pb2.ExportTraceServiceRequest, trace_service_pb2.ExportTraceServiceResponse, "rejected_spans"),
     "metrics": (metrics_service_pb2.ExportMetricsServiceRequest, metrics_service_pb2.ExportMetricsServiceResponse, "rejected_data_points"),
     "logs": (logs_service_pb2.ExportLogsServiceRequest, logs_service_pb2.ExportLogsServiceResponse, "rejected_log_records"),
+    "profiles": (profiles_service_pb2.ExportProfilesServiceRequest, profiles_service_pb2.ExportProfilesServiceResponse,
+                 "rejected_profiles"),
 }
+# The URL path of each signal on OTLP/HTTP (profiles are still v1development).
+HTTP_PATHS = {"/v1/traces": "traces", "/v1/metrics": "metrics", "/v1/logs": "logs",
+              "/v1development/profiles": "profiles"}
 
 _HTTP_REASONS = {200: "OK", 400: "Bad Request", 413: "Payload Too Large", 429: "Too Many Requests",
                  500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
@@ -175,8 +181,9 @@ def make_tls(directory):
 
 class _GrpcServicer(trace_service_pb2_grpc.TraceServiceServicer,
                     metrics_service_pb2_grpc.MetricsServiceServicer,
-                    logs_service_pb2_grpc.LogsServiceServicer):
-    """One servicer for the three services; the signal comes from the request type."""
+                    logs_service_pb2_grpc.LogsServiceServicer,
+                  profiles_service_pb2_grpc.ProfilesServiceServicer):
+    """One servicer for the four services; the signal comes from the request type."""
 
     _BY_TYPE = {cls: signal for signal, (cls, _, _) in SIGNALS.items()}
 
@@ -203,7 +210,7 @@ class _GrpcServicer(trace_service_pb2_grpc.TraceServiceServicer,
 
 
 class _HttpHandler(http.server.BaseHTTPRequestHandler):
-    """OTLP/HTTP binary protobuf on /v1/traces|metrics|logs."""
+    """OTLP/HTTP binary protobuf on /v1/traces|metrics|logs and /v1development/profiles."""
 
     protocol_version = "HTTP/1.1"
     receiver = None  # set per server class
@@ -222,7 +229,7 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802 (BaseHTTPRequestHandler hook)
         length = int(self.headers.get("Content-Length", "0"))
         body = self.rfile.read(length)
-        signal = self.path.rsplit("/", 1)[-1] if self.path.startswith("/v1/") else None
+        signal = HTTP_PATHS.get(self.path)
         if signal not in SIGNALS or self.headers.get("Content-Type") != "application/x-protobuf":
             return self._send(404 if signal not in SIGNALS else 415, b"")
         compressed = self.headers.get("Content-Encoding") == "gzip"
@@ -317,6 +324,7 @@ class OtlpReceiver:
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(servicer, server)
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(servicer, server)
+        profiles_service_pb2_grpc.add_ProfilesServiceServicer_to_server(servicer, server)
         address = f"127.0.0.1:{self.grpc_port or 0}"
         if self.tls:
             creds = grpc.ssl_server_credentials(
@@ -423,6 +431,12 @@ class OtlpReceiver:
         return [(attrs_dict(rl.resource.attributes), record)
                 for r in self.requests("logs", accepted_only)
                 for rl in r.request.resource_logs for sl in rl.scope_logs for record in sl.log_records]
+
+    def profiles(self, accepted_only=True):
+        """Flattened [(resource_attrs dict, Profile, the request's ProfilesDictionary)] of every accepted profiles request."""
+        return [(attrs_dict(rp.resource.attributes), profile, r.request.dictionary)
+                for r in self.requests("profiles", accepted_only)
+                for rp in r.request.resource_profiles for sp in rp.scope_profiles for profile in sp.profiles]
 
     def wait_for(self, predicate, timeout=10.0, message="receiver condition"):
         """Poll predicate(self) until truthy (see module-level wait_for)."""

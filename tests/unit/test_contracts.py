@@ -19,6 +19,7 @@ from telegen.export.kinds import KINDS
 from telegen.export.endpoints import resolve
 from telegen.logs.tailer import LogTailer
 from telegen.manhole import ManholeService
+from telegen.profiling.service import ProfilerService
 from telegen.selfmetrics import SelfMetrics
 from telegen.service import AgentService
 from tests.support.fakes import (FakeChild, FakeExport, FakeProcesses, RecordingPipeline, ScriptedSender,
@@ -40,6 +41,7 @@ def test_every_production_child_provides_ichild(production_tree):
         assert verifyObject(IChild, child)
     assert verifyClass(IChild, ManholeService)
     assert verifyClass(IChild, LogTailer)
+    assert verifyClass(IChild, ProfilerService)
 
 
 def test_the_export_pipeline_and_its_handle_are_record_sinks_and_the_process_table_answers_probes(production_tree):

@@ -1,0 +1,1 @@
+"""Continuous CPU profiling of the host: BPF stack sampling, symbolization, pprof and OTLP output."""
