@@ -22,12 +22,14 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from telegen.discovery import procfs
+from telegen.discovery.cgroup import CgroupProvider
+from telegen.discovery.chain import ResourceChain
+from telegen.discovery.host import HostProvider
 from telegen.discovery.selectors import Selection
-from telegen.signals.common import host_identity, host_resource_attributes
+from telegen.signals.common import host_identity
 
 log = Logger()
 
-UNKNOWN_SERVICE = "unknown_service"     # the resource conventions' service.name when nothing better is known
 DEPARTED_MAX = 4096                     # resources of forgotten processes kept for late telemetry
 
 
@@ -36,10 +38,13 @@ class ProcessTable(service.Service):
 
     name = "processes"
 
-    def __init__(self, config, metrics, reactor=None, proc_root="/proc", exit_grace=2.0, run_in_thread=None):
+    def __init__(self, config, metrics, reactor=None, proc_root="/proc", exit_grace=2.0, run_in_thread=None,
+                 providers=None):
         """
         proc_root and run_in_thread (fn, *args) -> Deferred exist for unit tests: a fake /proc tree
         and a synchronous runner under a Clock. By default scans run in the reactor's thread pool.
+        providers (table -> list of the IResourceProviders between cgroup and host) lets tests
+        put fakes in the chain; by default they are built from the config.
         """
         self.config = config
         self.metrics = metrics
@@ -51,8 +56,12 @@ class ProcessTable(service.Service):
         self._resources = {}        # pid -> resource attribute dict (cache)
         self._departed = {}         # pid -> ProcessInfo of a forgotten process, oldest first (bounded)
         self._exited = {}           # pid -> IDelayedCall removing it after the grace period
-        self._host = {k: v for k, v in host_resource_attributes(config).items() if not k.startswith("service.")}
-        self._hostname = host_identity()["name"]
+        self.chain = ResourceChain([
+            procfs.ProcfsProvider(self._known, host_identity()["name"]),
+            CgroupProvider(self._known),
+            *(providers or default_providers)(self),
+            HostProvider(config),
+        ])
         self._scanning = False
         self._scans = 0
         self._error = None
@@ -77,6 +86,7 @@ class ProcessTable(service.Service):
         self._loop = LoopingCall(self.rescan)
         self._loop.clock = self.reactor
         self._loop.start(self.poll_interval, now=True)
+        self.chain.start()
 
     def stopService(self):
         if self._loop is not None and self._loop.running:
@@ -85,7 +95,8 @@ class ProcessTable(service.Service):
             if call.active():
                 call.cancel()
         self._exited.clear()
-        return super().stopService()
+        super().stopService()
+        return self.chain.stop()
 
     def rescan(self):
         """Re-read /proc in a thread and replace the table; skipped while a scan is still running."""
@@ -192,39 +203,35 @@ class ProcessTable(service.Service):
 
     def resource_attributes(self, pid):
         """
-        The OTel resource of telemetry caused by pid: service.* of that process, process.* and the
-        host facts. A pid not in the table is read from /proc at once; one that is gone gets
-        process.pid, the host facts and service.name "unknown_service"; pid 0 (owner unknown)
-        the host facts and "unknown_service". Facts a process has not got (a path, a command
-        line for one known only by its comm) are left out, not sent empty.
+        The OTel resource of telemetry caused by pid, composed by the provider chain (procfs,
+        cgroup, ... host). A pid not in the table is read from /proc at once; one that is gone
+        gets process.pid, the host facts and service.name "unknown_service"; pid 0 (owner
+        unknown) the host facts and "unknown_service". Facts a process has not got (a path, a
+        command line for one known only by its comm) are left out, not sent empty.
         """
         attrs = self._resources.get(pid)
         if attrs is not None:
             return attrs
-        info = self._table.get(pid) or self._read_missing(pid)
-        if info is None:
-            departed = self._departed.get(pid)
-            if departed is not None:
-                return self._attributes(pid, departed)
-            unknown = dict(self._host, **{"service.name": UNKNOWN_SERVICE})
-            return dict(unknown, **{"process.pid": pid}) if pid > 0 else unknown
-        attrs = self._resources[pid] = self._attributes(pid, info)
+        live = self._table.get(pid) or self._read_missing(pid)
+        attrs = self.chain.attributes(pid)
+        if live is not None:
+            self._resources[pid] = attrs
         return attrs
 
-    def _attributes(self, pid, info):
-        """The resource attributes of a ProcessInfo."""
-        attrs = {
-            "service.name": info.service_name,
-            "service.namespace": info.service_namespace or None,
-            "service.instance.id": f"{self._hostname}:{pid}",
-            "process.pid": pid,
-            "process.executable.name": info.exe_name,
-            "process.executable.path": info.exe_path,
-            "process.command_line": info.command_line,
-        }
-        attrs = {k: v for k, v in attrs.items() if v not in (None, "")}
-        attrs.update(self._host)
-        return attrs
+    def _known(self, pid):
+        """The ProcessInfo of pid, whether it runs or was forgotten lately; None when unknown."""
+        return self._table.get(pid) or self._departed.get(pid)
+
+    def metadata_changed(self):
+        """
+        A provider learned something (a container started, a pod was named): drop the cached
+        resources so that what follows carries it. What was already sent stays as it was.
+        """
+        self._resources.clear()
+
+    def discovery_blocks(self):
+        """The providers' blocks of GET /status/discovery ({name: block})."""
+        return self.chain.blocks()
 
     def _read_missing(self, pid):
         """
@@ -272,9 +279,14 @@ class ProcessTable(service.Service):
         ]
 
     def ready_check(self):
-        """"ok" once the first /proc scan has completed."""
+        """"ok" once the first /proc scan has completed and no provider of the chain failed."""
         if self._scans:
-            return "ok"
+            return self.chain.ready_check()
         if self._error:
             return f"failed: /proc scan: {self._error}"
         return "failed: initial /proc scan not finished"
+
+
+def default_providers(table):
+    """The providers between cgroup and host under the table's config."""
+    return []

@@ -66,13 +66,13 @@ class FakeProc:
             (self.root / "net" / table).write_text("".join(lines))
 
 
-def make_table(tmp_path, clock=None, **discovery):
+def make_table(tmp_path, clock=None, providers=None, **discovery):
     proc = FakeProc(tmp_path / "proc")
     metrics = SelfMetrics()
     config = make_config()
     config["agent"]["discovery"].update(discovery)
     table = ProcessTable(config, metrics, reactor=clock or Clock(), proc_root=str(proc.root),
-                         run_in_thread=lambda fn, *a: defer.succeed(fn(*a)))
+                         run_in_thread=lambda fn, *a: defer.succeed(fn(*a)), providers=providers)
     return proc, metrics, table
 
 

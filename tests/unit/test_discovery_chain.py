@@ -1,0 +1,79 @@
+"""
+The resource chain as the process table composes it: order, late metadata, status blocks and
+readiness taken from the providers (a fake provider checked against IResourceProvider).
+"""
+from twisted.application.service import Service
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from telegen.contracts import IResourceProvider
+from telegen.status import discovery_status, readiness
+from tests.fakes import make_agent
+from tests.unit.test_process_table import make_table
+
+BLOCK = {"enabled": True, "connected": True, "containers": 1}
+
+
+@implementer(IResourceProvider)
+class FakeDocker(Service):
+    """Names the container the cgroup link found; a block in /status/discovery; readiness the test sets."""
+
+    name = "docker"
+    STATUS_SCHEMA = {"type": "object"}
+
+    def __init__(self):
+        self.names = {}
+        self.check = "ok"
+        self.seen = []
+
+    def attributes(self, pid, found):
+        self.seen.append((pid, dict(found)))
+        name = self.names.get(found.get("container.id"))
+        return {"container.name": name, "service.name": name} if name else {}
+
+    def status(self):
+        return dict(BLOCK)
+
+    def ready_check(self):
+        return self.check
+
+
+def docker_table(tmp_path):
+    fake = FakeDocker()
+    verifyObject(IResourceProvider, fake)
+    proc, metrics, table = make_table(tmp_path, providers=lambda table: [fake])
+    proc.add(30, "/bin/busybox", ["httpd"], cgroup="0::/docker/" + "ab" * 32 + "\n")
+    return proc, fake, table
+
+
+def test_providers_see_earlier_links_and_late_metadata_applies_to_what_follows(tmp_path):
+    proc, fake, table = docker_table(tmp_path)
+    table.startService()
+    assert fake.running
+    first = table.resource_attributes(30)
+    assert fake.seen[-1][1]["container.id"] == "ab" * 32 and fake.seen[-1][1]["process.pid"] == 30
+    assert "container.name" not in first and first["service.name"] == "busybox"
+    fake.names["ab" * 32] = "web"
+    assert table.resource_attributes(30) is first        # cached until a provider says it learned something
+    table.metadata_changed()
+    later = table.resource_attributes(30)
+    assert (later["container.name"], later["service.name"]) == ("web", "web")
+    assert first["service.name"] == "busybox"               # what was handed out is not changed under its holder
+    table.stopService()
+    assert not fake.running
+
+
+def test_status_blocks_and_readiness_come_from_the_providers(tmp_path):
+    proc, fake, table = docker_table(tmp_path)
+    agent = make_agent(reactor=None, children=("export",))
+    table.setName("processes")
+    table.setServiceParent(agent)
+    table.startService()
+    assert discovery_status(agent)["docker"] == BLOCK
+    assert readiness(agent)[1]["checks"]["discovery"] == "ok"
+    fake.check = "failed: cannot connect to /run/docker.sock"
+    assert readiness(agent) == (False, {"status": "not_ready", "checks": {
+        "ebpf": "disabled", "otlp": "ok", "discovery": "failed: docker: cannot connect to /run/docker.sock"}})
+    fake.check = "disabled"
+    assert readiness(agent)[0]
+    table.stopService()
