@@ -4,6 +4,7 @@ The OpenAPI 3.1 document of the API, with a response schema for every route.
 Schemas are JSON Schema 2020-12 (what OpenAPI 3.1 uses), so tests validate real answers with them.
 """
 from telegen import __version__
+from telegen.discovery.docker import DockerProvider
 
 NULLABLE_STR = {"type": ["string", "null"]}
 TIME = {"type": ["string", "null"], "format": "date-time"}
@@ -86,7 +87,7 @@ SCHEMAS = {
             "enabled": {"type": "boolean"}, "connected": {"type": "boolean"}, "cluster": NULLABLE_STR,
             "namespace": NULLABLE_STR, "pods_watched": COUNT, "services_watched": COUNT,
         }),
-        "docker": _obj({"enabled": {"type": "boolean"}, "connected": {"type": "boolean"}, "containers": COUNT}),
+        "docker": DockerProvider.STATUS_SCHEMA,
         "cloud": _obj({"provider": NULLABLE_STR, "region": NULLABLE_STR, "instance_id": NULLABLE_STR}),
         "discovered_services": {"type": "array", "items": _obj({
             "name": {"type": "string"}, "namespace": NULLABLE_STR, "instances": COUNT,

@@ -117,8 +117,9 @@ SCHEMA = Section({
             "exclude_instrument": Field("selectors", [], "Never processes matching one of these selectors."),
             "kubernetes": Section({"enabled": Field("bool", False, "Kubernetes metadata.")}),
             "docker": Section({
-                "enabled": Field("bool", False, "Docker metadata."),
+                "enabled": Field("bool", True, "Docker metadata: container.* attributes (used when the socket exists)."),
                 "socket": Field("str", "/var/run/docker.sock", "Docker API socket."),
+                "labels": Field("list_str", [], "Container label keys copied to container.label.<key>."),
             }),
         }),
         "host_metrics": Section({

@@ -289,4 +289,7 @@ class ProcessTable(service.Service):
 
 def default_providers(table):
     """The providers between cgroup and host under the table's config."""
-    return []
+    from telegen.discovery.docker import DockerProvider
+
+    discovery = table.config["agent"]["discovery"]
+    return [DockerProvider(discovery["docker"], table.metrics, table.metadata_changed, reactor=table._reactor)]

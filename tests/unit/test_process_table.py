@@ -72,7 +72,7 @@ def make_table(tmp_path, clock=None, providers=None, **discovery):
     config = make_config()
     config["agent"]["discovery"].update(discovery)
     table = ProcessTable(config, metrics, reactor=clock or Clock(), proc_root=str(proc.root),
-                         run_in_thread=lambda fn, *a: defer.succeed(fn(*a)), providers=providers)
+                         run_in_thread=lambda fn, *a: defer.succeed(fn(*a)), providers=providers or (lambda table: []))
     return proc, metrics, table
 
 

@@ -1,0 +1,66 @@
+"""
+The Docker provider's parts that need no daemon: image references, the event stream's framing
+(objects split across reads, unreadable lines counted and skipped), and being off.
+(tests/integration/test_discovery_docker.py drives it against a real dockerd.)
+"""
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
+
+from telegen.contracts import IResourceProvider
+from telegen.discovery.docker import DockerProvider, _EventLines, split_image
+from telegen.selfmetrics import SelfMetrics
+
+
+@pytest.mark.parametrize("reference, expected", [
+    ("nginx", ("nginx", ["latest"])),
+    ("nginx:1.25", ("nginx", ["1.25"])),
+    ("registry:5000/team/app:2.0", ("registry:5000/team/app", ["2.0"])),
+    ("registry:5000/team/app", ("registry:5000/team/app", ["latest"])),
+    ("app@sha256:" + "a" * 64, ("app", [])),
+    ("app:3@sha256:" + "a" * 64, ("app", ["3"])),
+    ("sha256:" + "b" * 64, (None, [])),
+    ("", (None, [])),
+])
+def test_image_references_give_name_and_tags(reference, expected):
+    assert split_image(reference) == expected
+
+
+def provider(**config):
+    metrics = SelfMetrics()
+    p = DockerProvider(dict({"enabled": True, "socket": "/nonexistent/docker.sock", "labels": []}, **config),
+                       metrics, lambda: None, reactor=Clock())
+    return p, metrics
+
+
+def test_event_lines_split_across_reads_are_joined_and_bad_ones_counted():
+    p, metrics = provider(labels=["team"])
+    lines = _EventLines(p._apply, p._bad_event, defer.Deferred())
+    start = (b'{"Type":"container","Action":"start","Actor":{"ID":"c1","Attributes":'
+             b'{"name":"web","image":"shop/web:7","team":"blue","other":"x"}}}\n')
+    lines.dataReceived(start[:40])
+    assert p.attributes(1, {"container.id": "c1"}) == {}
+    lines.dataReceived(start[40:] + b"not json\n\n" + b'{"Type":"container","Action":"exec_start: sh","id":"c1"}\n')
+    assert p.attributes(1, {"container.id": "c1"}) == {
+        "container.name": "web", "container.runtime": "docker", "container.image.name": "shop/web",
+        "container.image.tags": ["7"], "container.label.team": "blue"}
+    assert metrics.registry.get_sample_value("telegen_discovery_errors_total", {"provider": "docker", "reason": "bad_event"}) == 1
+    assert metrics.registry.get_sample_value("telegen_discovery_events_total", {"provider": "docker", "action": "start"}) == 1
+
+
+def test_off_or_without_a_socket_the_provider_is_disabled_and_retries_quietly():
+    p, _ = provider(enabled=False)
+    verifyObject(IResourceProvider, p)
+    p.startService()
+    assert (p.ready_check(), p.status()) == ("disabled", {"enabled": False, "connected": False, "containers": 0})
+    assert p.reactor.getDelayedCalls() == []
+    p.stopService()
+    absent, _ = provider()
+    absent.startService()
+    assert absent.ready_check() == "disabled"
+    [retry] = absent.reactor.getDelayedCalls()          # looked for again later: a daemon installed later is found
+    absent.reactor.advance(retry.getTime())
+    assert absent.reactor.getDelayedCalls()[0].getTime() - absent.reactor.seconds() == 1.0   # backoff doubles
+    absent.stopService()
+    assert absent.reactor.getDelayedCalls() == []
