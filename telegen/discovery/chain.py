@@ -3,13 +3,17 @@ The resource chain: the ordered IResourceProviders whose answers make one proces
 
 procfs -> cgroup -> docker -> kubernetes -> cloud -> host: each link sees what the earlier ones
 found (the cgroup link's container.id is what Docker and Kubernetes look containers up by) and
-its attributes are laid over them. Providers that watch something (a daemon, an API server) are
+its attributes are laid over them. A link sets service.name only when none is found yet (a
+process's own OTEL_SERVICE_NAME wins); when no link names the service, the executable's name does,
+and for a pid nothing knows "unknown_service", the resource conventions' fallback. Providers that watch something (a daemon, an API server) are
 twisted services; the process table starts and stops them with itself. A provider with a block in
 GET /status/discovery declares it by a STATUS_SCHEMA (what openapi.py publishes) and reports it
 through status(); readiness is the first provider's failure, if any.
 """
 from twisted.application.service import IService
 from twisted.internet import defer
+
+from telegen.discovery.procfs import UNKNOWN_SERVICE
 
 READY = ("ok", "disabled")
 
@@ -25,6 +29,8 @@ class ResourceChain:
         found = {}
         for provider in self.providers:
             found.update(provider.attributes(pid, found))
+        if "service.name" not in found:
+            found["service.name"] = found.get("process.executable.name") or UNKNOWN_SERVICE
         return found
 
     def provider(self, name):

@@ -140,7 +140,13 @@ class DockerProvider(service.Service):
     # -- IResourceProvider ---------------------------------------------------------------------
 
     def attributes(self, pid, found):
-        return self._containers.get(found.get("container.id"), {})
+        """The container's attributes; its name is the service's unless the process named it."""
+        attrs = self._containers.get(found.get("container.id"))
+        if attrs is None:
+            return {}
+        if "service.name" in found:
+            return attrs
+        return dict(attrs, **{"service.name": attrs["container.name"]})
 
     def status(self):
         return {"enabled": self.enabled and self._present, "connected": self._connected, "containers": len(self._running)}

@@ -265,12 +265,17 @@ class ProcessTable(service.Service):
         return next(iter(owners)) if len(owners) == 1 else None
 
     def services(self):
-        """Processes with listening sockets grouped by service: [{name, namespace, instances, ports}]."""
+        """
+        Processes with listening sockets grouped by service: [{name, namespace, instances, ports}],
+        named as their telemetry is (a container's name, a pod's service), not only by /proc.
+        """
         grouped = {}
-        for info in self._table.values():
+        for pid, info in list(self._table.items()):
             if not info.ports:
                 continue
-            entry = grouped.setdefault((info.service_name, info.service_namespace), {"pids": set(), "ports": set()})
+            attrs = self.resource_attributes(pid)
+            key = (attrs["service.name"], attrs.get("service.namespace") or attrs.get("k8s.namespace.name"))
+            entry = grouped.setdefault(key, {"pids": set(), "ports": set()})
             entry["pids"].add(info.pid)
             entry["ports"] |= info.ports
         return [

@@ -35,6 +35,7 @@ class ProcessInfo:
     command_line: str = ""
     service_name: str = ""              # OTEL_SERVICE_NAME, else service.name in OTEL_RESOURCE_ATTRIBUTES, else exe_name
     service_namespace: str = ""
+    service_from_env: bool = False      # service_name was set by the process's OTel environment, not guessed
     ports: set = field(default_factory=set)   # TCP ports it listens on
     in_container: bool = False          # its cgroup belongs to a container runtime
     container: Optional[cgroups.Container] = None   # the container its cgroup path names, if any
@@ -104,6 +105,7 @@ def read_process(pid, root="/proc"):
         command_line=" ".join(a.decode("utf-8", "replace") for a in argv),
         service_name=service or exe_name,
         service_namespace=namespace,
+        service_from_env=bool(service),
         in_container=any(mark in cgroup for mark in _CONTAINER_MARKS),
         container=cgroups.parse(cgroup),
     )
@@ -188,9 +190,9 @@ def scan(known, root="/proc"):
 class ProcfsProvider:
     """
     The first link of the resource chain: service.* and process.* of a process as /proc told it
-    (lookup(pid) is the process table's ProcessInfo lookup). A pid nothing knows gets
-    process.pid and service.name "unknown_service", the resource conventions' fallback, so that
-    every resource names a service; pid 0 (owner unknown) only the service.
+    (lookup(pid) is the process table's ProcessInfo lookup). service.name only when the process's
+    OTel environment sets it: otherwise later links may name the service (a container's name), and
+    the chain falls back to the executable's name. A pid nothing knows gets process.pid only.
     """
 
     name = "procfs"
@@ -203,9 +205,9 @@ class ProcfsProvider:
     def attributes(self, pid, found):
         info = self._lookup(pid)
         if info is None:
-            return {"service.name": UNKNOWN_SERVICE, "process.pid": pid} if pid > 0 else {"service.name": UNKNOWN_SERVICE}
+            return {"process.pid": pid} if pid > 0 else {}
         attrs = {
-            "service.name": info.service_name,
+            "service.name": info.service_name if info.service_from_env else None,
             "service.namespace": info.service_namespace or None,
             "service.instance.id": f"{self._hostname}:{pid}",
             "process.pid": pid,

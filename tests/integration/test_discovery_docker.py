@@ -81,7 +81,7 @@ async def test_running_containers_are_listed_with_image_and_configured_labels(do
     provider, metrics, changed = start_provider(dockerd.socket, labels=("team",))
     await connected(provider)
     assert provider.status() == {"enabled": True, "connected": True, "containers": 1}
-    assert provider.attributes(1, {"container.id": cid}) == {
+    assert provider.attributes(1, {"container.id": cid, "service.name": "own"}) == {
         "container.name": "listed", "container.runtime": "docker",
         "container.image.name": "telegen-test/busybox", "container.image.tags": ["1"],
         "container.label.team": "shop",
@@ -126,6 +126,8 @@ async def test_the_process_table_names_a_containers_process(dockerd, containers)
         assert (attrs["container.id"], attrs["container.name"], attrs["container.runtime"]) == (cid, "web", "docker")
         assert attrs["process.pid"] == pid and attrs["process.executable.name"] == "busybox"
         assert table.discovery_blocks()["docker"] == {"enabled": True, "connected": True, "containers": 1}
+        await until(lambda: table.listener_pid(port) == pid, message="a rescan finds the listener")
+        assert {"name": "web", "namespace": None, "instances": 1, "ports": [port]} in table.services()
     finally:
         await table.stopService()
 

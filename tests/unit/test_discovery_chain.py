@@ -42,7 +42,8 @@ def docker_table(tmp_path):
     fake = FakeDocker()
     verifyObject(IResourceProvider, fake)
     proc, metrics, table = make_table(tmp_path, providers=lambda table: [fake])
-    proc.add(30, "/bin/busybox", ["httpd"], cgroup="0::/docker/" + "ab" * 32 + "\n")
+    proc.add(30, "/bin/busybox", ["httpd"], cgroup="0::/docker/" + "ab" * 32 + "\n", socket_inodes=[900])
+    proc.listen(900, 8080)
     return proc, fake, table
 
 
@@ -58,6 +59,7 @@ def test_providers_see_earlier_links_and_late_metadata_applies_to_what_follows(t
     table.metadata_changed()
     later = table.resource_attributes(30)
     assert (later["container.name"], later["service.name"]) == ("web", "web")
+    assert table.services() == [{"name": "web", "namespace": None, "instances": 1, "ports": [8080]}]
     assert first["service.name"] == "busybox"               # what was handed out is not changed under its holder
     table.stopService()
     assert not fake.running

@@ -42,9 +42,11 @@ def test_event_lines_split_across_reads_are_joined_and_bad_ones_counted():
     lines.dataReceived(start[:40])
     assert p.attributes(1, {"container.id": "c1"}) == {}
     lines.dataReceived(start[40:] + b"not json\n\n" + b'{"Type":"container","Action":"exec_start: sh","id":"c1"}\n')
-    assert p.attributes(1, {"container.id": "c1"}) == {
-        "container.name": "web", "container.runtime": "docker", "container.image.name": "shop/web",
-        "container.image.tags": ["7"], "container.label.team": "blue"}
+    container = {"container.name": "web", "container.runtime": "docker", "container.image.name": "shop/web",
+                 "container.image.tags": ["7"], "container.label.team": "blue"}
+    # The container's name names the service unless the process's own environment did.
+    assert p.attributes(1, {"container.id": "c1"}) == dict(container, **{"service.name": "web"})
+    assert p.attributes(1, {"container.id": "c1", "service.name": "cart"}) == container
     assert metrics.registry.get_sample_value("telegen_discovery_errors_total", {"provider": "docker", "reason": "bad_event"}) == 1
     assert metrics.registry.get_sample_value("telegen_discovery_events_total", {"provider": "docker", "action": "start"}) == 1
 
