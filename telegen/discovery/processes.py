@@ -16,6 +16,8 @@ until that pid is seen again. Telemetry of a process
 known by nothing but its pid gets service.name "unknown_service", the fallback the OpenTelemetry
 resource conventions prescribe, so that every resource names a service.
 """
+from dataclasses import replace
+
 from twisted.application import service
 from twisted.internet import threads
 from twisted.internet.task import LoopingCall
@@ -163,19 +165,26 @@ class ProcessTable(service.Service):
             self._table[pid] = info
         self._update_gauge()
 
-    def on_exit(self, pid, comm=None):
-        """A process exited: forget it after the grace period (one never seen is known by its comm meanwhile)."""
+    def on_exit(self, pid, comm=None, ppid=0):
+        """
+        A process exited: forget it after the grace period. One never seen ran its parent's
+        program in its parent's container when the parent is known (no exec event came for it:
+        a forking server's worker), else it is known by its comm meanwhile.
+        """
         if pid in self._exited:
             return
         if pid not in self._table:
-            if comm:
+            parent = self._table.get(ppid) if ppid else None
+            if parent is not None:
+                self._remember_gone(pid, info=replace(parent, pid=pid, ports=set()))
+            elif comm:
                 self._remember_gone(pid, comm)
             return
         self._exited[pid] = self.reactor.callLater(self.exit_grace, self._forget, pid)
 
-    def _remember_gone(self, pid, comm):
-        """A process no longer in /proc, known by the kernel's comm until the grace period ends."""
-        self._table[pid] = procfs.ProcessInfo(pid, start_time=0, exe_name=comm, service_name=comm)
+    def _remember_gone(self, pid, comm=None, info=None):
+        """A process no longer in /proc, known by info or the kernel's comm until the grace period ends."""
+        self._table[pid] = info or procfs.ProcessInfo(pid, start_time=0, exe_name=comm, service_name=comm)
         self._departed.pop(pid, None)
         self._missing.discard(pid)
         self._selected.pop(pid, None)

@@ -76,3 +76,16 @@ def test_process_table_resources_carry_the_container_of_the_process(tmp_path):
     assert attrs["process.pid"] == 20 and attrs["host.name"]
     assert not any(k.startswith("container.") for k in table.resource_attributes(21))
     table.stopService()
+
+
+def test_a_forked_worker_gone_before_it_was_read_keeps_its_parents_container(tmp_path):
+    """busybox httpd forks a worker per connection, which exits within milliseconds, never exec'ing."""
+    proc, _, table = make_table(tmp_path)
+    proc.add(60, "/bin/busybox", ["httpd", "-f"], cgroup=sample("docker_v2_cgroupfs").decode())
+    table.startService()
+    table.on_exit(61, "httpd", ppid=60)
+    table.on_exit(62, "sh", ppid=999)               # a parent nothing knows: the comm only
+    worker = table.resource_attributes(61)
+    assert (worker["process.pid"], worker["container.id"], worker["process.executable.name"]) == (61, ID, "busybox")
+    assert "container.id" not in table.resource_attributes(62) and table.resource_attributes(62)["service.name"] == "sh"
+    table.stopService()
