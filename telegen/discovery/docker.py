@@ -299,7 +299,7 @@ class DockerProvider(service.Service):
         if image_name:
             attrs["container.image.name"] = image_name
         if tags:
-            attrs["container.image.tags"] = tags
+            attrs["container.image.tags"] = tuple(tags)     # hashable: the exporter keys batches by resource
         for key in self.label_keys:
             if key in labels:
                 attrs[f"container.label.{key}"] = labels[key]

@@ -11,33 +11,12 @@ import pytest_twisted
 from telegen.discovery.docker import DockerProvider
 from telegen.discovery.processes import ProcessTable
 from telegen.selfmetrics import SelfMetrics
-from tests.support.dockerd import Dockerd, httpd_command
+from tests.support.dockerd import containers, dockerd, httpd_command  # noqa: F401 (fixtures)
 from tests.support.otlp_receiver import free_port
 from tests.support.twisted_wait import until
 from tests.unit.test_process_table import make_config
 
 pytestmark = [pytest.mark.integration]
-
-
-@pytest.fixture(scope="module")
-def dockerd(tmp_path_factory):
-    daemon = Dockerd(str(tmp_path_factory.mktemp("dockerd")))
-    try:
-        daemon.start()
-        daemon.import_busybox()
-        yield daemon
-    finally:
-        daemon.stop()
-        daemon.cleanup()
-
-
-@pytest.fixture
-def containers(dockerd):
-    """Names of containers a test starts; removed at its end."""
-    names = []
-    yield names
-    for name in names:
-        dockerd.docker("rm", "-f", name, check=False)
 
 
 class Changes:
@@ -83,7 +62,7 @@ async def test_running_containers_are_listed_with_image_and_configured_labels(do
     assert provider.status() == {"enabled": True, "connected": True, "containers": 1}
     assert provider.attributes(1, {"container.id": cid, "service.name": "own"}) == {
         "container.name": "listed", "container.runtime": "docker",
-        "container.image.name": "telegen-test/busybox", "container.image.tags": ["1"],
+        "container.image.name": "telegen-test/busybox", "container.image.tags": ("1",),
         "container.label.team": "shop",
     }
     assert provider.attributes(1, {"container.id": "0" * 64}) == {} == provider.attributes(1, {})

@@ -11,6 +11,8 @@ import signal
 import subprocess
 import tarfile
 
+import pytest
+
 from tests.support.otlp_receiver import wait_for
 
 BUSYBOX = "/bin/busybox"
@@ -67,13 +69,19 @@ class Dockerd:
                               capture_output=True, text=True, timeout=60, check=check)
 
     def import_busybox(self, image=IMAGE):
-        """Import a rootfs holding only busybox (httpd, sh, sleep) and a page at /www/index.html."""
+        """
+        Import a rootfs holding only busybox (httpd, sh, sleep), a page at /www/index.html, and
+        /lib, /lib64 links into /usr, so that a container given the host's /usr (run(usr=True))
+        runs the host's programs (python3) as Debian's merged /usr lays them out.
+        """
         tar_path = os.path.join(self.root, "rootfs.tar")
         with tarfile.open(tar_path, "w") as tar:
             tar.add(BUSYBOX, arcname="bin/busybox")
-            for applet in ("sh", "httpd", "sleep"):
-                link = tarfile.TarInfo(f"bin/{applet}")
-                link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+            links = {f"bin/{applet}": "busybox" for applet in ("sh", "httpd", "sleep")}
+            links.update({"lib": "usr/lib", "lib64": "usr/lib64"})
+            for path, target in links.items():
+                link = tarfile.TarInfo(path)
+                link.type, link.linkname = tarfile.SYMTYPE, target
                 tar.addfile(link)
             page = os.path.join(self.root, "index.html")
             with open(page, "w") as f:
@@ -82,10 +90,12 @@ class Dockerd:
         self.docker("import", "-c", 'CMD ["/bin/sh"]', tar_path, image)
         return image
 
-    def run(self, name, *command, image=IMAGE, network="host", labels=()):
-        """Start a detached container; its full id."""
-        label_args = [a for label in labels for a in ("--label", label)]
-        out = self.docker("run", "-d", "--network", network, "--name", name, *label_args, image, *command)
+    def run(self, name, *command, image=IMAGE, network="host", labels=(), usr=False):
+        """Start a detached container (with the host's /usr read-only when usr); its full id."""
+        args = [a for label in labels for a in ("--label", label)]
+        if usr:
+            args += ["-v", "/usr:/usr:ro"]
+        out = self.docker("run", "-d", "--network", network, "--name", name, *args, image, *command)
         return out.stdout.strip()
 
     def pid(self, name):
@@ -97,3 +107,25 @@ def httpd_command(port):
     """busybox httpd serving /www on loopback port, in the foreground."""
     return ["/bin/busybox", "httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/www"]
 
+
+
+@pytest.fixture(scope="module")
+def dockerd(tmp_path_factory):
+    """A Dockerd with the busybox image, for the tests of one module."""
+    daemon = Dockerd(str(tmp_path_factory.mktemp("dockerd")))
+    try:
+        daemon.start()
+        daemon.import_busybox()
+        yield daemon
+    finally:
+        daemon.stop()
+        daemon.cleanup()
+
+
+@pytest.fixture
+def containers(dockerd):
+    """Names of containers a test starts; removed at its end."""
+    names = []
+    yield names
+    for name in names:
+        dockerd.docker("rm", "-f", name, check=False)

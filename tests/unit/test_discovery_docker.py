@@ -43,7 +43,7 @@ def test_event_lines_split_across_reads_are_joined_and_bad_ones_counted():
     assert p.attributes(1, {"container.id": "c1"}) == {}
     lines.dataReceived(start[40:] + b"not json\n\n" + b'{"Type":"container","Action":"exec_start: sh","id":"c1"}\n')
     container = {"container.name": "web", "container.runtime": "docker", "container.image.name": "shop/web",
-                 "container.image.tags": ["7"], "container.label.team": "blue"}
+                 "container.image.tags": ("7",), "container.label.team": "blue"}
     # The container's name names the service unless the process's own environment did.
     assert p.attributes(1, {"container.id": "c1"}) == dict(container, **{"service.name": "web"})
     assert p.attributes(1, {"container.id": "c1", "service.name": "cart"}) == container
