@@ -21,20 +21,19 @@ from urllib.parse import quote
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from telegen.contracts import IResourceProvider
+from telegen.discovery.streams import Backoff, JsonLines, json_body
 
 log = Logger()
 
-INITIAL_DELAY = 0.5         # seconds before the first reconnect; doubles up to MAX_DELAY
-MAX_DELAY = 30.0
 LIST_TIMEOUT = 10.0
 _BASE = "http://docker"     # the host part is not used: every request goes to the socket
+_POD_LABEL = "io.kubernetes.pod.uid"     # what the kubelet labels the containers of a pod with
 _EVENT_FILTER = quote(json.dumps({"type": ["container"]}))
 
 
@@ -65,37 +64,6 @@ class _UnixEndpoints:
         return UNIXClientEndpoint(self._reactor, self._path)
 
 
-class _EventLines(Protocol):
-    """The /events body: one JSON object per line, handed to on_event as it arrives."""
-
-    def __init__(self, on_event, on_bad, finished):
-        self._buffer = b""
-        self._on_event = on_event
-        self._on_bad = on_bad
-        self.finished = finished
-
-    def dataReceived(self, data):
-        lines = (self._buffer + data).split(b"\n")
-        self._buffer = lines.pop()
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                self._on_bad(line)
-                continue
-            self._on_event(event)
-
-    def connectionLost(self, reason):
-        self.finished.callback(reason.getErrorMessage())
-
-    def abort(self):
-        """Stop reading: the daemon's connection is dropped."""
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-
 @implementer(IResourceProvider)
 class DockerProvider(service.Service):
     """Containers of the local Docker daemon by id, kept current by its event stream."""
@@ -122,13 +90,14 @@ class DockerProvider(service.Service):
         self._reactor = reactor
         self._containers = {}       # id -> resource attributes of the container
         self._running = set()       # ids of the containers running now
+        self._kubernetes = set()    # ids of the containers a kubelet runs (labelled with their pod)
         self._present = False
         self._connected = False
         self._error = None
-        self._delay = INITIAL_DELAY
+        self._backoff = Backoff()
         self._retry = None
         self._pending = None        # the list request in flight
-        self._events = None         # the _EventLines reading the stream
+        self._events = None         # the JsonLines reading the stream
 
     @property
     def reactor(self):
@@ -140,11 +109,15 @@ class DockerProvider(service.Service):
     # -- IResourceProvider ---------------------------------------------------------------------
 
     def attributes(self, pid, found):
-        """The container's attributes; its name is the service's unless the process named it."""
-        attrs = self._containers.get(found.get("container.id"))
+        """
+        The container's attributes. Its name is the service's unless the process named it, or
+        Kubernetes runs the container (the pod's rules name it then, in the next link).
+        """
+        cid = found.get("container.id")
+        attrs = self._containers.get(cid)
         if attrs is None:
             return {}
-        if "service.name" in found:
+        if "service.name" in found or cid in self._kubernetes:
             return attrs
         return dict(attrs, **{"service.name": attrs["container.name"]})
 
@@ -196,26 +169,21 @@ class DockerProvider(service.Service):
         client = treq.client.HTTPClient(Agent.usingEndpointFactory(self.reactor, _UnixEndpoints(self.reactor, self.socket), pool=pool))
         since = self.reactor.seconds()
         self._pending = d = client.get(f"{_BASE}/containers/json", timeout=LIST_TIMEOUT)
-        d.addCallback(self._json)
+        d.addCallback(json_body)
         d.addCallback(self._listed, client, since)
         d.addErrback(self._failed, "list")
-
-    @staticmethod
-    def _json(response):
-        if response.code != 200:
-            return response.text().addCallback(lambda body: defer.fail(RuntimeError(f"HTTP {response.code}: {body.strip()[:200]}")))
-        return response.json()
 
     def _listed(self, containers, client, since):
         self._pending = None
         self._containers = {}
         self._running = set()
+        self._kubernetes = set()
         for c in containers:
             names = c.get("Names") or ["/"]
             self._remember(c["Id"], names[0].lstrip("/"), c.get("Image"), c.get("Labels") or {})
         self._connected = True
         self._error = None
-        self._delay = INITIAL_DELAY
+        self._backoff.reset()
         self._count()
         self._changed()
         log.info("docker: {n} containers running on {socket}", n=len(self._running), socket=self.socket)
@@ -229,7 +197,7 @@ class DockerProvider(service.Service):
         if response.code != 200:
             raise RuntimeError(f"events: HTTP {response.code}")
         finished = defer.Deferred()
-        self._events = _EventLines(self._apply, self._bad_event, finished)
+        self._events = JsonLines(self._apply, self._bad_event, finished)
         response.deliverBody(self._events)
         finished.addCallback(self._stream_ended)
 
@@ -251,13 +219,12 @@ class DockerProvider(service.Service):
         self._error = error
         self.metrics.discovery_errors.labels(provider=self.name, reason=reason).inc()
         self.metrics.discovery_watch_restarts.labels(provider=self.name).inc()
-        log.warn("docker: {error}; reconnecting in {delay}s", error=error, delay=self._delay)
+        log.warn("docker: {error}; reconnecting in {delay}s", error=error, delay=self._backoff.delay)
         self._schedule()
 
     def _schedule(self):
         if self.running:
-            self._retry = self.reactor.callLater(self._delay, self._connect)
-            self._delay = min(self._delay * 2, MAX_DELAY)
+            self._retry = self.reactor.callLater(self._backoff.next(), self._connect)
 
     # -- events --------------------------------------------------------------------------------
 
@@ -277,6 +244,7 @@ class DockerProvider(service.Service):
             self._running.discard(cid)
         elif action == "destroy":
             self._running.discard(cid)
+            self._kubernetes.discard(cid)
             self._containers.pop(cid, None)
         else:
             return
@@ -305,6 +273,8 @@ class DockerProvider(service.Service):
                 attrs[f"container.label.{key}"] = labels[key]
         self._containers[cid] = attrs
         self._running.add(cid)
+        if _POD_LABEL in labels:
+            self._kubernetes.add(cid)
 
     def _count(self):
         self.metrics.discovery_objects.labels(provider=self.name, kind="container").set(len(self._containers))

@@ -9,7 +9,8 @@ from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from telegen.contracts import IResourceProvider
-from telegen.discovery.docker import DockerProvider, _EventLines, split_image
+from telegen.discovery.docker import DockerProvider, split_image
+from telegen.discovery.streams import JsonLines
 from telegen.selfmetrics import SelfMetrics
 
 
@@ -36,7 +37,7 @@ def provider(**config):
 
 def test_event_lines_split_across_reads_are_joined_and_bad_ones_counted():
     p, metrics = provider(labels=["team"])
-    lines = _EventLines(p._apply, p._bad_event, defer.Deferred())
+    lines = JsonLines(p._apply, p._bad_event, defer.Deferred())
     start = (b'{"Type":"container","Action":"start","Actor":{"ID":"c1","Attributes":'
              b'{"name":"web","image":"shop/web:7","team":"blue","other":"x"}}}\n')
     lines.dataReceived(start[:40])
@@ -47,6 +48,9 @@ def test_event_lines_split_across_reads_are_joined_and_bad_ones_counted():
     # The container's name names the service unless the process's own environment did.
     assert p.attributes(1, {"container.id": "c1"}) == dict(container, **{"service.name": "web"})
     assert p.attributes(1, {"container.id": "c1", "service.name": "cart"}) == container
+    lines.dataReceived(b'{"Type":"container","Action":"start","Actor":{"ID":"c2","Attributes":'
+                       b'{"name":"k8s_web_shop-7d9","image":"shop/web:7","io.kubernetes.pod.uid":"u-1"}}}\n')
+    assert "service.name" not in p.attributes(1, {"container.id": "c2"})     # the Kubernetes link names it
     assert metrics.registry.get_sample_value("telegen_discovery_errors_total", {"provider": "docker", "reason": "bad_event"}) == 1
     assert metrics.registry.get_sample_value("telegen_discovery_events_total", {"provider": "docker", "action": "start"}) == 1
 
