@@ -52,7 +52,7 @@ def test_event_lines_split_across_reads_are_joined_and_bad_ones_counted():
                        b'{"name":"k8s_web_shop-7d9","image":"shop/web:7","io.kubernetes.pod.uid":"u-1"}}}\n')
     assert "service.name" not in p.attributes(1, {"container.id": "c2"})     # the Kubernetes link names it
     assert metrics.registry.get_sample_value("telegen_discovery_errors_total", {"provider": "docker", "reason": "bad_event"}) == 1
-    assert metrics.registry.get_sample_value("telegen_discovery_events_total", {"provider": "docker", "action": "start"}) == 1
+    assert metrics.registry.get_sample_value("telegen_discovery_events_total", {"provider": "docker", "action": "start"}) == 2
 
 
 def test_off_or_without_a_socket_the_provider_is_disabled_and_retries_quietly():
