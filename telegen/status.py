@@ -86,15 +86,14 @@ def _ebpf_summary(agent):
 def discovery_status(agent):
     """
     GET /status/discovery: each block from its resource provider (telegen/discovery/chain.py).
-    A block no provider reports yet (Kubernetes, cloud) says what the config asks for and that
-    nothing is connected; without a process table every provider is off.
+    A block no provider reports yet (cloud) says that nothing is known; without a process table
+    every provider is off.
     """
-    discovery = agent.config["agent"]["discovery"]
     processes = agent.child("processes")
     blocks = processes.discovery_blocks() if processes is not None else {}
     return {
         "kubernetes": blocks.get("kubernetes") or {
-            "enabled": discovery["kubernetes"]["enabled"],
+            "enabled": False,
             "connected": False,
             "cluster": None,
             "namespace": None,
@@ -153,9 +152,6 @@ def _check(agent, child_name):
 
 
 def _discovery_check(agent):
-    discovery = agent.config["agent"]["discovery"]
-    if discovery["kubernetes"]["enabled"]:
-        return "failed: kubernetes discovery is not available in this version"
     return _check(agent, "processes")
 
 

@@ -5,6 +5,7 @@ Schemas are JSON Schema 2020-12 (what OpenAPI 3.1 uses), so tests validate real 
 """
 from telegen import __version__
 from telegen.discovery.docker import DockerProvider
+from telegen.discovery.kubernetes import KubernetesProvider
 
 NULLABLE_STR = {"type": ["string", "null"]}
 TIME = {"type": ["string", "null"], "format": "date-time"}
@@ -83,10 +84,7 @@ SCHEMAS = {
                        required=["traces", "metrics", "logs"], extra=True),
     }, extra=True),
     "DiscoveryStatus": _obj({
-        "kubernetes": _obj({
-            "enabled": {"type": "boolean"}, "connected": {"type": "boolean"}, "cluster": NULLABLE_STR,
-            "namespace": NULLABLE_STR, "pods_watched": COUNT, "services_watched": COUNT,
-        }),
+        "kubernetes": KubernetesProvider.STATUS_SCHEMA,
         "docker": DockerProvider.STATUS_SCHEMA,
         "cloud": _obj({"provider": NULLABLE_STR, "region": NULLABLE_STR, "instance_id": NULLABLE_STR}),
         "discovered_services": {"type": "array", "items": _obj({

@@ -77,7 +77,7 @@ class DockerProvider(service.Service):
         "additionalProperties": False,
     }
 
-    def __init__(self, config, metrics, changed, reactor=None):
+    def __init__(self, config, metrics, changed, reactor):
         """
         config is agent.discovery.docker; changed() tells the process table that cached resources
         may now carry more (a container was named or renamed).
@@ -87,7 +87,7 @@ class DockerProvider(service.Service):
         self.label_keys = list(config["labels"])
         self.metrics = metrics
         self._changed = changed
-        self._reactor = reactor
+        self.reactor = reactor
         self._containers = {}       # id -> resource attributes of the container
         self._running = set()       # ids of the containers running now
         self._kubernetes = set()    # ids of the containers a kubelet runs (labelled with their pod)
@@ -98,13 +98,6 @@ class DockerProvider(service.Service):
         self._retry = None
         self._pending = None        # the list request in flight
         self._events = None         # the JsonLines reading the stream
-
-    @property
-    def reactor(self):
-        if self._reactor is None:
-            from twisted.internet import reactor
-            self._reactor = reactor
-        return self._reactor
 
     # -- IResourceProvider ---------------------------------------------------------------------
 

@@ -13,36 +13,17 @@ from telegen.discovery.processes import ProcessTable
 from telegen.selfmetrics import SelfMetrics
 from tests.support.dockerd import containers, dockerd, httpd_command  # noqa: F401 (fixtures)
 from tests.support.otlp_receiver import free_port
+from tests.support.providers import run_provider  # noqa: F401 (fixture)
 from tests.support.twisted_wait import until
 from tests.unit.test_process_table import make_config
 
 pytestmark = [pytest.mark.integration]
 
 
-class Changes:
-    def __init__(self):
-        self.count = 0
-
-    def __call__(self):
-        self.count += 1
-
-
 @pytest.fixture
-def start_provider():
+def start_provider(run_provider):
     """start_provider(socket, labels) -> (provider, metrics, changes); stopped at the test's end."""
-    started = []
-
-    def start(socket, labels=()):
-        metrics = SelfMetrics()
-        changed = Changes()
-        provider = DockerProvider({"enabled": True, "socket": socket, "labels": list(labels)}, metrics, changed)
-        provider.startService()
-        started.append(provider)
-        return provider, metrics, changed
-
-    yield start
-    for provider in started:
-        provider.stopService()
+    return lambda socket, labels=(): run_provider(DockerProvider, {"enabled": True, "socket": socket, "labels": list(labels)})
 
 
 def connected(provider):
