@@ -12,6 +12,7 @@ from telegen.discovery.docker import DockerProvider
 from telegen.discovery.processes import ProcessTable
 from telegen.selfmetrics import SelfMetrics
 from tests.support.dockerd import containers, dockerd, httpd_command  # noqa: F401 (fixtures)
+from tests.support.kube_api import KubeApi, pod
 from tests.support.otlp_receiver import free_port
 from tests.support.providers import run_provider  # noqa: F401 (fixture)
 from tests.support.twisted_wait import until
@@ -90,6 +91,32 @@ async def test_the_process_table_names_a_containers_process(dockerd, containers)
         assert {"name": "web", "namespace": None, "instances": 1, "ports": [port]} in table.services()
     finally:
         await table.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pod_running_a_docker_container_names_its_process_after_the_pod(dockerd, containers, tmp_path):
+    """The Kubernetes link finds the pod by the container id the cgroup link read; the pod's rules name the service."""
+    containers.append("k8s_app_shop-abc")
+    cid = dockerd.run("k8s_app_shop-abc", "sleep", "600", labels=("io.kubernetes.pod.uid=uid-7",))
+    pid = dockerd.pid("k8s_app_shop-abc")
+    api = KubeApi().start()
+    api.put("pods", pod("shop-abc", "uid-7", containers=[("app", f"docker://{cid}")], owner=("ReplicaSet", "shop-5f6"),
+                        labels={"app.kubernetes.io/name": "shop"}))
+    config = make_config()
+    discovery = config["agent"]["discovery"]
+    discovery["docker"]["socket"] = dockerd.socket
+    discovery["kubernetes"].update(kubeconfig=api.kubeconfig(str(tmp_path / "kubeconfig")), node_name="node-1")
+    table = ProcessTable(config, SelfMetrics())
+    table.startService()
+    try:
+        await until(lambda: table.ready_check() == "ok", message="table, docker and kubernetes ready")
+        attrs = table.resource_attributes(pid)
+        assert (attrs["container.name"], attrs["k8s.pod.name"], attrs["k8s.container.name"]) == ("k8s_app_shop-abc", "shop-abc", "app")
+        assert (attrs["service.name"], attrs["service.namespace"], attrs["k8s.replicaset.name"]) == ("shop", "shop", "shop-5f6")
+        assert table.discovery_blocks()["kubernetes"]["pods_watched"] == 1
+    finally:
+        await table.stopService()
+        await api.stop()
 
 
 @pytest_twisted.ensureDeferred
