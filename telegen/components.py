@@ -48,7 +48,7 @@ def _manhole(agent):
 
 
 SPECS = (
-    ChildSpec("processes", ("agent.discovery",), _processes),
+    ChildSpec("processes", ("agent.discovery", "cloud"), _processes),
     ChildSpec("export", ("otlp", "queues", "backoff", "telegen"), _export),
     ChildSpec("hostmetrics", ("agent.host_metrics", "telegen"), _hostmetrics),
     ChildSpec("ebpf", ("agent.ebpf",), _ebpf, depends_on=("processes",)),

@@ -85,9 +85,8 @@ def _ebpf_summary(agent):
 
 def discovery_status(agent):
     """
-    GET /status/discovery: each block from its resource provider (telegen/discovery/chain.py).
-    A block no provider reports yet (cloud) says that nothing is known; without a process table
-    every provider is off.
+    GET /status/discovery: each block from its resource provider (telegen/discovery/chain.py);
+    without a process table every provider is off.
     """
     processes = agent.child("processes")
     blocks = processes.discovery_blocks() if processes is not None else {}

@@ -4,6 +4,7 @@ The OpenAPI 3.1 document of the API, with a response schema for every route.
 Schemas are JSON Schema 2020-12 (what OpenAPI 3.1 uses), so tests validate real answers with them.
 """
 from telegen import __version__
+from telegen.discovery.cloud import CloudProvider
 from telegen.discovery.docker import DockerProvider
 from telegen.discovery.kubernetes import KubernetesProvider
 
@@ -86,7 +87,7 @@ SCHEMAS = {
     "DiscoveryStatus": _obj({
         "kubernetes": KubernetesProvider.STATUS_SCHEMA,
         "docker": DockerProvider.STATUS_SCHEMA,
-        "cloud": _obj({"provider": NULLABLE_STR, "region": NULLABLE_STR, "instance_id": NULLABLE_STR}),
+        "cloud": CloudProvider.STATUS_SCHEMA,
         "discovered_services": {"type": "array", "items": _obj({
             "name": {"type": "string"}, "namespace": NULLABLE_STR, "instances": COUNT,
             "ports": {"type": "array", "items": {"type": "integer"}},

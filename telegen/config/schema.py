@@ -175,8 +175,10 @@ SCHEMA = Section({
         name: Section({
             "enabled": Field("bool", False, f"{name} instance metadata."),
             "timeout": Field("duration", 0.2, "Metadata request timeout.", min=0.001),
+            "endpoint": Field("str", endpoint, "The metadata service's base URL."),
         })
-        for name in ("aws", "gcp", "azure")
+        for name, endpoint in (("aws", "http://169.254.169.254"), ("gcp", "http://metadata.google.internal"),
+                               ("azure", "http://169.254.169.254"))
     }),
 })
 

@@ -303,9 +303,11 @@ class ProcessTable(service.Service):
 
 def default_providers(table):
     """The providers between cgroup and host under the table's config."""
+    from telegen.discovery.cloud import CloudProvider
     from telegen.discovery.docker import DockerProvider
     from telegen.discovery.kubernetes import KubernetesProvider
 
     discovery = table.config["agent"]["discovery"]
     return [DockerProvider(discovery["docker"], table.metrics, table.metadata_changed, table.reactor),
-            KubernetesProvider(discovery["kubernetes"], table.metrics, table.metadata_changed, table.reactor)]
+            KubernetesProvider(discovery["kubernetes"], table.metrics, table.metadata_changed, table.reactor),
+            CloudProvider(table.config["cloud"], table.metrics, table.metadata_changed, table.reactor)]
