@@ -234,9 +234,11 @@ class ProcessTable(service.Service):
     def metadata_changed(self):
         """
         A provider learned something (a container started, a pod was named): drop the cached
-        resources so that what follows carries it. What was already sent stays as it was.
+        resources (and selections that may depend on them) so that what follows carries it. What
+        was already sent stays as it was.
         """
         self._resources.clear()
+        self._selected.clear()
 
     def discovery_blocks(self):
         """The providers' blocks of GET /status/discovery ({name: block})."""
@@ -265,7 +267,8 @@ class ProcessTable(service.Service):
         verdict = self._selected.get(pid)
         if verdict is None:
             info = self._table.get(pid) or self._read_missing(pid)
-            verdict = self._selected[pid] = self._selection.selected(info)
+            resource = self.resource_attributes(pid) if self._selection.uses_resource and info is not None else None
+            verdict = self._selected[pid] = self._selection.selected(info, resource)
         return verdict
 
     def listener_pid(self, port):

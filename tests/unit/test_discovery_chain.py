@@ -79,3 +79,18 @@ def test_status_blocks_and_readiness_come_from_the_providers(tmp_path):
     fake.check = "disabled"
     assert readiness(agent)[0]
     table.stopService()
+
+
+def test_container_selectors_match_once_the_container_is_named(tmp_path):
+    """instrument by container name: nothing before Docker names it, its telemetry after; exclude by image."""
+    fake = FakeDocker()
+    proc, _, table = make_table(tmp_path, providers=lambda table: [fake],
+                                instrument=[{"container_name": "web*"}], exclude_instrument=[{"k8s_owner_name": "batch-*"}])
+    proc.add(30, "/bin/busybox", ["httpd"], cgroup="0::/docker/" + "ab" * 32 + "\n")
+    proc.add(31, "/usr/sbin/sshd", ["sshd"])
+    table.startService()
+    assert not table.selected(30) and not table.selected(31)
+    fake.names["ab" * 32] = "web-1"
+    table.metadata_changed()
+    assert table.selected(30) and not table.selected(31)
+    table.stopService()
