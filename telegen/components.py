@@ -22,7 +22,11 @@ def _hostmetrics(agent):
         return None
     from telegen.hostmetrics import HostMetricsService
 
-    return HostMetricsService(agent.config, agent.exporter, agent.metrics, reactor=agent.reactor)
+    def host_facts():
+        processes = agent.child("processes")
+        return processes.host_facts() if processes is not None else {}
+
+    return HostMetricsService(agent.config, agent.exporter, agent.metrics, reactor=agent.reactor, host_facts=host_facts)
 
 
 def _ebpf(agent):

@@ -240,6 +240,11 @@ class ProcessTable(service.Service):
         self._resources.clear()
         self._selected.clear()
 
+    def host_facts(self):
+        """What discovery knows of the host itself (the cloud instance), for the host's own metrics."""
+        cloud = self.chain.provider("cloud")
+        return dict(cloud.attributes(0, {})) if cloud is not None else {}
+
     def discovery_blocks(self):
         """The providers' blocks of GET /status/discovery ({name: block})."""
         return self.chain.blocks()
