@@ -124,6 +124,33 @@ def from_kubeconfig(path):
                      context.get("namespace"))
 
 
+_NAME_ANNOTATION = "resource.opentelemetry.io/service.name"
+_NAME_LABEL = "app.kubernetes.io/name"
+
+
+def trim_pod(obj):
+    """
+    The fields of a pod the attributes need, nothing else: a pod as the API sends it is kilobytes
+    (managed fields, volumes, probes), and a node may run hundreds.
+    """
+    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
+    return {
+        "metadata": {
+            "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+            "labels": {_NAME_LABEL: labels[_NAME_LABEL]} if _NAME_LABEL in labels else {},
+            "annotations": {_NAME_ANNOTATION: annotations[_NAME_ANNOTATION]} if _NAME_ANNOTATION in annotations else {},
+            "ownerReferences": [{"kind": r.get("kind"), "name": r.get("name"), "controller": r.get("controller")}
+                                for r in meta.get("ownerReferences") or [] if r.get("controller")],
+        },
+        "spec": {
+            "nodeName": spec.get("nodeName"),
+            "containers": [{"name": c.get("name"), "env": [e for e in c.get("env") or [] if e.get("name") == "OTEL_SERVICE_NAME"]}
+                           for c in spec.get("containers") or []],
+        },
+    }
+
+
 def container_id(status_id):
     """The runtime's container id of a containerStatuses[].containerID ("containerd://<id>")."""
     return status_id.split("://", 1)[-1] if status_id else None
@@ -421,8 +448,7 @@ class KubernetesProvider(service.Service):
                 for env in spec.get("env") or []:
                     if env.get("name") == "OTEL_SERVICE_NAME" and env.get("value"):
                         return env["value"]
-        named = (meta.get("annotations") or {}).get("resource.opentelemetry.io/service.name") \
-            or (meta.get("labels") or {}).get("app.kubernetes.io/name")
+        named = (meta.get("annotations") or {}).get(_NAME_ANNOTATION) or (meta.get("labels") or {}).get(_NAME_LABEL)
         if named:
             return named
         workload = next((attrs[k] for k in _WORKLOAD_ORDER if attrs.get(k)), None)
@@ -460,7 +486,7 @@ class KubernetesProvider(service.Service):
         if kind == "pods":
             self._forget(kind, obj)
             uid = meta.get("uid")
-            self._pods[uid] = obj
+            self._pods[uid] = trim_pod(obj)
             cids = self._containers_of[uid] = []
             for status in (obj.get("status") or {}).get("containerStatuses") or []:
                 cid = container_id(status.get("containerID"))

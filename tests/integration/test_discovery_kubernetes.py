@@ -105,8 +105,9 @@ async def test_bookmarks_move_the_version_and_410_gone_lists_again(api, start):
     api.put("pods", web_pod())
     api.compact()
     api.release()
-    await until(lambda: api.list_count("pods") == 2 and provider.ready_check() == "ok", message="re-list after 410")
-    assert provider.attributes(1, {"container.id": CID})["k8s.pod.name"] == "web-7d9-abc"
+    await until(lambda: provider.attributes(1, {"container.id": CID}), message="the new list applied")
+    assert api.list_count("pods") == 2 and provider.attributes(1, {"container.id": CID})["k8s.pod.name"] == "web-7d9-abc"
+    await until(lambda: provider.ready_check() == "ok", message="every kind listed again")
     assert metrics.registry.get_sample_value("telegen_discovery_watch_restarts_total", {"provider": "kubernetes"}) >= 5
 
 
