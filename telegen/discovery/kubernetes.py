@@ -19,7 +19,7 @@ spec, the pod's resource.opentelemetry.io/service.name annotation, its app.kuber
 label, the owning workload's name, the container's name (OpenTelemetry's Kubernetes rules).
 """
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 from urllib.parse import urlencode
 
@@ -60,16 +60,19 @@ class ApiServer:
     """Where the API server is and how to authenticate to it."""
 
     url: str
-    token: Optional[str] = None
+    token: Optional[str] = field(default=None, repr=False)     # a secret: never in logs or errors
     ca_pem: Optional[bytes] = None
     insecure: bool = False
     namespace: Optional[str] = None     # the agent's own namespace, when known
 
 
 def in_cluster(environ=os.environ, account_dir=SERVICE_ACCOUNT):
-    """The ApiServer of the pod's service account, or None outside a cluster."""
+    """
+    The ApiServer of the pod's service account, or None outside a cluster (or in a pod given no
+    token: automountServiceAccountToken false means the agent is not meant to ask the API).
+    """
     host = environ.get("KUBERNETES_SERVICE_HOST")
-    if not host:
+    if not host or not os.path.exists(os.path.join(account_dir, "token")):
         return None
     port = environ.get("KUBERNETES_SERVICE_PORT", "443")
     host = f"[{host}]" if ":" in host else host
