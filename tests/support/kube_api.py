@@ -211,3 +211,25 @@ def owned(kind, name, namespace="shop", owner=None):
     if owner:
         meta["ownerReferences"] = [{"kind": owner[0], "name": owner[1], "controller": True, "apiVersion": "apps/v1", "uid": "o-" + owner[1]}]
     return {"metadata": meta}
+
+
+def main():
+    """
+    Run the emulator as its own process (for tests that drive a real agent without a reactor):
+    `python -m tests.support.kube_api OBJECTS.json KUBECONFIG` loads {kind: [objects]}, writes a
+    kubeconfig naming the port it listens on, and serves until terminated.
+    """
+    import sys
+
+    objects_path, kubeconfig_path = sys.argv[1:3]
+    api = KubeApi().start()
+    with open(objects_path) as f:
+        for kind, items in json.load(f).items():
+            for obj in items:
+                api.put(kind, obj)
+    api.kubeconfig(kubeconfig_path)
+    default_reactor.run()
+
+
+if __name__ == "__main__":
+    main()
