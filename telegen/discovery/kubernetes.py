@@ -41,6 +41,7 @@ LIST_TIMEOUT = 30.0
 WATCH_SECONDS = 300         # the server ends a watch after this long; it is then resumed
 GONE = 410
 MIN_STREAM = 1.0            # a watch that ends sooner than this is retried with backoff, not at once
+WATCHDOG = WATCH_SECONDS + 60   # a stream the server has not ended by then is dropped (a silent partition)
 # (kind, API path) of what is watched; pods are filtered to this node.
 KINDS = (("pods", "/api/v1/pods"), ("replicasets", "/apis/apps/v1/replicasets"),
          ("jobs", "/apis/batch/v1/jobs"), ("services", "/api/v1/services"))
@@ -201,6 +202,7 @@ class _Watch:
         self._pending = None
         self._stream = None
         self._retry = None
+        self._watchdog = None
 
     def _url(self, **params):
         query = {"fieldSelector": self.selector} if self.selector else {}
@@ -211,8 +213,9 @@ class _Watch:
         self._list()
 
     def stop(self):
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
+        for call in (self._retry, self._watchdog):
+            if call is not None and call.active():
+                call.cancel()
         if self._pending is not None:
             self._pending.cancel()
         if self._stream is not None:
@@ -254,6 +257,7 @@ class _Watch:
         self._opened = self.provider.reactor.seconds()
         finished = defer.Deferred()
         self._stream = JsonLines(self._event, self._bad, finished)
+        self._watchdog = self.provider.reactor.callLater(WATCHDOG, self._stream.abort)
         response.deliverBody(self._stream)
         finished.addCallback(self._ended)
         return None
@@ -280,6 +284,8 @@ class _Watch:
 
     def _ended(self, reason):
         self._stream = None
+        if self._watchdog.active():
+            self._watchdog.cancel()
         if not self.provider.running:
             return
         self.provider.count_restart()

@@ -6,6 +6,7 @@ the next watch, a re-list on 410 Gone, and OpenTelemetry's service.name rules.
 import pytest
 import pytest_twisted
 
+from telegen.discovery import kubernetes
 from telegen.discovery.kubernetes import KubernetesProvider
 from telegen.selfmetrics import SelfMetrics
 from tests.support.kube_api import KubeApi, owned, pod
@@ -136,3 +137,12 @@ def test_service_name_rules_in_order(extra, expected):
     assert provider.pod_attributes(web_pod(**extra), "web", {})["service.name"] == expected
     bare = pod("solo", "uid-9", containers=[("main", "cri-o://" + CID)])
     assert provider.pod_attributes(bare, "main", {})["service.name"] == "main"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_the_server_never_ends_is_dropped_by_the_watchdog_and_resumed(api, start, monkeypatch):
+    """A silent partition leaves a watch open with nothing arriving: the client ends it itself."""
+    monkeypatch.setattr(kubernetes, "WATCHDOG", 1.5)
+    provider, _, _ = start()
+    await until(lambda: len(api.watch_queries("pods")) >= 2, message="the pods watch resumed")
+    assert api.list_count("pods") == 1 and provider.ready_check() == "ok"

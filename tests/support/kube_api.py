@@ -179,6 +179,7 @@ class KubeApi(resource.Resource):
                                    "message": f"too old resource version: {since} ({self.compacted})", "code": 410})
             watcher.request.finish()
             return
+        watcher.request.write(b"")         # the status line and headers now, as kube-apiserver sends them
         for version, k, event_type, obj in self.history:
             if version > since and watcher.wants(k, obj):
                 watcher.send(event_type, obj)
