@@ -10,6 +10,7 @@ from telegen.discovery import kubernetes
 from telegen.discovery.kubernetes import KubernetesProvider
 from telegen.selfmetrics import SelfMetrics
 from tests.support.kube_api import KubeApi, owned, pod
+from tests.support.otlp_receiver import make_tls
 from tests.support.providers import run_provider  # noqa: F401 (fixture)
 from tests.support.twisted_wait import until
 
@@ -146,3 +147,35 @@ async def test_a_stream_the_server_never_ends_is_dropped_by_the_watchdog_and_res
     provider, _, _ = start()
     await until(lambda: len(api.watch_queries("pods")) >= 2, message="the pods watch resumed")
     assert api.list_count("pods") == 1 and provider.ready_check() == "ok"
+
+
+@pytest.fixture
+def tls_api(tmp_path):
+    emulator = KubeApi(tls=make_tls(tmp_path / "tls")).start()
+    yield emulator
+    emulator.stop()
+
+
+def service_account(directory, ca_pem, token="test-token"):
+    directory.mkdir()
+    (directory / "token").write_text(token)
+    (directory / "ca.crt").write_bytes(ca_pem)
+    (directory / "namespace").write_text("observability")
+    return str(directory)
+
+
+@pytest_twisted.ensureDeferred
+async def test_in_cluster_over_tls_trusting_the_service_accounts_ca(tls_api, run_provider, tmp_path):
+    tls_api.put("pods", web_pod())
+    environ = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(tls_api.port), "NODE_NAME": "node-1"}
+    config = {"enabled": True, "kubeconfig": "", "node_name": "", "cluster_name": ""}
+    provider, _, _ = run_provider(KubernetesProvider, config, environ=environ,
+                                  account_dir=service_account(tmp_path / "account", tls_api.tls.read("ca_file")))
+    await ready(provider)
+    assert provider.attributes(1, {"container.id": CID})["k8s.pod.name"] == "web-7d9-abc"
+    assert provider.status()["namespace"] == "observability" and provider.node == "node-1"
+    # Another CA: the server is not trusted, and readiness says so.
+    other = make_tls(tmp_path / "other")
+    distrustful, _, _ = run_provider(KubernetesProvider, config, environ=environ,
+                                     account_dir=service_account(tmp_path / "other-account", other.read("ca_file")))
+    await until(lambda: "certificate verify failed" in distrustful.ready_check(), message="TLS refusal reported")

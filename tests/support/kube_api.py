@@ -36,9 +36,11 @@ class KubeApi(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, token="test-token", reactor=default_reactor):
+    def __init__(self, token="test-token", reactor=default_reactor, tls=None):
+        """tls: a tests.support.otlp_receiver.TlsMaterial to serve HTTPS with its server certificate."""
         super().__init__()
         self.token = token
+        self.tls = tls
         self.reactor = reactor
         self.version = 1000
         self.objects = {kind: {} for kind in LIST_KINDS}     # kind -> {(namespace, name): object}
@@ -54,7 +56,13 @@ class KubeApi(resource.Resource):
     # -- the test's side --------------------------------------------------------------------
 
     def start(self):
-        self._listening = self.reactor.listenTCP(0, server.Site(self), interface="127.0.0.1")
+        if self.tls is not None:
+            from twisted.internet import ssl
+
+            certificate = ssl.PrivateCertificate.loadPEM(self.tls.read("server_cert_file") + self.tls.read("server_key_file"))
+            self._listening = self.reactor.listenSSL(0, server.Site(self), certificate.options(), interface="127.0.0.1")
+        else:
+            self._listening = self.reactor.listenTCP(0, server.Site(self), interface="127.0.0.1")
         self.port = self._listening.getHost().port
         return self
 
@@ -65,7 +73,7 @@ class KubeApi(resource.Resource):
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def kubeconfig(self, path, namespace="monitoring"):
         """Write a kubeconfig naming this server and its token; returns the path."""
