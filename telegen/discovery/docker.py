@@ -27,7 +27,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from telegen.contracts import IResourceProvider
-from telegen.discovery.streams import Backoff, JsonLines, json_body
+from telegen.discovery.streams import Backoff, HTTPStatusError, JsonLines, json_body
 
 log = Logger()
 
@@ -98,6 +98,8 @@ class DockerProvider(service.Service):
         self._retry = None
         self._pending = None        # the list request in flight
         self._events = None         # the JsonLines reading the stream
+        self.client = None          # the treq client of the current connection
+        self._asked = set()         # container ids inspected because a process named them first
 
     # -- IResourceProvider ---------------------------------------------------------------------
 
@@ -109,6 +111,8 @@ class DockerProvider(service.Service):
         cid = found.get("container.id")
         attrs = self._containers.get(cid)
         if attrs is None:
+            if cid and found.get("container.runtime", "docker") == "docker":
+                self._inspect(cid)
             return {}
         if "service.name" in found or cid in self._kubernetes:
             return attrs
@@ -159,7 +163,8 @@ class DockerProvider(service.Service):
         import treq.client
 
         pool = HTTPConnectionPool(self.reactor, persistent=False)
-        client = treq.client.HTTPClient(Agent.usingEndpointFactory(self.reactor, _UnixEndpoints(self.reactor, self.socket), pool=pool))
+        client = self.client = treq.client.HTTPClient(
+            Agent.usingEndpointFactory(self.reactor, _UnixEndpoints(self.reactor, self.socket), pool=pool))
         since = self.reactor.seconds()
         self._pending = d = client.get(f"{_BASE}/containers/json", timeout=LIST_TIMEOUT)
         d.addCallback(json_body)
@@ -218,6 +223,35 @@ class DockerProvider(service.Service):
     def _schedule(self):
         if self.running:
             self._retry = self.reactor.callLater(self._backoff.next(), self._connect)
+
+    def _inspect(self, cid):
+        """
+        A process names a container the daemon has not told about yet (its start event is still
+        on the way, or it started while the stream was down): ask for it once. Ids the daemon does
+        not know (another runtime's containers) are not asked again.
+        """
+        if not self._connected or cid in self._asked:
+            return
+        self._asked.add(cid)
+        d = self.client.get(f"{_BASE}/containers/{cid}/json", timeout=LIST_TIMEOUT)
+        d.addCallback(json_body)
+        d.addCallback(self._inspected, cid)
+        d.addErrback(self._inspect_failed, cid)
+
+    def _inspected(self, info, cid):
+        if cid in self._containers:
+            return
+        config = info.get("Config") or {}
+        self._remember(cid, (info.get("Name") or "").lstrip("/"), config.get("Image"), config.get("Labels") or {})
+        if not (info.get("State") or {}).get("Running"):
+            self._running.discard(cid)
+        self._count()
+        self._changed()
+
+    def _inspect_failed(self, failure, cid):
+        if not (failure.check(HTTPStatusError) and failure.value.code == 404):
+            self._asked.discard(cid)        # the daemon may answer later
+            self.metrics.discovery_errors.labels(provider=self.name, reason="inspect").inc()
 
     # -- events --------------------------------------------------------------------------------
 

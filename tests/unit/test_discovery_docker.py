@@ -3,9 +3,13 @@ The Docker provider's parts that need no daemon: image references, the event str
 (objects split across reads, unreadable lines counted and skipped), and being off.
 (tests/integration/test_discovery_docker.py drives it against a real dockerd.)
 """
+import json
+
 import pytest
+from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.web.resource import Resource
 from zope.interface.verify import verifyObject
 
 from telegen.contracts import IResourceProvider
@@ -70,3 +74,38 @@ def test_off_or_without_a_socket_the_provider_is_disabled_and_retries_quietly():
     assert absent.reactor.getDelayedCalls()[0].getTime() - absent.reactor.seconds() == 1.0   # backoff doubles
     absent.stopService()
     assert absent.reactor.getDelayedCalls() == []
+
+
+class Inspect(Resource):
+    """GET /containers/<id>/json of one known container; 404 for others."""
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.asked = []
+
+    def render_GET(self, request):
+        cid = request.path.decode().split("/")[2]
+        self.asked.append(cid)
+        if cid != "c9":
+            request.setResponseCode(404)
+            return b'{"message": "No such container"}'
+        return json.dumps({"Id": "c9", "Name": "/early", "State": {"Running": True},
+                           "Config": {"Image": "shop/api:3", "Labels": {}}}).encode()
+
+
+def test_a_container_a_process_names_before_its_start_event_is_inspected_once():
+    changes = []
+    p = DockerProvider({"enabled": True, "socket": "/nonexistent", "labels": []}, SelfMetrics(), lambda: changes.append(1), Clock())
+    resource = Inspect()
+    p.client, p._connected = StubTreq(resource), True
+    assert p.attributes(1, {"container.id": "c9"}) == {}
+    p.client.flush()
+    assert p.attributes(1, {"container.id": "c9"})["container.name"] == "early" and changes == [1]
+    assert p.attributes(1, {"container.id": "c0", "container.runtime": "docker"}) == {}
+    p.client.flush()
+    p.attributes(1, {"container.id": "c0"})                   # not Docker's: asked once only
+    p.attributes(1, {"container.id": "c1", "container.runtime": "containerd"})      # another runtime: never asked
+    p.client.flush()
+    assert resource.asked == ["c9", "c0"] and p.status()["containers"] == 1
