@@ -6,8 +6,11 @@
  * short-lived process such as curl is often gone from /proc by the time the event is read, and
  * its telemetry still needs a service.name. Exits are reported when the thread-group leader exits (tid == tgid):
  * a thread exiting is not a process exit. The periodic /proc rescan corrects what this misses
- * (a leader exiting before its other threads, lost events).
+ * (a leader exiting before its other threads, lost events). Both events carry the parent's pid: a
+ * child forked without exec (a forking server's per-connection worker) runs its parent's program
+ * in its parent's container, which is how the table knows one that is gone before it is read.
  */
+#include <linux/sched.h>
 #include "telegen.h"
 
 enum { TELEGEN_RB_process_events = 0 };
@@ -16,6 +19,7 @@ enum { PROCESS_EXEC = 1, PROCESS_EXIT = 2 };
 struct process_event {
     struct telegen_event_header h;
     char comm[16];      /* TASK_COMM_LEN, NUL-padded */
+    u32 ppid;           /* the parent's tgid */
 };
 
 BPF_RINGBUF_OUTPUT(process_events, RINGBUF_PAGES);
@@ -28,6 +32,8 @@ static __always_inline void emit(u32 kind)
         return;
     telegen_fill_header(&e->h, kind, bpf_ktime_get_ns());
     bpf_get_current_comm(e->comm, sizeof(e->comm));
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    e->ppid = task->real_parent->tgid;
     process_events.ringbuf_submit(e, telegen_wakeup_flags(sizeof(*e)));
 }
 

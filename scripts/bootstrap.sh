@@ -5,10 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Runtime (BCC), tests (nginx, ssh, go tool pprof, systemd-analyze), benchmarks (wrk, h2load) and
-# the Debian package build (dpkg-dev, debhelper, ca-certificates).
+# the Debian package build (dpkg-dev, debhelper, ca-certificates), discovery tests (a dockerd they
+# start themselves, images built from busybox-static).
 APT_PACKAGES=(python3-venv python3-bpfcc bpfcc-tools nginx-light wrk nghttp2-client
               golang-go openssh-client curl make dpkg-dev debhelper ca-certificates systemd
-              python3-systemd systemd-journal-remote gcc libc6-dev)
+              python3-systemd systemd-journal-remote gcc libc6-dev
+              docker.io busybox-static)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -27,7 +27,11 @@ def _hostmetrics(agent, config):
         return None
     from telegen.hostmetrics import HostMetricsService
 
-    return HostMetricsService(config, agent.exporter, agent.metrics, reactor=agent.reactor)
+    def host_facts():
+        processes = agent.child("processes")
+        return processes.host_facts() if processes is not None else {}
+
+    return HostMetricsService(config, agent.exporter, agent.metrics, reactor=agent.reactor, host_facts=host_facts)
 
 
 def _ebpf(agent, config):
@@ -69,7 +73,7 @@ def _manhole(agent, config):
 
 
 SPECS = (
-    ChildSpec("processes", ("agent.discovery",) + RESOURCE, _processes),
+    ChildSpec("processes", ("agent.discovery", "cloud") + RESOURCE, _processes),
     ChildSpec("export", ("otlp", "queues", "backoff", "telegen.data_dir", "telegen.shutdown_timeout"), _export),
     ChildSpec("hostmetrics", ("agent.host_metrics",) + RESOURCE, _hostmetrics),
     ChildSpec("ebpf", ("agent.ebpf", "agent.host_metrics.interval", "self_telemetry.listen"), _ebpf,

@@ -129,7 +129,8 @@ class ProcReader:
 class HostMetricsService(TimerService):
     """Collects host metrics every interval (first one at start) and submits them as one resource."""
 
-    def __init__(self, config, pipeline, metrics, reactor=None, reader=None, wall_clock=time.time):
+    def __init__(self, config, pipeline, metrics, reactor=None, reader=None, wall_clock=time.time, host_facts=dict):
+        """host_facts() gives discovered facts of the host (the cloud instance) to add to the resource."""
         super().__init__(config["agent"]["host_metrics"]["interval"], self.collect)
         if reactor is not None:
             self.clock = reactor  # TimerService defaults to the global reactor itself when unset
@@ -139,6 +140,7 @@ class HostMetricsService(TimerService):
         self._reader = reader or ProcReader()
         self._wall_clock = wall_clock
         self._resource = host_resource_attributes(config)
+        self._host_facts = host_facts
         self._previous_cpu = None
         self._start_ns = int(wall_clock() * 1e9)
         self.collections = 0
@@ -174,4 +176,4 @@ class HostMetricsService(TimerService):
         self._previous_cpu = readings.cpu
         self.collections += 1
         self.last_error = None
-        self.pipeline.submit("metrics", self._resource, records)
+        self.pipeline.submit("metrics", {**self._resource, **self._host_facts()}, records)

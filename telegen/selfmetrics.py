@@ -60,6 +60,10 @@ class SelfMetrics:
         self.k8s_pods_discovered = Gauge("telegen_k8s_pods_discovered", "Kubernetes pods known", registry=r)
         self.k8s_services_discovered = Gauge("telegen_k8s_services_discovered", "Kubernetes services known", registry=r)
         self.processes_tracked = Gauge("telegen_processes_tracked", "Processes in the process table", registry=r)
+        self.discovery_objects = Gauge("telegen_discovery_objects", "Objects a discovery provider knows now", ["provider", "kind"], registry=r)
+        self.discovery_events = Counter("telegen_discovery_events", "Watch events a discovery provider applied, by action", ["provider", "action"], registry=r)
+        self.discovery_errors = Counter("telegen_discovery_errors", "Discovery failures (failed requests, lost streams, unreadable events), by reason", ["provider", "reason"], registry=r)
+        self.discovery_watch_restarts = Counter("telegen_discovery_watch_restarts", "Times a discovery provider reconnected its watch", ["provider"], registry=r)
 
         # Log collection (telegen/logs): what the tailer read; records are telegen_logs_collected.
         self.logs_lines_read = Counter("telegen_logs_lines_read", "Lines read from log files", registry=r)

@@ -4,6 +4,9 @@ The OpenAPI 3.1 document of the API, with a response schema for every route.
 Schemas are JSON Schema 2020-12 (what OpenAPI 3.1 uses), so tests validate real answers with them.
 """
 from telegen import __version__
+from telegen.discovery.cloud import CloudProvider
+from telegen.discovery.docker import DockerProvider
+from telegen.discovery.kubernetes import KubernetesProvider
 
 NULLABLE_STR = {"type": ["string", "null"]}
 TIME = {"type": ["string", "null"], "format": "date-time"}
@@ -82,12 +85,9 @@ SCHEMAS = {
                        required=["traces", "metrics", "logs"], extra=True),
     }, extra=True),
     "DiscoveryStatus": _obj({
-        "kubernetes": _obj({
-            "enabled": {"type": "boolean"}, "connected": {"type": "boolean"}, "cluster": NULLABLE_STR,
-            "namespace": NULLABLE_STR, "pods_watched": COUNT, "services_watched": COUNT,
-        }),
-        "docker": _obj({"enabled": {"type": "boolean"}, "connected": {"type": "boolean"}, "containers": COUNT}),
-        "cloud": _obj({"provider": NULLABLE_STR, "region": NULLABLE_STR, "instance_id": NULLABLE_STR}),
+        "kubernetes": KubernetesProvider.STATUS_SCHEMA,
+        "docker": DockerProvider.STATUS_SCHEMA,
+        "cloud": CloudProvider.STATUS_SCHEMA,
         "discovered_services": {"type": "array", "items": _obj({
             "name": {"type": "string"}, "namespace": NULLABLE_STR, "instances": COUNT,
             "ports": {"type": "array", "items": {"type": "integer"}},

@@ -16,7 +16,7 @@ import yaml
 
 SELECTOR_KEYS = (
     "open_ports", "exe_path", "name", "k8s_namespace", "k8s_pod_name", "k8s_deployment_name",
-    "containers_only",
+    "containers_only", "container_name", "container_image", "k8s_owner_name",
 )
 
 _TRUE = ("true", "yes", "1")

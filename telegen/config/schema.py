@@ -121,10 +121,16 @@ SCHEMA = Section({
             "poll_interval": Field("duration", 5.0, "/proc rescan period.", min=0.1),
             "instrument": Field("selectors", [], "Only processes matching one of these selectors (empty: all)."),
             "exclude_instrument": Field("selectors", [], "Never processes matching one of these selectors."),
-            "kubernetes": Section({"enabled": Field("bool", False, "Kubernetes metadata.")}),
+            "kubernetes": Section({
+                "enabled": Field("bool", True, "Kubernetes metadata: k8s.* attributes (used in a cluster or with a kubeconfig)."),
+                "kubeconfig": Field("str", "", "A kubeconfig path; empty: the pod's service account (in-cluster)."),
+                "node_name": Field("str", "", "This node's name (pods of this node only); empty: $NODE_NAME or $K8S_NODE_NAME."),
+                "cluster_name": Field("str", "", "k8s.cluster.name (empty: not set)."),
+            }),
             "docker": Section({
-                "enabled": Field("bool", False, "Docker metadata."),
+                "enabled": Field("bool", True, "Docker metadata: container.* attributes (used when the socket exists)."),
                 "socket": Field("str", "/var/run/docker.sock", "Docker API socket."),
+                "labels": Field("list_str", [], "Container label keys copied to container.label.<key>."),
             }),
         }),
         "host_metrics": Section({
@@ -194,8 +200,10 @@ SCHEMA = Section({
         name: Section({
             "enabled": Field("bool", False, f"{name} instance metadata."),
             "timeout": Field("duration", 0.2, "Metadata request timeout.", min=0.001),
+            "endpoint": Field("str", endpoint, "The metadata service's base URL."),
         })
-        for name in ("aws", "gcp", "azure")
+        for name, endpoint in (("aws", "http://169.254.169.254"), ("gcp", "http://metadata.google.internal"),
+                               ("azure", "http://169.254.169.254"))
     }),
 })
 

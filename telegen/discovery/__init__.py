@@ -1,1 +1,1 @@
-"""What runs on this host: processes (/proc plus sched events) and, later, containers and pods."""
+"""What runs on this host and where: processes (/proc plus sched events), their containers, pods and cloud instance (the resource chain in chain.py)."""

@@ -16,6 +16,8 @@ until that pid is seen again. Telemetry of a process
 known by nothing but its pid gets service.name "unknown_service", the fallback the OpenTelemetry
 resource conventions prescribe, so that every resource names a service.
 """
+from dataclasses import replace
+
 from twisted.application import service
 from twisted.internet import threads
 from twisted.internet.task import LoopingCall
@@ -24,28 +26,28 @@ from zope.interface import implementer
 
 from telegen.contracts import IChild, IProcessResources
 from telegen.discovery import procfs
+from telegen.discovery.cgroup import CgroupProvider
+from telegen.discovery.chain import ResourceChain
+from telegen.discovery.host import HostProvider
 from telegen.discovery.selectors import Selection
-from telegen.signals.common import host_identity, host_resource_attributes
+from telegen.signals.common import host_identity
 
 log = Logger()
 
-UNKNOWN_SERVICE = "unknown_service"     # the resource conventions' service.name when nothing better is known
 DEPARTED_MAX = 4096                     # resources of forgotten processes kept for late telemetry
-
-
-def _host_attributes(config):
-    """The host's part of every process resource: the agent's own resource less its service.*."""
-    return {k: v for k, v in host_resource_attributes(config).items() if not k.startswith("service.")}
 
 
 @implementer(IChild, IProcessResources)
 class ProcessTable(service.Service):
     """Processes by pid, their OTel resources, and the services they expose (listening ports)."""
 
-    def __init__(self, config, metrics, reactor=None, proc_root="/proc", exit_grace=2.0, run_in_thread=None):
+    def __init__(self, config, metrics, reactor=None, proc_root="/proc", exit_grace=2.0, run_in_thread=None,
+                 providers=None):
         """
         proc_root and run_in_thread (fn, *args) -> Deferred exist for unit tests: a fake /proc tree
         and a synchronous runner under a Clock. By default scans run in the reactor's thread pool.
+        providers (table -> list of the IResourceProviders between cgroup and host) lets tests
+        put fakes in the chain; by default they are built from the config.
         """
         self.config = config
         self.metrics = metrics
@@ -57,8 +59,12 @@ class ProcessTable(service.Service):
         self._resources = {}        # pid -> resource attribute dict (cache)
         self._departed = {}         # pid -> ProcessInfo of a forgotten process, oldest first (bounded)
         self._exited = {}           # pid -> IDelayedCall removing it after the grace period
-        self._host = _host_attributes(config)
-        self._hostname = host_identity()["name"]
+        self.chain = ResourceChain([
+            procfs.ProcfsProvider(self._known, host_identity()["name"]),
+            CgroupProvider(self._known),
+            *(providers or default_providers)(self),
+            HostProvider(config),
+        ])
         self._scanning = False
         self._scans = 0
         self._error = None
@@ -83,6 +89,7 @@ class ProcessTable(service.Service):
         self._loop = LoopingCall(self.rescan)
         self._loop.clock = self.reactor
         self._loop.start(self.poll_interval, now=True)
+        self.chain.start()
 
     def stopService(self):
         if self._loop is not None and self._loop.running:
@@ -91,7 +98,8 @@ class ProcessTable(service.Service):
             if call.active():
                 call.cancel()
         self._exited.clear()
-        return super().stopService()
+        super().stopService()
+        return self.chain.stop()
 
     def rescan(self):
         """Re-read /proc in a thread and replace the table; skipped while a scan is still running."""
@@ -158,19 +166,26 @@ class ProcessTable(service.Service):
             self._table[pid] = info
         self._update_gauge()
 
-    def on_exit(self, pid, comm=None):
-        """A process exited: forget it after the grace period (one never seen is known by its comm meanwhile)."""
+    def on_exit(self, pid, comm=None, ppid=0):
+        """
+        A process exited: forget it after the grace period. One never seen ran its parent's
+        program in its parent's container when the parent is known (no exec event came for it:
+        a forking server's worker), else it is known by its comm meanwhile.
+        """
         if pid in self._exited:
             return
         if pid not in self._table:
-            if comm:
+            parent = self._table.get(ppid) if ppid else None
+            if parent is not None:
+                self._remember_gone(pid, info=replace(parent, pid=pid, ports=set()))
+            elif comm:
                 self._remember_gone(pid, comm)
             return
         self._exited[pid] = self.reactor.callLater(self.exit_grace, self._forget, pid)
 
-    def _remember_gone(self, pid, comm):
-        """A process no longer in /proc, known by the kernel's comm until the grace period ends."""
-        self._table[pid] = procfs.ProcessInfo(pid, start_time=0, exe_name=comm, service_name=comm)
+    def _remember_gone(self, pid, comm=None, info=None):
+        """A process no longer in /proc, known by info or the kernel's comm until the grace period ends."""
+        self._table[pid] = info or procfs.ProcessInfo(pid, start_time=0, exe_name=comm, service_name=comm)
         self._departed.pop(pid, None)
         self._missing.discard(pid)
         self._selected.pop(pid, None)
@@ -198,39 +213,42 @@ class ProcessTable(service.Service):
 
     def resource_attributes(self, pid):
         """
-        The OTel resource of telemetry caused by pid: service.* of that process, process.* and the
-        host facts. A pid not in the table is read from /proc at once; one that is gone gets
-        process.pid, the host facts and service.name "unknown_service"; pid 0 (owner unknown)
-        the host facts and "unknown_service". Facts a process has not got (a path, a command
-        line for one known only by its comm) are left out, not sent empty.
+        The OTel resource of telemetry caused by pid, composed by the provider chain (procfs,
+        cgroup, ... host). A pid not in the table is read from /proc at once; one that is gone
+        gets process.pid, the host facts and service.name "unknown_service"; pid 0 (owner
+        unknown) the host facts and "unknown_service". Facts a process has not got (a path, a
+        command line for one known only by its comm) are left out, not sent empty.
         """
         attrs = self._resources.get(pid)
         if attrs is not None:
             return attrs
-        info = self._table.get(pid) or self._read_missing(pid)
-        if info is None:
-            departed = self._departed.get(pid)
-            if departed is not None:
-                return self._attributes(pid, departed)
-            unknown = dict(self._host, **{"service.name": UNKNOWN_SERVICE})
-            return dict(unknown, **{"process.pid": pid}) if pid > 0 else unknown
-        attrs = self._resources[pid] = self._attributes(pid, info)
+        live = self._table.get(pid) or self._read_missing(pid)
+        attrs = self.chain.attributes(pid)
+        if live is not None:
+            self._resources[pid] = attrs
         return attrs
 
-    def _attributes(self, pid, info):
-        """The resource attributes of a ProcessInfo."""
-        attrs = {
-            "service.name": info.service_name,
-            "service.namespace": info.service_namespace or None,
-            "service.instance.id": f"{self._hostname}:{pid}",
-            "process.pid": pid,
-            "process.executable.name": info.exe_name,
-            "process.executable.path": info.exe_path,
-            "process.command_line": info.command_line,
-        }
-        attrs = {k: v for k, v in attrs.items() if v not in (None, "")}
-        attrs.update(self._host)
-        return attrs
+    def _known(self, pid):
+        """The ProcessInfo of pid, whether it runs or was forgotten lately; None when unknown."""
+        return self._table.get(pid) or self._departed.get(pid)
+
+    def metadata_changed(self):
+        """
+        A provider learned something (a container started, a pod was named): drop the cached
+        resources (and selections that may depend on them) so that what follows carries it. What
+        was already sent stays as it was.
+        """
+        self._resources.clear()
+        self._selected.clear()
+
+    def host_facts(self):
+        """What discovery knows of the host itself (the cloud instance), for the host's own metrics."""
+        cloud = self.chain.provider("cloud")
+        return dict(cloud.attributes(0, {})) if cloud is not None else {}
+
+    def discovery_blocks(self):
+        """The providers' blocks of GET /status/discovery ({name: block})."""
+        return self.chain.blocks()
 
     def _read_missing(self, pid):
         """
@@ -255,7 +273,8 @@ class ProcessTable(service.Service):
         verdict = self._selected.get(pid)
         if verdict is None:
             info = self._table.get(pid) or self._read_missing(pid)
-            verdict = self._selected[pid] = self._selection.selected(info)
+            resource = self.resource_attributes(pid) if self._selection.uses_resource and info is not None else None
+            verdict = self._selected[pid] = self._selection.selected(info, resource)
         return verdict
 
     def listener_pid(self, port):
@@ -264,12 +283,17 @@ class ProcessTable(service.Service):
         return next(iter(owners)) if len(owners) == 1 else None
 
     def services(self):
-        """Processes with listening sockets grouped by service: [{name, namespace, instances, ports}]."""
+        """
+        Processes with listening sockets grouped by service: [{name, namespace, instances, ports}],
+        named as their telemetry is (a container's name, a pod's service), not only by /proc.
+        """
         grouped = {}
-        for info in self._table.values():
+        for pid, info in list(self._table.items()):
             if not info.ports:
                 continue
-            entry = grouped.setdefault((info.service_name, info.service_namespace), {"pids": set(), "ports": set()})
+            attrs = self.resource_attributes(pid)
+            key = (attrs["service.name"], attrs.get("service.namespace") or attrs.get("k8s.namespace.name"))
+            entry = grouped.setdefault(key, {"pids": set(), "ports": set()})
             entry["pids"].add(info.pid)
             entry["ports"] |= info.ports
         return [
@@ -278,9 +302,9 @@ class ProcessTable(service.Service):
         ]
 
     def ready_check(self):
-        """"ok" once the first /proc scan has completed."""
+        """"ok" once the first /proc scan has completed and no provider of the chain failed."""
         if self._scans:
-            return "ok"
+            return self.chain.ready_check()
         if self._error:
             return f"failed: /proc scan: {self._error}"
         return "failed: initial /proc scan not finished"
@@ -291,7 +315,15 @@ class ProcessTable(service.Service):
                 "discovered_services": self.services()}
 
     def reconfigure(self, config):
-        """Selectors, the poll interval and the service identity from telegen.* change in place."""
+        """
+        Selectors, the poll interval and the agent's resource keys change in place. The Docker,
+        Kubernetes and cloud settings are connections and watches: a change there rebuilds the
+        table (and the providers with it).
+        """
+        old = self.config
+        if config["cloud"] != old["cloud"] or any(
+                config["agent"]["discovery"][key] != old["agent"]["discovery"][key] for key in ("docker", "kubernetes")):
+            return False
         self.config = config
         discovery = config["agent"]["discovery"]
         self.poll_interval = discovery["poll_interval"]
@@ -299,6 +331,18 @@ class ProcessTable(service.Service):
             self._loop.interval = self.poll_interval
         self._selection = Selection(discovery)
         self._selected.clear()
-        self._host = _host_attributes(config)
+        self.chain.provider("host").reconfigure(config)
         self._resources.clear()
         return True
+
+
+def default_providers(table):
+    """The providers between cgroup and host under the table's config."""
+    from telegen.discovery.cloud import CloudProvider
+    from telegen.discovery.docker import DockerProvider
+    from telegen.discovery.kubernetes import KubernetesProvider
+
+    discovery = table.config["agent"]["discovery"]
+    return [DockerProvider(discovery["docker"], table.metrics, table.metadata_changed, table.reactor),
+            KubernetesProvider(discovery["kubernetes"], table.metrics, table.metadata_changed, table.reactor),
+            CloudProvider(table.config["cloud"], table.metrics, table.metadata_changed, table.reactor)]

@@ -7,12 +7,18 @@ ProcessTable calls the whole-host functions from a thread and the single-pid one
 """
 import os
 from dataclasses import dataclass, field, replace
+from typing import Optional
 
+from zope.interface import implementer
+
+from telegen.contracts import IResourceProvider
+from telegen.discovery import cgroup as cgroups
 from telegen.discovery import sockdiag
 from telegen.signals.common import parse_resource_attributes
 
 # /proc/net/tcp{,6} state column value of a listening socket (TCP_LISTEN = 10).
 _LISTEN = "0A"
+UNKNOWN_SERVICE = "unknown_service"     # the resource conventions' service.name when nothing better is known
 _ENV_KEYS = (b"OTEL_SERVICE_NAME=", b"OTEL_RESOURCE_ATTRIBUTES=")
 # cgroup path fragments of container runtimes (Docker, containerd, CRI-O, Podman, Kubernetes).
 _CONTAINER_MARKS = (b"docker", b"containerd", b"crio", b"libpod", b"kubepods")
@@ -29,8 +35,10 @@ class ProcessInfo:
     command_line: str = ""
     service_name: str = ""              # OTEL_SERVICE_NAME, else service.name in OTEL_RESOURCE_ATTRIBUTES, else exe_name
     service_namespace: str = ""
+    service_from_env: bool = False      # service_name was set by the process's OTel environment, not guessed
     ports: set = field(default_factory=set)   # TCP ports it listens on
     in_container: bool = False          # its cgroup belongs to a container runtime
+    container: Optional[cgroups.Container] = None   # the container its cgroup path names, if any
 
 
 def _read(path):
@@ -97,7 +105,9 @@ def read_process(pid, root="/proc"):
         command_line=" ".join(a.decode("utf-8", "replace") for a in argv),
         service_name=service or exe_name,
         service_namespace=namespace,
+        service_from_env=bool(service),
         in_container=any(mark in cgroup for mark in _CONTAINER_MARKS),
+        container=cgroups.parse(cgroup),
     )
 
 
@@ -174,3 +184,41 @@ def scan(known, root="/proc"):
             info.ports = {listening[i] for i in socket_inodes(pid, root) if i in listening}
         table[pid] = info
     return table
+
+
+@implementer(IResourceProvider)
+class ProcfsProvider:
+    """
+    The first link of the resource chain: service.* and process.* of a process as /proc told it
+    (lookup(pid) is the process table's ProcessInfo lookup). service.name only when the process's
+    OTel environment sets it: otherwise later links may name the service (a container's name), and
+    the chain falls back to the executable's name. A pid nothing knows gets process.pid only.
+    """
+
+    name = "procfs"
+    STATUS_SCHEMA = None        # /status/discovery shows processes as discovered_services instead
+
+    def __init__(self, lookup, hostname):
+        self._lookup = lookup
+        self._hostname = hostname
+
+    def attributes(self, pid, found):
+        info = self._lookup(pid)
+        if info is None:
+            return {"process.pid": pid} if pid > 0 else {}
+        attrs = {
+            "service.name": info.service_name if info.service_from_env else None,
+            "service.namespace": info.service_namespace or None,
+            "service.instance.id": f"{self._hostname}:{pid}",
+            "process.pid": pid,
+            "process.executable.name": info.exe_name,
+            "process.executable.path": info.exe_path,
+            "process.command_line": info.command_line,
+        }
+        return {k: v for k, v in attrs.items() if v not in (None, "")}
+
+    def status(self):
+        return {}
+
+    def ready_check(self):
+        return "ok"

@@ -13,8 +13,8 @@ from telegen.ebpf.probe import Probe
 PROCESS_EXEC = 1
 PROCESS_EXIT = 2
 
-# struct process_event {struct telegen_event_header {u64 ts_ns; u32 pid; u32 tid; u32 kind; u32 _pad;}; char comm[16];}
-EVENT = struct.Struct("<QIII4x16s")
+# struct process_event {struct telegen_event_header {u64 ts_ns; u32 pid; u32 tid; u32 kind; u32 _pad;}; char comm[16]; u32 ppid;}
+EVENT = struct.Struct("<QIII4x16sI")
 
 
 # Process and TCP events are small and rare next to HTTP's: a 1 MiB ring buffer holds tens of
@@ -56,9 +56,9 @@ class ProcessProbe(Probe):
 
     def on_event(self, raw):
         """Decode one event and tell the table."""
-        _, pid, _, kind, comm = EVENT.unpack_from(raw)
+        _, pid, _, kind, comm, ppid = EVENT.unpack_from(raw)
         name = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
         if kind == PROCESS_EXEC:
             self.processes.on_exec(pid, name)
         elif kind == PROCESS_EXIT:
-            self.processes.on_exit(pid, name)
+            self.processes.on_exit(pid, name, ppid)

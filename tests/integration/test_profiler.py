@@ -23,7 +23,7 @@ from telegen.profiling.pprof_proto import Profile
 from telegen.profiling.service import ProfilerService
 from telegen.selfmetrics import SelfMetrics
 from tests.support.twisted_wait import until
-from tests.unit.test_process_table import make_config
+from tests.support.fakes import make_config
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.integration]
 

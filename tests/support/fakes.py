@@ -89,6 +89,9 @@ class FakeProcesses(FakeChild):
     def services(self):
         return [{"name": "nginx", "namespace": None, "instances": 2, "ports": [80]}]
 
+    def discovery_blocks(self):
+        return {}
+
 
 def make_agent(reactor, config=None, loader=None, children=("processes", "export")):
     """An AgentService with fake children, on the given (fake) reactor."""

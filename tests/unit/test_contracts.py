@@ -10,7 +10,7 @@ from zope.interface.verify import verifyClass, verifyObject
 
 from telegen.api.openapi import openapi_document
 from telegen.config import defaults
-from telegen.contracts import IChild, IProbe, IProcessResources, IRecordSink, ISender
+from telegen.contracts import IChild, IProbe, IProcessResources, IRecordSink, IResourceProvider, ISender
 from telegen.ebpf.probes import default_probes
 from telegen.export.file_sink import FileSink
 from telegen.export.grpc_sender import GrpcSender
@@ -48,6 +48,13 @@ def test_the_export_pipeline_and_its_handle_are_record_sinks_and_the_process_tab
     assert verifyObject(IRecordSink, production_tree.child("export"))
     assert verifyObject(IRecordSink, production_tree.exporter)
     assert verifyObject(IProcessResources, production_tree.child("processes"))
+
+
+def test_every_link_of_the_resource_chain_provides_iresourceprovider(production_tree):
+    providers = production_tree.child("processes").chain.providers
+    assert [p.name for p in providers] == ["procfs", "cgroup", "docker", "kubernetes", "cloud", "host"]
+    for provider in providers:
+        assert verifyObject(IResourceProvider, provider)
 
 
 def test_default_probes_provide_iprobe():

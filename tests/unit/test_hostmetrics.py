@@ -48,12 +48,12 @@ class Sink:
         return len(records)
 
 
-def start(tmp_path, interval=15.0):
+def start(tmp_path, interval=15.0, host_facts=dict):
     write_proc(tmp_path)
     config = defaults()
     config["agent"]["host_metrics"]["interval"] = interval
     clock, sink, wall = Clock(), Sink(), [BOOT + 100.0]
-    service = HostMetricsService(config, sink, None, reactor=clock,
+    service = HostMetricsService(config, sink, None, reactor=clock, host_facts=host_facts,
                                  reader=ProcReader(str(tmp_path), statvfs=fake_statvfs), wall_clock=lambda: wall[0])
     service.startService()
     return service, sink, clock, wall
@@ -164,3 +164,14 @@ def test_reads_the_real_proc():
     readings = ProcReader().read()
     assert readings.cpu and readings.memory["total"] > 0 and readings.boot_time > 0
     assert len(readings.load) == 3 and "lo" in readings.network
+
+
+def test_discovered_host_facts_join_the_resource_when_they_arrive(tmp_path):
+    """Cloud metadata found after the first collection is on the next one's resource."""
+    facts = {}
+    service, sink, clock, _ = start(tmp_path, interval=15.0, host_facts=lambda: facts)
+    assert "cloud.provider" not in sink.calls[0][1]
+    facts.update({"cloud.provider": "aws", "host.id": "i-0abc"})
+    clock.advance(15.0)
+    assert (sink.calls[-1][1]["cloud.provider"], sink.calls[-1][1]["host.id"]) == ("aws", "i-0abc")
+    service.stopService()

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 import telegen
+from telegen.discovery.kubernetes import KINDS
 from telegen.config import load_config
 from tests.support.debian_unit import ROOT, service
 
@@ -120,10 +121,12 @@ def test_probes_and_ports_reach_the_api():
     assert [(e["port"], e["path"]) for e in monitor["endpoints"]] == [("metrics", "/metrics")]
 
 
-def test_rbac_is_read_only_discovery_bound_to_the_agents_account():
-    [rule] = by_kind("ClusterRole")["rules"]
-    assert set(rule["resources"]) == {"pods", "services", "nodes", "namespaces"}
-    assert set(rule["verbs"]) == {"get", "list", "watch"}
+def test_rbac_grants_exactly_what_discovery_watches_bound_to_the_agents_account():
+    granted = {(group, resource): set(rule["verbs"])
+               for rule in by_kind("ClusterRole")["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
+    # /api/v1/pods -> ("", "pods"); /apis/apps/v1/replicasets -> ("apps", "replicasets")
+    used = {("" if path.startswith("/api/") else path.split("/")[2], path.rsplit("/", 1)[1]) for _, path in KINDS}
+    assert granted == {key: {"list", "watch"} for key in used}
     binding = by_kind("ClusterRoleBinding")
     account = by_kind("ServiceAccount")["metadata"]
     assert binding["roleRef"]["name"] == by_kind("ClusterRole")["metadata"]["name"]

@@ -13,12 +13,12 @@ class Calls:
     def on_exec(self, pid, comm):
         self.seen.append(("exec", pid, comm))
 
-    def on_exit(self, pid, comm):
-        self.seen.append(("exit", pid, comm))
+    def on_exit(self, pid, comm, ppid):
+        self.seen.append(("exit", pid, comm, ppid))
 
 
 def feed(probe, kind, pid, comm=b"curl"):
-    probe.ring_buffers()["process_events"](EVENT.pack(123, pid, pid + 1, kind, comm))
+    probe.ring_buffers()["process_events"](EVENT.pack(123, pid, pid + 1, kind, comm, pid // 2))
 
 
 def test_exec_and_exit_reach_the_table_by_tgid_with_the_comm():
@@ -32,7 +32,7 @@ def test_exec_and_exit_reach_the_table_by_tgid_with_the_comm():
     feed(probe, PROCESS_EXIT, 100, b"a-very-long-nam\0")
     feed(probe, PROCESS_EXEC, 101, b"caf\xc3\xa9\xff")
     feed(probe, 99, 7)
-    assert calls.seen == [("exec", 100, "curl"), ("exit", 100, "a-very-long-nam"), ("exec", 101, "caf\u00e9\ufffd")]
+    assert calls.seen == [("exec", 100, "curl"), ("exit", 100, "a-very-long-nam", 50), ("exec", 101, "caf\u00e9\ufffd")]
 
 
 def test_enabled_with_ebpf_and_sized_from_config():

@@ -24,7 +24,7 @@ from telegen.profiling.sampler import Window, parse_cpu_list
 from telegen.profiling.service import ProfilerService
 from telegen.profiling.symbolize import KERNEL_MODULE, Symbolizer
 from telegen.selfmetrics import SelfMetrics
-from tests.unit.test_process_table import make_config
+from tests.support.fakes import make_config
 
 SOURCE = os.path.join(os.path.dirname(__file__), "..", "integration", "data", "burn.c")
 CHAIN = ("telegen_leaf", "telegen_middle", "telegen_outer", "main")
