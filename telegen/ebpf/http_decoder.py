@@ -10,7 +10,9 @@ decoded exactly as the request followed by the response. This module keeps per-c
 waiting for their response (FIFO, so pipelining works), and the response being written. A
 response is complete when its head and Content-Length fit in the write that started it;
 otherwise (large, chunked or sendfile'd bodies) the next request or the close gives its real
-size and end time from the totals.
+size and end time from the totals. Interim 1xx responses (100 Continue ...) leave their request
+waiting for its final response; a 101 Switching Protocols is final and ends HTTP on the
+connection: what follows is another protocol, and the connection's later events are ignored.
 
 Per-event cost matters (the Python consumer is the agent's budget): one struct unpack per
 event, heads parsed once, addresses formatted once per connection. The common case, an
@@ -27,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Optional
 
-from telegen.ebpf.http_parser import parse_requests, parse_responses
+from telegen.ebpf.http_parser import SWITCHING_PROTOCOLS, is_interim, parse_requests, parse_responses
 
 EV_REQUEST, EV_RESPONSE, EV_CLOSE, EV_EXCHANGE = 1, 2, 3, 4
 ROLE_SERVER, ROLE_CLIENT = 3, 4
@@ -112,7 +114,7 @@ class Connection:
     """
 
     __slots__ = ("server_side", "pid", "peer", "peer_port", "local", "local_port", "endpoint",
-                 "waiting", "responding", "last_seen")
+                 "waiting", "responding", "last_seen", "upgraded")
 
     def __init__(self, server_side, pid, peer, peer_port, local, local_port):
         self.server_side = server_side
@@ -125,6 +127,7 @@ class Connection:
         self.waiting = deque()
         self.responding = None
         self.last_seen = 0
+        self.upgraded = False            # a 101 answered: no HTTP on it any more
 
 
 class _Pair:
@@ -198,7 +201,7 @@ class HttpDecoder:
                 self._pairs.clear()
             requests = self._parse(parse_requests, request_data)
             responses = self._parse(parse_responses, response_data)
-            simple = len(requests) == 1 and len(responses) == 1
+            simple = len(requests) == 1 and len(responses) == 1 and not is_interim(responses[0].first)
             pair = self._pairs[key] = _Pair(requests[0], responses[0]) if simple else None
         return pair
 
@@ -237,6 +240,8 @@ class HttpDecoder:
                 self._drop("no_response")
             del self._conns[key]
             return
+        if conn.upgraded:
+            return
         data = raw[_DATA_AT:_DATA_AT + cap_len]
         if kind == EV_REQUEST:
             self._requests(conn, data, ts, enter_ts)
@@ -251,6 +256,7 @@ class HttpDecoder:
                     pair = self._pair(request_data, data)
                 if pair is not None and pair.complete_len is not None and pair.complete_len <= ret:
                     begin = request_ts if server else request_enter
+                    conn.upgraded = pair.status == SWITCHING_PROTOCOLS
                     self._on_exchange(conn, pair.request, pair.status, pair.body,
                                       begin + self._offset, ts + self._offset)
                     return
@@ -278,8 +284,14 @@ class HttpDecoder:
             if not conn.waiting:
                 self._drop("response_without_request")
                 return
+            if is_interim(resp.first):
+                continue                         # the request still waits for its final response
             ex = conn.waiting.popleft()
             ex.status = resp.first
+            if resp.first == SWITCHING_PROTOCOLS:
+                conn.upgraded = True
+                self._emit(conn, ex, ts, 0)
+                return
             ex.resp_head_len = resp.head_len
             ex.resp_start_total = out_total + resp.offset
             ex.resp_ts = ts

@@ -311,3 +311,31 @@ async def test_kernel_port_filter_excludes_and_includes(agent, receiver, python_
     await exactly(agent, lambda: by_pid(receiver, Span.SPAN_KIND_SERVER, server.pid), 1, "only the unfiltered server span")
     assert by_pid(receiver, Span.SPAN_KIND_CLIENT, excluded_client) == []
     assert by_pid(receiver, Span.SPAN_KIND_CLIENT, other_client) == []
+
+
+def run_curl_expect_continue(url, body_file):
+    """curl POSTing a file with `Expect: 100-continue`; (pid, status it got)."""
+    child = subprocess.Popen(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Expect: 100-continue",
+                              "--data-binary", f"@{body_file}", url], stdout=subprocess.PIPE, text=True)
+    out, _ = child.communicate(timeout=30)
+    assert child.returncode == 0
+    return child.pid, int(out)
+
+
+@pytest_twisted.ensureDeferred
+async def test_100_continue_is_interim_the_spans_carry_the_final_status(agent, receiver, python_server, tmp_path):
+    """
+    curl sends its headers, waits for `100 Continue`, then the 3 kB body; the server answers 201.
+    Both spans say 201 (not 100), with the request body size, and nothing is dropped as unanswered.
+    """
+    await ready(agent)
+    server, port = python_server
+    body = tmp_path / "3kB.bin"
+    body.write_bytes(os.urandom(3000).replace(b"G", b"g"))
+    curl, status = await threads.deferToThread(run_curl_expect_continue, f"http://127.0.0.1:{port}/create", body)
+    assert status == 201
+    [(_, server_attrs, _)] = await exactly(agent, lambda: by_pid(receiver, Span.SPAN_KIND_SERVER, server.pid), 1, "server span")
+    [(_, client_attrs, _)] = await exactly(agent, lambda: by_pid(receiver, Span.SPAN_KIND_CLIENT, curl), 1, "curl's span")
+    for attrs in (server_attrs, client_attrs):
+        assert (attrs["http.request.method"], attrs["url.path"], attrs["http.response.status_code"]) == ("POST", "/create", 201)
+        assert attrs["http.request.body.size"] == 3000 and attrs["http.response.body.size"] == 4
