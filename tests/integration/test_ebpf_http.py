@@ -5,7 +5,8 @@ ThreadingHTTPServer, nginx-light) and clients in child processes on loopback.
 
 Each test finds its own data by its server's port or its children's pids: other engineers
 make traffic on this machine at the same time. The agent's services are shared by the module
-(one compile), the receiver too.
+(one compile per capture mode: every test runs with agent.ebpf.capture socket and syscalls),
+the receiver too.
 """
 import os
 import subprocess
@@ -37,8 +38,9 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 class Agent:
     """The in-process agent parts the tests look at."""
 
-    def __init__(self, receiver, http_probe=HttpProbe):
+    def __init__(self, receiver, http_probe=HttpProbe, capture="auto"):
         config = defaults()
+        config["agent"]["ebpf"]["capture"] = capture
         config["otlp"].update(endpoint=receiver.grpc_endpoint, protocol="grpc", insecure=True)
         for queue in config["queues"].values():
             queue["batch_timeout"] = 0.1
@@ -71,9 +73,10 @@ def running(agent):
         pytest_twisted.blockon(defer.maybeDeferred(service.stopService))
 
 
-@pytest.fixture(scope="module")
-def agent(receiver):
-    yield from running(Agent(receiver))
+@pytest.fixture(scope="module", params=["socket", "syscalls"])
+def agent(receiver, request):
+    """The agent, once per capture mode (every test here runs in both)."""
+    yield from running(Agent(receiver, capture=request.param))
 
 
 @pytest.fixture
@@ -85,6 +88,8 @@ def python_server():
 
 async def ready(agent):
     await until(lambda: agent.ebpf.ready_check() == "ok", timeout=180, message=f"probes attached ({agent.ebpf.ready_check()})")
+    configured = agent.config["agent"]["ebpf"]["capture"]
+    assert agent.http.capture == ("socket" if configured == "auto" else configured)     # this kernel has the hooks
 
 
 def spans_where(receiver, kind, **want):

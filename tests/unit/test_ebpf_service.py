@@ -264,3 +264,26 @@ def test_the_drains_first_probes_rings_are_caught_up_before_any_other_ring_is_dr
     http_ring.submit(b"after stop")
     http_reader.catch_up()                       # a stopped reader (and its unmapped ring) is left alone
     assert len(seen) == 2
+
+
+class CapturingProbe(FakeProbe):
+    """A probe that reports a capture mode, as HttpProbe does."""
+
+    def capture_status(self):
+        return {"mode": "socket", "reason": "auto: the socket-level tracepoints (tp_btf) loaded"}
+
+
+def test_status_says_which_capture_runs_and_why_or_why_none_does():
+    h = Harness([FakeProbe("process"), CapturingProbe("http")])
+    h.service.startService()
+    assert h.service.status()["capture"] == {"mode": None, "reason": "loading"}
+    h.finish()
+    h.finish()
+    assert h.service.status()["capture"] == {"mode": "socket", "reason": "auto: the socket-level tracepoints (tp_btf) loaded"}
+    failing = Harness([CapturingProbe("http")])
+    failing.service.startService()
+    failing.finish(LoadError("kernel BTF missing"))
+    assert failing.service.status()["capture"] == {"mode": None, "reason": "kernel BTF missing"}
+    none = Harness([FakeProbe("process"), CapturingProbe("http", on=False)])
+    none.service.startService()
+    assert none.service.status()["capture"] is None
