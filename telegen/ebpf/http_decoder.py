@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.unit.test_http_decoder -*-
 """
-Turn bpf/http.c events into HttpExchange records: one per request/response pair.
+Turn the HTTP capture's kernel events (bpf/http_events.h, either capture mode) into exchanges:
+one per request/response pair.
 
 The kernel sends an event when a syscall starts a request or a response on an HTTP connection,
 and when the connection closes; each event carries the connection's byte totals and last
@@ -20,16 +21,14 @@ EV_EXCHANGE on a connection with nothing pending whose response fits its first w
 short path: the request and response captures are parsed once per distinct pair of byte strings,
 and the exchange goes out without any per-connection queueing. Exchanges leave as their parts
 (connection, parsed request, status, body size, times), so the probe can key its own caches
-on them; HttpExchange.of() makes the record for code that wants one.
+on them; HttpExchange.of() (telegen.l7.records) makes the record for code that wants one.
 """
 import itertools
 import socket
 import struct
 from collections import deque
-from dataclasses import dataclass
-from typing import Optional
 
-from telegen.ebpf.http_parser import SWITCHING_PROTOCOLS, is_interim, parse_requests, parse_responses
+from telegen.l7.http import SWITCHING_PROTOCOLS, is_interim, parse_requests, parse_responses
 
 EV_REQUEST, EV_RESPONSE, EV_CLOSE, EV_EXCHANGE = 1, 2, 3, 4
 ROLE_SERVER, ROLE_CLIENT = 3, 4
@@ -52,34 +51,6 @@ _DATA_AT = EVENT.size
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 _NO_BODY_STATUS = frozenset((204, 304))
 PARSE_CACHE = 4096           # distinct request/response heads remembered (parsed heads are immutable)
-
-
-@dataclass(slots=True)
-class HttpExchange:
-    """One observed request and its response, times in ns since the epoch."""
-
-    server_side: bool
-    pid: int
-    start_ns: int
-    end_ns: int
-    method: str
-    target: str
-    version: str
-    headers: dict                    # request headers the parser kept (bytes keys/values)
-    request_body_size: Optional[int]
-    status: Optional[int]
-    response_body_size: Optional[int]
-    peer_address: Optional[str]
-    peer_port: Optional[int]
-    local_address: Optional[str]
-    local_port: Optional[int]
-
-    @classmethod
-    def of(cls, conn, request, status, response_body_size, start_ns, end_ns):
-        """The exchange HttpDecoder reports as parts (see its on_exchange)."""
-        return cls(conn.server_side, conn.pid, start_ns, end_ns, request.first, request.second, request.version,
-                   request.headers, request.content_length, status, response_body_size,
-                   conn.peer, conn.peer_port, conn.local, conn.local_port)
 
 
 def format_address(raw):

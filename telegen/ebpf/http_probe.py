@@ -28,7 +28,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from telegen.ebpf.btf import BtfError, KernelBtf
-from telegen.ebpf.http_decoder import HttpDecoder, HttpExchange
+from telegen.ebpf.http_decoder import HttpDecoder
+from telegen.l7.records import HttpExchange
 from telegen.ebpf.loader import LoadError
 from telegen.ebpf.probe import Probe, api_port
 from telegen.signals.common import host_identity

@@ -5,8 +5,8 @@ kernel's paired EV_EXCHANGE events decode exactly as their request followed by t
 """
 from telegen.ebpf.http_decoder import (
     EV_CLOSE, EV_EXCHANGE, EV_REQUEST, EV_RESPONSE, EVENT, EXCHANGE_TAIL, ROLE_CLIENT, ROLE_SERVER, HttpDecoder,
-    HttpExchange,
 )
+from telegen.l7.records import HttpExchange
 from telegen.ebpf.http_probe import CAPTURE_BYTES
 
 LOOPBACK = b"\0" * 10 + b"\xff\xff" + bytes([127, 0, 0, 1])

@@ -1,5 +1,5 @@
 """The HTTP head parser: pipelined and truncated captures, status lines, traceparent, Host."""
-from telegen.ebpf.http_parser import is_interim, parse_requests, parse_responses, parse_traceparent, split_host
+from telegen.l7.http import is_interim, parse_requests, parse_responses, parse_traceparent, split_host
 
 
 def test_single_request_with_the_headers_spans_need():
