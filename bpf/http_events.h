@@ -44,6 +44,7 @@ struct conn {
     struct endpoint local;
     u32 role;
     u32 owner;                    /* socket capture: the tgid its events carry (0: the current task's) */
+    u64 cookie;                   /* socket capture: the socket cookie (the connection's key) */
 };
 
 /* A syscall in flight on a tracked fd (or an accept), in the calling thread's task storage. */

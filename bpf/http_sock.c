@@ -57,6 +57,7 @@ static __always_inline struct conn *sock_conn(void *sk)
     if (!c->role) {
         c->start_ts = bpf_ktime_get_ns();
         c->owner = bpf_get_current_pid_tgid() >> 32;
+        c->cookie = bpf_get_socket_cookie(sk);
         c->peer.port = __builtin_bswap16(FIELD(u16, sk, OFF_SK_DPORT));
         c->local.port = FIELD(u16, sk, OFF_SK_NUM);
         c->peer.family = family;
@@ -117,14 +118,13 @@ static __always_inline int on_data(void *sk, int ret, u32 flags, int is_write)
     if (!c)
         return 0;
     u64 now = bpf_ktime_get_ns();
-    u64 cookie = bpf_get_socket_cookie(sk);
-    struct pending p = {.buf = 0, .ts = 0, .fd = (u32)cookie, .how = HOW_NONE};
+    struct pending p = {.buf = 0, .ts = 0, .fd = (u32)c->cookie, .how = HOW_NONE};
     p.how = user_call(is_write, &p.buf);
     if (!is_write && (flags & MSG_TRUNC_))
         p.how = HOW_NONE;                  /* consumed, never copied: the buffer holds stale bytes */
     u64 ptr = 0, avail = 0;
     user_payload(p.how, p.buf, ret, &ptr, &avail);
-    http_payload(cookie, c, &p, ret, ptr, avail, is_write, now);
+    http_payload(c->cookie, c, &p, ret, ptr, avail, is_write, now);
     return 0;
 }
 
@@ -148,9 +148,8 @@ int tp_btf__inet_sock_set_state(u64 *ctx)
     struct conn *c = sk_conns.sk_storage_get(sk, 0, 0);
     if (!c || (c->role != ROLE_SERVER && c->role != ROLE_CLIENT))
         return 0;
-    u64 cookie = bpf_get_socket_cookie(sk);
-    release_request(cookie);
-    struct pending p = {.buf = 0, .ts = 0, .fd = (u32)cookie, .how = HOW_NONE};
+    release_request(c->cookie);
+    struct pending p = {.buf = 0, .ts = 0, .fd = (u32)c->cookie, .how = HOW_NONE};
     send_event(EV_CLOSE, c, &p, 0, 0, 0, bpf_ktime_get_ns());
     c->role = ROLE_OTHER;                  /* closed: nothing more is reported */
     return 0;
