@@ -344,3 +344,52 @@ async def test_100_continue_is_interim_the_spans_carry_the_final_status(agent, r
     for attrs in (server_attrs, client_attrs):
         assert (attrs["http.request.method"], attrs["url.path"], attrs["http.response.status_code"]) == ("POST", "/create", 201)
         assert attrs["http.request.body.size"] == 3000 and attrs["http.response.body.size"] == 4
+
+
+VECTORED = """
+import os, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+fd = s.fileno()
+
+def response(read):
+    data = b""
+    while True:
+        head, sep, body = data.partition(b"\\r\\n\\r\\n")
+        if sep:
+            length = int(next(line.split(b":")[1] for line in head.split(b"\\r\\n") if line.lower().startswith(b"content-length")))
+            if len(body) >= length:
+                return data
+        data += read()
+
+# 1: sendmsg of two buffers, a peek first (its bytes come again), then recvmsg
+s.sendmsg([b"POST /echo HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 5\\r\\n\\r\\n", b"hello"])
+assert s.recv(16, socket.MSG_PEEK).startswith(b"HTTP/1.1 200")
+response(lambda: s.recvmsg(65536)[0])
+# 2: writev, then readv into a small and a large buffer
+os.writev(fd, [b"GET /ok HTTP/1.1\\r\\n", b"Host: x\\r\\n\\r\\n"])
+def readv():
+    small, large = bytearray(64), bytearray(65536)
+    n = os.readv(fd, [small, large])
+    return bytes((small + large)[:n])
+response(readv)
+# 3: write and read
+os.write(fd, b"GET /missing HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+response(lambda: os.read(fd, 65536))
+s.close()
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_vectored_and_peeked_io_on_both_sides(agent, receiver, python_server):
+    """sendmsg/recvmsg (with a MSG_PEEK first), writev/readv, write/read: every exchange once, on both sides."""
+    await ready(agent)
+    server, port = python_server
+    await threads.deferToThread(subprocess.run, [sys.executable, "-c", VECTORED, str(port)], check=True, timeout=30)
+    want = Counter([("POST", "/echo", 200), ("GET", "/ok", 200), ("GET", "/missing", 404)])
+    spans = await exactly(agent, lambda: by_pid(receiver, Span.SPAN_KIND_SERVER, server.pid), 3, "server spans")
+    assert Counter((a["http.request.method"], a["url.path"], a["http.response.status_code"]) for _, a, _ in spans) == want
+    clients = await exactly(agent, lambda: [x for x in spans_where(receiver, Span.SPAN_KIND_CLIENT, **{"server.port": port})
+                                            if x[0].get("process.pid") != os.getpid()], 3, "client spans")
+    assert Counter((a["http.request.method"], a["url.path"], a["http.response.status_code"]) for _, a, _ in clients) == want
+    [echo] = [a for _, a, _ in spans if a["url.path"] == "/echo"]
+    assert echo["http.request.body.size"] == 5
