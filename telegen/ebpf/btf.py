@@ -11,6 +11,7 @@ and tp_btf programs need the BTF id of their tracepoint's `btf_trace_<name>` typ
 A small reader of the BTF format (include/uapi/linux/btf.h) rather than libbpf through ctypes:
 it needs only names, kinds and members, and the kernel's type section is read once.
 """
+import array
 import struct
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
@@ -18,6 +19,7 @@ VMLINUX = "/sys/kernel/btf/vmlinux"
 _MAGIC = 0xEB9F
 _HEADER = struct.Struct("<HBBIIIII")
 _TYPE = struct.Struct("<III")
+_INFO = struct.Struct("<I")
 _MEMBER = struct.Struct("<III")
 (KIND_INT, KIND_PTR, KIND_ARRAY, KIND_STRUCT, KIND_UNION, KIND_ENUM, KIND_FWD, KIND_TYPEDEF, KIND_VOLATILE,
  KIND_CONST, KIND_RESTRICT, KIND_FUNC, KIND_FUNC_PROTO, KIND_VAR, KIND_DATASEC, KIND_FLOAT, KIND_DECL_TAG,
@@ -34,19 +36,20 @@ class BtfError(Exception):
 
 
 class _Type:
-    __slots__ = ("name", "kind", "kind_flag", "size_or_type", "vlen", "extra_at")
+    __slots__ = ("name_off", "kind", "kind_flag", "size_or_type", "vlen", "extra_at")
 
-    def __init__(self, name, kind, kind_flag, size_or_type, vlen, extra_at):
-        self.name = name
-        self.kind = kind
-        self.kind_flag = kind_flag
-        self.size_or_type = size_or_type
-        self.vlen = vlen
-        self.extra_at = extra_at
+    def __init__(self, data, pos):
+        self.name_off, info, self.size_or_type = _TYPE.unpack_from(data, pos)
+        self.kind, self.kind_flag, self.vlen = (info >> 24) & 0x1F, info >> 31, info & 0xFFFF
+        self.extra_at = pos + _TYPE.size
 
 
 class KernelBtf:
-    """The types of one BTF blob (type id 0 is void; ids start at 1)."""
+    """
+    The types of one BTF blob (type id 0 is void; ids start at 1). Only where each type starts is
+    kept (4 bytes per type; the kernel has ~125,000): a type is decoded when asked for, so reading
+    the layouts costs the blob and an array, not an object per type.
+    """
 
     def __init__(self, data):
         if len(data) < _HEADER.size:
@@ -56,18 +59,16 @@ class KernelBtf:
             raise BtfError(f"not BTF (magic {magic:#x})")
         self._data = data
         self._strings = hdr_len + str_off
-        self._types = [None]
-        self._by_name = {}
+        self._starts = array.array("I", [0])
         pos, end = hdr_len + type_off, hdr_len + type_off + type_len
         while pos < end:
-            name_off, info, size_or_type = _TYPE.unpack_from(data, pos)
-            kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
-            fixed, per = _EXTRA.get(kind, (0, 0))
-            t = _Type(name_off, kind, info >> 31, size_or_type, vlen, pos + _TYPE.size)
-            if name_off:
-                self._by_name.setdefault((self._string(name_off), kind), len(self._types))
-            self._types.append(t)
-            pos += _TYPE.size + fixed + per * vlen
+            info = _INFO.unpack_from(data, pos + 4)[0]
+            fixed, per = _EXTRA.get((info >> 24) & 0x1F, (0, 0))
+            self._starts.append(pos)
+            pos += _TYPE.size + fixed + per * (info & 0xFFFF)
+
+    def _type(self, type_id):
+        return _Type(self._data, self._starts[type_id])
 
     @classmethod
     def load(cls, path=VMLINUX):
@@ -83,19 +84,23 @@ class KernelBtf:
 
     def type_id(self, name, kind):
         """The id of the type called `name` of `kind` (KIND_*); BtfError when there is none."""
-        found = self._by_name.get((name, kind))
-        if found is None:
-            raise BtfError(f"kernel BTF has no {name}")
-        return found
+        at = self._data.find(b"\0" + name.encode() + b"\0", self._strings)
+        if at >= 0:
+            name_off = at + 1 - self._strings          # strings are deduplicated: one offset per name
+            for type_id in range(1, len(self._starts)):
+                t = self._type(type_id)
+                if t.name_off == name_off and t.kind == kind:
+                    return type_id
+        raise BtfError(f"kernel BTF has no {name}")
 
     def tracepoint_id(self, tracepoint):
         """What BPF_PROG_LOAD's attach_btf_id names for tp_btf/<tracepoint>: its btf_trace_<name> typedef."""
         return self.type_id("btf_trace_" + tracepoint, KIND_TYPEDEF)
 
     def _size(self, type_id):
-        t = self._types[type_id]
+        t = self._type(type_id)
         while t.kind in _MODIFIERS:
-            t = self._types[t.size_or_type]
+            t = self._type(t.size_or_type)
         if t.kind == KIND_PTR:
             return 8
         if t.kind == KIND_ARRAY:
@@ -105,10 +110,10 @@ class KernelBtf:
 
     def _members(self, type_id):
         """(name, type id, bit offset, bitfield size) of a struct or union's members."""
-        t = self._types[type_id]
+        t = self._type(type_id)
         while t.kind in _MODIFIERS:
             type_id = t.size_or_type
-            t = self._types[type_id]
+            t = self._type(type_id)
         if t.kind not in (KIND_STRUCT, KIND_UNION):
             return
         for i in range(t.vlen):
