@@ -3,7 +3,8 @@
  *
  * A connection is keyed by its socket's address (skaddr), used as an opaque number: never
  * dereferenced, so no kernel struct layout is read. Direction comes from the transitions:
- *   CLOSE -> SYN_SENT          outgoing (connect); pid from the connect syscall in progress
+ *   CLOSE -> SYN_SENT          outgoing (connect); only connect() (or a TCP Fast Open sendmsg) enters
+ *                              SYN_SENT, in the connecting task's context: pid = the current task
  *   LISTEN -> SYN_RECV         incoming (the child socket of a listener, in softirq: no pid)
  * Then SYN_SENT/SYN_RECV -> ESTABLISHED reports OPENED/ACCEPTED, ESTABLISHED|CLOSE_WAIT ->
  * FIN_WAIT1|LAST_ACK (only ever done by close()/shutdown() in the owner's context) records the
@@ -72,24 +73,7 @@ struct tcp_event {
 
 BPF_RINGBUF_OUTPUT(tcp_events, RINGBUF_PAGES);
 BPF_HASH(tcp_conns, u64, struct conn, TCP_MAX_CONNS);
-BPF_HASH(tcp_connecting, u64, u32, 16384);     /* pid_tgid inside connect() -> 1 */
 BPF_PERCPU_ARRAY(tcp_untracked, u64, 1);        /* connections not tracked: tcp_conns was full */
-
-TRACEPOINT_PROBE(syscalls, sys_enter_connect)
-{
-    u64 id = bpf_get_current_pid_tgid();
-    u32 one = 1;
-    if (!telegen_is_self())
-        tcp_connecting.update(&id, &one);
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_connect)
-{
-    u64 id = bpf_get_current_pid_tgid();
-    tcp_connecting.delete(&id);
-    return 0;
-}
 
 static __always_inline void emit(struct conn *c, u32 kind, u8 error, u64 now)
 {
@@ -126,12 +110,10 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         c.start_ns = now;
         COPY_TUPLE(&c, args);
         if (new == S_SYN_SENT) {
-            u64 id = bpf_get_current_pid_tgid();
             if (telegen_is_self())
                 return 0;
             c.direction = DIR_OUT;
-            if (tcp_connecting.lookup(&id))
-                c.pid = id >> 32;
+            c.pid = bpf_get_current_pid_tgid() >> 32;
         } else {
             c.direction = DIR_IN;
         }

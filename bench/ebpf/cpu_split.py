@@ -121,7 +121,7 @@ def main():
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--export", type=bench.export_setting, default=("grpc", "gzip"))
     args = parser.parse_args()
-    args.no_tcp, args.nice = False, 0
+    args.no_tcp, args.nice, args.capture = False, 0, "auto"
 
     class AccountedAgent(bench.AgentProcess):
         """The agent started through this file, so its hot paths are accounted."""

@@ -190,7 +190,8 @@ def start_agent(tmp, receiver, args, export):
     agent = AgentProcess(tmp, config={
         "otlp": {"endpoint": receiver.endpoint(protocol), "protocol": protocol, "insecure": True,
                  "compression": compression},
-        "agent": {"ebpf": {"enabled": True, "network": {"tcp": not args.no_tcp}}, "host_metrics": {"interval": "15s"}}})
+        "agent": {"ebpf": {"enabled": True, "capture": args.capture, "network": {"tcp": not args.no_tcp}},
+                  "host_metrics": {"interval": "15s"}}})
     agent.start()
     wait_for(lambda: agent.get("/ready").json()["checks"]["ebpf"] == "ok", timeout=300, message="probes attached")
     if args.nice:
@@ -263,6 +264,7 @@ def main():
                              "the fixed-rate runs alternate them round by round; saturation uses the first")
     parser.add_argument("--no-tcp", action="store_true", help="turn the tcp probe off (isolates the HTTP cost)")
     parser.add_argument("--nice", type=int, default=0, help="niceness of the agent's reactor thread (yield CPU to apps)")
+    parser.add_argument("--capture", choices=("auto", "socket", "syscalls"), default="auto", help="agent.ebpf.capture")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="telegen-bench-")
     os.chmod(tmp, 0o755)

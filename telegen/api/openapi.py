@@ -72,6 +72,7 @@ SCHEMAS = {
         }, required=["name", "type", "entries", "max_entries"], extra=True)},
         "ringbuf": _obj({"size": COUNT, "events_received": COUNT, "events_lost": COUNT},
                         required=["size", "events_received", "events_lost"], extra=True),
+        "capture": {"oneOf": [{"type": "null"}, _obj({"mode": {"enum": ["socket", "syscalls", None]}, "reason": {"type": "string"}})]},
     }, required=["enabled", "programs", "maps", "ringbuf"], extra=True),
     "ExportStatus": _obj({
         "endpoint": NULLABLE_STR,

@@ -96,6 +96,7 @@ SCHEMA = Section({
             "min_cpu": Field("float", 0.05, "Cores the event consumer keeps while the host's CPUs are contended; the kernel drops (and counts) what it cannot take.", min=0.01, max=64.0),
             "max_cpu": Field("float", 1.0, "Cores the event consumer may use while CPUs are not contended.", min=0.01, max=64.0),
             "drain_interval": Field("duration", 1.0, "Drain ring buffers this often (the kernel wakes the reader sooner only when a ring buffer is an eighth full); bounds how long an event waits.", min=0.001, max=10),
+            "capture": Field("enum", "auto", "HTTP capture: socket (socket-level tp_btf tracepoints), syscalls (syscall tracepoints), auto (socket when it loads, else syscalls).", choices=("auto", "socket", "syscalls")),
             "network": Section({
                 "enabled": Field("bool", True, "Network capture (HTTP and TCP)."),
                 "http": Field("bool", True, "HTTP/1.x spans and RED metrics."),

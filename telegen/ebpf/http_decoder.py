@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.unit.test_http_decoder -*-
 """
-Turn bpf/http.c events into HttpExchange records: one per request/response pair.
+Turn the HTTP capture's kernel events (bpf/http_events.h, either capture mode) into exchanges:
+one per request/response pair.
 
 The kernel sends an event when a syscall starts a request or a response on an HTTP connection,
 and when the connection closes; each event carries the connection's byte totals and last
@@ -10,7 +11,9 @@ decoded exactly as the request followed by the response. This module keeps per-c
 waiting for their response (FIFO, so pipelining works), and the response being written. A
 response is complete when its head and Content-Length fit in the write that started it;
 otherwise (large, chunked or sendfile'd bodies) the next request or the close gives its real
-size and end time from the totals.
+size and end time from the totals. Interim 1xx responses (100 Continue ...) leave their request
+waiting for its final response; a 101 Switching Protocols is final and ends HTTP on the
+connection: what follows is another protocol, and the connection's later events are ignored.
 
 Per-event cost matters (the Python consumer is the agent's budget): one struct unpack per
 event, heads parsed once, addresses formatted once per connection. The common case, an
@@ -18,16 +21,14 @@ EV_EXCHANGE on a connection with nothing pending whose response fits its first w
 short path: the request and response captures are parsed once per distinct pair of byte strings,
 and the exchange goes out without any per-connection queueing. Exchanges leave as their parts
 (connection, parsed request, status, body size, times), so the probe can key its own caches
-on them; HttpExchange.of() makes the record for code that wants one.
+on them; HttpExchange.of() (telegen.l7.records) makes the record for code that wants one.
 """
 import itertools
 import socket
 import struct
 from collections import deque
-from dataclasses import dataclass
-from typing import Optional
 
-from telegen.ebpf.http_parser import parse_requests, parse_responses
+from telegen.l7.http import SWITCHING_PROTOCOLS, is_interim, parse_requests, parse_responses
 
 EV_REQUEST, EV_RESPONSE, EV_CLOSE, EV_EXCHANGE = 1, 2, 3, 4
 ROLE_SERVER, ROLE_CLIENT = 3, 4
@@ -50,34 +51,6 @@ _DATA_AT = EVENT.size
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 _NO_BODY_STATUS = frozenset((204, 304))
 PARSE_CACHE = 4096           # distinct request/response heads remembered (parsed heads are immutable)
-
-
-@dataclass(slots=True)
-class HttpExchange:
-    """One observed request and its response, times in ns since the epoch."""
-
-    server_side: bool
-    pid: int
-    start_ns: int
-    end_ns: int
-    method: str
-    target: str
-    version: str
-    headers: dict                    # request headers the parser kept (bytes keys/values)
-    request_body_size: Optional[int]
-    status: Optional[int]
-    response_body_size: Optional[int]
-    peer_address: Optional[str]
-    peer_port: Optional[int]
-    local_address: Optional[str]
-    local_port: Optional[int]
-
-    @classmethod
-    def of(cls, conn, request, status, response_body_size, start_ns, end_ns):
-        """The exchange HttpDecoder reports as parts (see its on_exchange)."""
-        return cls(conn.server_side, conn.pid, start_ns, end_ns, request.first, request.second, request.version,
-                   request.headers, request.content_length, status, response_body_size,
-                   conn.peer, conn.peer_port, conn.local, conn.local_port)
 
 
 def format_address(raw):
@@ -112,7 +85,7 @@ class Connection:
     """
 
     __slots__ = ("server_side", "pid", "peer", "peer_port", "local", "local_port", "endpoint",
-                 "waiting", "responding", "last_seen")
+                 "waiting", "responding", "last_seen", "upgraded")
 
     def __init__(self, server_side, pid, peer, peer_port, local, local_port):
         self.server_side = server_side
@@ -125,6 +98,7 @@ class Connection:
         self.waiting = deque()
         self.responding = None
         self.last_seen = 0
+        self.upgraded = False            # a 101 answered: no HTTP on it any more
 
 
 class _Pair:
@@ -198,7 +172,7 @@ class HttpDecoder:
                 self._pairs.clear()
             requests = self._parse(parse_requests, request_data)
             responses = self._parse(parse_responses, response_data)
-            simple = len(requests) == 1 and len(responses) == 1
+            simple = len(requests) == 1 and len(responses) == 1 and not is_interim(responses[0].first)
             pair = self._pairs[key] = _Pair(requests[0], responses[0]) if simple else None
         return pair
 
@@ -237,6 +211,8 @@ class HttpDecoder:
                 self._drop("no_response")
             del self._conns[key]
             return
+        if conn.upgraded:
+            return
         data = raw[_DATA_AT:_DATA_AT + cap_len]
         if kind == EV_REQUEST:
             self._requests(conn, data, ts, enter_ts)
@@ -251,6 +227,7 @@ class HttpDecoder:
                     pair = self._pair(request_data, data)
                 if pair is not None and pair.complete_len is not None and pair.complete_len <= ret:
                     begin = request_ts if server else request_enter
+                    conn.upgraded = pair.status == SWITCHING_PROTOCOLS
                     self._on_exchange(conn, pair.request, pair.status, pair.body,
                                       begin + self._offset, ts + self._offset)
                     return
@@ -278,8 +255,14 @@ class HttpDecoder:
             if not conn.waiting:
                 self._drop("response_without_request")
                 return
+            if is_interim(resp.first):
+                continue                         # the request still waits for its final response
             ex = conn.waiting.popleft()
             ex.status = resp.first
+            if resp.first == SWITCHING_PROTOCOLS:
+                conn.upgraded = True
+                self._emit(conn, ex, ts, 0)
+                return
             ex.resp_head_len = resp.head_len
             ex.resp_start_total = out_total + resp.offset
             ex.resp_ts = ts

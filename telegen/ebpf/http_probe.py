@@ -1,6 +1,12 @@
 # -*- test-case-name: tests.unit.test_http_probe -*-
 """
-The HTTP probe: bpf/http.c plus its user-space half (decoder -> spans and RED metrics -> export).
+The HTTP probe: its kernel half, bpf/http_sock.c (socket-level tp_btf tracepoints) or bpf/http.c
+(syscall tracepoints) as agent.ebpf.capture says, plus its user-space half (decoder -> spans and
+RED metrics -> export), which is the same for both: they send the same events.
+
+agent.ebpf.capture: `socket` or `syscalls` load that one; `auto` (the default) tries the socket
+capture first and falls back to the syscall capture when it does not load (a kernel without the
+tracepoints, BTF or tp_btf support), saying why in /status/ebpf "capture".
 
 Spans are submitted in one batch per process per reactor turn (a callLater(0) after the ring
 buffer drain), RED histograms every agent.host_metrics.interval. Paths matching
@@ -21,8 +27,11 @@ import time
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from telegen.ebpf.http_decoder import HttpDecoder, HttpExchange
+from telegen.ebpf.btf import BtfError, KernelBtf
+from telegen.ebpf.http_decoder import HttpDecoder
+from telegen.ebpf.loader import LoadError
 from telegen.ebpf.probe import Probe, excluded_ports
+from telegen.l7.records import HttpExchange
 from telegen.signals.common import host_identity
 from telegen.signals.http import RedMetrics, RouteMatcher, SpanEncoder, url_path
 
@@ -32,6 +41,34 @@ CAPTURE_BYTES = 512          # HTTP_CAPTURE: bytes of each request/response head
 IDLE_NS = 10 * 10**9         # a connection silent this long has its open response finished
 SYSCALLS = ("read", "readv", "recvfrom", "recvmsg", "write", "writev", "sendto", "sendmsg",
             "sendfile64", "accept", "accept4", "connect")
+
+
+SOCKET_TRACEPOINTS = ("sock_send_length", "sock_recv_length", "inet_sock_set_state")
+# -D flag of bpf/http_sock.c -> (kernel struct, member): the fields it reads, at the running kernel's offsets.
+SOCKET_FIELDS = {
+    "OFF_SK_FAMILY": ("sock", "__sk_common.skc_family"),
+    "OFF_SK_NUM": ("sock", "__sk_common.skc_num"),
+    "OFF_SK_DPORT": ("sock", "__sk_common.skc_dport"),
+    "OFF_SK_DADDR": ("sock", "__sk_common.skc_daddr"),
+    "OFF_SK_RCV_SADDR": ("sock", "__sk_common.skc_rcv_saddr"),
+    "OFF_SK_V6_DADDR": ("sock", "__sk_common.skc_v6_daddr"),
+    "OFF_SK_V6_RCV_SADDR": ("sock", "__sk_common.skc_v6_rcv_saddr"),
+    "OFF_SK_PROTOCOL": ("sock", "sk_protocol"),
+    "OFF_SK_TYPE": ("sock", "sk_type"),
+    "OFF_TASK_FLAGS": ("task_struct", "flags"),
+    "OFF_REGS_ORIG_AX": ("pt_regs", "orig_ax"),
+    "OFF_REGS_SI": ("pt_regs", "si"),
+    "OFF_REGS_CS": ("pt_regs", "cs"),
+}
+CAPTURE_MODES = {"auto": ("socket", "syscalls"), "socket": ("socket",), "syscalls": ("syscalls",)}
+
+
+def socket_field_flags(btf):
+    """The -D flags of SOCKET_FIELDS from a KernelBtf; LoadError when the kernel lacks one."""
+    try:
+        return [f"-D{flag}={btf.member(struct_name, path)[0]}" for flag, (struct_name, path) in SOCKET_FIELDS.items()]
+    except BtfError as e:
+        raise LoadError(str(e)) from e
 
 
 def _tracepoints():
@@ -62,8 +99,7 @@ class HttpProbe(Probe):
     """HTTP/1.x server and client exchanges of every process on the host."""
 
     name = "http"
-    source = "http.c"
-    needs_btf = True          # in-flight syscalls live in task storage (bpf/http.c)
+    needs_btf = True          # socket capture: tp_btf and socket storage; syscall capture: task storage
 
     def __init__(self, config, pipeline, processes, metrics, reactor=None):
         self._config = config
@@ -81,6 +117,8 @@ class HttpProbe(Probe):
         self._bpf = None
         self._port_rules = {}
         self.exchanges = 0             # exchanges made spans, counted as each turn's batch is submitted
+        self.capture = None            # "socket" or "syscalls" once chosen (select_capture)
+        self.capture_reason = None
 
     def _clock(self):
         if self._reactor is None:
@@ -92,11 +130,42 @@ class HttpProbe(Probe):
         ebpf = config["agent"]["ebpf"]
         return ebpf["enabled"] and ebpf["network"]["enabled"] and ebpf["network"]["http"]
 
+    @property
+    def source(self):
+        return "http_sock.c" if self.capture == "socket" else "http.c"
+
+    def capture_modes(self, config):
+        return list(CAPTURE_MODES[config["agent"]["ebpf"]["capture"]])
+
+    def select_capture(self, mode, failures):
+        self.capture = mode
+        configured = self._config["agent"]["ebpf"]["capture"]
+        if configured != "auto":
+            self.capture_reason = f"agent.ebpf.capture is {configured}"
+        elif failures:
+            self.capture_reason = "auto: the socket-level capture did not load: " + "; ".join(r for _, r in failures)
+        else:
+            self.capture_reason = "auto: the socket-level tracepoints (tp_btf) loaded"
+
+    def capture_status(self):
+        """/status/ebpf "capture" once loaded: which capture runs and why."""
+        return {"mode": self.capture, "reason": self.capture_reason}
+
     def cflags(self, config):
-        return [f"-DHTTP_CAPTURE={CAPTURE_BYTES}"]
+        flags = [f"-DHTTP_CAPTURE={CAPTURE_BYTES}"]
+        if self.capture == "socket":
+            try:
+                btf = KernelBtf.load()
+            except BtfError as e:
+                raise LoadError(str(e)) from e
+            flags += socket_field_flags(btf)
+        return flags
 
     def tracepoints(self):
-        return _tracepoints()
+        return _tracepoints() if self.capture != "socket" else []
+
+    def btf_tracepoints(self):
+        return list(SOCKET_TRACEPOINTS) if self.capture == "socket" else []
 
     def ring_buffers(self):
         return {"http_events": self._decoder.handle_bytes}

@@ -20,20 +20,21 @@ import sys
 import threading
 
 from telegen import paths
+from telegen.ebpf import tpbtf
+from telegen.ebpf.btf import KernelBtf
 from telegen.ebpf.compiler_pages import release_compiler_memory
 
-_HEADER = "telegen.h"
 # BCC compiles with process-wide state (clang finds the kernel headers relative to the working
 # directory), so two BPF objects compiled at once in two threads (the eBPF and profiling
 # children load side by side) fail with "kconfig.h file not found" or crash the process.
 _COMPILE_LOCK = threading.Lock()
-_INCLUDE = '#include "%s"' % _HEADER
+_LOCAL_INCLUDE = re.compile(r'^#include "([A-Za-z0-9_]+\.h)"$', re.M)
 
 # BPF_PROG_TYPE_* and BPF_MAP_TYPE_* numbers (uapi/linux/bpf.h) -> the names /status/ebpf shows.
 PROG_TYPES = {1: "socket_filter", 2: "kprobe", 5: "tracepoint", 7: "perf_event", 17: "raw_tracepoint", 26: "tracing"}
 MAP_TYPES = {
     1: "hash", 2: "array", 3: "prog_array", 4: "perf_event_array", 5: "percpu_hash", 6: "percpu_array",
-    7: "stack_trace", 9: "lru_hash", 10: "lru_percpu_hash", 27: "ringbuf", 29: "task_storage",
+    7: "stack_trace", 9: "lru_hash", 10: "lru_percpu_hash", 24: "sk_storage", 27: "ringbuf", 29: "task_storage",
 }
 
 
@@ -42,17 +43,27 @@ class LoadError(Exception):
 
 
 def source_text(probe, bpf_dir=None):
-    """The probe's C source with bpf/telegen.h pasted in place of its #include (BCC rewrites
-    map operations only in the main text)."""
+    """The probe's C source with the headers of bpf/ it includes (`#include "x.h"`, and theirs)
+    pasted in place of their #include lines (BCC rewrites map operations only in the main text)."""
     folder = bpf_dir or paths.bpf_dir()
-    try:
-        with open(os.path.join(folder, probe.source), encoding="utf-8") as f:
-            text = f.read()
-        with open(os.path.join(folder, _HEADER), encoding="utf-8") as f:
-            header = f.read()
-    except OSError as e:
-        raise LoadError(f"BPF source missing: {e.filename}: {e.strerror}") from e
-    return text.replace(_INCLUDE, header)
+
+    def read(name):
+        try:
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                return f.read()
+        except OSError as e:
+            raise LoadError(f"BPF source missing: {e.filename}: {e.strerror}") from e
+
+    text = read(probe.source)
+    pasted = set()
+    while True:
+        m = _LOCAL_INCLUDE.search(text)
+        if m is None:
+            return text
+        name = m.group(1)
+        header = "" if name in pasted else read(name)
+        pasted.add(name)
+        text = text[:m.start()] + header + text[m.end():]
 
 
 def kernel_headers_dir():
@@ -86,8 +97,29 @@ def compile_probe(probe, config, self_pid, bpf_dir=None):
     """
     Compile, load and attach one probe; returns the bcc.BPF object. Runs in a thread.
 
-    Attaches every (tracepoint, function) the probe lists that BCC has not auto-attached
-    (TRACEPOINT_PROBE functions are attached by BCC itself).
+    A probe with several capture modes (Probe.capture_modes) has each tried in order until one
+    loads; the last one's failure is the probe's.
+    """
+    modes = probe.capture_modes(config)
+    failures = []
+    for mode in modes:
+        probe.select_capture(mode, failures)
+        try:
+            bpf = _compile_mode(probe, config, self_pid, bpf_dir)
+        except LoadError as e:
+            if len(failures) == len(modes) - 1:
+                raise
+            failures.append((mode, str(e)))
+            continue
+        probe.select_capture(mode, failures)
+        return bpf
+
+
+def _compile_mode(probe, config, self_pid, bpf_dir):
+    """
+    Compile, load and attach the probe as it is now. Attaches every (tracepoint, function) the
+    probe lists that BCC has not auto-attached (TRACEPOINT_PROBE functions are attached by BCC
+    itself), then its tp_btf functions.
     """
     bcc = _import_bcc()
     headers = kernel_headers_dir()
@@ -108,6 +140,10 @@ def compile_probe(probe, config, self_pid, bpf_dir=None):
         for tracepoint, fn_name in probe.tracepoints():
             if tracepoint not in _attached_tracepoints(bpf):
                 bpf.attach_tracepoint(tp=tracepoint.encode(), fn_name=fn_name.encode())
+        if probe.btf_tracepoints():
+            btf = KernelBtf.load()
+            for tracepoint in probe.btf_tracepoints():
+                tpbtf.load_and_attach(bpf, TP_BTF_PREFIX + tracepoint, tracepoint, btf)
     except Exception as e:
         bpf.cleanup()
         raise LoadError(f"attach failed: {_first_line(e)}") from e
@@ -180,9 +216,16 @@ def _int(value):
         return None
 
 
+TP_BTF_PREFIX = "tp_btf__"        # a probe's function for tp_btf/<name> is tp_btf__<name>
+
+
 def describe_programs(bpf):
-    """[{name, type, attached, id, tracepoint}] for every program of a BPF object."""
+    """[{name, type, attached, id, tracepoint}] for every program of a BPF object (tp_btf ones: tracepoint "tp_btf/<name>")."""
     attached_fns = {f"tracepoint__{tp.replace(':', '__')}": tp for tp in _attached_tracepoints(bpf)}
+    for key in bpf.raw_tracepoint_fds:
+        key = key.decode() if isinstance(key, bytes) else key
+        if key.startswith(tpbtf.ATTACH_PREFIX):
+            attached_fns[TP_BTF_PREFIX + key[len(tpbtf.ATTACH_PREFIX):]] = key
     out = []
     for name, fn in sorted(bpf.funcs.items()):
         name = name.decode() if isinstance(name, bytes) else name

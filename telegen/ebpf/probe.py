@@ -48,6 +48,23 @@ class Probe:
         """(category:event, fn_name) pairs. TRACEPOINT_PROBE functions auto-attach in BCC; list them anyway for status."""
         return []
 
+    def btf_tracepoints(self) -> list:
+        """Tracepoint names whose function `tp_btf__<name>` the loader attaches as tp_btf (telegen.ebpf.tpbtf)."""
+        return []
+
+    def capture_modes(self, config) -> list:
+        """
+        The ways to try loading this probe, in order (each selected with select_capture before
+        it compiles): the first that loads is kept. One probe, one way, unless it overrides this.
+        """
+        return [None]
+
+    def select_capture(self, mode, failures) -> None:
+        """
+        Called (in the compile thread) before compiling with `mode`, and once more after it
+        loaded; failures: [(mode, reason)] of the modes tried before it.
+        """
+
     def ring_buffers(self) -> "dict[str, Callable[[bytes], None]]":
         """Ring buffer map name -> handler(event bytes), called on the reactor thread."""
         return {}

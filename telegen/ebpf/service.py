@@ -38,7 +38,7 @@ LOST_POLL = 1.0              # seconds between reads of the kernel's lost counte
 MAP_COUNT_INTERVAL = 15.0    # seconds between counts of the maps' live entries
 MAP_WALK_LIMIT = 1 << 20     # most keys walked to count a hash map's live entries
 _ARRAY_TYPES = frozenset(("array", "percpu_array", "prog_array", "perf_event_array"))
-_UNCOUNTABLE_TYPES = frozenset(("ringbuf", "task_storage"))
+_UNCOUNTABLE_TYPES = frozenset(("ringbuf", "task_storage", "sk_storage"))
 
 
 class _Loaded:
@@ -307,6 +307,7 @@ class EbpfService(service.Service):
             "probes": [{"name": st.probe.name, "state": st.state, "error": st.error,
                         **(st.probe.status() if st.state == "attached" and hasattr(st.probe, "status") else {})}
                        for st in self._loaded],
+            "capture": self._capture(),
             "programs": programs,
             "maps": maps,
             "map_entries_age_seconds": None if self._counted_at is None else round(time.time() - self._counted_at, 3),
@@ -317,6 +318,13 @@ class EbpfService(service.Service):
                 "buffers": buffers,
             },
         }
+
+    def _capture(self):
+        """Which HTTP capture runs and why ({"mode", "reason"}, the probe's capture_status()); null when no probe has one enabled."""
+        for st in self._loaded:
+            if st.state != "disabled" and hasattr(st.probe, "capture_status"):
+                return st.probe.capture_status() if st.state == "attached" else {"mode": None, "reason": st.error or st.state}
+        return None
 
     def summary(self):
         """The /status "ebpf" object."""

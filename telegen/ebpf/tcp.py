@@ -86,8 +86,7 @@ class TcpProbe(Probe):
 
     def tracepoints(self):
         return [(f"{category}:{event}", f"tracepoint__{category}__{event}") for category, event in (
-            ("sock", "inet_sock_set_state"), ("syscalls", "sys_enter_connect"), ("syscalls", "sys_exit_connect"),
-            ("tcp", "tcp_receive_reset"), ("tcp", "tcp_retransmit_skb"))]
+            ("sock", "inet_sock_set_state"), ("tcp", "tcp_receive_reset"), ("tcp", "tcp_retransmit_skb"))]
 
     def ring_buffers(self):
         return {"tcp_events": self.on_event}

@@ -21,7 +21,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, SpanFlags, Status
 
-from telegen.ebpf.http_parser import parse_traceparent, split_host
+from telegen.l7.http import parse_traceparent, split_host
 from telegen.protowire import I32, I64, LEN, VARINT, length_delimited, tag, varint
 from telegen.signals.common import attributes
 

@@ -5,7 +5,8 @@ ThreadingHTTPServer, nginx-light) and clients in child processes on loopback.
 
 Each test finds its own data by its server's port or its children's pids: other engineers
 make traffic on this machine at the same time. The agent's services are shared by the module
-(one compile), the receiver too.
+(one compile per capture mode: every test runs with agent.ebpf.capture socket and syscalls),
+the receiver too.
 """
 import os
 import subprocess
@@ -37,8 +38,9 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 class Agent:
     """The in-process agent parts the tests look at."""
 
-    def __init__(self, receiver, http_probe=HttpProbe):
+    def __init__(self, receiver, http_probe=HttpProbe, capture="auto"):
         config = defaults()
+        config["agent"]["ebpf"]["capture"] = capture
         config["otlp"].update(endpoint=receiver.grpc_endpoint, protocol="grpc", insecure=True)
         for queue in config["queues"].values():
             queue["batch_timeout"] = 0.1
@@ -71,9 +73,10 @@ def running(agent):
         pytest_twisted.blockon(defer.maybeDeferred(service.stopService))
 
 
-@pytest.fixture(scope="module")
-def agent(receiver):
-    yield from running(Agent(receiver))
+@pytest.fixture(scope="module", params=["socket", "syscalls"])
+def agent(receiver, request):
+    """The agent, once per capture mode (every test here runs in both)."""
+    yield from running(Agent(receiver, capture=request.param))
 
 
 @pytest.fixture
@@ -85,6 +88,8 @@ def python_server():
 
 async def ready(agent):
     await until(lambda: agent.ebpf.ready_check() == "ok", timeout=180, message=f"probes attached ({agent.ebpf.ready_check()})")
+    configured = agent.config["agent"]["ebpf"]["capture"]
+    assert agent.http.capture == ("socket" if configured == "auto" else configured)     # this kernel has the hooks
 
 
 def spans_where(receiver, kind, **want):
@@ -311,3 +316,80 @@ async def test_kernel_port_filter_excludes_and_includes(agent, receiver, python_
     await exactly(agent, lambda: by_pid(receiver, Span.SPAN_KIND_SERVER, server.pid), 1, "only the unfiltered server span")
     assert by_pid(receiver, Span.SPAN_KIND_CLIENT, excluded_client) == []
     assert by_pid(receiver, Span.SPAN_KIND_CLIENT, other_client) == []
+
+
+def run_curl_expect_continue(url, body_file):
+    """curl POSTing a file with `Expect: 100-continue`; (pid, status it got)."""
+    child = subprocess.Popen(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Expect: 100-continue",
+                              "--data-binary", f"@{body_file}", url], stdout=subprocess.PIPE, text=True)
+    out, _ = child.communicate(timeout=30)
+    assert child.returncode == 0
+    return child.pid, int(out)
+
+
+@pytest_twisted.ensureDeferred
+async def test_100_continue_is_interim_the_spans_carry_the_final_status(agent, receiver, python_server, tmp_path):
+    """
+    curl sends its headers, waits for `100 Continue`, then the 3 kB body; the server answers 201.
+    Both spans say 201 (not 100), with the request body size, and nothing is dropped as unanswered.
+    """
+    await ready(agent)
+    server, port = python_server
+    body = tmp_path / "3kB.bin"
+    body.write_bytes(os.urandom(3000).replace(b"G", b"g"))
+    curl, status = await threads.deferToThread(run_curl_expect_continue, f"http://127.0.0.1:{port}/create", body)
+    assert status == 201
+    [(_, server_attrs, _)] = await exactly(agent, lambda: by_pid(receiver, Span.SPAN_KIND_SERVER, server.pid), 1, "server span")
+    [(_, client_attrs, _)] = await exactly(agent, lambda: by_pid(receiver, Span.SPAN_KIND_CLIENT, curl), 1, "curl's span")
+    for attrs in (server_attrs, client_attrs):
+        assert (attrs["http.request.method"], attrs["url.path"], attrs["http.response.status_code"]) == ("POST", "/create", 201)
+        assert attrs["http.request.body.size"] == 3000 and attrs["http.response.body.size"] == 4
+
+
+VECTORED = """
+import os, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+fd = s.fileno()
+
+def response(read):
+    data = b""
+    while True:
+        head, sep, body = data.partition(b"\\r\\n\\r\\n")
+        if sep:
+            length = int(next(line.split(b":")[1] for line in head.split(b"\\r\\n") if line.lower().startswith(b"content-length")))
+            if len(body) >= length:
+                return data
+        data += read()
+
+# 1: sendmsg of two buffers, a peek first (its bytes come again), then recvmsg
+s.sendmsg([b"POST /echo HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 5\\r\\n\\r\\n", b"hello"])
+assert s.recv(16, socket.MSG_PEEK).startswith(b"HTTP/1.1 200")
+response(lambda: s.recvmsg(65536)[0])
+# 2: writev, then readv into a small and a large buffer
+os.writev(fd, [b"GET /ok HTTP/1.1\\r\\n", b"Host: x\\r\\n\\r\\n"])
+def readv():
+    small, large = bytearray(64), bytearray(65536)
+    n = os.readv(fd, [small, large])
+    return bytes((small + large)[:n])
+response(readv)
+# 3: write and read
+os.write(fd, b"GET /missing HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+response(lambda: os.read(fd, 65536))
+s.close()
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_vectored_and_peeked_io_on_both_sides(agent, receiver, python_server):
+    """sendmsg/recvmsg (with a MSG_PEEK first), writev/readv, write/read: every exchange once, on both sides."""
+    await ready(agent)
+    server, port = python_server
+    await threads.deferToThread(subprocess.run, [sys.executable, "-c", VECTORED, str(port)], check=True, timeout=30)
+    want = Counter([("POST", "/echo", 200), ("GET", "/ok", 200), ("GET", "/missing", 404)])
+    spans = await exactly(agent, lambda: by_pid(receiver, Span.SPAN_KIND_SERVER, server.pid), 3, "server spans")
+    assert Counter((a["http.request.method"], a["url.path"], a["http.response.status_code"]) for _, a, _ in spans) == want
+    clients = await exactly(agent, lambda: [x for x in spans_where(receiver, Span.SPAN_KIND_CLIENT, **{"server.port": port})
+                                            if x[0].get("process.pid") != os.getpid()], 3, "client spans")
+    assert Counter((a["http.request.method"], a["url.path"], a["http.response.status_code"]) for _, a, _ in clients) == want
+    [echo] = [a for _, a, _ in spans if a["url.path"] == "/echo"]
+    assert echo["http.request.body.size"] == 5

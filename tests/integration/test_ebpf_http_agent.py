@@ -1,7 +1,8 @@
 """
 The real `twistd telegen` with eBPF on: what `make run` users see. curl against a local server
-gives spans and duration metrics in the file sink; /status/ebpf lists attached programs with
-their kernel ids; a flood beyond a 4 KiB ring buffer is counted as lost while the API keeps
+(plain, and with `Expect: 100-continue`) gives spans with the final status and duration metrics
+in the file sink, with agent.ebpf.capture auto (socket-level tp_btf programs here, and not one
+syscall tracepoint) and syscalls; /status/ebpf lists attached programs with their kernel ids; a flood beyond a 4 KiB ring buffer is counted as lost while the API keeps
 answering; the agent's own API traffic never becomes telemetry.
 """
 import glob
@@ -19,21 +20,23 @@ from tests.support.otlp_files import read_metrics, read_spans
 pytestmark = [pytest.mark.ebpf, pytest.mark.integration]
 
 
-def ebpf_config(ringbuf_size):
-    return {"agent": {"ebpf": {"enabled": True, "ringbuf_size": ringbuf_size, "network": {"tcp": False}}}}
+def ebpf_config(ringbuf_size, capture="auto"):
+    return {"agent": {"ebpf": {"enabled": True, "ringbuf_size": ringbuf_size, "capture": capture,
+                               "network": {"tcp": False}}}}
 
 
-def start_agent(tmp_path, ringbuf_size):
-    agent = AgentProcess(str(tmp_path), config=ebpf_config(ringbuf_size))
+def start_agent(tmp_path, ringbuf_size, capture="auto"):
+    agent = AgentProcess(str(tmp_path), config=ebpf_config(ringbuf_size, capture))
+    agent.capture = capture
     agent.start()
     wait_for(lambda: agent.get("/ready").json()["checks"]["ebpf"] == "ok", timeout=180,
              message="ebpf ready (%s)" % agent.get("/ready").json()["checks"]["ebpf"])
     return agent
 
 
-@pytest.fixture
-def big_agent(tmp_path):
-    agent = start_agent(tmp_path, 1 << 20)
+@pytest.fixture(params=["auto", "syscalls"])
+def big_agent(tmp_path, request):
+    agent = start_agent(tmp_path, 1 << 20, request.param)
     yield agent
     agent.stop()
 
@@ -67,24 +70,28 @@ def test_curl_gives_spans_and_metrics_in_the_file_sink_and_status_lists_kernel_i
         subprocess.run(["curl", "-s", "-o", "/dev/null", f"{big_agent.url}/healthz"], check=True, timeout=10)
         for path in ("/ok", "/missing", "/ok"):
             subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}{path}"], check=True, timeout=10)
+        body = tmp_path / "3kB.bin"
+        body.write_bytes(b"b" * 3000)
+        subprocess.run(["curl", "-s", "-o", "/dev/null", "-H", "Expect: 100-continue", "--data-binary", f"@{body}",
+                        f"http://127.0.0.1:{port}/create"], check=True, timeout=10)
 
         def server_spans():
             return [(r, s) for r, s in read_spans(data_dir) if r.get("process.pid") == server.pid]
 
-        spans = wait_for(lambda: len(server_spans()) >= 3 and server_spans(), timeout=30, message="3 server spans in the sink")
-        assert len(spans) == 3
+        spans = wait_for(lambda: len(server_spans()) >= 4 and server_spans(), timeout=30, message="4 server spans in the sink")
+        assert len(spans) == 4
         attrs = [{kv.key: kv.value for kv in s.attributes} for _, s in spans]
-        assert sorted(a["url.path"].string_value for a in attrs) == ["/missing", "/ok", "/ok"]
-        assert sorted(a["http.response.status_code"].int_value for a in attrs) == [200, 200, 404]
+        assert sorted(a["url.path"].string_value for a in attrs) == ["/create", "/missing", "/ok", "/ok"]
+        assert sorted(a["http.response.status_code"].int_value for a in attrs) == [200, 200, 201, 404]
         assert all(a["user_agent.original"].string_value.startswith("curl/") for a in attrs)
         assert spans[0][0]["process.executable.name"].startswith("python")
 
         def server_metric():
             return [m for r, m in read_metrics(data_dir)
                     if m.name == "http.server.request.duration" and r.get("process.pid") == server.pid
-                    and sum(p.count for p in m.histogram.data_points) == 3]
+                    and sum(p.count for p in m.histogram.data_points) == 4]
 
-        assert wait_for(server_metric, timeout=30, message="duration histogram of the 3 requests")
+        assert wait_for(server_metric, timeout=30, message="duration histogram of the 4 requests")
     finally:
         server.stop()
 
@@ -93,14 +100,24 @@ def test_curl_gives_spans_and_metrics_in_the_file_sink_and_status_lists_kernel_i
     schema_validator(spec, "/status/ebpf", "get", 200).validate(status)
     schema_validator(spec, "/status", "get", 200).validate(big_agent.get("/status").json())
     http_programs = [p for p in status["programs"] if p["probe"] == "http"]
-    assert len(http_programs) == 26 and all(p["attached"] and p["type"] == "tracepoint" for p in http_programs)
     ids = kernel_prog_ids(big_agent.process.pid)
     assert {p["id"] for p in status["programs"]} <= ids
     maps = {m["name"]: m for m in status["maps"]}
-    assert maps["http.conns"]["type"] == "lru_hash" and maps["http.conns"]["max_entries"] == 65536
     assert maps["http.http_events"]["max_entries"] == 1 << 20 == status["ringbuf"]["size"]
-    # Per-thread state cannot be walked: listed with its type, entries unknown (null), never a fake 0.
-    assert (maps["http.inflight"]["type"], maps["http.inflight"]["entries"]) == ("task_storage", None)
+    if big_agent.capture == "auto":
+        assert status["capture"] == {"mode": "socket", "reason": "auto: the socket-level tracepoints (tp_btf) loaded"}
+        assert sorted(p["tracepoint"] for p in http_programs) == [
+            "tp_btf/inet_sock_set_state", "tp_btf/sock_recv_length", "tp_btf/sock_send_length"]
+        assert all(p["attached"] and p["type"] == "tracing" for p in http_programs)
+        assert not [p for p in status["programs"] if (p["tracepoint"] or "").startswith(("syscalls:", "raw_syscalls:"))]
+        # Per-socket state cannot be walked: listed with its type, entries unknown (null), never a fake 0.
+        assert (maps["http.sk_conns"]["type"], maps["http.sk_conns"]["entries"]) == ("sk_storage", None)
+    else:
+        assert status["capture"] == {"mode": "syscalls", "reason": "agent.ebpf.capture is syscalls"}
+        assert len(http_programs) == 26 and all(p["attached"] and p["type"] == "tracepoint" for p in http_programs)
+        assert maps["http.conns"]["type"] == "lru_hash" and maps["http.conns"]["max_entries"] == 65536
+        # Per-thread state cannot be walked: listed with its type, entries unknown (null), never a fake 0.
+        assert (maps["http.inflight"]["type"], maps["http.inflight"]["entries"]) == ("task_storage", None)
     summary = big_agent.get("/status").json()["ebpf"]
     assert summary["programs_loaded"] == len(status["programs"]) and summary["maps_created"] == len(status["maps"])
     # The API answered many requests above; none of them is telemetry, on either side.
@@ -121,7 +138,7 @@ def test_moving_the_api_by_reload_never_captures_its_clients_and_recompiles_noth
     data_dir = os.path.join(str(tmp_path), "data")
     old_port, new_port = big_agent.port, free_port()
     programs = {p["id"] for p in big_agent.get("/status/ebpf").json()["programs"]}
-    big_agent.write_config(merge(ebpf_config(1 << 20), {"self_telemetry": {"listen": f"127.0.0.1:{new_port}"}}))
+    big_agent.write_config(merge(ebpf_config(1 << 20, big_agent.capture), {"self_telemetry": {"listen": f"127.0.0.1:{new_port}"}}))
     answer = big_agent.post("/admin/reload").json()
     assert "api" in answer["rebuilt"] and "ebpf" in answer["reconfigured"], answer
     big_agent.port = new_port

@@ -1,6 +1,7 @@
 """
 The loader against the real BCC and kernel: a compiler error and a verifier refusal come back as
-one precise line (what /ready and /status/ebpf show), and the shipped http.c loads and attaches.
+one precise line (what /ready and /status/ebpf show), and the shipped HTTP probe loads and
+attaches in both capture modes.
 """
 import os
 
@@ -51,15 +52,23 @@ def test_a_verifier_refusal_is_reported_with_the_verifiers_reason(tmp_path):
     assert message.startswith("bpf: Failed to load program: ") and message.count(": ") >= 2, message
 
 
-def test_the_shipped_http_probe_loads_and_attaches_every_tracepoint():
+@pytest.mark.parametrize("capture", ["socket", "syscalls"])
+def test_the_shipped_http_probe_loads_and_attaches_every_tracepoint(capture):
     config = defaults()
     config["agent"]["ebpf"]["ringbuf_size"] = 1 << 16
+    config["agent"]["ebpf"]["capture"] = capture
     probe = HttpProbe(config, None, None, None)
     bpf = loader.compile_probe(probe, config, os.getpid())
     try:
+        assert probe.capture == capture and probe.capture_reason == f"agent.ebpf.capture is {capture}"
         programs = loader.describe_programs(bpf)
-        assert {p["tracepoint"] for p in programs} == {tp for tp, _ in probe.tracepoints()}
-        assert all(p["attached"] and p["type"] == "tracepoint" and p["id"] > 0 for p in programs)
+        if capture == "socket":
+            assert probe.tracepoints() == []
+            assert {p["tracepoint"] for p in programs} == {"tp_btf/" + tp for tp in probe.btf_tracepoints()}
+            assert all(p["attached"] and p["type"] == "tracing" and p["id"] > 0 for p in programs)
+        else:
+            assert {p["tracepoint"] for p in programs} == {tp for tp, _ in probe.tracepoints()}
+            assert all(p["attached"] and p["type"] == "tracepoint" and p["id"] > 0 for p in programs)
         maps = {name: loader.describe_map(fd) for name, fd in loader.map_fds(bpf).items()}
         assert maps["http_events"]["type"] == "ringbuf" and maps["http_events"]["max_entries"] == 1 << 16
         assert maps["lost"]["type"] == "percpu_array"

@@ -1,5 +1,5 @@
 """
-The kernel's per-connection request slots under pressure: bpf/http.c compiled with 4 slots
+The kernel's per-connection request slots under pressure, in both capture modes: compiled with 4 slots
 (MAX_PENDING_REQUESTS) while 8 keep-alive clients and their 8 server connections need 16. Slots
 are evicted and recreated all the time; whatever happens, no exchange may be mispaired (a span's
 path and status always belong together) and none may vanish uncounted: every exchange becomes a
@@ -29,9 +29,9 @@ class FewSlots(HttpProbe):
         return super().cflags(config) + [f"-DMAX_PENDING_REQUESTS={SLOTS}"]
 
 
-@pytest.fixture(scope="module")
-def agent(receiver):
-    yield from running(Agent(receiver, http_probe=FewSlots))
+@pytest.fixture(scope="module", params=["socket", "syscalls"])
+def agent(receiver, request):
+    yield from running(Agent(receiver, http_probe=FewSlots, capture=request.param))
 
 
 def without_request(agent):

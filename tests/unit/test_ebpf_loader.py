@@ -90,3 +90,50 @@ def test_fdinfo_parses_key_value_lines(tmp_path):
         info = loader.fdinfo(f.fileno())
     assert info["pos"] == "0" and "flags" in info
     assert loader.fdinfo(10 ** 6) == {}
+
+
+def test_headers_of_bpf_dir_are_pasted_where_included_once_each(tmp_path):
+    """A source including telegen.h and a header that includes it too: each header's text appears once."""
+    (tmp_path / "telegen.h").write_text("#define BASE 1\n")
+    (tmp_path / "shared.h").write_text('#include "telegen.h"\n#define SHARED 2\n')
+    (tmp_path / "one.c").write_text('#include "telegen.h"\n#include "shared.h"\n#include <linux/ptrace.h>\nint x;\n')
+    assert loader.source_text(OneFile(), str(tmp_path)) == (
+        "#define BASE 1\n\n\n#define SHARED 2\n\n#include <linux/ptrace.h>\nint x;\n")
+
+
+class TwoWays(Probe):
+    """A probe with two capture modes, recording what the loader told it."""
+
+    name = "two"
+    source = "two.c"
+
+    def __init__(self):
+        self.selected = []
+
+    def capture_modes(self, config):
+        return ["fast", "slow"]
+
+    def select_capture(self, mode, failures):
+        self.selected.append((mode, list(failures)))
+
+
+def test_capture_modes_are_tried_in_order_and_the_first_that_loads_is_kept(monkeypatch):
+    def compile_mode(probe, config, self_pid, bpf_dir):
+        if probe.selected[-1][0] == "fast":
+            raise LoadError("attach failed: no such tracepoint")
+        return "bpf of " + probe.selected[-1][0]
+
+    monkeypatch.setattr(loader, "_compile_mode", compile_mode)
+    probe = TwoWays()
+    assert loader.compile_probe(probe, defaults(), 1) == "bpf of slow"
+    failed = [("fast", "attach failed: no such tracepoint")]
+    assert probe.selected == [("fast", []), ("slow", failed), ("slow", failed)]
+
+
+def test_when_every_capture_mode_fails_the_last_failure_is_the_probes(monkeypatch):
+    def compile_mode(probe, config, self_pid, bpf_dir):
+        raise LoadError(f"{probe.selected[-1][0]} refused")
+
+    monkeypatch.setattr(loader, "_compile_mode", compile_mode)
+    with pytest.raises(LoadError, match="^slow refused$"):
+        loader.compile_probe(TwoWays(), defaults(), 1)

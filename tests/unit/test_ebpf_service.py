@@ -329,3 +329,26 @@ def test_a_reload_reconfigures_in_place_unless_a_probe_would_compile_differently
     compiled_differently["agent"]["ebpf"]["ringbuf_size"] = 1 << 20
     assert h.service.reconfigure(compiled_differently) is False
     assert probe.reconfigured == [new] and h.service.config is new      # a refusal changes nothing
+
+
+class CapturingProbe(FakeProbe):
+    """A probe that reports a capture mode, as HttpProbe does."""
+
+    def capture_status(self):
+        return {"mode": "socket", "reason": "auto: the socket-level tracepoints (tp_btf) loaded"}
+
+
+def test_status_says_which_capture_runs_and_why_or_why_none_does():
+    h = Harness([FakeProbe("process"), CapturingProbe("http")])
+    h.service.startService()
+    assert h.service.status()["capture"] == {"mode": None, "reason": "loading"}
+    h.finish()
+    h.finish()
+    assert h.service.status()["capture"] == {"mode": "socket", "reason": "auto: the socket-level tracepoints (tp_btf) loaded"}
+    failing = Harness([CapturingProbe("http")])
+    failing.service.startService()
+    failing.finish(LoadError("kernel BTF missing"))
+    assert failing.service.status()["capture"] == {"mode": None, "reason": "kernel BTF missing"}
+    none = Harness([FakeProbe("process"), CapturingProbe("http", on=False)])
+    none.service.startService()
+    assert none.service.status()["capture"] is None

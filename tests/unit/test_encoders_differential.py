@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from telegen.ebpf.http_decoder import HttpExchange
-from telegen.ebpf.http_parser import parse_traceparent
+from telegen.l7.records import HttpExchange
+from telegen.l7.http import parse_traceparent
 from telegen.export.kinds import KINDS
 from telegen.export.queue import BoundedQueue
 from telegen.export.wire import ResourceCache, encode_request

@@ -5,8 +5,8 @@ kernel's paired EV_EXCHANGE events decode exactly as their request followed by t
 """
 from telegen.ebpf.http_decoder import (
     EV_CLOSE, EV_EXCHANGE, EV_REQUEST, EV_RESPONSE, EVENT, EXCHANGE_TAIL, ROLE_CLIENT, ROLE_SERVER, HttpDecoder,
-    HttpExchange,
 )
+from telegen.l7.records import HttpExchange
 from telegen.ebpf.http_probe import CAPTURE_BYTES
 
 LOOPBACK = b"\0" * 10 + b"\xff\xff" + bytes([127, 0, 0, 1])
@@ -166,3 +166,52 @@ def test_an_exchange_finishes_the_response_before_it_from_its_totals():
     first, second = r.exchanges
     assert (first.end_ns, first.response_body_size) == (350 + OFFSET, 1000)
     assert (second.start_ns, second.end_ns) == (800 + OFFSET, 900 + OFFSET)
+
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+CREATED = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
+POST = b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 3000\r\nExpect: 100-continue\r\n\r\n"
+
+
+def test_a_100_continue_leaves_the_request_waiting_for_its_final_response():
+    """Server side, as the kernel pairs it: the held request leaves with the 100; the 201 ends the exchange."""
+    r = Recorder()
+    r.feed(exchange(200, CONTINUE, POST, 100, rx=len(POST)),
+           event(EV_RESPONSE, 500, CREATED, rx=len(POST) + 3000, tx=len(CONTINUE)))
+    [ex] = r.exchanges
+    assert (ex.method, ex.status, ex.start_ns, ex.end_ns, ex.response_body_size, ex.request_body_size) == (
+        "POST", 201, 100 + OFFSET, 500 + OFFSET, 2, 3000)
+    assert r.drops == []
+
+
+def test_a_client_sees_100_continue_then_the_final_status():
+    r = Recorder()
+    r.feed(event(EV_REQUEST, 120, POST, role=ROLE_CLIENT, enter_ts=110),
+           event(EV_RESPONSE, 300, CONTINUE, role=ROLE_CLIENT, tx=len(POST)),
+           event(EV_RESPONSE, 700, CREATED, role=ROLE_CLIENT, tx=len(POST) + 3000, rx=len(CONTINUE)))
+    [ex] = r.exchanges
+    assert (ex.server_side, ex.status, ex.start_ns, ex.end_ns) == (False, 201, 110 + OFFSET, 700 + OFFSET)
+    assert r.drops == []
+
+
+def test_interim_and_final_response_in_one_write_make_one_exchange():
+    r = Recorder()
+    r.feed(exchange(200, CONTINUE + b"HTTP/1.1 103 Early Hints\r\n\r\n" + CREATED, POST, 100, rx=len(POST)))
+    assert [(e.status, e.end_ns - OFFSET, e.response_body_size) for e in r.exchanges] == [(201, 200, 2)]
+
+
+def test_101_ends_http_on_the_connection():
+    """The upgrade exchange is reported with status 101; later bytes that look like HTTP are not parsed."""
+    upgrade = b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n"
+    switching = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
+    r = Recorder()
+    r.feed(exchange(200, switching, upgrade, 100, rx=len(upgrade)),
+           event(EV_REQUEST, 300, REQ, rx=len(upgrade)),
+           event(EV_RESPONSE, 400, RESP, rx=len(upgrade) + len(REQ), tx=len(switching)),
+           event(EV_REQUEST, 300, upgrade, conn_ts=2),
+           event(EV_RESPONSE, 350, switching, rx=len(upgrade), conn_ts=2),
+           event(EV_RESPONSE, 400, RESP, rx=len(upgrade), tx=len(switching), conn_ts=2),
+           event(EV_CLOSE, 500, conn_ts=2))
+    assert [(e.target, e.status, e.response_body_size) for e in r.exchanges] == [("/ws", 101, 0), ("/ws", 101, 0)]
+    assert r.drops == []
+    assert len(r.decoder) == 1

@@ -1,5 +1,5 @@
 """The HTTP head parser: pipelined and truncated captures, status lines, traceparent, Host."""
-from telegen.ebpf.http_parser import parse_requests, parse_responses, parse_traceparent, split_host
+from telegen.l7.http import is_interim, parse_requests, parse_responses, parse_traceparent, split_host
 
 
 def test_single_request_with_the_headers_spans_need():
@@ -81,3 +81,18 @@ def test_a_content_length_beyond_int64_is_unknown():
         assert req.content_length is None, value
     [req] = parse_requests(b"POST / HTTP/1.1\r\nContent-Length: 9223372036854775807\r\n\r\n")
     assert req.content_length == 2 ** 63 - 1
+
+
+def test_an_interim_response_and_its_final_one_in_one_write_are_both_found():
+    """100 Continue has no body: the final response after it in the same capture is parsed too."""
+    data = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
+    assert [(r.first, r.offset) for r in parse_responses(data)] == [(100, 0), (201, 25)]
+
+
+def test_nothing_after_a_101_is_parsed_as_http():
+    data = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"
+    assert [r.first for r in parse_responses(data)] == [101]
+
+
+def test_interim_means_1xx_except_101():
+    assert [s for s in (100, 101, 102, 103, 199, 200, 204) if is_interim(s)] == [100, 102, 103, 199]

@@ -1,5 +1,5 @@
 """
-The HTTP head parser (telegen/ebpf/http_parser.py) against h11, on complete heads hypothesis writes.
+The HTTP head parser (telegen/l7/http.py) against h11, on complete heads hypothesis writes.
 
 h11 is a strict HTTP/1.1 parser that follows RFC 9112 closely. On every complete head h11
 accepts, ours must report the same method, target and version, or status, reason and version,
@@ -29,7 +29,7 @@ import h11
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from telegen.ebpf.http_parser import parse_requests, parse_responses
+from telegen.l7.http import parse_requests, parse_responses
 
 FAST = settings(max_examples=200, deadline=None)
 OURS = ("GET", "POST", "PUT", "HEAD", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")

@@ -7,7 +7,8 @@ from twisted.internet.task import Clock
 
 from telegen.config.loader import defaults
 from telegen.ebpf.http_decoder import EV_REQUEST, EV_RESPONSE
-from telegen.ebpf.http_probe import HttpProbe
+from telegen.ebpf.btf import KernelBtf
+from telegen.ebpf.http_probe import SOCKET_FIELDS, HttpProbe
 from telegen.selfmetrics import SelfMetrics
 from tests.support.fakes import RecordingPipeline, StubProcesses
 from tests.unit.test_http_decoder import RESP, event
@@ -148,3 +149,34 @@ def test_a_failing_submit_is_counted_and_does_not_stop_other_processes():
     clock.advance(0)
     assert [r["process.pid"] for s, r, _ in pipeline.calls if s == "traces"] == [11]
     assert metrics.registry.get_sample_value("telegen_spans_dropped_total", {"reason": "submit_error"}) == 1
+
+
+def test_capture_modes_follow_the_config_and_say_why():
+    """auto tries the socket capture first; a fallback names the socket capture's failure; each mode has its own programs."""
+    probe, _, _, _, _ = make()
+    assert probe._config["agent"]["ebpf"]["capture"] == "auto"
+    assert probe.capture_modes(probe._config) == ["socket", "syscalls"]
+    probe.select_capture("socket", [])
+    assert (probe.source, probe.tracepoints(), probe.capture_status()) == (
+        "http_sock.c", [], {"mode": "socket", "reason": "auto: the socket-level tracepoints (tp_btf) loaded"})
+    assert probe.btf_tracepoints() == ["sock_send_length", "sock_recv_length", "inet_sock_set_state"]
+    probe.select_capture("syscalls", [("socket", "attach failed: tp_btf: Invalid argument")])
+    assert probe.capture_status() == {
+        "mode": "syscalls", "reason": "auto: the socket-level capture did not load: attach failed: tp_btf: Invalid argument"}
+    assert probe.source == "http.c" and probe.btf_tracepoints() == []
+    assert not [tp for tp, _ in probe.tracepoints() if not tp.startswith(("syscalls:", "sock:"))]
+    probe._config["agent"]["ebpf"]["capture"] = "syscalls"
+    assert probe.capture_modes(probe._config) == ["syscalls"]
+    probe.select_capture("syscalls", [])
+    assert probe.capture_status()["reason"] == "agent.ebpf.capture is syscalls"
+
+
+def test_the_socket_capture_gets_the_running_kernels_struct_offsets():
+    """Every field bpf/http_sock.c reads arrives as a -D flag with its offset in /sys/kernel/btf/vmlinux."""
+    probe, _, _, _, _ = make()
+    probe.select_capture("socket", [])
+    flags = dict(f[2:].split("=") for f in probe.cflags(probe._config))
+    assert {name for name in SOCKET_FIELDS} <= flags.keys()
+    btf = KernelBtf.load()
+    assert int(flags["OFF_SK_FAMILY"]) == btf.member("sock", "__sk_common.skc_family")[0]
+    assert int(flags["OFF_REGS_ORIG_AX"]) == btf.member("pt_regs", "orig_ax")[0]

@@ -1,7 +1,7 @@
 """HTTP spans and RED metrics built from exchanges, per the stable HTTP semantic conventions."""
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from telegen.ebpf.http_decoder import HttpExchange
+from telegen.l7.records import HttpExchange
 from telegen.selfmetrics import SelfMetrics
 from telegen.signals.http import (
     CLIENT_METRIC, DURATION_BUCKETS, SERVER_METRIC, RedMetrics, RouteMatcher, SpanEncoder, build_span, url_path,

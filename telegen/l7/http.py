@@ -16,6 +16,17 @@ _END = b"\r\n\r\n"
 _MAX_LENGTH = 2 ** 63 - 1        # the largest body size an OTLP int64 attribute holds
 _FOLD = (b" ", b"\t")
 
+SWITCHING_PROTOCOLS = 101
+
+
+def is_interim(status):
+    """
+    A 1xx response other than 101 (100 Continue, 103 Early Hints ...): it precedes the final
+    response to the same request and has no body (RFC 9110, 15.2). 101 is final: it ends HTTP
+    on the connection.
+    """
+    return 100 <= status < 200 and status != SWITCHING_PROTOCOLS
+
 
 @dataclass(slots=True, eq=False)
 class Head:
@@ -107,7 +118,10 @@ def parse_requests(data):
 
 
 def parse_responses(data):
-    """Every response head found at the start of data (several when pipelined responses share a write)."""
+    """
+    Every response head found at the start of data (several when pipelined responses share a
+    write, or an interim 1xx and its final response do). Nothing after a 101 is HTTP.
+    """
     out = []
     pos = 0
     while pos < len(data):
@@ -120,8 +134,8 @@ def parse_responses(data):
         reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
         resp = Head(status, reason, _version(parts[0]), headers, head_len, pos)
         out.append(resp)
-        length = resp.content_length
-        if head_len is None or length is None:
+        length = 0 if is_interim(status) else resp.content_length
+        if head_len is None or length is None or status == SWITCHING_PROTOCOLS:
             break
         pos += head_len + length
     return out

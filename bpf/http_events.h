@@ -1,0 +1,352 @@
+/*
+ * The HTTP capture's events and its in-kernel pairing, shared by both capture modes: syscall
+ * tracepoints (bpf/http.c) and socket-level tp_btf tracepoints (bpf/http_sock.c). Each mode finds
+ * a connection's `struct conn` and the bytes a read or write moved its own way, then calls
+ * http_payload(); the events user space decodes (telegen/ebpf/http_decoder.py) are the same.
+ * Pasted by the loader like telegen.h (BCC rewrites map operations only in the main text).
+ */
+#ifndef TELEGEN_HTTP_EVENTS_H
+#define TELEGEN_HTTP_EVENTS_H
+
+#ifndef HTTP_CAPTURE
+#define HTTP_CAPTURE 512          /* bytes of request/response head sent; a power of two */
+#endif
+#ifndef MAX_PENDING_REQUESTS
+#define MAX_PENDING_REQUESTS 8192  /* connections with a request waiting for its response */
+#endif
+#define AF_INET_ 2
+#define AF_INET6_ 10
+
+enum { TELEGEN_RB_http_events = 0 };
+BPF_RINGBUF_OUTPUT(http_events, RINGBUF_PAGES);
+
+enum role { ROLE_ACCEPTED = 1, ROLE_CONNECTED = 2, ROLE_SERVER = 3, ROLE_CLIENT = 4, ROLE_OTHER = 5, ROLE_UNSEEN = 6 };
+enum how { HOW_PLAIN = 1, HOW_IOV = 2, HOW_MSG = 3, HOW_SENDFILE = 4, HOW_ACCEPT = 5, HOW_NONE = 6 };
+enum kind { EV_REQUEST = 1, EV_RESPONSE = 2, EV_CLOSE = 3, EV_EXCHANGE = 4 };
+
+struct endpoint {
+    u8 addr[16];                  /* IPv6 or IPv4-mapped (::ffff:a.b.c.d) */
+    u16 port;                     /* host byte order */
+    u16 family;
+    u32 _pad;
+};
+
+struct conn {
+    u64 start_ts;
+    u64 rx_bytes;
+    u64 tx_bytes;
+    u64 last_rx_ts;
+    u64 last_tx_ts;
+    struct endpoint peer;
+    struct endpoint local;
+    u32 role;
+    u32 owner;                    /* socket capture: the tgid its events carry (0: the current task's) */
+    u64 cookie;                   /* socket capture: the socket cookie (the connection's key) */
+};
+
+/* A syscall in flight on a tracked fd (or an accept), in the calling thread's task storage. */
+struct pending {
+    u64 buf;                      /* user pointer: data, iovec array, msghdr or sockaddr */
+    u64 ts;                       /* entry time where a span uses it (a client's writes), else 0 */
+    u32 fd;
+    u32 how;                      /* 0: no syscall in flight */
+};
+
+struct http_event {
+    struct telegen_event_header h;
+    u64 enter_ts;
+    u64 conn_start_ts;
+    u64 rx_bytes;                 /* totals before this syscall */
+    u64 tx_bytes;
+    u64 last_rx_ts;
+    u64 last_tx_ts;
+    s64 ret;                      /* bytes moved by this syscall */
+    struct endpoint peer;
+    struct endpoint local;
+    u32 fd;
+    u32 role;
+    u32 cap_len;
+    u32 _pad;
+    char data[HTTP_CAPTURE];
+};
+
+/* A held request and the response that answered it: `response` has kind EV_EXCHANGE. */
+struct http_exchange_event {
+    struct http_event response;
+    u64 request_enter_ts;         /* the request syscall's entry and exit */
+    u64 request_ts;
+    u32 request_cap_len;
+    u32 _pad;
+    char request_data[HTTP_CAPTURE];
+};
+
+struct iovec_user {
+    u64 base;
+    u64 len;
+};
+
+/*
+ * One request slot per HTTP connection (by connection key), filled in place when a request
+ * starts (h.kind = EV_REQUEST) and emptied (h.kind = 0) when its response leaves with it; close
+ * deletes the slot. Filling in place spares a 600-byte map update and a delete per exchange.
+ * LRU: with more busy connections than slots the least recently used slot is evicted, and a
+ * request it held is later counted as response_without_request in user space. request_scratch
+ * is the blank a new slot is created from, and the fallback when no slot can be had.
+ */
+BPF_TABLE("lru_hash", u64, struct http_event, pending_requests, MAX_PENDING_REQUESTS);
+BPF_PERCPU_ARRAY(request_scratch, struct http_event, 1);
+/* port_rules[port]: 1 = listed in include_ports, 2 = excluded (exclude_ports and the agent's own API port). */
+BPF_ARRAY(port_rules, u8, 65536);
+/*
+ * settings[0]: 0 until user space has written port_rules (nothing is captured before, so the
+ * agent's API port is excluded from the first event on), 1 = every port not excluded, 2 = only
+ * the ports in include_ports. Written live, so a port filter change needs no recompilation.
+ */
+BPF_ARRAY(settings, u32, 1);
+
+static __always_inline int port_allowed(u16 port, int known)
+{
+    u32 z = 0, k = port;
+    u32 *mode = settings.lookup(&z);
+    if (!mode || *mode == 0)
+        return 0;
+    u8 *rule = port_rules.lookup(&k);
+    u8 r = (known && rule) ? *rule : 0;
+    if (r == 2)
+        return 0;
+    if (*mode == 2 && r != 1)
+        return 0;
+    return 1;
+}
+
+static __always_inline void mapped_v4(u8 *dst, const u8 *v4)
+{
+    __builtin_memset(dst, 0, 10);
+    dst[10] = 0xff;
+    dst[11] = 0xff;
+    dst[12] = v4[0];
+    dst[13] = v4[1];
+    dst[14] = v4[2];
+    dst[15] = v4[3];
+}
+
+static __always_inline int is_request(const char *b)
+{
+    switch (b[0]) {
+    case 'G': return b[1] == 'E' && b[2] == 'T' && b[3] == ' ';
+    case 'P': return (b[1] == 'O' && b[2] == 'S' && b[3] == 'T' && b[4] == ' ') ||
+                     (b[1] == 'U' && b[2] == 'T' && b[3] == ' ') ||
+                     (b[1] == 'A' && b[2] == 'T' && b[3] == 'C' && b[4] == 'H' && b[5] == ' ');
+    case 'H': return b[1] == 'E' && b[2] == 'A' && b[3] == 'D' && b[4] == ' ';
+    case 'D': return b[1] == 'E' && b[2] == 'L' && b[3] == 'E' && b[4] == 'T' && b[5] == 'E' && b[6] == ' ';
+    case 'O': return b[1] == 'P' && b[2] == 'T' && b[3] == 'I' && b[4] == 'O' && b[5] == 'N' && b[6] == 'S';
+    case 'C': return b[1] == 'O' && b[2] == 'N' && b[3] == 'N' && b[4] == 'E' && b[5] == 'C' && b[6] == 'T';
+    case 'T': return b[1] == 'R' && b[2] == 'A' && b[3] == 'C' && b[4] == 'E' && b[5] == ' ';
+    }
+    return 0;
+}
+
+static __always_inline int is_response(const char *b)
+{
+    return b[0] == 'H' && b[1] == 'T' && b[2] == 'T' && b[3] == 'P' && b[4] == '/' && b[5] == '1' && b[6] == '.';
+}
+
+/* Remember the syscall now entering in the thread's storage (created on its first traced syscall). */
+static __always_inline void fill_event(struct http_event *e, u32 kind, struct conn *c, struct pending *p,
+                                       s64 ret, u64 ptr, u64 avail, u64 now)
+{
+    telegen_fill_header(&e->h, kind, now);
+    if (c->owner)
+        e->h.pid = c->owner;
+    e->enter_ts = (p && p->ts) ? p->ts : now;
+    e->conn_start_ts = c->start_ts;
+    e->rx_bytes = c->rx_bytes;
+    e->tx_bytes = c->tx_bytes;
+    e->last_rx_ts = c->last_rx_ts;
+    e->last_tx_ts = c->last_tx_ts;
+    e->ret = ret;
+    e->peer = c->peer;
+    e->local = c->local;
+    e->fd = p ? p->fd : 0;
+    e->role = c->role;
+    e->_pad = 0;
+    u32 n = 0;
+    if (ptr) {
+        if (avail >= HTTP_CAPTURE) {
+            n = HTTP_CAPTURE;
+            bpf_probe_read_user(e->data, HTTP_CAPTURE, (void *)ptr);
+        } else {
+            n = avail & (HTTP_CAPTURE - 1);
+            bpf_probe_read_user(e->data, n, (void *)ptr);
+        }
+    }
+    e->cap_len = n;
+}
+
+static __always_inline void send_event(u32 kind, struct conn *c, struct pending *p, s64 ret,
+                                       u64 ptr, u64 avail, u64 now)
+{
+    struct http_event *e = telegen_reserved(http_events.ringbuf_reserve(sizeof(struct http_event)),
+                                            TELEGEN_RB_http_events);
+    if (!e)
+        return;
+    fill_event(e, kind, c, p, ret, ptr, avail, now);
+    http_events.ringbuf_submit(e, telegen_wakeup_flags(sizeof(*e)));
+}
+
+/* Send a held (already filled) request event as it is. */
+static __always_inline void send_copy(struct http_event *held)
+{
+    struct http_event *e = telegen_reserved(http_events.ringbuf_reserve(sizeof(struct http_event)),
+                                            TELEGEN_RB_http_events);
+    if (!e)
+        return;
+    bpf_probe_read_kernel(e, sizeof(struct http_event), held);
+    http_events.ringbuf_submit(e, telegen_wakeup_flags(sizeof(*e)));
+}
+
+/* Connection `key` closes: send the request its slot holds, if any, on its own (EV_REQUEST). */
+static __always_inline void release_request(u64 key)
+{
+    struct http_event *held = pending_requests.lookup(&key);
+    if (!held)
+        return;
+    if (held->h.kind)
+        send_copy(held);
+    pending_requests.delete(&key);
+}
+
+/* The connection's request slot, created empty on its first request; 0 when the map refuses. */
+static __always_inline struct http_event *request_slot(u64 key, struct http_event *blank)
+{
+    struct http_event *slot = pending_requests.lookup(&key);
+    if (slot)
+        return slot;
+    blank->h.kind = 0;
+    pending_requests.update(&key, blank);
+    return pending_requests.lookup(&key);
+}
+
+/* A request started on connection `key`: hold it in the slot until its response (or send it now). */
+static __always_inline void hold_request(u64 key, struct conn *c, struct pending *p, s64 ret,
+                                         u64 ptr, u64 avail, u64 now)
+{
+    u32 zero = 0;
+    struct http_event *blank = request_scratch.lookup(&zero);
+    if (!blank)
+        return;
+    struct http_event *slot = request_slot(key, blank);
+    if (!slot) {
+        fill_event(blank, EV_REQUEST, c, p, ret, ptr, avail, now);
+        send_copy(blank);
+        return;
+    }
+    if (slot->h.kind)
+        send_copy(slot);                   /* pipelined: the earlier one goes alone */
+    fill_event(slot, EV_REQUEST, c, p, ret, ptr, avail, now);
+}
+
+/* A response started on connection `key`: one EV_EXCHANGE with the held request, else EV_RESPONSE. */
+static __always_inline void send_response(u64 key, struct conn *c, struct pending *p, s64 ret,
+                                          u64 ptr, u64 avail, u64 now)
+{
+    struct http_event *held = pending_requests.lookup(&key);
+    if (!held || !held->h.kind) {
+        send_event(EV_RESPONSE, c, p, ret, ptr, avail, now);
+        return;
+    }
+    struct http_exchange_event *e = telegen_reserved(
+        http_events.ringbuf_reserve(sizeof(struct http_exchange_event)), TELEGEN_RB_http_events);
+    if (e) {
+        fill_event(&e->response, EV_EXCHANGE, c, p, ret, ptr, avail, now);
+        e->request_enter_ts = held->enter_ts;
+        e->request_ts = held->h.ts_ns;
+        e->request_cap_len = held->cap_len;
+        e->_pad = 0;
+        bpf_probe_read_kernel(e->request_data, HTTP_CAPTURE, held->data);
+        http_events.ringbuf_submit(e, telegen_wakeup_flags(sizeof(*e)));
+    }
+    held->h.kind = 0;                      /* lost with its response when the ring was full */
+}
+
+
+/*
+ * Where the bytes of a read or write are: the buffer itself (HOW_PLAIN), the first iovec of an
+ * iovec array (HOW_IOV) or of a user-ABI struct msghdr (HOW_MSG, msg_iov at offset 16), nothing
+ * for sendfile. *ptr = 0 when there is no user buffer to look at; *avail caps what is read.
+ */
+static __always_inline void user_payload(u32 how, u64 buf, s64 ret, u64 *ptr, u64 *avail)
+{
+    *ptr = buf;
+    *avail = ret;
+    struct iovec_user iov = {};
+    if (how == HOW_MSG) {
+        u64 msg_iov = 0;
+        bpf_probe_read_user(&msg_iov, sizeof(msg_iov), (void *)(buf + 16));
+        buf = msg_iov;
+    }
+    if (how == HOW_IOV || how == HOW_MSG) {
+        *ptr = 0;
+        if (buf && bpf_probe_read_user(&iov, sizeof(iov), (void *)buf) == 0) {
+            *ptr = iov.base;
+            if (iov.len < *avail)
+                *avail = iov.len;
+        }
+    } else if (how != HOW_PLAIN) {
+        *ptr = 0;
+    }
+}
+
+/*
+ * `ret` bytes moved on HTTP-tracked connection `key` (ptr/avail: where its first bytes are, 0 when
+ * unknown): classify the connection by its first bytes, send a request or response start, count
+ * the bytes. ROLE_ACCEPTED/ROLE_CONNECTED (syscall capture) know their side from accept/connect;
+ * ROLE_UNSEEN (socket capture) learns it here: a request received makes a server, a request sent
+ * a client, and only then is the port filter known to apply to the local or the peer port.
+ */
+static __always_inline void http_payload(u64 key, struct conn *c, struct pending *p, s64 ret, u64 ptr,
+                                         u64 avail, int is_write, u64 now)
+{
+    char head[8] = {};
+    if (ptr && avail >= 4)
+        bpf_probe_read_user(head, sizeof(head), (void *)ptr);
+
+    if (c->role == ROLE_UNSEEN) {
+        c->role = !is_request(head) ? ROLE_OTHER : is_write ? ROLE_CLIENT : ROLE_SERVER;
+        if (c->role != ROLE_OTHER && !port_allowed(c->role == ROLE_SERVER ? c->local.port : c->peer.port, 1))
+            c->role = ROLE_OTHER;
+    }
+    u32 kind = 0;
+    if (is_write) {
+        if (c->role == ROLE_CONNECTED)
+            c->role = is_request(head) ? ROLE_CLIENT : ROLE_OTHER;
+        else if (c->role == ROLE_ACCEPTED)
+            c->role = ROLE_OTHER;          /* servers that speak first are not HTTP */
+        if (c->role == ROLE_CLIENT && is_request(head))
+            kind = EV_REQUEST;
+        else if (c->role == ROLE_SERVER && is_response(head))
+            kind = EV_RESPONSE;
+    } else {
+        if (c->role == ROLE_ACCEPTED)
+            c->role = is_request(head) ? ROLE_SERVER : ROLE_OTHER;
+        else if (c->role == ROLE_CONNECTED)
+            c->role = ROLE_OTHER;
+        if (c->role == ROLE_SERVER && is_request(head))
+            kind = EV_REQUEST;
+        else if (c->role == ROLE_CLIENT && is_response(head))
+            kind = EV_RESPONSE;
+    }
+    if (kind == EV_REQUEST)
+        hold_request(key, c, p, ret, ptr, avail, now);
+    else if (kind == EV_RESPONSE)
+        send_response(key, c, p, ret, ptr, avail, now);
+    if (is_write) {
+        c->tx_bytes += ret;
+        c->last_tx_ts = now;
+    } else {
+        c->rx_bytes += ret;
+        c->last_rx_ts = now;
+    }
+}
+
+#endif /* TELEGEN_HTTP_EVENTS_H */
