@@ -202,16 +202,29 @@ def _burn(deadline):
     return total
 
 
+def _blocked(native_id):
+    """True once the thread is asleep in the kernel (state S in /proc), past its start-up code."""
+    with open(f"/proc/self/task/{native_id}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0] == "S"
+
+
 def test_real_profile_finds_the_burning_thread_and_not_the_sleeping_one():
     """Half a second of real sampling: the CPU goes to the burner's frames; the sleeper is absent."""
-    deadline = time.monotonic() + 0.8
-    burner = threading.Thread(target=_burn, args=(deadline,), name="burner")
-    sleeper = threading.Thread(target=time.sleep, args=(0.8,), name="sleeper")
-    burner.start()
+    done = threading.Event()
+    sleeper = threading.Thread(target=done.wait, name="sleeper")
     sleeper.start()
+    # A thread runs Python start-up code before it blocks: on a busy machine that could land after
+    # the sampler's baseline and show as the sleeper's CPU. Sample only once it sleeps.
+    deadline = time.monotonic() + 10
+    while not _blocked(sleeper.native_id):
+        assert time.monotonic() < deadline, "the sleeper thread never blocked"
+        time.sleep(0.001)
+    burner = threading.Thread(target=_burn, args=(time.monotonic() + 0.8,), name="burner")
+    burner.start()
     try:
         data = CpuProfiler(None)._sample_for(0.5, threading.Event())
     finally:
+        done.set()
         burner.join()
         sleeper.join()
     samples = stacks_of(parse_profile(data))
