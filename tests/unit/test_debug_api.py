@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from telegen.api.debug import DebugApi
 from telegen.config import defaults
 from telegen.selfmetrics import SelfMetrics
-from tests.unit.test_debug_pprof import parse_profile, sample_type_names, stacks_of
+from tests.support.pprof_read import parse_profile, sample_type_names, stacks_of
 
 
 class SynchronousPool:

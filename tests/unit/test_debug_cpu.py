@@ -12,7 +12,7 @@ import pytest
 
 from telegen.debug.cpu import CpuProfiler, ProfilerBusy, Sampler, SyscallReader
 from telegen.debug.stacks import ThreadStack
-from tests.unit.test_debug_pprof import parse_profile, sample_type_names, stacks_of
+from tests.support.pprof_read import parse_profile, sample_type_names, stacks_of
 
 BUSY = (("app.busy", "/app.py", 5, 4), ("app.main", "/app.py", 1, 1))
 OTHER = (("app.other", "/app.py", 7, 6), ("app.main", "/app.py", 1, 1))

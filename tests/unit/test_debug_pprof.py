@@ -2,36 +2,8 @@
 The pprof ProfileBuilder, checked by decoding its output with the protobuf runtime against
 telegen.profiling.pprof_proto (the descriptor of pprof's profile.proto, field for field).
 """
-import gzip
-
 from telegen.debug.pprof import ProfileBuilder
-from telegen.profiling.pprof_proto import Profile
-
-
-def parse_profile(data):
-    """Decode profile.proto bytes (gzipped or not) with the protobuf runtime."""
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    profile = Profile()
-    profile.ParseFromString(data)
-    return profile
-
-
-def stacks_of(profile):
-    """[(function names innermost first, values, {label: value})] of every sample."""
-    strings = profile.string_table
-    functions = {f.id: f for f in profile.function}
-    locations = {loc.id: loc for loc in profile.location}
-    out = []
-    for sample in profile.sample:
-        names = [strings[functions[locations[i].line[0].function_id].name] for i in sample.location_id]
-        labels = {strings[label.key]: strings[label.str] for label in sample.label}
-        out.append((names, list(sample.value), labels))
-    return out
-
-
-def sample_type_names(profile):
-    return [(profile.string_table[t.type], profile.string_table[t.unit]) for t in profile.sample_type]
+from tests.support.pprof_read import parse_profile, sample_type_names, stacks_of
 
 
 def test_samples_round_trip_through_the_protobuf_runtime():
