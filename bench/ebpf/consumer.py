@@ -17,7 +17,7 @@ from telegen.config.loader import defaults  # noqa: E402
 from telegen.ebpf.http_decoder import HttpDecoder  # noqa: E402
 from telegen.ebpf.http_probe import CAPTURE_BYTES, HttpProbe  # noqa: E402
 from telegen.selfmetrics import SelfMetrics  # noqa: E402
-from tests.unit.test_http_decoder import exchange  # noqa: E402
+from tests.support.http_events import exchange  # noqa: E402
 
 REQUEST = b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 01:45:00 GMT\r\n"

@@ -3,30 +3,10 @@ The decoder pairs kernel events into exchanges: keep-alive, pipelining, bodies w
 head (sizes and end times from the kernel's totals), close, client side, and what it drops; the
 kernel's paired EV_EXCHANGE events decode exactly as their request followed by their response.
 """
-from telegen.ebpf.http_decoder import (
-    EV_CLOSE, EV_EXCHANGE, EV_REQUEST, EV_RESPONSE, EVENT, EXCHANGE_TAIL, ROLE_CLIENT, ROLE_SERVER, HttpDecoder,
-)
-from telegen.l7.records import HttpExchange
+from telegen.ebpf.http_decoder import EV_CLOSE, EV_REQUEST, EV_RESPONSE, ROLE_CLIENT, HttpDecoder
 from telegen.ebpf.http_probe import CAPTURE_BYTES
-
-LOOPBACK = b"\0" * 10 + b"\xff\xff" + bytes([127, 0, 0, 1])
-OFFSET = 1_000_000
-
-
-def event(kind, ts, data=b"", *, role=ROLE_SERVER, ret=None, enter_ts=None, rx=0, tx=0, last_rx=0, last_tx=0,
-          pid=10, fd=5, conn_ts=1):
-    """The bytes of one struct http_event as bpf/http.c lays it out."""
-    ret = len(data) if ret is None else ret
-    return EVENT.pack(ts, pid, kind, enter_ts or ts, conn_ts, rx, tx, last_rx, last_tx, ret,
-                      LOOPBACK, 50000, LOOPBACK, 8080, fd, role, len(data)) + data
-
-
-def exchange(ts, response, request, request_ts, *, request_enter_ts=None, **fields):
-    """The bytes of one struct http_exchange_event: the response's event (data[] padded to the
-    capture size), then the held request's entry/exit times, capture length and capture."""
-    head = event(EV_EXCHANGE, ts, response, **fields).ljust(EVENT.size + CAPTURE_BYTES, b"\0")
-    return head + EXCHANGE_TAIL.pack(request_enter_ts or request_ts, request_ts, len(request)) + request
-
+from telegen.l7.records import HttpExchange
+from tests.support.http_events import OFFSET, REQ, RESP, event, exchange
 
 class Recorder:
     def __init__(self):
@@ -38,10 +18,6 @@ class Recorder:
     def feed(self, *events):
         for e in events:
             self.decoder.handle_bytes(e)
-
-
-REQ = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
-RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 
 
 def test_keep_alive_exchanges_complete_when_the_response_fits_one_write():

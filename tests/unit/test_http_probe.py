@@ -11,7 +11,7 @@ from telegen.ebpf.btf import KernelBtf
 from telegen.ebpf.http_probe import SOCKET_FIELDS, HttpProbe
 from telegen.selfmetrics import SelfMetrics
 from tests.support.fakes import RecordingPipeline, StubProcesses
-from tests.unit.test_http_decoder import RESP, event
+from tests.support.http_events import RESP, event
 
 
 class Table(dict):
