@@ -17,60 +17,16 @@ from collections import Counter
 import pytest
 import pytest_twisted
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
-from twisted.internet import defer, threads
+from twisted.internet import threads
 
-from telegen.config.loader import defaults
-from telegen.discovery.processes import ProcessTable
-from telegen.ebpf.http_probe import HttpProbe
-from telegen.ebpf.process_events import ProcessProbe
-from telegen.ebpf.service import EbpfService
-from telegen.export.pipeline import ExportPipeline
-from telegen.selfmetrics import SelfMetrics
 from tests.support import http_apps as apps
-from tests.support.otlp_receiver import OtlpReceiver, attrs_dict
+from tests.support.ebpf_agent import STATUS, Agent, by_pid, exactly, ready, receiver, running, spans_where  # noqa: F401 (fixture)
+from tests.support.otlp_receiver import attrs_dict
 from tests.support.twisted_wait import until
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.integration]
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-
-
-class Agent:
-    """The in-process agent parts the tests look at."""
-
-    def __init__(self, receiver, http_probe=HttpProbe, capture="auto"):
-        config = defaults()
-        config["agent"]["ebpf"]["capture"] = capture
-        config["otlp"].update(endpoint=receiver.grpc_endpoint, protocol="grpc", insecure=True)
-        for queue in config["queues"].values():
-            queue["batch_timeout"] = 0.1
-        config["agent"]["host_metrics"]["interval"] = 0.5          # RED flush period
-        config["agent"]["discovery"]["poll_interval"] = 0.5
-        config["agent"]["ebpf"]["network"].update(routes=["/users/{id}"], exclude_paths=["/health*"])
-        self.config = config
-        self.metrics = SelfMetrics()
-        self.pipeline = ExportPipeline(config, self.metrics)
-        self.table = ProcessTable(config, self.metrics)
-        self.http = http_probe(config, self.pipeline, self.table, self.metrics)
-        self.ebpf = EbpfService(config, self.metrics, self.pipeline, self.table,
-                                probes=[ProcessProbe(self.table), self.http])
-        self.services = (self.pipeline, self.table, self.ebpf)
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    r = OtlpReceiver().start()
-    yield r
-    r.stop()
-
-
-def running(agent):
-    """Start the agent's services, yield it, stop them (the body of an agent fixture)."""
-    for service in agent.services:
-        service.startService()
-    yield agent
-    for service in reversed(agent.services):
-        pytest_twisted.blockon(defer.maybeDeferred(service.stopService))
 
 
 @pytest.fixture(scope="module", params=["socket", "syscalls"])
@@ -86,36 +42,6 @@ def python_server():
     child.stop()
 
 
-async def ready(agent):
-    await until(lambda: agent.ebpf.ready_check() == "ok", timeout=180, message=f"probes attached ({agent.ebpf.ready_check()})")
-    configured = agent.config["agent"]["ebpf"]["capture"]
-    assert agent.http.capture == ("socket" if configured == "auto" else configured)     # this kernel has the hooks
-
-
-def spans_where(receiver, kind, **want):
-    """[(resource, attrs, span)] of spans of `kind` whose attributes include `want`."""
-    out = []
-    for resource, span in receiver.spans():
-        attrs = attrs_dict(span.attributes)
-        if span.kind == kind and all(attrs.get(k) == v for k, v in want.items()):
-            out.append((resource, attrs, span))
-    return out
-
-
-def by_pid(receiver, kind, pid):
-    return [(r, a, s) for r, a, s in spans_where(receiver, kind) if r.get("process.pid") == pid]
-
-
-async def exactly(agent, found, n, what):
-    """Wait until found() has n items, flush once more, and check it is still n (not more)."""
-    await until(lambda: len(found()) >= n, timeout=30, message=f"{n} {what} (have {len(found())})")
-    agent.http.submit_spans()
-    await agent.pipeline.flush()
-    result = found()
-    assert len(result) == n, f"{what}: expected {n}, got {len(result)}"
-    return result
-
-
 PLAN = [
     {"method": "GET", "path": "/ok"},
     {"method": "GET", "path": "/missing", "keepalive": False},
@@ -126,7 +52,6 @@ PLAN = [
     {"method": "HEAD", "path": "/ok", "keepalive": False},
     {"method": "GET", "path": "/big/200000"},
 ]
-STATUS = {"/ok": 200, "/missing": 404, "/echo": 200, "/boom": 500, "/create": 201, "/big/200000": 200}
 
 
 @pytest_twisted.ensureDeferred
@@ -271,13 +196,15 @@ async def test_pipelined_requests_each_get_a_span(agent, receiver, python_server
 async def test_routes_name_spans_and_excluded_paths_are_dropped_and_counted(agent, receiver, python_server):
     await ready(agent)
     server, port = python_server
-    dropped = agent.metrics.ebpf_events_dropped.labels(reason="excluded_path")
-    before = dropped._value.get()
+    def dropped():
+        return agent.metrics.registry.get_sample_value("telegen_ebpf_events_dropped_total", {"reason": "excluded_path"}) or 0
+
+    before = dropped()
     await threads.deferToThread(apps.run_client, port, [{"method": "GET", "path": "/healthz"}, {"method": "GET", "path": "/users/42"}])
     [(_, attrs, span)] = await exactly(agent, lambda: by_pid(receiver, Span.SPAN_KIND_SERVER, server.pid), 1, "routed span")
     assert span.name == "GET /users/{id}" and attrs["http.route"] == "/users/{id}" and attrs["url.path"] == "/users/42"
     # Both sides of /healthz (server and client) are dropped; other tests on this host may add more.
-    assert dropped._value.get() >= before + 2
+    assert dropped() >= before + 2
     assert not [s for r, s in receiver.spans() if attrs_dict(s.attributes).get("url.path") == "/healthz"
                 and r.get("process.pid") == server.pid]
 

@@ -15,7 +15,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from twisted.internet import threads
 
 from telegen.ebpf.http_probe import HttpProbe
-from tests.integration.test_ebpf_http import STATUS, Agent, by_pid, ready, receiver, running  # noqa: F401 (fixture)
+from tests.support.ebpf_agent import STATUS, Agent, by_pid, ready, receiver, running  # noqa: F401 (fixture)
 from tests.support import http_apps as apps
 from tests.support.twisted_wait import until
 
@@ -35,7 +35,8 @@ def agent(receiver, request):
 
 
 def without_request(agent):
-    return agent.metrics.ebpf_events_dropped.labels(reason="response_without_request")._value.get()
+    return agent.metrics.registry.get_sample_value("telegen_ebpf_events_dropped_total",
+                                                   {"reason": "response_without_request"}) or 0
 
 
 @pytest_twisted.ensureDeferred
