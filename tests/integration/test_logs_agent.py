@@ -11,7 +11,6 @@ agent, is sent again (no sender can know it was accepted). Lines repeated from s
 are allowed; any other repeat, and any missing line, fails the test.
 """
 import os
-import signal
 import time
 
 import pytest
@@ -98,17 +97,13 @@ def test_every_line_arrives_once_through_rotations_kills_and_an_outage(tmp_path)
                     writer.rotate("c")
             if i == 200:    # SIGKILL with the collector up
                 moments.append(time.monotonic())
-                agent.signal(signal.SIGKILL)
-                agent.process.wait(10)
-                agent._log.close()
+                agent.kill()
                 agent.start()
             elif i == 500:  # the collector goes away
                 moments.append(time.monotonic())
                 receiver.stop()
             elif i == 700:  # SIGKILL during the outage: nothing in flight can have been accepted
-                agent.signal(signal.SIGKILL)
-                agent.process.wait(10)
-                agent._log.close()
+                agent.kill()
                 agent.start()
             elif i == 900:
                 receiver.start()

@@ -110,6 +110,12 @@ class AgentProcess:
     def signal(self, signum):
         os.kill(self.process.pid, signum)
 
+    def kill(self):
+        """SIGKILL, as a crash would end it: nothing of the agent's own shutdown runs."""
+        self.process.kill()
+        self.process.wait(10)
+        self._log.close()
+
     def stop(self, timeout=15.0):
         """SIGTERM, wait; SIGKILL only if it did not stop in time. Returns the exit code."""
         if self.process is None or self.process.poll() is not None:
