@@ -3,6 +3,8 @@ The Kubernetes provider against the API emulator (tests/support/kube_api.py) on 
 a kubeconfig: list then watch, pods of this node only, owners named late, bookmarks carried into
 the next watch, a re-list on 410 Gone, and OpenTelemetry's service.name rules.
 """
+import json
+
 import pytest
 import pytest_twisted
 
@@ -197,3 +199,15 @@ async def test_in_cluster_over_tls_trusting_the_service_accounts_ca(tls_api, run
     distrustful, _, _ = run_provider(KubernetesProvider, config, environ=environ,
                                      account_dir=service_account(tmp_path / "other-account", other.read("ca_file")))
     await until(lambda: "certificate verify failed" in distrustful.ready_check(), message="TLS refusal reported")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kubeconfig_may_skip_tls_verification(tls_api, run_provider, tmp_path):
+    path = tmp_path / "kubeconfig"
+    tls_api.kubeconfig(str(path))
+    config = json.loads(path.read_text())
+    config["clusters"][0]["cluster"]["insecure-skip-tls-verify"] = True
+    path.write_text(json.dumps(config))
+    provider, _, _ = run_provider(KubernetesProvider, {"enabled": True, "kubeconfig": str(path), "node_name": "node-1",
+                                                       "cluster_name": ""}, environ={})
+    await ready(provider)
