@@ -52,7 +52,8 @@ def _manhole(agent):
 
 
 SPECS = (
-    ChildSpec("processes", ("agent.discovery", "cloud"), _processes),
+    ChildSpec("processes", ("agent.discovery", "cloud", "telegen.service_name", "telegen.instance_id",
+                            "telegen.resource_attributes"), _processes),
     ChildSpec("export", ("otlp", "queues", "backoff", "telegen"), _export),
     ChildSpec("hostmetrics", ("agent.host_metrics", "telegen"), _hostmetrics),
     ChildSpec("ebpf", ("agent.ebpf",), _ebpf, depends_on=("processes",)),
