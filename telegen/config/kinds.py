@@ -16,7 +16,7 @@ import yaml
 
 SELECTOR_KEYS = (
     "open_ports", "exe_path", "name", "k8s_namespace", "k8s_pod_name", "k8s_deployment_name",
-    "containers_only", "container_name", "container_image", "k8s_owner_name",
+    "containers_only", "container_name", "container_image", "k8s_owner_name", "k8s_pod_labels",
 )
 
 _TRUE = ("true", "yes", "1")
@@ -271,6 +271,7 @@ def parse_endpoint(value, field=None):
 _SELECTOR_PARSERS = {
     "open_ports": parse_list_ports,
     "containers_only": parse_bool,
+    "k8s_pod_labels": parse_map_str,
 }
 
 

@@ -132,17 +132,18 @@ _NAME_ANNOTATION = "resource.opentelemetry.io/service.name"
 _NAME_LABEL = "app.kubernetes.io/name"
 
 
-def trim_pod(obj):
+def trim_pod(obj, label_keys=()):
     """
     The fields of a pod the attributes need, nothing else: a pod as the API sends it is kilobytes
-    (managed fields, volumes, probes), and a node may run hundreds.
+    (managed fields, volumes, probes), and a node may run hundreds. label_keys: labels kept
+    besides app.kubernetes.io/name.
     """
     meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
     labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
     return {
         "metadata": {
             "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
-            "labels": {_NAME_LABEL: labels[_NAME_LABEL]} if _NAME_LABEL in labels else {},
+            "labels": {k: labels[k] for k in (_NAME_LABEL, *label_keys) if k in labels},
             "annotations": {_NAME_ANNOTATION: annotations[_NAME_ANNOTATION]} if _NAME_ANNOTATION in annotations else {},
             "ownerReferences": [{"kind": r.get("kind"), "name": r.get("name"), "controller": r.get("controller")}
                                 for r in meta.get("ownerReferences") or [] if r.get("controller")],
@@ -341,8 +342,12 @@ class KubernetesProvider(service.Service):
         "additionalProperties": False,
     }
 
-    def __init__(self, config, metrics, changed, reactor, environ=os.environ, account_dir=SERVICE_ACCOUNT):
-        """config is agent.discovery.kubernetes; changed() tells the process table what it cached may be stale."""
+    def __init__(self, config, metrics, changed, reactor, environ=os.environ, account_dir=SERVICE_ACCOUNT, label_keys=()):
+        """
+        config is agent.discovery.kubernetes; changed() tells the process table what it cached may
+        be stale; label_keys are pod labels copied to k8s.pod.label.<key> (those selectors name).
+        """
+        self.label_keys = tuple(label_keys)
         self.metrics = metrics
         self._changed = changed
         self.reactor = reactor
@@ -443,6 +448,9 @@ class KubernetesProvider(service.Service):
                 attrs["k8s.deployment.name"] = self._owners["replicasets"].get((namespace, ref.get("name")))
             elif ref["kind"] == "Job":
                 attrs["k8s.cronjob.name"] = self._owners["jobs"].get((namespace, ref.get("name")))
+        labels = meta.get("labels") or {}
+        for key in self.label_keys:
+            attrs[f"k8s.pod.label.{key}"] = labels.get(key)
         if "service.name" not in found:
             attrs["service.name"] = self._service_name(pod, container, attrs)
         if "service.namespace" not in found:
@@ -495,7 +503,7 @@ class KubernetesProvider(service.Service):
         if kind == "pods":
             self._forget(kind, obj)
             uid = meta.get("uid")
-            self._pods[uid] = trim_pod(obj)
+            self._pods[uid] = trim_pod(obj, self.label_keys)
             cids = self._containers_of[uid] = []
             for status in (obj.get("status") or {}).get("containerStatuses") or []:
                 cid = container_id(status.get("containerID"))

@@ -59,6 +59,7 @@ class ProcessTable(service.Service):
         self._resources = {}        # pid -> resource attribute dict (cache)
         self._departed = {}         # pid -> ProcessInfo of a forgotten process, oldest first (bounded)
         self._exited = {}           # pid -> IDelayedCall removing it after the grace period
+        self._selection = Selection(config["agent"]["discovery"])
         self.chain = ResourceChain([
             procfs.ProcfsProvider(self._known, host_identity()["name"]),
             CgroupProvider(self._known),
@@ -71,7 +72,6 @@ class ProcessTable(service.Service):
         self._loop = None
         self._listeners = {}        # port -> set of pids listening on it (from the last scan)
         self._missing = set()       # pids asked for but not in /proc, until the next scan
-        self._selection = Selection(config["agent"]["discovery"])
         self._selected = {}         # pid -> bool (cache; cleared by scans, exec and exit)
         self._run_in_thread = run_in_thread or self._thread_pool
 
@@ -344,5 +344,6 @@ def default_providers(table):
 
     discovery = table.config["agent"]["discovery"]
     return [DockerProvider(discovery["docker"], table.metrics, table.metadata_changed, table.reactor),
-            KubernetesProvider(discovery["kubernetes"], table.metrics, table.metadata_changed, table.reactor),
+            KubernetesProvider(discovery["kubernetes"], table.metrics, table.metadata_changed, table.reactor,
+                               label_keys=table._selection.pod_labels),
             CloudProvider(table.config["cloud"], table.metrics, table.metadata_changed, table.reactor)]

@@ -4,9 +4,11 @@ agent.discovery.instrument / exclude_instrument: which processes Telegen reports
 A selector is a mapping of criteria that must all match (AND); a list of selectors matches when
 any one does (OR). exclude_instrument wins over instrument; an empty instrument list selects
 every process. Container and Kubernetes criteria (container_name, container_image, k8s_namespace,
-k8s_pod_name, k8s_deployment_name, k8s_owner_name: globs) match the process's resource as the
-discovery chain built it, so they match only once Docker or Kubernetes named the process; a
-process they do not name is not matched (rather than matched by everything).
+k8s_pod_name, k8s_deployment_name, k8s_owner_name: globs; k8s_pod_labels: {label: glob}, every one
+must match) match the process's resource as the discovery chain built it, so they match only once
+Docker or Kubernetes named the process; a process they do not name is not matched (rather than
+matched by everything). The Kubernetes provider puts the labels selectors name on the resource as
+k8s.pod.label.<key>, and only those.
 """
 from fnmatch import fnmatchcase
 
@@ -27,6 +29,10 @@ def matches(selector, info, resource=None):
     for key, names in RESOURCE_KEYS.items():
         if key in selector and not any(fnmatchcase(str(resource[n]), selector[key])
                                        for n in names if resource and resource.get(n)):
+            return False
+    for label, pattern in selector.get("k8s_pod_labels", {}).items():
+        value = resource.get(f"k8s.pod.label.{label}") if resource else None
+        if value is None or not fnmatchcase(value, pattern):
             return False
     if "exe_path" in selector and not fnmatchcase(info.exe_path, selector["exe_path"]):
         return False
@@ -49,7 +55,9 @@ class Selection:
         # attribute, not a property: ProcessTable.selected() reads it for every HTTP exchange.
         self.everything = not self.instrument and not self.exclude
         # Whether a selector needs the process's resource (containers, pods), not only /proc.
-        self.uses_resource = any(key in s for s in (*self.instrument, *self.exclude) for key in RESOURCE_KEYS)
+        self.uses_resource = any(key in s for s in (*self.instrument, *self.exclude) for key in (*RESOURCE_KEYS, "k8s_pod_labels"))
+        # The pod labels any selector names (the Kubernetes provider copies these to the resource).
+        self.pod_labels = sorted({label for s in (*self.instrument, *self.exclude) for label in s.get("k8s_pod_labels", {})})
 
     def selected(self, info, resource=None):
         """Whether telemetry of this process (a ProcessInfo, or None when unknown; its resource attributes) is reported."""

@@ -3,6 +3,8 @@ The Kubernetes provider against the API emulator (tests/support/kube_api.py) on 
 a kubeconfig: list then watch, pods of this node only, owners named late, bookmarks carried into
 the next watch, a re-list on 410 Gone, and OpenTelemetry's service.name rules.
 """
+import json
+
 import pytest
 import pytest_twisted
 
@@ -126,6 +128,24 @@ async def test_a_wrong_token_fails_readiness_with_the_reason_and_outside_a_clust
     assert broken.ready_check().startswith("failed: kubeconfig ") and broken.status()["enabled"] is True
 
 
+def test_labels_selectors_name_are_on_the_resource_and_select_the_pods_processes():
+    """k8s_pod_labels selectors: the provider copies those labels (only) and the selection matches them."""
+    from telegen.discovery.procfs import ProcessInfo
+    from telegen.discovery.selectors import Selection
+
+    selection = Selection({"instrument": [{"k8s_pod_labels": {"tier": "front*"}}],
+                           "exclude_instrument": [{"k8s_pod_labels": {"canary": "true"}}]})
+    provider = KubernetesProvider({"enabled": False, "kubeconfig": "", "node_name": "", "cluster_name": ""},
+                                  SelfMetrics(), lambda: None, reactor=None, environ={}, label_keys=selection.pod_labels)
+    provider.replace("pods", [web_pod(labels={"tier": "frontend", "team": "shop"})])
+    attrs = provider.attributes(1, {"container.id": CID})
+    assert attrs["k8s.pod.label.tier"] == "frontend" and "k8s.pod.label.team" not in attrs
+    info = ProcessInfo(1, 1)
+    assert selection.selected(info, attrs) and not selection.selected(info, {})
+    provider.replace("pods", [web_pod(labels={"tier": "frontend", "canary": "true"})])
+    assert not selection.selected(info, provider.attributes(1, {"container.id": CID}))
+
+
 @pytest.mark.parametrize("extra, expected", [
     ({"env": {"OTEL_SERVICE_NAME": "from-env"}, "annotations": {"resource.opentelemetry.io/service.name": "a"}}, "from-env"),
     ({"annotations": {"resource.opentelemetry.io/service.name": "annotated"}, "labels": {"app.kubernetes.io/name": "l"}}, "annotated"),
@@ -179,3 +199,15 @@ async def test_in_cluster_over_tls_trusting_the_service_accounts_ca(tls_api, run
     distrustful, _, _ = run_provider(KubernetesProvider, config, environ=environ,
                                      account_dir=service_account(tmp_path / "other-account", other.read("ca_file")))
     await until(lambda: "certificate verify failed" in distrustful.ready_check(), message="TLS refusal reported")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kubeconfig_may_skip_tls_verification(tls_api, run_provider, tmp_path):
+    path = tmp_path / "kubeconfig"
+    tls_api.kubeconfig(str(path))
+    config = json.loads(path.read_text())
+    config["clusters"][0]["cluster"]["insecure-skip-tls-verify"] = True
+    path.write_text(json.dumps(config))
+    provider, _, _ = run_provider(KubernetesProvider, {"enabled": True, "kubeconfig": str(path), "node_name": "node-1",
+                                                       "cluster_name": ""}, environ={})
+    await ready(provider)

@@ -126,10 +126,12 @@ def test_selector_errors(text, expected):
 def test_selectors_normalized():
     """Selector criteria are parsed: ports to (lo, hi), containers_only to bool, the rest strings."""
     text = ("agent:\n  discovery:\n    instrument:\n      - exe_path: '*nginx*'\n        open_ports: '80,8000-8001'\n"
-            "      - {k8s_namespace: shop, k8s_pod_name: web, k8s_deployment_name: web, name: web, containers_only: 'yes'}\n")
+            "      - {k8s_namespace: shop, k8s_pod_name: web, k8s_deployment_name: web, name: web, containers_only: 'yes'}\n"
+            "      - {k8s_pod_labels: {tier: front*}, container_image: 'shop/*'}\n")
     assert _load(text)["agent"]["discovery"]["instrument"] == [
         {"exe_path": "*nginx*", "open_ports": [(80, 80), (8000, 8001)]},
         {"k8s_namespace": "shop", "k8s_pod_name": "web", "k8s_deployment_name": "web", "name": "web", "containers_only": True},
+        {"k8s_pod_labels": {"tier": "front*"}, "container_image": "shop/*"},
     ]
 
 

@@ -94,3 +94,19 @@ def test_container_selectors_match_once_the_container_is_named(tmp_path):
     table.metadata_changed()
     assert table.selected(30) and not table.selected(31)
     table.stopService()
+
+
+def test_the_table_and_its_providers_read_only_the_sections_their_spec_declares():
+    """Built from a ConfigSlice of the processes ChildSpec's sections: an undeclared read would raise."""
+    from twisted.internet.task import Clock
+
+    from telegen.components import SPECS
+    from telegen.config import defaults
+    from telegen.config.view import ConfigSlice
+    from telegen.discovery.processes import ProcessTable
+    from telegen.selfmetrics import SelfMetrics
+
+    [spec] = [s for s in SPECS if s.name == "processes"]
+    table = ProcessTable(ConfigSlice(defaults(), spec.sections), SelfMetrics(), reactor=Clock())
+    assert [p.name for p in table.chain.providers] == ["procfs", "cgroup", "docker", "kubernetes", "cloud", "host"]
+    assert set(table.discovery_blocks()) == {"docker", "kubernetes", "cloud"}
