@@ -29,6 +29,8 @@ from twisted.logger import Logger
 
 from telegen.ebpf.btf import BtfError, KernelBtf
 from telegen.ebpf.http_decoder import HttpDecoder
+from telegen.ebpf.l7 import DecoderRegistry
+from telegen.l7.protocols import PROTO_HTTP1
 from telegen.l7.records import HttpExchange
 from telegen.ebpf.loader import LoadError
 from telegen.ebpf.probe import Probe, api_port
@@ -113,6 +115,8 @@ class HttpProbe(Probe):
         self._red = RedMetrics(metrics)
         self._encoder = SpanEncoder()
         self._decoder = HttpDecoder(self._exchange, self._drop, time.time_ns() - time.monotonic_ns(), CAPTURE_BYTES)
+        self._decoders = DecoderRegistry(self._drop)
+        self._decoders.register(PROTO_HTTP1, self._decoder.handle_bytes)
         self._templates = {}
         self._spans = {}
         self._submit_call = None
@@ -171,7 +175,7 @@ class HttpProbe(Probe):
         return list(SOCKET_TRACEPOINTS) if self.capture == "socket" else []
 
     def ring_buffers(self):
-        return {"http_events": self._decoder.handle_bytes}
+        return {"http_events": self._decoders.handle_bytes}
 
     def attached(self, bpf):
         """Seed the kernel's port filter from config and start the periodic work."""

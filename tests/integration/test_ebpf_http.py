@@ -47,6 +47,10 @@ class Agent:
         config["agent"]["host_metrics"]["interval"] = 0.5          # RED flush period
         config["agent"]["discovery"]["poll_interval"] = 0.5
         config["agent"]["ebpf"]["network"].update(routes=["/users/{id}"], exclude_paths=["/health*"])
+        # The agent shares this process with the receiver and the test, whose CPU the governor would
+        # count as the consumer's: on a busy shared host it then held the reader at min_cpu while
+        # other engineers' traffic filled the ring (every test event lost). A fixed one-core budget.
+        config["agent"]["ebpf"].update(min_cpu=1.0, max_cpu=1.0)
         self.config = config
         self.metrics = SelfMetrics()
         self.pipeline = ExportPipeline(config, self.metrics)
