@@ -23,6 +23,7 @@ BPF_RINGBUF_OUTPUT(http_events, RINGBUF_PAGES);
 enum role { ROLE_ACCEPTED = 1, ROLE_CONNECTED = 2, ROLE_SERVER = 3, ROLE_CLIENT = 4, ROLE_OTHER = 5, ROLE_UNSEEN = 6 };
 enum how { HOW_PLAIN = 1, HOW_IOV = 2, HOW_MSG = 3, HOW_SENDFILE = 4, HOW_ACCEPT = 5, HOW_NONE = 6 };
 enum kind { EV_REQUEST = 1, EV_RESPONSE = 2, EV_CLOSE = 3, EV_EXCHANGE = 4 };
+#define PROTO_HTTP1 1             /* telegen/l7/protocols.py */
 
 struct endpoint {
     u8 addr[16];                  /* IPv6 or IPv4-mapped (::ffff:a.b.c.d) */
@@ -156,6 +157,7 @@ static __always_inline void fill_event(struct http_event *e, u32 kind, struct co
                                        s64 ret, u64 ptr, u64 avail, u64 now)
 {
     telegen_fill_header(&e->h, kind, now);
+    e->h.proto = PROTO_HTTP1;
     if (c->owner)
         e->h.pid = c->owner;
     e->enter_ts = (p && p->ts) ? p->ts : now;

@@ -84,7 +84,7 @@ static __always_inline void emit(struct conn *c, u32 kind, u8 error, u64 now)
     e->h.pid = c->pid;
     e->h.tid = 0;
     e->h.kind = kind;
-    e->h._pad = 0;
+    e->h.proto = 0;
     e->start_ns = c->start_ns;
     e->established_ns = c->established_ns;
     e->family = c->family;

@@ -35,7 +35,7 @@ struct telegen_event_header {
     u32 pid;     /* tgid */
     u32 tid;
     u32 kind;    /* per-probe event kind */
-    u32 _pad;
+    u32 proto;   /* L7 protocol of the connection (telegen/l7/protocols.py), 0 for non-L7 events */
 };
 
 /*
@@ -107,7 +107,7 @@ static __always_inline void telegen_fill_header(struct telegen_event_header *h, 
     h->pid = id >> 32;
     h->tid = (u32)id;
     h->kind = kind;
-    h->_pad = 0;
+    h->proto = 0;
 }
 
 #endif /* TELEGEN_H */

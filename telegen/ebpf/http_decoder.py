@@ -33,7 +33,7 @@ from telegen.l7.http import SWITCHING_PROTOCOLS, is_interim, parse_requests, par
 EV_REQUEST, EV_RESPONSE, EV_CLOSE, EV_EXCHANGE = 1, 2, 3, 4
 ROLE_SERVER, ROLE_CLIENT = 3, 4
 
-# struct http_event without data[] (bpf/http.c): header {ts, pid, tid, kind, pad}, 6 u64 + s64,
+# struct http_event without data[] (bpf/http_events.h): header {ts, pid, tid, kind, proto}, 6 u64 + s64,
 # two endpoints {addr[16], port, family, pad}, {fd, role, cap_len, pad}; EVENT is the whole of it.
 # Fields the decoder does not use are skipped ("x"): every event needs its times, totals and
 # connection key (one unpack, _FIXED, which skips the addresses), the addresses only when a

@@ -29,8 +29,10 @@ from twisted.logger import Logger
 
 from telegen.ebpf.btf import BtfError, KernelBtf
 from telegen.ebpf.http_decoder import HttpDecoder
+from telegen.ebpf.l7 import DecoderRegistry
 from telegen.ebpf.loader import LoadError
 from telegen.ebpf.probe import Probe, excluded_ports
+from telegen.l7.protocols import PROTO_HTTP1
 from telegen.l7.records import HttpExchange
 from telegen.signals.common import host_identity
 from telegen.signals.http import RedMetrics, RouteMatcher, SpanEncoder, url_path
@@ -111,6 +113,8 @@ class HttpProbe(Probe):
         self._red = RedMetrics(metrics)
         self._encoder = SpanEncoder()
         self._decoder = HttpDecoder(self._exchange, self._drop, time.time_ns() - time.monotonic_ns(), CAPTURE_BYTES)
+        self._decoders = DecoderRegistry(self._drop)
+        self._decoders.register(PROTO_HTTP1, self._decoder.handle_bytes)
         self._spans = {}
         self._submit_call = None
         self._loops = []
@@ -168,7 +172,7 @@ class HttpProbe(Probe):
         return list(SOCKET_TRACEPOINTS) if self.capture == "socket" else []
 
     def ring_buffers(self):
-        return {"http_events": self._decoder.handle_bytes}
+        return {"http_events": self._decoders.handle_bytes}
 
     def _read_paths(self, config):
         """Routes and excluded paths: user-space only, so a reload changes them in place."""
