@@ -5,9 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Runtime (BCC), tests (nginx, ssh, go tool pprof, systemd-analyze), benchmarks (wrk, h2load) and
-# the Debian package build (dpkg-dev, debhelper, ca-certificates).
+# the Debian package build (dpkg-dev, debhelper, ca-certificates); the database servers the
+# protocol parsers are tested against (postgresql, mariadb-server, redis-server).
 APT_PACKAGES=(python3-venv python3-bpfcc bpfcc-tools nginx-light wrk nghttp2-client
               golang-go openssh-client curl make dpkg-dev debhelper ca-certificates systemd)
+APT_PACKAGES+=(postgresql mariadb-server redis-server)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
