@@ -132,7 +132,7 @@ class FramedParser(ConnectionParser):
             if keep <= avail or avail >= self.limit:
                 if keep > avail:
                     self.losses[LOSS_TRUNCATED] += 1
-                self._message(d, data[pos:pos + min(keep, avail)], total, ts)
+                self._message(d, data[pos:pos + min(keep, avail, self.limit)], total, ts)
                 self._skip[d] = end - n
                 return
             break

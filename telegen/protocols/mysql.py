@@ -89,8 +89,18 @@ class MySQLParser(FramedParser):
         self._pending = deque()
 
     def _consume(self, d, data, ts):
-        if self._phase != "tls":
-            super()._consume(d, data, ts)
+        if self._phase == "tls":
+            return
+        if d != CLIENT and not self._buf[d] and not self._skip[d]:
+            # Server packets are only read as the answer to a command seen, from the start of a
+            # chunk (the server writes after reading the command): the rest cannot be framed safely.
+            if self._phase == "handshake" and not self._seen_server and len(data) >= 6 and not classify(data):
+                self._seen_server = True
+                self._phase = "command"      # joined mid-connection
+            if self._phase == "command" and not self._pending and not self._maybe_eof:
+                self.losses[LOSS_UNMATCHED] += 1
+                return
+        super()._consume(d, data, ts)
 
     def _head(self, d, buf, pos):
         if len(buf) - pos < 4:

@@ -54,10 +54,10 @@ def classify(client_bytes):
 class _Op:
     """One Execute (or failed Parse) waiting for its completion."""
 
-    __slots__ = ("sql", "start", "rows")
+    __slots__ = ("sql", "start", "rows", "truncated")
 
-    def __init__(self, sql, start):
-        self.sql, self.start, self.rows = sql, start, 0
+    def __init__(self, sql, start, truncated=False):
+        self.sql, self.start, self.rows, self.truncated = sql, start, 0, truncated
 
 
 class _Batch:
@@ -65,9 +65,9 @@ class _Batch:
 
     __slots__ = ("simple", "ops", "done", "closed", "parse_sql", "start", "error", "aborted")
 
-    def __init__(self, simple, start, sql=None):
+    def __init__(self, simple, start, sql=None, truncated=False):
         self.simple, self.start = simple, start
-        self.ops = [_Op(sql, start)] if simple else []
+        self.ops = [_Op(sql, start, truncated)] if simple else []
         self.done = 0          # ops completed (emitted)
         self.closed = simple   # a Sync (or the Query itself) was seen: a ReadyForQuery will end it
         self.parse_sql = None  # the batch's last Parse, for an error that comes before any Execute
@@ -111,8 +111,11 @@ class PostgresParser(FramedParser):
     def _head(self, d, buf, pos):
         if len(buf) - pos < 5:
             return None
-        first = self._first[d]
-        if d == CLIENT and first and len(buf) - pos >= 8 and classify(buf[pos:pos + 8]):
+        if d == CLIENT and self._first[d] and buf[pos] == 0:    # untyped: a start-up packet
+            if len(buf) - pos < 8:
+                return None
+            if not classify(buf[pos:pos + 8]):
+                return False
             length = _INT32.unpack_from(buf, pos)[0]
             return length, length
         kind, length = _HEAD.unpack_from(buf, pos)
@@ -164,9 +167,10 @@ class PostgresParser(FramedParser):
         if kind == 81:      # 'Q'
             self._close_open_batch()
             sql, _ = cstring(msg, 5)
-            if sql is None:      # truncated at the buffer limit: keep what there is
+            truncated = sql is None     # cut at the buffer limit: keep what there is
+            if truncated:
                 sql = msg[5:].decode("utf-8", "replace")
-            self._pending.append(_Batch(True, ts, sql))
+            self._pending.append(_Batch(True, ts, sql, truncated))
         elif kind == 80:    # 'P' Parse: statement name, query
             name, at = cstring(msg, 5)
             sql, _ = cstring(msg, at)
@@ -255,7 +259,7 @@ class PostgresParser(FramedParser):
         code, message = error if error else (None, None)
         self._emit(DbExchange(
             SYSTEM, op.sql, self.database, op.start, ts, parameterized=parameterized,
-            error_code=code, error_message=message, rows=None if error else op.rows))
+            error_code=code, error_message=message, rows=None if error else op.rows, truncated=op.truncated))
 
 
 def _error_fields(msg):
