@@ -9,8 +9,9 @@ line is ever buffered: bulk payloads are skipped, except the client's arguments,
 buffer limit. A command is an array of bulk strings or an inline line (`PING`). Reply types:
 `+ - : $ * _ # , ( ! = % ~ | >`; `-` and `!` are errors (their first word, `ERR`, `WRONGTYPE`,
 is the status code). RESP3 push messages (`>`) and attributes (`|`) answer no command and are not
-paired; neither are RESP2 pub/sub messages (arrays starting with message/pmessage/smessage) once a
-SUBSCRIBE has been seen. A (P|S)SUBSCRIBE/UNSUBSCRIBE of k channels is answered k times.
+paired, except the pushes by which RESP3 confirms a (P|S)(UN)SUBSCRIBE; nor are RESP2 pub/sub
+messages (arrays starting with message/pmessage/smessage) once a SUBSCRIBE has been seen. A
+(P|S)SUBSCRIBE/UNSUBSCRIBE of k channels is answered k times.
 """
 from collections import deque
 
@@ -216,8 +217,9 @@ class RedisParser(ConnectionParser):
         if d == CLIENT:
             self._command(st.first, st.start, st.cut)
             return
-        if top == b">" or top == b"|" or (self._subscribed and top == b"*" and st.first
-                                          and st.first[0].lower() in _PUSH_KINDS):
+        if top == b"|" or (self._subscribed and top == b"*" and st.first and st.first[0].lower() in _PUSH_KINDS):
+            return
+        if top == b">" and not self._confirms_subscription(st.first):
             return
         if not self._pending:
             self.losses[LOSS_UNMATCHED] += 1
@@ -228,6 +230,11 @@ class RedisParser(ConnectionParser):
             return
         self._pending.popleft()
         self._reply(cmd, st.error, ts)
+
+    def _confirms_subscription(self, push):
+        """RESP3 answers (P|S)(UN)SUBSCRIBE with pushes (`>3 subscribe ch 1`): those are replies."""
+        return bool(push and self._pending and push[0].upper() in _SUBSCRIBES
+                    and self._pending[0].args[:1] and self._pending[0].args[0].upper() in _SUBSCRIBES)
 
     def _command(self, args, start, cut):
         name = args[0].upper() if args else b""

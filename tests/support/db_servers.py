@@ -15,6 +15,8 @@ import subprocess
 import tempfile
 import time
 
+import pytest
+
 
 def free_port():
     """A loopback port free right now (the server binds it a moment later)."""
@@ -121,3 +123,13 @@ class Redis(_Server):
              "--appendonly", "no", "--dir", self.dir, "--daemonize", "no"],
             stdout=self._log, stderr=subprocess.STDOUT)
         _wait_port(self.port, self.process)
+
+
+def server_fixture(server_class):
+    """A module-scoped pytest fixture giving a started server of server_class, stopped after the module."""
+    @pytest.fixture(scope="module")
+    def server():
+        started = server_class()
+        yield started
+        started.stop()
+    return server

@@ -65,6 +65,17 @@ def test_resp2_pubsub_messages_are_not_paired():
     assert not parser.losses
 
 
+def test_resp3_subscription_confirmations_are_replies_other_pushes_are_not():
+    parser = RedisParser(at_connect=True)
+    exchanges = feed_all(parser, [
+        (True, cmd(b"SUBSCRIBE", b"ch"), 1),
+        (False, b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n", 2),
+        (False, b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n", 3),
+        (True, cmd(b"PING"), 4), (False, b"+PONG\r\n", 5)])
+    assert [(e.command, e.end_ns) for e in exchanges] == [("SUBSCRIBE", 2), ("PING", 5)]
+    assert not parser.losses
+
+
 def test_capture_starting_mid_connection():
     """Joining inside a bulk value: that chunk is dropped; a reply with no command is counted."""
     chunks = conversation()
