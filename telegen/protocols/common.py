@@ -64,8 +64,8 @@ class ConnectionParser:
 
     def __init__(self, limit=DEFAULT_LIMIT):
         self.limit = limit
-        self.losses: Counter = Counter()
-        self._out: list = []
+        self.losses = Counter()
+        self._out = []
 
     def feed(self, from_client, data, ts_ns, gap=0):
         """Parse `data` from one direction, seen at ts_ns; `gap` bytes followed it but were not captured."""

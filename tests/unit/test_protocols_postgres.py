@@ -158,3 +158,17 @@ def test_classifier():
     assert not classify(query("SELECT 1"))
     assert not classify(b"GET / HTTP/1.1\r\n")
     assert not classify(struct.pack(">ii", 8, 196607))
+
+
+def test_uncaptured_bytes_inside_a_skipped_row_cost_nothing_elsewhere_they_break_framing():
+    parser = PostgresParser()
+    feed_all(parser, conversation()[:4])
+    big_row = row(b"y" * 10000)
+    parser.feed(True, query("SELECT y FROM t"), 5)
+    assert parser.feed(False, big_row[:100], 6, gap=len(big_row) - 100) == []
+    [exchange] = parser.feed(False, msg(b"C", b"SELECT 1\0") + READY, 7)
+    assert (exchange.query, exchange.rows) == ("SELECT y FROM t", 1)
+    parser.feed(True, query("SELECT 1"), 8)
+    assert parser.feed(False, READY[:2], 9, gap=3) == []
+    assert parser.losses == {"gap": 2, "request_without_response": 1}
+    assert summary(feed_all(parser, conversation()[4:6])) == EXPECTED[:1]     # framing is back
