@@ -93,7 +93,8 @@ class FramedParser(ConnectionParser):
 
     Subclasses give _head(d, buf, pos) -> None (header incomplete), False (not a message start) or
     (total length, bytes worth keeping); and _message(d, msg, total, ts) for each message, where
-    msg holds at most the bytes worth keeping. _lost(d) tells the subclass its pairing state for a
+    msg holds at most the bytes worth keeping (a message with none worth keeping is skipped
+    without a call). _lost(d) tells the subclass its pairing state for a
     direction can no longer be trusted.
     """
 
@@ -125,14 +126,16 @@ class FramedParser(ConnectionParser):
             total, keep = head
             end = pos + total
             if end <= n:
-                self._message(d, data[pos:pos + keep] if keep < total else data[pos:end], total, ts)
+                if keep:
+                    self._message(d, data[pos:pos + keep] if keep < total else data[pos:end], total, ts)
                 pos = end
                 continue
             avail = n - pos
             if keep <= avail or avail >= self.limit:
                 if keep > avail:
                     self.losses[LOSS_TRUNCATED] += 1
-                self._message(d, data[pos:pos + min(keep, avail, self.limit)], total, ts)
+                if keep:
+                    self._message(d, data[pos:pos + min(keep, avail, self.limit)], total, ts)
                 self._skip[d] = end - n
                 return
             break

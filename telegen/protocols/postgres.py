@@ -28,11 +28,14 @@ _MAX_LENGTH = 1 << 30
 _INT32 = struct.Struct(">i")
 _HEAD = struct.Struct(">ci")
 
-# Message types each side may send, and the ones whose body the parser reads (the rest it skips).
+# Message types each side may send, the ones whose body the parser reads, and the ones it skips
+# unseen (it needs only the type of the others: their 5-byte header).
 _FRONTEND = frozenset(b"BCdcfDEHFPpQSX")
 _BACKEND = frozenset(b"R K23CdcGHWDIEVvnNAtS1sZT")
 _FRONTEND_READ = frozenset(b"BCEPQ")
 _BACKEND_READ = frozenset(b"CEZ")
+_FRONTEND_IGNORED = _FRONTEND - frozenset(b"BCDEPQS")
+_BACKEND_IGNORED = _BACKEND - frozenset(b"CDEIZs")
 _PORTAL_HEAD = 5 + 2 * 64     # a Bind's portal and statement names (NAMEDATALEN 64); parameters are skipped
 
 
@@ -126,8 +129,8 @@ class PostgresParser(FramedParser):
         if d == CLIENT:
             if kind == 66:  # 'B'
                 return total, min(total, _PORTAL_HEAD)
-            return total, total if kind in _FRONTEND_READ else 5
-        return total, total if kind in _BACKEND_READ else 5
+            return total, total if kind in _FRONTEND_READ else 0 if kind in _FRONTEND_IGNORED else 5
+        return total, total if kind in _BACKEND_READ else 0 if kind in _BACKEND_IGNORED else 5
 
     def _lost(self, d):
         self._reset(d)

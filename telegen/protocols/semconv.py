@@ -11,12 +11,14 @@ and replaces the other arguments. With query_text off there is no db.query.text 
 status description either (an error message can quote a value).
 """
 from dataclasses import dataclass
+from functools import lru_cache
 
 from telegen.protocols.sql import operation_and_collection, sanitize
 
 SPAN_KIND_CLIENT = 3                       # OTLP Span.SpanKind
 STATUS_UNSET, STATUS_ERROR = 0, 2          # OTLP Status.StatusCode
 METRIC = "db.client.operation.duration"    # histogram, seconds
+_CACHED_TEXT = 2048                        # statements up to this length have their facts cached
 _METRIC_KEYS = ("db.system.name", "db.namespace", "db.operation.name", "db.collection.name",
                 "db.response.status_code", "error.type", "server.address", "server.port")
 
@@ -37,7 +39,7 @@ def span_of(ex, server_address=None, server_port=None, query_text=True):
     if ex.system == "redis":
         operation, collection = ex.command, None
     elif ex.query is not None:
-        operation, collection = operation_and_collection(ex.query, ex.system)
+        operation, collection, _ = _sql_facts(ex.query, ex.system)
     else:
         operation = collection = None       # a statement prepared before the capture began
     attrs = {"db.system.name": ex.system}
@@ -73,7 +75,22 @@ def query_text_of(ex):
         return " ".join(words[:2] + ["?"] * (len(words) - 2))
     if ex.parameterized:
         return ex.query
-    return sanitize(ex.query, ex.system)
+    return _sql_facts(ex.query, ex.system)[2]
+
+
+def _sql_facts(sql, system):
+    """(operation, collection, sanitized text): applications repeat their statements, so short
+    ones are worked out once (the cache holds at most 4096 x 2 KiB of text)."""
+    if len(sql) <= _CACHED_TEXT:
+        return _cached_facts(sql, system)
+    return _facts(sql, system)
+
+
+def _facts(sql, system):
+    return operation_and_collection(sql, system) + (sanitize(sql, system),)
+
+
+_cached_facts = lru_cache(maxsize=4096)(_facts)
 
 
 def metric_attributes(span):
