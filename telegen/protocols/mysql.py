@@ -64,10 +64,10 @@ def lenenc(buf, pos):
 
 
 class _Command:
-    __slots__ = ("code", "sql", "arg", "start", "rows", "state", "left")
+    __slots__ = ("code", "sql", "arg", "start", "rows", "state", "left", "truncated")
 
-    def __init__(self, code, sql, arg, start):
-        self.code, self.sql, self.arg, self.start = code, sql, arg, start
+    def __init__(self, code, sql, arg, start, truncated=False):
+        self.code, self.sql, self.arg, self.start, self.truncated = code, sql, arg, start, truncated
         self.rows = 0
         self.state = _FIRST
         self.left = []       # _COLUMNS: [columns left]; _PREPARE_DEFS: definitions left per block
@@ -115,7 +115,7 @@ class MySQLParser(FramedParser):
         return total, total if length < 64 or d == CLIENT or not self._in_rows() else 32
 
     def _in_rows(self):
-        return bool(self._pending) and self._pending[0].state in (_COLUMNS, _ROWS, _PREPARE_DEFS)
+        return bool(self._pending) and self._pending[0].state != _FIRST
 
     def _lost(self, d):
         self._reset(d)
@@ -159,7 +159,7 @@ class MySQLParser(FramedParser):
             sql = self._statements.get(arg)
         elif code == COM_INIT_DB:
             arg = payload[1:].decode("utf-8", "replace")
-        self._pending.append(_Command(code, sql, arg, ts))
+        self._pending.append(_Command(code, sql, arg, ts, truncated=len(payload) < length))
 
     def _handshake_response(self, payload):
         if len(payload) < 32:
@@ -281,4 +281,4 @@ class MySQLParser(FramedParser):
             message = message.decode("utf-8", "replace")
         self._emit(DbExchange(
             self.system, cmd.sql, self.database, cmd.start, ts, parameterized=cmd.code != COM_QUERY,
-            error_code=code, error_message=message, rows=None if error else cmd.rows))
+            error_code=code, error_message=message, rows=None if error else cmd.rows, truncated=cmd.truncated))

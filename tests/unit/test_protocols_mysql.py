@@ -5,7 +5,7 @@ mid-connection.
 """
 import struct
 
-from telegen.protocols.common import LOSS_DESYNC, LOSS_ENCRYPTED, LOSS_UNMATCHED
+from telegen.protocols.common import LOSS_DESYNC, LOSS_ENCRYPTED, LOSS_TRUNCATED, LOSS_UNMATCHED
 from telegen.protocols.mysql import MySQLParser, classify
 from tests.support.protocol_chunks import assert_chunking_invariant, feed_all
 
@@ -137,3 +137,21 @@ def test_classifier():
     assert not classify(RESPONSE)
     assert not classify(b"HTTP/1.1 200 OK\r\n")
     assert not classify(pkt(0, b"\x0aabc"))
+
+
+def test_query_longer_than_a_packet_and_rows_longer_than_the_limit():
+    """A 16 MiB+ COM_QUERY continues in a second packet: one truncated exchange; big rows are skipped."""
+    parser = MySQLParser(limit=4096)
+    feed_all(parser, conversation()[:3])
+    sql = b"INSERT INTO blobs VALUES ('" + b"x" * (0xffffff + 100) + b"')"
+    payload = b"\x03" + sql
+    first, rest = payload[:0xffffff], payload[0xffffff:]
+    request = struct.pack("<I", 0xffffff)[:3] + b"\0" + first + pkt(1, rest)
+    big_row = b"\xfd" + (200000).to_bytes(3, "little") + b"y" * 200000
+    answer = b"".join(pkt(i + 1, p) for i, p in enumerate([b"\x01", column(b"b"), EOF_, big_row, EOF_]))
+    exchanges = feed_all(parser, [(True, request[k:k + 65536], 5) for k in range(0, len(request), 65536)] + [
+        (True, command(3, b"SELECT b FROM blobs"), 6), (False, pkt(1, OK), 7),
+        (False, answer[:1000], 8), (False, answer[1000:], 9)])
+    assert [(e.query[:30], len(e.query), e.truncated, e.rows) for e in exchanges] == [
+        ("INSERT INTO blobs VALUES ('xxx", 4096 - 5, True, 0), ("SELECT b FROM blobs", 19, False, 1)]
+    assert parser.losses == {LOSS_TRUNCATED: 1}
