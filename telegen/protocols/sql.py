@@ -6,8 +6,9 @@ collection.
 One regular expression tokenizes the statement (comments, quoted strings and identifiers,
 dollar-quoted bodies, hex/bit strings, numbers, placeholders, words) and a substitution replaces
 every literal by `?`: strings, numbers, hex and bit strings, dollar-quoted bodies, TRUE/FALSE.
-Identifiers (quoted or not), placeholders ($1, ?, %s, :name) and NULL stay. Comments are removed,
-since they are free text the sanitizer cannot vouch for (a comment may hold a literal). The
+Identifiers (quoted or not), placeholders ($1, ?, %s, :name) and NULL stay. Comments are removed:
+the conventions do not mention them, and they are free text the sanitizer cannot vouch for (a
+comment may hold a literal). The
 dialect decides what a double-quoted token is: an identifier in PostgreSQL, a string in MySQL
 (which also has `#` comments and backslash escapes).
 """
