@@ -47,3 +47,21 @@ def assert_chunking_invariant(make_parser, chunks, summary, expected):
     parser = make_parser()
     assert summary(feed_all(parser, byte_by_byte(chunks))) == expected
     assert not parser.losses
+
+
+def mutated(chunks, draw):
+    """The conversation with one chunk changed as hypothesis draws it: a byte flipped, bytes cut
+    out, or a tail repeated (what a lossy or out-of-protocol capture looks like)."""
+    from hypothesis import strategies as st
+    triples = as_triples(chunks)
+    i = draw(st.integers(0, len(triples) - 1))
+    from_client, data, ts = triples[i]
+    at = draw(st.integers(0, len(data) - 1))
+    mutation = draw(st.sampled_from(["flip", "cut", "repeat"]))
+    if mutation == "flip":
+        data = data[:at] + bytes([data[at] ^ draw(st.integers(1, 255))]) + data[at + 1:]
+    elif mutation == "cut":
+        data = data[:at] + data[at + draw(st.integers(1, 8)):]
+    else:
+        data = data + data[at:]
+    return triples[:i] + [(from_client, data, ts)] + triples[i + 1:]

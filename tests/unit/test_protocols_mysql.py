@@ -5,9 +5,12 @@ mid-connection.
 """
 import struct
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from telegen.protocols.common import LOSS_DESYNC, LOSS_ENCRYPTED, LOSS_TRUNCATED, LOSS_UNMATCHED
 from telegen.protocols.mysql import MySQLParser, classify
-from tests.support.protocol_chunks import assert_chunking_invariant, feed_all
+from tests.support.protocol_chunks import assert_chunking_invariant, feed_all, mutated
 
 
 def pkt(seq, payload):
@@ -86,6 +89,12 @@ def test_whole_conversation():
 
 def test_every_split_point_and_byte_by_byte_give_the_same_exchanges():
     assert_chunking_invariant(MySQLParser, conversation(), summary, EXPECTED)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_mutated_conversations_never_raise(data):
+    feed_all(MySQLParser(), mutated(conversation(), data.draw))
 
 
 def test_result_set_without_intermediate_eof():

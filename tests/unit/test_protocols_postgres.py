@@ -4,9 +4,12 @@ named statements, errors, every split point, a capture joining mid-connection, b
 """
 import struct
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from telegen.protocols.common import LOSS_DESYNC, LOSS_ENCRYPTED, LOSS_TRUNCATED, LOSS_UNMATCHED
 from telegen.protocols.postgres import PostgresParser, classify
-from tests.support.protocol_chunks import assert_chunking_invariant, feed_all
+from tests.support.protocol_chunks import assert_chunking_invariant, feed_all, mutated
 
 
 def msg(kind, body=b""):
@@ -92,6 +95,12 @@ def test_whole_conversation():
 
 def test_every_split_point_and_byte_by_byte_give_the_same_exchanges():
     assert_chunking_invariant(PostgresParser, conversation(), summary, EXPECTED)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_mutated_conversations_never_raise(data):
+    feed_all(PostgresParser(), mutated(conversation(), data.draw))
 
 
 def test_extended_pipeline_error_stops_the_batch():

@@ -2,9 +2,12 @@
 The Redis parser on hand-made RESP2/RESP3 bytes: commands, inline commands, pipelines, errors,
 push messages, pub/sub, every split point, a capture joining mid-connection, large values.
 """
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from telegen.protocols.common import LOSS_DESYNC, LOSS_TRUNCATED, LOSS_UNMATCHED
 from telegen.protocols.redis import RedisParser, classify
-from tests.support.protocol_chunks import assert_chunking_invariant, feed_all
+from tests.support.protocol_chunks import assert_chunking_invariant, feed_all, mutated
 
 
 def cmd(*args):
@@ -52,6 +55,12 @@ def test_whole_conversation():
 
 def test_every_split_point_and_byte_by_byte_give_the_same_exchanges():
     assert_chunking_invariant(RedisParser, conversation(), summary, EXPECTED)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_mutated_conversations_never_raise(data):
+    feed_all(RedisParser(), mutated(conversation(), data.draw))
 
 
 def test_resp2_pubsub_messages_are_not_paired():
