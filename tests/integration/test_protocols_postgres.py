@@ -1,8 +1,10 @@
 """
 The PostgreSQL parser on the real bytes of Debian's PostgreSQL driven by psycopg through a
-recording TCP relay: simple and extended queries, named statements, a pipeline, errors, and a
-capture that starts mid-connection. Spans go through the semantic-convention mapping.
+recording TCP relay (and by pgbench, libpq's three query modes): simple and extended queries,
+named statements, a pipeline, errors, and a capture that starts mid-connection. Spans go through the semantic-convention mapping.
 """
+import subprocess
+
 import psycopg
 import pytest
 
@@ -85,3 +87,29 @@ def test_capture_starting_mid_connection(session):
     assert spans(exchanges) == [(n, q, None, e) for n, q, _, e in AFTER_SIMPLE_SELECT[:-1]] + [
         ("postgresql", None, None, "23505")]
     assert parser.losses == {LOSS_UNMATCHED: 1}
+
+
+@pytest.fixture(scope="module")
+def pgbench_tables(server):
+    subprocess.run([f"{server.bindir}/pgbench", "-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p", str(server.port),
+                    "-U", "postgres", "telegen"], check=True, capture_output=True)
+    return server
+
+
+@pytest.mark.parametrize("mode", ["simple", "extended", "prepared"])
+def test_pgbench_select_only(pgbench_tables, mode):
+    """libpq's three query modes (`pgbench -S -M ...`): one exact exchange per transaction."""
+    relay = TcpRelay(pgbench_tables.port).start()
+    subprocess.run([f"{pgbench_tables.bindir}/pgbench", "-n", "-S", "-t", "25", "-M", mode, "-h", "127.0.0.1", "-p", str(relay.port),
+                    "-U", "postgres", "telegen"], check=True, capture_output=True)
+    relay.close()
+    exchanges = []
+    for conn in range(relay.connections()):
+        parser = PostgresParser()
+        exchanges += feed_all(parser, relay.chunks(conn))
+        assert not parser.losses
+    accounts = [span_of(e) for e in exchanges if (e.query or "").startswith("SELECT abalance")]
+    assert [s.name for s in accounts] == ["SELECT pgbench_accounts"] * 25
+    assert {s.attributes["db.query.text"] for s in accounts} == {
+        "SELECT abalance FROM pgbench_accounts WHERE aid = ?;" if mode == "simple"
+        else "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"}

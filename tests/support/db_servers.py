@@ -69,7 +69,7 @@ class Postgres(_Server):
 
     def __init__(self):
         super().__init__("telegen-pg-")
-        bindir = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
+        self.bindir = bindir = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
         data = os.path.join(self.dir, "data")
         shutil.chown(self.dir, "postgres", "postgres")
         subprocess.run([f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"],
