@@ -1,8 +1,11 @@
 """
 The Redis parser on the real bytes of Debian's redis-server driven by redis-py through a
 recording TCP relay, in RESP2 and RESP3: commands, a pipeline, a MULTI/EXEC transaction, errors,
-pub/sub, and a capture that starts mid-connection.
+pub/sub, a capture that starts mid-connection, and redis-benchmark's pipelines.
 """
+import subprocess
+from collections import Counter
+
 import pytest
 import redis
 
@@ -106,3 +109,20 @@ def test_pubsub_messages_are_not_paired(server):
     exchanges = feed_all(parser, relay.chunks())
     assert [(n, q) for n, q, *_ in names(exchanges) if n not in ("HELLO", "CLIENT")] == [("SUBSCRIBE", "SUBSCRIBE ch"), ("PING", "PING")]
     assert not parser.losses
+
+
+def test_redis_benchmark_pipelines(server):
+    """redis-benchmark sends 16 commands per write (-P 16): every one is paired, none is lost."""
+    relay = TcpRelay(server.port).start()
+    subprocess.run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(relay.port), "-c", "1", "-n", "200", "-P", "16",
+                    "-t", "set,get", "-q"], check=True, capture_output=True)
+    relay.close()
+    commands = Counter()
+    for conn in range(relay.connections()):
+        parser = RedisParser()
+        commands.update(e.command for e in feed_all(parser, relay.chunks(conn)))
+        assert not parser.losses
+    # redis-benchmark fills its last pipeline (200 rounds up to 13 x 16): count what went over the wire.
+    sent = b"".join(c.data for c in relay.chunks() if c.from_client)
+    assert commands["SET"] == sent.count(b"$3\r\nSET\r\n$16\r\nkey:") >= 200
+    assert commands["GET"] == sent.count(b"$3\r\nGET\r\n$16\r\nkey:") >= 200
