@@ -87,7 +87,7 @@ class PostgresParser(FramedParser):
         super().__init__(limit)
         self.database = None
         self.user = None
-        self._first = [True, True]    # nothing seen yet in this direction
+        self._expect_startup = True   # the client's next message may be untyped (start-up)
         self._await_ssl_answer = False
         self._encrypted = False
         self._in_startup = False      # between a StartupMessage and the first ReadyForQuery
@@ -114,7 +114,7 @@ class PostgresParser(FramedParser):
     def _head(self, d, buf, pos):
         if len(buf) - pos < 5:
             return None
-        if d == CLIENT and self._first[d] and buf[pos] == 0:    # untyped: a start-up packet
+        if d == CLIENT and self._expect_startup and buf[pos] == 0:    # untyped: a start-up packet
             if len(buf) - pos < 8:
                 return None
             if not classify(buf[pos:pos + 8]):
@@ -139,9 +139,9 @@ class PostgresParser(FramedParser):
             self._pending.clear()
 
     def _message(self, d, msg, total, ts):
-        first, self._first[d] = self._first[d], False
         if d == CLIENT:
-            if first and classify(msg[:8]):
+            expect_startup, self._expect_startup = self._expect_startup, False
+            if expect_startup and classify(msg[:8]):
                 self._startup(msg)
             else:
                 self._frontend(msg, total, ts)
@@ -154,7 +154,7 @@ class PostgresParser(FramedParser):
         code = _INT32.unpack_from(msg, 4)[0]
         if code in (SSL_REQUEST, GSSENC_REQUEST):
             self._await_ssl_answer = True
-            self._first[CLIENT] = True       # the StartupMessage follows an 'N'
+            self._expect_startup = True      # the StartupMessage follows an 'N'
             return
         if code != PROTOCOL_3:
             return
