@@ -4,13 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Runtime (BCC), tests (nginx, ssh, go tool pprof, systemd-analyze), benchmarks (wrk, h2load) and
-# the Debian package build (dpkg-dev, debhelper, ca-certificates), discovery tests (a dockerd they
-# start themselves, images built from busybox-static).
+# Runtime (BCC), tests (nginx, ssh, go tool pprof, systemd-analyze), benchmarks (wrk, h2load), the
+# Debian package build (dpkg-dev, debhelper, ca-certificates), the journal and its tools for the log
+# tests, gcc for the C programs the profiler tests build, discovery tests (a dockerd they start
+# themselves, images built from busybox-static), and the database servers the protocol parsers are
+# tested against (postgresql, mariadb-server, redis-server).
 APT_PACKAGES=(python3-venv python3-bpfcc bpfcc-tools nginx-light wrk nghttp2-client
               golang-go openssh-client curl make dpkg-dev debhelper ca-certificates systemd
               python3-systemd systemd-journal-remote gcc libc6-dev
-              docker.io busybox-static)
+              docker.io busybox-static postgresql mariadb-server redis-server)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

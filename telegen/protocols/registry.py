@@ -1,0 +1,40 @@
+# -*- test-case-name: tests.unit.test_protocols_registry -*-
+"""
+The database protocols as the L7 capture framework plugs them in: for each, the classifier and
+which side's first bytes it reads, the parser class, and the span mapping they all share.
+
+`identify(client_first, server_first)` is the user-space twin of the kernel rules: the protocol a
+connection speaks, from whichever first bytes are known, or None.
+"""
+from dataclasses import dataclass
+from typing import Callable
+
+from telegen.protocols import mysql, postgres, redis
+from telegen.protocols.semconv import span_of
+
+CLIENT_FIRST, SERVER_FIRST = "client", "server"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str                  # the per-protocol switch and loss label
+    classify: Callable         # first bytes -> bool
+    classifies: str            # whose first bytes: CLIENT_FIRST or SERVER_FIRST
+    parser: type               # one instance per connection: parser.feed(from_client, data, ts_ns, gap)
+    span: Callable = span_of
+
+
+PROTOCOLS = (
+    Protocol("postgresql", postgres.classify, CLIENT_FIRST, postgres.PostgresParser),
+    Protocol("mysql", mysql.classify, SERVER_FIRST, mysql.MySQLParser),
+    Protocol("redis", redis.classify, CLIENT_FIRST, redis.RedisParser),
+)
+
+
+def identify(client_first=b"", server_first=b""):
+    """The Protocol whose rule the first bytes match, or None."""
+    for protocol in PROTOCOLS:
+        first = client_first if protocol.classifies == CLIENT_FIRST else server_first
+        if first and protocol.classify(first):
+            return protocol
+    return None
