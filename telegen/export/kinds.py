@@ -25,9 +25,15 @@ def data_points(metric):
 
 
 def _profiles_request(chunks, resources):
-    """Profiles share one request-level dictionary: telegen.profiling.otlp merges them."""
+    """Profiles share one request-level dictionary: telegen.profiling.otlp assembles the request."""
     from telegen.profiling.otlp import encode_request
     return encode_request(chunks, resources)
+
+
+def _profiles_in(record):
+    """A profiles record is a whole window (telegen.profiling.otlp): it counts for its profiles."""
+    from telegen.profiling.otlp import profile_count
+    return profile_count(record)
 
 
 def _method(module, service):
@@ -70,7 +76,7 @@ KINDS = {
                            profiles_service_pb2.ExportProfilesServiceResponse, "resource_profiles",
                            "scope_profiles", "profiles", "rejected_profiles",
                            _method(profiles_service_pb2, "ProfilesService"), "/v1development/profiles",
-                           encode=_profiles_request),
+                           _profiles_in, encode=_profiles_request),
 }
 
 

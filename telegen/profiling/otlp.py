@@ -2,16 +2,17 @@
 OTLP profiles (opentelemetry-proto's profiles/v1development, the version with the request-level
 ProfilesDictionary and stack_table) for the CPU profiler, and the assembly of export requests.
 
-Why a dictionary per record and a merge per request: the export queue holds records of one
-resource each and batches them freely, but a profile's indices point into the dictionary of the
-request it travels in. So each queued record is a ProfilesData holding one profile and its own
-dictionary, and encode_request() re-interns every profile of a batch into one dictionary.
-Profiles are few (one per process and window), so decoding them again costs nothing that matters.
+Why one record per window: a profile's indices point into the dictionary of the request it
+travels in, so the profiler builds, in its thread, one ProfilesData per window holding every
+process's ResourceProfiles and the one dictionary they share. ProfilesData and
+ExportProfilesServiceRequest are the same message on the wire, so a batch of one record is sent
+as is and the reactor does no work on it. Only a batch of several windows (after an outage) is
+merged, by re-interning every profile into one dictionary.
 """
 from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 import ExportProfilesServiceRequest
 from opentelemetry.proto.profiles.v1development import profiles_pb2 as pb
 
-from telegen.signals.common import SCOPE
+from telegen.signals.common import SCOPE, resource
 
 
 class Dictionary:
@@ -86,19 +87,27 @@ class Dictionary:
         return out
 
 
-def cpu_profile(samples, window_start, duration, sample_rate):
-    """One ProfilesData record of CPU samples ([(frames, count)]); period: cpu nanoseconds per sample."""
-    return _profile(samples, window_start, duration, ("samples", "count"), int(1e9 / sample_rate))
-
-
-def off_cpu_profile(samples, window_start, duration):
-    """One ProfilesData record of time blocked ([(frames, nanoseconds)])."""
-    return _profile(samples, window_start, duration, ("off_cpu", "nanoseconds"), 0)
-
-
-def _profile(samples, window_start, duration, sample_type, period):
-    """A profile of one value per stack and its own dictionary, as a ProfilesData record."""
+def window_profiles(processes, window_start, duration, sample_rate):
+    """
+    The ProfilesData of one window: processes are (resource attributes, CPU samples, off-CPU
+    samples), samples [(frames, value)]; one ResourceProfiles per process with a CPU profile
+    (samples/count, period cpu nanoseconds) and, when it has any, an off-CPU one (off_cpu/nanoseconds).
+    """
     dictionary = Dictionary()
+    data = pb.ProfilesData()
+    for attrs, cpu, off_cpu in processes:
+        scope = data.resource_profiles.add(resource=resource(attrs)).scope_profiles.add(scope=SCOPE)
+        if cpu:
+            scope.profiles.append(_profile(dictionary, cpu, window_start, duration, ("samples", "count"),
+                                           int(1e9 / sample_rate)))
+        if off_cpu:
+            scope.profiles.append(_profile(dictionary, off_cpu, window_start, duration, ("off_cpu", "nanoseconds"), 0))
+    data.dictionary.CopyFrom(dictionary.message)
+    return data
+
+
+def _profile(dictionary, samples, window_start, duration, sample_type, period):
+    """A Profile of one value per stack, its indices into `dictionary`."""
     profile = pb.Profile(time_unix_nano=int(window_start * 1e9), duration_nano=int(duration * 1e9), period=period)
     profile.sample_type.type_strindex = dictionary.string(sample_type[0])
     profile.sample_type.unit_strindex = dictionary.string(sample_type[1])
@@ -107,33 +116,42 @@ def _profile(samples, window_start, duration, sample_type, period):
         profile.period_type.unit_strindex = dictionary.string("nanoseconds")
     for frames, value in samples:
         profile.samples.add(stack_index=dictionary.stack(frames), values=[value])
-    data = pb.ProfilesData(dictionary=dictionary.message)
-    data.resource_profiles.add().scope_profiles.add().profiles.append(profile)
-    return data
+    return profile
+
+
+def profile_count(record):
+    """The items a queued record counts for: its profiles."""
+    if isinstance(record, bytes):
+        record = pb.ProfilesData.FromString(record)
+    return sum(len(sp.profiles) for rp in record.resource_profiles for sp in rp.scope_profiles)
 
 
 def encode_request(chunks, resources):
     """
-    The bytes of one ExportProfilesServiceRequest from queued chunks of ProfilesData records: one
-    ResourceProfiles per resource (encoded by the exporter's ResourceCache), one dictionary for all.
+    The bytes of one ExportProfilesServiceRequest from queued ProfilesData records (which carry
+    their own resources: `resources` is not needed): one record is already the request.
     """
-    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-
+    records = [record for chunk in chunks for record in chunk.records]
+    if len(records) == 1:
+        return records[0]
     dictionary = Dictionary()
     request = ExportProfilesServiceRequest()
-    groups = {}
-    for chunk in chunks:
-        scope = groups.get(chunk.resource_key)
-        if scope is None:
-            resource_profiles = request.resource_profiles.add()
-            resource_profiles.resource.CopyFrom(Resource.FromString(resources.encoded(chunk.resource_key,
-                                                                                      chunk.resource_attrs)))
-            scope = groups[chunk.resource_key] = resource_profiles.scope_profiles.add()
-            scope.scope.CopyFrom(SCOPE)
-        for record in chunk.records:
-            data = pb.ProfilesData.FromString(record)
-            for rp in data.resource_profiles:
-                for sp in rp.scope_profiles:
-                    scope.profiles.extend(dictionary.add_profile(p, data.dictionary) for p in sp.profiles)
+    for record in records:
+        data = pb.ProfilesData.FromString(record)
+        for rp in data.resource_profiles:
+            merged = request.resource_profiles.add(resource=rp.resource, schema_url=rp.schema_url)
+            for sp in rp.scope_profiles:
+                merged.scope_profiles.add(scope=sp.scope, schema_url=sp.schema_url).profiles.extend(
+                    dictionary.add_profile(profile, data.dictionary) for profile in sp.profiles)
     request.dictionary.CopyFrom(dictionary.message)
     return request.SerializeToString()
+
+
+def _check_same_wire_layout():
+    """encode_request sends a ProfilesData as an ExportProfilesServiceRequest: fail loudly if they ever differ."""
+    def layout(descriptor):
+        return {(f.name, f.number, f.type, f.message_type and f.message_type.full_name) for f in descriptor.fields}
+    assert layout(pb.ProfilesData.DESCRIPTOR) == layout(ExportProfilesServiceRequest.DESCRIPTOR)
+
+
+_check_same_wire_layout()

@@ -203,14 +203,10 @@ class ProfilerService(service.Service):
         return processes
 
     def _encode(self, processes, start, end):
-        """In a thread: OTLP records per process (CPU, off-CPU), one pprof file per service."""
+        """In a thread: the window's OTLP record (all processes, one dictionary), one pprof file per service."""
         rate, duration = self.profiling["sample_rate"], end - start
-        records = []
-        for _, attrs, cpu, off_cpu in processes:
-            if cpu:
-                records.append((attrs, otlp.cpu_profile(cpu, start, duration, rate).SerializeToString()))
-            if off_cpu:
-                records.append((attrs, otlp.off_cpu_profile(off_cpu, start, duration).SerializeToString()))
+        record = otlp.window_profiles([(attrs, cpu, off_cpu) for _, attrs, cpu, off_cpu in processes],
+                                      start, duration, rate) if processes else None
         written = []
         if self.profiling["pprof_files"]:
             directory = pprof_files.profiles_dir(self._config["telegen"]["data_dir"])
@@ -225,18 +221,20 @@ class ProfilerService(service.Service):
                                                   off_cpu=labelled[1] if self.profiling["off_cpu"] else None)
                 written.append(pprof_files.write(directory, service_name, start, builder.gzipped()))
             pprof_files.rotate(directory, self.profiling["pprof_max_age"], self.profiling["pprof_max_bytes"])
-        return records, written
+        return (record.SerializeToString(), otlp.profile_count(record)) if record else (None, 0), written
 
     def _submit(self, encoded):
-        records, written = encoded
-        for attrs, record in records:
-            self.exporter.submit("profiles", attrs, [record])
-        self.profiles += len(records)
-        self.metrics.profiler_profiles.inc(len(records))
+        """On the reactor: hand the window's record (already serialized) to the export pipeline."""
+        (record, profiles), written = encoded
+        if record is not None:
+            # The record carries every process's resource; the queue's own resource key is unused.
+            self.exporter.submit("profiles", {}, [record])
+        self.profiles += profiles
+        self.metrics.profiler_profiles.inc(profiles)
         self.files_written += len(written)
         self.windows += 1
-        self.last_window = {"profiles": len(records), "files": written}
-        return len(records)
+        self.last_window = {"profiles": profiles, "files": written}
+        return profiles
 
     def _window_failed(self, failure):
         self.metrics.profiler_dropped.labels(reason="window_failed").inc()

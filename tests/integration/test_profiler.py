@@ -198,7 +198,7 @@ def test_lookup_and_delete_all_drains_maps_that_take_many_batches():
 
     from telegen.profiling.sampler import lookup_and_delete_all
 
-    bpf = BPF(text="BPF_HASH(h, u32, u64, 20000);")
+    bpf = BPF(text=b"BPF_HASH(h, u32, u64, 20000);")
     try:
         table = bpf[b"h"]
         for i in range(15000):

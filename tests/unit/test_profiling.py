@@ -163,20 +163,30 @@ def otlp_stacks(request):
     return out
 
 
-def test_profiles_of_a_batch_share_one_request_dictionary():
-    a = [(("leaf", "/bin/a"), ("main", "/bin/a"))]
-    b = [(("other", "/bin/b"),), (("leaf", "/bin/a"), ("main", "/bin/a"))]
-    rec_a = otlp.cpu_profile([(a[0], 5)], 1, 60, 99).SerializeToString()
-    rec_b = otlp.cpu_profile([(b[0], 2), (b[1], 1)], 1, 60, 99).SerializeToString()
-    chunks = [Chunk(("a",), {"service.name": "a"}, [rec_a], None, len(rec_a)),
-              Chunk(("b",), {"service.name": "b"}, [rec_b], None, len(rec_b))]
-    request = ExportProfilesServiceRequest.FromString(otlp.encode_request(chunks, ResourceCache()))
-    assert otlp_stacks(request) == [("a", 5, list(a[0])), ("b", 2, list(b[0])), ("b", 1, list(b[1]))]
+def test_a_window_is_one_request_and_windows_of_a_batch_share_one_dictionary():
+    a = (("leaf", "/bin/a"), ("main", "/bin/a"))
+    b = (("other", "/bin/b"),)
+    first = otlp.window_profiles([({"service.name": "a"}, [(a, 5)], []), ({"service.name": "b"}, [(b, 2), (a, 1)], [])],
+                                 1, 60, 99).SerializeToString()
+    second = otlp.window_profiles([({"service.name": "b"}, [], [(b, 7_000)])], 61, 60, 99).SerializeToString()
+    assert otlp.profile_count(first) == 2 and otlp.profile_count(second) == 1
+    one = [Chunk((), {}, [first], [2], len(first))]
+    assert otlp.encode_request(one, ResourceCache()) == first        # sent as is: no work on the reactor
+    both = [Chunk((), {}, [first], [2], len(first)), Chunk((), {}, [second], [1], len(second))]
+    request = ExportProfilesServiceRequest.FromString(otlp.encode_request(both, ResourceCache()))
+    assert otlp_stacks(request) == [("a", 5, list(a)), ("b", 2, list(b)), ("b", 1, list(a)), ("b", 7_000, list(b))]
     d = request.dictionary
     assert d.string_table[0] == "" and len(d.stack_table) == 3 and len(d.function_table) == 4
-    profile = request.resource_profiles[0].scope_profiles[0].profiles[0]
-    assert d.string_table[profile.sample_type.type_strindex] == "samples"
-    assert d.string_table[profile.period_type.unit_strindex] == "nanoseconds" and profile.period == 10101010
+    profiles = [p for rp in request.resource_profiles for sp in rp.scope_profiles for p in sp.profiles]
+    assert [d.string_table[p.sample_type.type_strindex] for p in profiles] == ["samples", "samples", "off_cpu"]
+    assert d.string_table[profiles[0].period_type.unit_strindex] == "nanoseconds" and profiles[0].period == 10101010
+    assert request.resource_profiles[0].scope_profiles[0].scope.name == "telegen"
+
+
+def resources_of(data):
+    """The resource attributes of each ResourceProfiles, as dicts."""
+    return [{kv.key: kv.value.int_value or kv.value.string_value for kv in rp.resource.attributes}
+            for rp in data.resource_profiles]
 
 
 # -- the service -------------------------------------------------------------------------------
@@ -261,9 +271,9 @@ def test_window_becomes_pprof_file_and_otlp_record(profiler):
     service, clock, directory, path = profiler
     service._on_new_pid(struct.pack("<QIII4x", 1, 77, 77, 1))    # first sample: mappings recorded
     clock.advance(10)                                              # the upload_interval timer drains
-    [(signal, attrs, [record])] = service.exporter.submitted
-    assert signal == "profiles" and attrs == {"process.pid": 77}
+    [(signal, _, [record])] = service.exporter.submitted
     data = otlp.pb.ProfilesData.FromString(record)
+    assert signal == "profiles" and resources_of(data) == [{"process.pid": 77}]
     assert [s.values[0] for s in data.resource_profiles[0].scope_profiles[0].profiles[0].samples] == [9]
     [name] = os.listdir(directory)
     assert name == "unknown_service.19700101T000000Z.pb.gz"
@@ -327,8 +337,8 @@ def test_discovery_selection_applies_and_resources_are_taken_at_the_first_sample
     assert service.processes.execs == [78]                     # the table learns a pid it had not seen
     service.sampler.windows[0].counts[(78, (), ())] = 4
     clock.advance(10)
-    [(_, attrs, _)] = service.exporter.submitted
-    assert attrs == {"service.name": "svc-78", "process.pid": 78}
+    [(_, _, [record])] = service.exporter.submitted
+    assert resources_of(otlp.pb.ProfilesData.FromString(record)) == [{"service.name": "svc-78", "process.pid": 78}]
     assert os.listdir(directory) == ["svc-78.19700101T000000Z.pb.gz"]
     assert service.metrics.registry.get_sample_value("telegen_profiler_dropped_total", {"reason": "not_selected"}) == 9
 
@@ -340,12 +350,10 @@ def test_off_cpu_samples_are_a_third_pprof_value_and_their_own_otlp_profile(prof
     leaf, *_ = next(iter(service.sampler.windows[0].counts))[1]
     service.sampler.windows[0].off_cpu[(77, (leaf,), ())] = 2_000_000_000
     clock.advance(10)
-    types = []
-    for _, _, [record] in service.exporter.submitted:
-        data = otlp.pb.ProfilesData.FromString(record)
-        profile = data.resource_profiles[0].scope_profiles[0].profiles[0]
-        types.append((data.dictionary.string_table[profile.sample_type.type_strindex],
-                      [s.values[0] for s in profile.samples]))
+    [(_, _, [record])] = service.exporter.submitted
+    data = otlp.pb.ProfilesData.FromString(record)
+    types = [(data.dictionary.string_table[profile.sample_type.type_strindex], [s.values[0] for s in profile.samples])
+             for profile in data.resource_profiles[0].scope_profiles[0].profiles]
     assert types == [("samples", [9]), ("off_cpu", [2_000_000_000])]
     [name] = os.listdir(directory)
     profile = Profile.FromString(gzip.decompress((directory / name).read_bytes()))
