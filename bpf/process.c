@@ -9,6 +9,9 @@
  * (a leader exiting before its other threads, lost events). Both events carry the parent's pid: a
  * child forked without exec (a forking server's per-connection worker) runs its parent's program
  * in its parent's container, which is how the table knows one that is gone before it is read.
+ * The parent is read at the running kernel's task_struct offsets (OFF_TASK_REAL_PARENT and
+ * OFF_TASK_TGID from its BTF, telegen/ebpf/process_events.py), never the kernel headers' (6.1's on
+ * a 6.18 kernel here: task->real_parent->tgid read 0 for every process); without BTF ppid is 0.
  */
 #include <linux/sched.h>
 #include "telegen.h"
@@ -32,8 +35,12 @@ static __always_inline void emit(u32 kind)
         return;
     telegen_fill_header(&e->h, kind, bpf_ktime_get_ns());
     bpf_get_current_comm(e->comm, sizeof(e->comm));
-    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-    e->ppid = task->real_parent->tgid;
+    e->ppid = 0;
+#ifdef OFF_TASK_REAL_PARENT
+    char *parent = 0;
+    bpf_probe_read_kernel(&parent, sizeof(parent), (char *)bpf_get_current_task() + OFF_TASK_REAL_PARENT);
+    bpf_probe_read_kernel(&e->ppid, sizeof(e->ppid), parent + OFF_TASK_TGID);
+#endif
     process_events.ringbuf_submit(e, telegen_wakeup_flags(sizeof(*e)));
 }
 

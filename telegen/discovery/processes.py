@@ -74,6 +74,8 @@ class ProcessTable(service.Service):
         self._missing = set()       # pids asked for but not in /proc, until the next scan
         self._selected = {}         # pid -> bool (cache; cleared by scans, exec and exit)
         self._run_in_thread = run_in_thread or self._thread_pool
+        # Set by the eBPF service: read the exec/exit events already in the kernel's ring now.
+        self.catch_up_events = lambda: None
 
     @property
     def reactor(self):
@@ -253,12 +255,19 @@ class ProcessTable(service.Service):
     def _read_missing(self, pid):
         """
         Read a pid that events name before its exec event or a scan did (ring buffers are consumed
-        independently). A pid not found is not retried until the next scan.
+        independently), else catch up with the exec/exit events. A pid not found is not retried
+        until the next scan.
         """
         if pid <= 0 or pid in self._missing:
             return None
         self.on_exec(pid)
         info = self._table.get(pid)
+        if info is None:
+            # Gone already: its exit event (sent as it began exiting; since 6.16 before its memory,
+            # hence its /proc/PID/exe, went) may wait in the ring, and names a forked worker's
+            # parent (busybox httpd's, one per request), whose program and container it ran.
+            self.catch_up_events()
+            info = self._table.get(pid)
         if info is None:
             self._missing.add(pid)
         return info

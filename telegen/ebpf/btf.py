@@ -148,3 +148,10 @@ class KernelBtf:
                 raise BtfError(f"kernel BTF: {struct_name}.{path} is a bitfield")
             offset += bit_offset // 8
         return offset, self._size(type_id)
+
+    def offset_flags(self, fields):
+        """
+        The -D flags that give a BPF program the running kernel's offsets: fields maps each flag
+        name to (struct, member path). BtfError when the kernel lacks one.
+        """
+        return [f"-D{flag}={self.member(struct_name, path)[0]}" for flag, (struct_name, path) in fields.items()]

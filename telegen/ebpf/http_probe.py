@@ -68,7 +68,7 @@ CAPTURE_MODES = {"auto": ("socket", "syscalls"), "socket": ("socket",), "syscall
 def socket_field_flags(btf):
     """The -D flags of SOCKET_FIELDS from a KernelBtf; LoadError when the kernel lacks one."""
     try:
-        return [f"-D{flag}={btf.member(struct_name, path)[0]}" for flag, (struct_name, path) in SOCKET_FIELDS.items()]
+        return btf.offset_flags(SOCKET_FIELDS)
     except BtfError as e:
         raise LoadError(str(e)) from e
 

@@ -4,17 +4,26 @@ The `process` probe: sched:sched_process_exec/exit events feeding the ProcessTab
 The kernel sends the common event header (the kind says exec or exit, the pid is the tgid) and
 the task's comm, the executable's name as the kernel keeps it (15 bytes at most). The table does
 the rest: it reads /proc on exec, keeps the comm for a process already gone from /proc, and forgets
-processes a grace period after they exit.
+processes a grace period after they exit. Exits also carry the parent's pid, read at the running
+kernel's task_struct offsets (from its BTF): a forking server's worker, gone before it is read,
+is known by its parent.
 """
 import struct
 
+from twisted.logger import Logger
+
+from telegen.ebpf.btf import BtfError, KernelBtf
 from telegen.ebpf.probe import Probe
+
+log = Logger()
 
 PROCESS_EXEC = 1
 PROCESS_EXIT = 2
 
 # struct process_event {struct telegen_event_header {u64 ts_ns; u32 pid; u32 tid; u32 kind; u32 _pad;}; char comm[16]; u32 ppid;}
 EVENT = struct.Struct("<QIII4x16sI")
+# -D flag of bpf/process.c -> (kernel struct, member): task->real_parent->tgid.
+PARENT_FIELDS = {"OFF_TASK_REAL_PARENT": ("task_struct", "real_parent"), "OFF_TASK_TGID": ("task_struct", "tgid")}
 
 
 # Process and TCP events are small and rare next to HTTP's: a 1 MiB ring buffer holds tens of
@@ -50,6 +59,14 @@ class ProcessProbe(Probe):
     def tracepoints(self):
         return [("sched:sched_process_exec", "tracepoint__sched__sched_process_exec"),
                 ("sched:sched_process_exit", "tracepoint__sched__sched_process_exit")]
+
+    def cflags(self, config):
+        """The parent's offsets; without kernel BTF exits carry ppid 0 (workers known by comm only)."""
+        try:
+            return KernelBtf.load().offset_flags(PARENT_FIELDS)
+        except BtfError as e:
+            log.warn("process exits will not name their parent: {error}", error=str(e))
+            return []
 
     def ring_buffers(self):
         return {"process_events": self.on_event}

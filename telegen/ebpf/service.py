@@ -168,12 +168,19 @@ class EbpfService(service.Service):
                                       drain_before=() if st.probe.drains_first else self._first_readers)
             if st.probe.drains_first:
                 self._first_readers.append(reader)
+                if self.processes is not None:
+                    self.processes.catch_up_events = self._catch_up_first
             st.readers.append(reader)
             st.lost.append(0)
             reader.start()
         st.probe.attached(bpf)
         st.state = "attached"
         log.info("eBPF probe {probe} attached: {n} programs", probe=st.probe.name, n=len(st.programs))
+
+    def _catch_up_first(self):
+        """Drain the rings that drain first (process events) now, for a table asked about a pid it lacks."""
+        for reader in list(self._first_readers):
+            reader.catch_up()
 
     def _release(self, st):
         for reader in st.readers:

@@ -1,10 +1,12 @@
 """
-The issue's "done": the real `twistd telegen` with eBPF and a private dockerd. A web server in a
-container started after the agent serves curl on loopback: every one of its server spans, the
-first included, carries the container's id, name and image, and /status/discovery shows Docker
-connected with that container among the discovered services. With the Kubernetes API emulator
-(as a process) listing a pod whose containerStatuses name that Docker container, its spans carry
-the pod's k8s.* attributes and the service name the pod's annotation gives.
+The issue's "done": the real `twistd telegen` with eBPF and a private dockerd. busybox httpd in a
+container started after the agent serves curl on loopback, each request in a worker it forks:
+every one of its server spans, the first included, carries the container's id, name and image,
+and /status/discovery shows Docker connected with that container among the discovered services.
+With the Kubernetes API emulator (as a process) listing a pod whose containerStatuses name that
+Docker container, its spans carry the pod's k8s.* attributes and the service name the pod's
+annotation gives; that pod runs the host's Python http.server, a server that answers in its own
+process (the other shape next to busybox's forked workers).
 """
 import json
 import os
@@ -15,7 +17,7 @@ import pytest
 
 from tests.support.agent_process import ROOT, AgentProcess, wait_for
 from tests.support.openapi_check import schema_validator
-from tests.support.dockerd import containers, dockerd  # noqa: F401 (fixtures)
+from tests.support.dockerd import containers, dockerd, httpd_command  # noqa: F401 (fixtures)
 from tests.support.kube_api import owned, pod
 from tests.support.otlp_files import read_spans
 from tests.support.otlp_receiver import free_port
@@ -25,8 +27,11 @@ pytestmark = [pytest.mark.ebpf, pytest.mark.integration]
 
 @pytest.fixture
 def agent(tmp_path, dockerd):
+    # The socket capture (the default where it loads) follows a connection by its socket, whichever
+    # process reads it; the syscall capture knows it only in the process that accepted it, and busybox
+    # httpd serves each connection in a forked worker (docs/ebpf.md, "Limits").
     agent = AgentProcess(str(tmp_path), config={"agent": {
-        "ebpf": {"enabled": True, "ringbuf_size": 1 << 20, "network": {"tcp": False}},
+        "ebpf": {"enabled": True, "capture": "socket", "ringbuf_size": 1 << 20, "network": {"tcp": False}},
         "discovery": {"poll_interval": "1s", "docker": {"socket": dockerd.socket}}}})
     agent.start()
     wait_for(lambda: agent.get("/ready").json()["status"] == "ready", timeout=180,
@@ -39,11 +44,8 @@ def test_a_container_started_after_the_agent_is_named_on_its_first_span(agent, d
     data_dir = os.path.join(str(tmp_path), "data")
     port = free_port()
     containers.append("shop-web")
-    # Python's http.server (the host's, through /usr): busybox httpd forks a worker per
-    # connection that reads the socket as fd 0, which the HTTP probe (connections by pid and fd,
-    # learnt at accept) does not follow.
-    cid = dockerd.run("shop-web", "/usr/bin/python3", "-m", "http.server", "--bind", "127.0.0.1",
-                      "--directory", "/www", str(port), usr=True)
+    cid = dockerd.run("shop-web", *httpd_command(port))
+    parent = dockerd.pid("shop-web")
     url = f"http://127.0.0.1:{port}/index.html"
     wait_for(lambda: subprocess.run(["curl", "-sf", "-o", "/dev/null", url], timeout=10).returncode == 0,
              timeout=30, message="httpd in the container answers")
@@ -57,6 +59,8 @@ def test_a_container_started_after_the_agent_is_named_on_its_first_span(agent, d
 
     spans = wait_for(lambda: len(server_spans()) >= 3 and server_spans(), timeout=30, message="3 server spans")
     assert len(spans) == 3
+    # Each request was served by a worker busybox forked for it, gone within milliseconds.
+    assert len({resource["process.pid"] for resource, _ in spans} - {parent}) == 3
     for resource, _ in spans:
         assert (resource["container.id"], resource["container.name"]) == (cid, "shop-web")
         assert (resource["container.image.name"], [v.string_value for v in resource["container.image.tags"].values]) == ("telegen-test/busybox", ["1"])

@@ -84,3 +84,40 @@ async def test_exec_and_exit_events_add_and_remove_a_child():
     finally:
         await defer.maybeDeferred(ebpf.stopService)
         table.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_forked_worker_gone_before_it_was_read_is_known_by_its_parent():
+    """
+    A child forked without exec that exits at once (a forking server's worker) is never read from
+    /proc: its exit event's parent pid (the kernel's task_struct at its BTF offsets) gives it the
+    parent's executable, not just its comm. Asked for before the reactor read that event (as a
+    span may be), the table catches up with the ring first.
+    """
+    config = make_config()
+    config["agent"]["discovery"]["poll_interval"] = 3600.0
+    # The CPU governor would measure this process (the probe's compile included) and hold the reader.
+    config["agent"]["ebpf"].update(min_cpu=64.0, max_cpu=64.0)
+    table = start_table(config, SelfMetrics())
+    await until(lambda: table.ready_check() == "ok", message="initial scan")
+    ebpf = EbpfService(config, SelfMetrics(), RecordingPipeline(), table, probes=[ProcessProbe(table)])
+    ebpf.startService()
+    try:
+        await until(lambda: ebpf.ready_check() == "ok", timeout=120, message=f"process probe attached ({ebpf.ready_check()})")
+        parent = subprocess.Popen([sys.executable, "-c", "import os, sys, time\n"
+                                   "pid = os.fork()\n"
+                                   "if pid == 0: os._exit(0)\n"
+                                   "os.waitpid(pid, 0); print(pid, flush=True); time.sleep(60)"],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            worker = int(parent.stdout.readline())      # reaped: gone from /proc; the reactor has not run since
+            assert table.lookup(worker) is None
+            attrs = table.resource_attributes(worker)
+            assert attrs["process.executable.path"] == os.path.realpath(sys.executable)
+            assert attrs["process.command_line"] == table.lookup(parent.pid).command_line
+        finally:
+            parent.kill()
+            parent.wait()
+    finally:
+        await defer.maybeDeferred(ebpf.stopService)
+        table.stopService()

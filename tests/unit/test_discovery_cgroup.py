@@ -89,3 +89,24 @@ def test_a_forked_worker_gone_before_it_was_read_keeps_its_parents_container(tmp
     assert (worker["process.pid"], worker["container.id"], worker["process.executable.name"]) == (61, ID, "busybox")
     assert "container.id" not in table.resource_attributes(62) and table.resource_attributes(62)["service.name"] == "sh"
     table.stopService()
+
+
+def test_a_worker_asked_for_after_it_is_gone_is_named_by_the_exit_event_the_table_catches_up_with(tmp_path):
+    """
+    A span of a forked worker can be read before the worker's exit event: /proc no longer has it,
+    so the table catches up with the events in the ring (here: its exit, naming its parent) first.
+    """
+    proc, _, table = make_table(tmp_path)
+    proc.add(60, "/bin/busybox", ["httpd", "-f"], cgroup=sample("docker_v2_cgroupfs").decode())
+    table.startService()
+    caught_up = []
+
+    def catch_up():
+        caught_up.append(True)
+        table.on_exit(63, "busybox", 60)        # the worker's exit event, waiting in the ring
+    table.catch_up_events = catch_up
+    worker = table.resource_attributes(63)
+    assert (worker["process.pid"], worker["container.id"], worker["process.executable.name"]) == (63, ID, "busybox")
+    assert caught_up == [True]
+    table.stopService()
+

@@ -74,6 +74,14 @@ def test_tracepoint_ids_are_their_btf_trace_typedefs():
     assert btf.type_id("sock", KIND_STRUCT) == 9
 
 
+def test_offset_flags_give_each_flag_its_members_offset():
+    btf = kernel_like()
+    fields = {"OFF_DPORT": ("sock", "__sk_common.skc_dport"), "OFF_PTR": ("sock", "sk_ptr")}
+    assert btf.offset_flags(fields) == ["-DOFF_DPORT=12", "-DOFF_PTR=32"]
+    with pytest.raises(BtfError, match="struct sock has no nope"):
+        btf.offset_flags({"OFF_NOPE": ("sock", "nope")})
+
+
 def test_missing_types_members_and_bitfields_are_named():
     btf = kernel_like()
     with pytest.raises(BtfError, match="kernel BTF has no btf_trace_nope"):

@@ -1,5 +1,7 @@
 """The process probe decodes exec/exit events (header and comm) into ProcessTable calls."""
 
+from telegen.ebpf import process_events
+from telegen.ebpf.btf import BtfError
 from telegen.ebpf.process_events import EVENT, PROCESS_EXEC, PROCESS_EXIT, ProcessProbe
 from tests.support.fakes import make_config
 
@@ -43,3 +45,11 @@ def test_enabled_with_ebpf_and_sized_from_config():
     assert probe.ringbuf_size(config) == 1 << 16
     config["agent"]["ebpf"]["enabled"] = False
     assert not probe.enabled(config)
+
+
+def test_without_kernel_btf_the_probe_loads_and_exits_carry_no_parent(monkeypatch):
+    """The parent's offsets come from the kernel's BTF; without it the probe still loads (ppid 0)."""
+    def unreadable(path=None):
+        raise BtfError("kernel BTF unreadable: /nowhere")
+    monkeypatch.setattr(process_events.KernelBtf, "load", unreadable)
+    assert ProcessProbe(Calls()).cflags(make_config()) == []
