@@ -27,8 +27,7 @@ def agent(tmp_path, dockerd):
                   "logs": {"enabled": True, "start_at": "beginning", "poll_interval": "100ms",
                            "include": [os.path.join(dockerd.root, "data", "containers", "*", "*-json.log*")]}}})
     agent.start()
-    wait_for(lambda: agent.get("/ready").json()["status"] == "ready", timeout=60,
-             message="agent ready (%s)" % agent.get("/ready").json()["checks"])
+    agent.wait_ready()
     yield agent
     agent.stop()
 
