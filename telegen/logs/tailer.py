@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from telegen.contracts import IChild
+from telegen.discovery.procfs import UNKNOWN_SERVICE
 from telegen.export.pipeline import writable
 from telegen.logs import fastplain, records, writers
 from telegen.logs.checkpoint import CheckpointStore
@@ -96,6 +97,9 @@ class LogTailer(service.Service):
         self._wall_clock = wall_clock
         self._journal_reader = journal_reader
         self._resource = host_resource_attributes(config)
+        # a container's file before discovery knows it: the host, not the agent's service (nor an invented one)
+        self._container_base = {k: v for k, v in self._resource.items() if not k.startswith("service.")}
+        self._container_base["service.name"] = UNKNOWN_SERVICE
         self._shutdown_timeout = config["telegen"]["shutdown_timeout"]
         self._store = CheckpointStore(checkpoint_dir(config))
         self._files = Fingerprints()
@@ -303,7 +307,7 @@ class LogTailer(service.Service):
         writer = writers.writer_of(tracked.path)
         if tracked.resource is None or writer != tracked.writer:  # a rotated name of the same writer keeps its resource
             tracked.writer, tracked.discovered, tracked.next_lookup = writer, False, 0.0
-            tracked.resource = dict(self._resource, **writer.named) if writer is not None else self._resource
+            tracked.resource = dict(self._container_base, **writer.named) if writer is not None else self._resource
 
     def _discover(self, tracked):
         """

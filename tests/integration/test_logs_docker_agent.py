@@ -57,4 +57,5 @@ def test_a_containers_json_file_log_carries_the_containers_resource(agent, docke
         assert resource["container.runtime"] == "docker"
         assert not any(key.startswith("process.") for key in resource)
     for resource in resources[:named[0]]:     # before: what the file's path says
-        assert (resource["container.id"], resource["container.runtime"]) == (cid, "docker")
+        assert (resource["container.id"], resource["container.runtime"], resource["service.name"]) == (
+            cid, "docker", "unknown_service")

@@ -356,7 +356,9 @@ def test_a_docker_containers_file_gets_its_resource_once_discovery_knows_it_and_
     (before, first), (after, second), (last, third) = submitted(pipeline)
     assert (first, second, third) == (["before"], ["after"], ["last"])
     assert before["container.id"] == cid and before["container.runtime"] == "docker"
-    assert before["service.name"] == "telegen" and "container.name" not in before     # what the path says, until discovered
+    # what the path says, until discovered: the host's resource, not the agent's service
+    assert before["service.name"] == "unknown_service" and "container.name" not in before
+    assert before["host.name"] and "service.version" not in before and "service.instance.id" not in before
     assert after == last == discovered
 
 
