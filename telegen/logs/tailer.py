@@ -15,6 +15,10 @@ How, in one poll (every agent.logs.poll_interval, at once again while files have
    rewinds the file to its checkpoint instead, so its lines are read again.
 
 Files are read with pread on the reactor thread: local files, bounded bytes per poll.
+
+A container runtime's file (writers.py) is submitted with its container's resource once the
+process table knows the container (the resource that container's spans carry), before that with
+what its path names; a file keeps the resource discovery gave it.
 """
 import fnmatch
 import glob
