@@ -47,7 +47,7 @@ def _logs(agent, config):
         return None
     from telegen.logs.tailer import LogTailer
 
-    return LogTailer(config, agent.exporter, agent.metrics, reactor=agent.reactor)
+    return LogTailer(config, agent.exporter, agent.metrics, reactor=agent.reactor, processes=agent.child("processes"))
 
 
 def _profiling(agent, config):
@@ -79,7 +79,8 @@ SPECS = (
     ChildSpec("ebpf", ("agent.ebpf", "agent.host_metrics.interval", "self_telemetry.listen"), _ebpf,
               depends_on=("processes",)),
     ChildSpec("profiling", ("agent.profiling", "telegen.data_dir"), _profiling, depends_on=("processes",)),
-    ChildSpec("logs", ("agent.logs", "telegen.data_dir", "telegen.shutdown_timeout") + RESOURCE, _logs),
+    ChildSpec("logs", ("agent.logs", "telegen.data_dir", "telegen.shutdown_timeout") + RESOURCE, _logs,
+              depends_on=("processes",)),
     ChildSpec("api", ("self_telemetry", "telegen.log_level"), _api),
     ChildSpec("manhole", ("manhole", "telegen.data_dir"), _manhole),
 )

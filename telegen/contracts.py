@@ -100,6 +100,13 @@ class IProcessResources(Interface):
     def listener_pid(port: int):
         """The one process listening on TCP port, or None."""
 
+    def container_resource(container_id=None, pod_uid=None, container_name=None):
+        """
+        The resource of what a container writes (its log file), known by its id or by its pod's
+        uid and its name, as the chain gives its processes' without their process.* keys; None
+        while discovery does not know the container.
+        """
+
 
 class IResourceProvider(Interface):
     """

@@ -26,11 +26,16 @@ class ResourceChain:
 
     def attributes(self, pid):
         """The resource attributes of pid: every provider's answer over the earlier ones'."""
-        found = {}
-        for provider in self.providers:
-            found.update(provider.attributes(pid, found))
+        found = self.compose(pid, {})
         if "service.name" not in found:
             found["service.name"] = found.get("process.executable.name") or UNKNOWN_SERVICE
+        return found
+
+    def compose(self, pid, found):
+        """Every provider's answer for pid laid over found (a new dict), without the service.name fallback."""
+        found = dict(found)
+        for provider in self.providers:
+            found.update(provider.attributes(pid, found))
         return found
 
     def provider(self, name):

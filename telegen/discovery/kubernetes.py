@@ -423,7 +423,8 @@ class KubernetesProvider(service.Service):
         if known is not None:
             pod, container = self._pods.get(known[0]), known[1]
         if pod is None:
-            pod = self._pods.get(found.get("k8s.pod.uid"))
+            # a container not in the pod's statuses yet, or one known by its pod and name (a log file's)
+            pod, container = self._pods.get(found.get("k8s.pod.uid")), found.get("k8s.container.name")
         if pod is None:
             return {}
         return self.pod_attributes(pod, container, found)

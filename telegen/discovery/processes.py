@@ -230,6 +230,30 @@ class ProcessTable(service.Service):
             self._resources[pid] = attrs
         return attrs
 
+    def container_resource(self, container_id=None, pod_uid=None, container_name=None):
+        """
+        The resource of telemetry a container writes but no one process caused (its log file),
+        known by its id, or by its pod's uid and its name: what the chain gives a process of that
+        container, less the process's own keys (process.*, service.instance.id). A process of the
+        container whose OTel environment names its service names it here too, as in its spans.
+        None while no provider has named the container's service (not discovered yet).
+        """
+        facts = {"container.id": container_id, "k8s.pod.uid": pod_uid, "k8s.container.name": container_name}
+        attrs = self.chain.compose(0, {k: v for k, v in facts.items() if v})
+        if "service.name" not in attrs:
+            return None
+        for pid, info in sorted(self._table.items()):
+            container = info.container
+            if not info.service_from_env or container is None:
+                continue
+            if container.id == container_id or (container_id is None and container.pod_uid == pod_uid
+                                                 and self.resource_attributes(pid).get("k8s.container.name") == container_name):
+                attrs["service.name"] = info.service_name
+                if info.service_namespace:
+                    attrs["service.namespace"] = info.service_namespace
+                break
+        return attrs
+
     def _known(self, pid):
         """The ProcessInfo of pid, whether it runs or was forgotten lately; None when unknown."""
         return self._table.get(pid) or self._departed.get(pid)

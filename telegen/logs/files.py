@@ -38,6 +38,10 @@ class TrackedFile(Progress):
         self.last_data = None      # reactor time the file last grew (None: not read yet)
         self.seen = False          # matched by the include globs in the current scan
         self.file_attrs = None     # encoded record attributes, set with `resource` when first matched
+        self.resource = None       # the resource its records are submitted with (the tailer's _describe)
+        self.writer = None         # the container that writes it (writers.Writer), when its path says
+        self.discovered = False    # resource is discovery's for writer: final
+        self.next_lookup = 0.0     # reactor time discovery may be asked about writer again
         self._max_line_size = max_line_size
         self._long_lines = long_lines
         self._make_joiner = make_joiner

@@ -1,30 +1,16 @@
 """
-OTLP LogRecords (serialized) from parsed lines, and the per-file attributes and resource.
+OTLP LogRecords (serialized) from parsed lines, and the per-file attributes.
 
-Why per file: log.file.path/log.file.name are the same for every line of a file, and a file under
-/var/log/containers names its pod, namespace and container, which belong in the resource (the
-same pod's spans carry them there too), so both are computed once when the file is first seen.
+Why per file: log.file.path/log.file.name are the same for every line of a file, so they are
+encoded once when the file is first seen (the file's resource is writers.py's and the tailer's).
 """
 import json
 import os
-import re
 import struct
 
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from telegen.protowire import varint
-
-# /var/log/containers/<pod>_<namespace>_<container>-<64 hex container id>.log (kubelet's links)
-_K8S_NAME = re.compile(r"^(?P<pod>[^_]+)_(?P<ns>[^_]+)_(?P<container>.+)-(?P<id>[0-9a-f]{64})\.log$")
-
-
-def kubernetes_attributes(path):
-    """Resource attributes named by a kubelet container log file name, or {}."""
-    m = _K8S_NAME.match(os.path.basename(path))
-    if m is None:
-        return {}
-    return {"k8s.pod.name": m["pod"], "k8s.namespace.name": m["ns"], "k8s.container.name": m["container"],
-            "container.id": m["id"]}
 
 
 def file_attributes(path):

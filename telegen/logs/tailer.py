@@ -15,6 +15,10 @@ How, in one poll (every agent.logs.poll_interval, at once again while files have
    rewinds the file to its checkpoint instead, so its lines are read again.
 
 Files are read with pread on the reactor thread: local files, bounded bytes per poll.
+
+A container runtime's file (writers.py) is submitted with its container's resource once the
+process table knows the container (the resource that container's spans carry), before that with
+what its path names; a file keeps the resource discovery gave it.
 """
 import fnmatch
 import glob
@@ -28,8 +32,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from telegen.contracts import IChild
+from telegen.discovery.procfs import UNKNOWN_SERVICE
 from telegen.export.pipeline import writable
-from telegen.logs import fastplain, records
+from telegen.logs import fastplain, records, writers
 from telegen.logs.checkpoint import CheckpointStore
 from telegen.logs.files import Fingerprints, TrackedFile, digest
 from telegen.logs.journal import JournalSource, open_reader
@@ -67,11 +72,14 @@ def checkpoint_dir(config):
 class LogTailer(service.Service):
     """Polls the configured globs, reads new lines, exports them, checkpoints delivered offsets."""
 
-    def __init__(self, config, exporter, metrics, reactor=None, wall_clock=time.time, journal_reader=open_reader):
+    def __init__(self, config, exporter, metrics, reactor=None, wall_clock=time.time, journal_reader=open_reader,
+                 processes=None):
+        """processes: the process table (IProcessResources), asked for the resource of the container writing a file."""
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.exporter = exporter
+        self._processes = processes
         self.metrics = metrics
         logs = config["agent"]["logs"]
         self._include = list(logs["include"])
@@ -93,6 +101,9 @@ class LogTailer(service.Service):
         self._wall_clock = wall_clock
         self._journal_reader = journal_reader
         self._resource = host_resource_attributes(config)
+        # a container's file before discovery knows it: the host, not the agent's service (nor an invented one)
+        self._container_base = {k: v for k, v in self._resource.items() if not k.startswith("service.")}
+        self._container_base["service.name"] = UNKNOWN_SERVICE
         self._shutdown_timeout = config["telegen"]["shutdown_timeout"]
         self._store = CheckpointStore(checkpoint_dir(config))
         self._files = Fingerprints()
@@ -297,11 +308,32 @@ class LogTailer(service.Service):
 
     def _describe(self, tracked):
         tracked.file_attrs = records.file_attributes(tracked.path)
-        k8s = records.kubernetes_attributes(tracked.path)
-        tracked.resource = dict(self._resource, **k8s) if k8s else self._resource
+        writer = writers.writer_of(tracked.path)
+        if tracked.resource is None or writer != tracked.writer:  # a rotated name of the same writer keeps its resource
+            tracked.writer, tracked.discovered, tracked.next_lookup = writer, False, 0.0
+            tracked.resource = dict(self._container_base, **writer.named) if writer is not None else self._resource
+
+    def _discover(self, tracked):
+        """
+        Ask discovery (at most once a poll_interval) for the resource of the container writing the
+        file, until it knows it: records submitted from then on carry that container's resource,
+        the one its spans carry, and keep it (a container forgotten later does not change it back).
+        """
+        if tracked.discovered or tracked.writer is None or self._processes is None:
+            return
+        now = self.reactor.seconds()
+        if now < tracked.next_lookup:
+            return
+        tracked.next_lookup = now + self._interval
+        writer = tracked.writer
+        found = self._processes.container_resource(writer.container_id, writer.pod_uid, writer.container_name)
+        if found is not None:
+            tracked.resource = dict(writer.named, **found)
+            tracked.discovered = True
 
     def _read(self, tracked):
         """Read, build and submit what is new in one file: True more to read, False done, None queue full."""
+        self._discover(tracked)
         if tracked.records and not self._submit(tracked):
             return None
         now = self.reactor.seconds()

@@ -34,8 +34,7 @@ def agent(tmp_path, dockerd):
         "ebpf": {"enabled": True, "capture": "socket", "ringbuf_size": 1 << 20, "network": {"tcp": False}},
         "discovery": {"poll_interval": "1s", "docker": {"socket": dockerd.socket}}}})
     agent.start()
-    wait_for(lambda: agent.get("/ready").json()["status"] == "ready", timeout=180,
-             message="agent ready (%s)" % agent.get("/ready").json()["checks"])
+    agent.wait_ready(timeout=180)
     yield agent
     agent.stop()
 
@@ -109,8 +108,7 @@ def test_a_pod_running_a_docker_container_gives_its_spans_the_pods_attributes_an
                       "kubernetes": {"kubeconfig": kubeconfig, "node_name": "node-1", "cluster_name": "test"}}}})
     agent.start()
     try:
-        wait_for(lambda: agent.get("/ready").json()["status"] == "ready", timeout=180,
-                 message="agent ready (%s)" % agent.get("/ready").json()["checks"])
+        agent.wait_ready(timeout=180)
         url = f"http://127.0.0.1:{port}/index.html"
         wait_for(lambda: subprocess.run(["curl", "-sf", "-o", "/dev/null", url], timeout=10).returncode == 0,
                  timeout=30, message="the pod's server answers")

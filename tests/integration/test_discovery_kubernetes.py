@@ -160,6 +160,17 @@ def test_service_name_rules_in_order(extra, expected):
     assert provider.pod_attributes(bare, "main", {})["service.name"] == "main"
 
 
+def test_a_container_known_by_its_pod_uid_and_name_gets_that_containers_attributes():
+    """A kubelet log file under /var/log/pods names the pod's uid and the container, not its id."""
+    provider = KubernetesProvider({"enabled": False, "kubeconfig": "", "node_name": "", "cluster_name": ""},
+                                  SelfMetrics(), lambda: None, reactor=None, environ={})
+    provider.replace("pods", [pod("multi", "uid-7", containers=[("app", "containerd://" + CID), ("sidecar", "")],
+                                  env={"OTEL_SERVICE_NAME": "from-env"})])
+    attrs = provider.attributes(0, {"k8s.pod.uid": "uid-7", "k8s.container.name": "sidecar"})
+    assert (attrs["k8s.pod.name"], attrs["k8s.container.name"], attrs["service.name"]) == ("multi", "sidecar", "from-env")
+    assert provider.attributes(0, {"container.id": CID, "k8s.container.name": "sidecar"})["k8s.container.name"] == "app"
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_stream_the_server_never_ends_is_dropped_by_the_watchdog_and_resumed(api, start, monkeypatch):
     """A silent partition leaves a watch open with nothing arriving: the client ends it itself."""

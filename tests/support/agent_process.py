@@ -97,6 +97,11 @@ class AgentProcess:
 
         wait_for(healthy, timeout, interval=0.05, message="the agent's /healthz")
 
+    def wait_ready(self, timeout=60.0):
+        """Wait until GET /ready says ready (the message names the checks that are not)."""
+        wait_for(lambda: self.get("/ready").json()["status"] == "ready", timeout=timeout,
+                 message="agent ready (%s)" % self.get("/ready").json()["checks"])
+
     def get(self, path, **kw):
         return http("GET", self.url + path, **kw)
 

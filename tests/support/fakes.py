@@ -127,11 +127,12 @@ class RecordingPipeline:
 
 @implementer(IProcessResources)
 class StubProcesses:
-    """resource_attributes by pid and listener owners by port, as ProcessTable answers them."""
+    """resource_attributes by pid, listener owners by port and container resources, as ProcessTable answers them."""
 
-    def __init__(self, listeners=None, excluded=()):
+    def __init__(self, listeners=None, excluded=(), containers=None):
         self.listeners = listeners or {}
         self.excluded = set(excluded)
+        self.containers = containers if containers is not None else {}
 
     def resource_attributes(self, pid):
         return {"service.name": f"svc-{pid}", "process.pid": pid} if pid else {"host.name": "h"}
@@ -141,6 +142,10 @@ class StubProcesses:
 
     def selected(self, pid):
         return pid not in self.excluded
+
+    def container_resource(self, container_id=None, pod_uid=None, container_name=None):
+        """containers[container_id or (pod_uid, container_name)], None for a container not discovered (yet)."""
+        return self.containers.get(container_id or (pod_uid, container_name))
 
 
 OK = Outcome(SUCCESS, "OK", True)

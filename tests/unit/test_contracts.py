@@ -9,6 +9,7 @@ from twisted.internet.testing import MemoryReactorClock
 from zope.interface.verify import verifyClass, verifyObject
 
 from telegen.api.openapi import openapi_document
+from telegen.components import SPECS
 from telegen.config import defaults
 from telegen.contracts import IChild, IProbe, IProcessResources, IRecordSink, IResourceProvider, ISender
 from telegen.ebpf.probes import default_probes
@@ -94,3 +95,15 @@ def test_fake_documents_have_the_shape_of_the_real_answers():
     from telegen.status import discovery_status
 
     schema_validator(spec, "/status/discovery", "get", 200).validate(discovery_status(agent))
+
+
+def test_the_log_tailer_is_built_from_its_slice_with_the_process_table(tmp_path):
+    """The logs child asks the process table for its files' containers: built after it, rebuilt with it."""
+    config = defaults()
+    config["telegen"]["data_dir"] = str(tmp_path)
+    config["agent"]["logs"]["enabled"] = True
+    tree = AgentService(config, reactor=MemoryReactorClock())
+    tailer = tree.child("logs")
+    assert verifyObject(IChild, tailer)
+    assert tailer._processes is tree.child("processes")
+    assert [s.depends_on for s in SPECS if s.name == "logs"] == [("processes",)]

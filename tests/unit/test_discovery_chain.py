@@ -16,7 +16,7 @@ BLOCK = {"enabled": True, "connected": True, "containers": 1}
 
 @implementer(IResourceProvider)
 class FakeDocker(Service):
-    """Names the container the cgroup link found; a block in /status/discovery; readiness the test sets."""
+    """Names the container the cgroup link found (and its service, unless named); a block in /status/discovery; readiness the test sets."""
 
     name = "docker"
     STATUS_SCHEMA = {"type": "object"}
@@ -29,7 +29,9 @@ class FakeDocker(Service):
     def attributes(self, pid, found):
         self.seen.append((pid, dict(found)))
         name = self.names.get(found.get("container.id"))
-        return {"container.name": name, "service.name": name} if name else {}
+        if not name:
+            return {}
+        return {"container.name": name} if "service.name" in found else {"container.name": name, "service.name": name}
 
     def status(self):
         return dict(BLOCK)
@@ -110,3 +112,34 @@ def test_the_table_and_its_providers_read_only_the_sections_their_spec_declares(
     table = ProcessTable(ConfigSlice(defaults(), spec.sections), SelfMetrics(), reactor=Clock())
     assert [p.name for p in table.chain.providers] == ["procfs", "cgroup", "docker", "kubernetes", "cloud", "host"]
     assert set(table.discovery_blocks()) == {"docker", "kubernetes", "cloud"}
+
+
+def test_a_containers_resource_is_its_processes_without_their_own_keys_once_a_provider_names_it(tmp_path):
+    """What a log file of the container gets: None until discovered, then the spans' resource less process.*."""
+    proc, fake, table = docker_table(tmp_path)
+    table.startService()
+    cid = "ab" * 32
+    assert table.container_resource(cid) is None
+    fake.names[cid] = "web"
+    table.metadata_changed()
+    spans = table.resource_attributes(30)
+    logs = table.container_resource(cid)
+    assert fake.seen[-1] == (0, {"container.id": cid})       # asked by the container, not by a process
+    assert logs == {k: v for k, v in spans.items()
+                    if not k.startswith("process.") and k not in ("service.instance.id", "container.runtime")}
+    assert logs["service.name"] == "web" and logs["deployment.environment"] == "test"
+    table.stopService()
+
+
+def test_a_service_name_the_containers_processes_set_names_its_logs_too(tmp_path):
+    proc, fake, table = docker_table(tmp_path)
+    cid = "cd" * 32
+    proc.add(40, "/usr/bin/python3", ["python3", "app.py"], env={"OTEL_SERVICE_NAME": "checkout"},
+             cgroup=f"0::/system.slice/docker-{cid}.scope\n")
+    table.startService()
+    fake.names[cid] = "shop-checkout"
+    assert table.resource_attributes(40)["service.name"] == "checkout"
+    logs = table.container_resource(cid)
+    assert (logs["service.name"], logs["container.name"]) == ("checkout", "shop-checkout")
+    assert table.container_resource("ab" * 32) is None
+    table.stopService()

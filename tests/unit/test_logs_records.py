@@ -2,7 +2,7 @@
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from telegen.logs.parsers import Parsed
-from telegen.logs.records import encode, file_attributes, kubernetes_attributes
+from telegen.logs.records import encode, file_attributes
 from tests.support.otlp_receiver import attrs_dict
 
 
@@ -25,10 +25,6 @@ def test_a_bare_line_has_only_body_file_attributes_and_observed_time():
     assert record == LogRecord(observed_time_unix_nano=5, body={"string_value": ""},
                                attributes=[{"key": "log.file.path", "value": {"string_value": "/x.log"}},
                                            {"key": "log.file.name", "value": {"string_value": "x.log"}}])
-
-
-def test_non_kubelet_names_give_no_kubernetes_attributes():
-    assert kubernetes_attributes("/var/log/syslog") == {}
 
 
 LINES = [

@@ -13,10 +13,11 @@ from zope.interface.verify import verifyObject
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from telegen.config import defaults
-from telegen.contracts import IChild
+from telegen.contracts import IChild, IProcessResources
 from telegen.export.delivery import Delivery
 from telegen.logs.tailer import LogTailer
 from telegen.selfmetrics import SelfMetrics
+from tests.support.fakes import StubProcesses
 
 
 class ScriptedPipeline:
@@ -48,7 +49,7 @@ class ScriptedPipeline:
         return [r for _, recs, _ in self.queued for r in recs]
 
 
-def make(tmp_path, pipeline=None, clock=None, journal_reader=None, **logs):
+def make(tmp_path, pipeline=None, clock=None, journal_reader=None, processes=None, **logs):
     config = defaults()
     config["telegen"]["data_dir"] = str(tmp_path / "data")
     settings = dict(enabled=True, include=[str(tmp_path / "logs" / "*.log*")], poll_interval=1.0, flush_timeout=0.5)
@@ -57,7 +58,8 @@ def make(tmp_path, pipeline=None, clock=None, journal_reader=None, **logs):
     pipeline = pipeline or ScriptedPipeline()
     metrics = SelfMetrics()
     extra = {"journal_reader": journal_reader} if journal_reader else {}
-    tailer = LogTailer(config, pipeline, metrics, reactor=clock, wall_clock=lambda: 1_700_000_000.0, **extra)
+    tailer = LogTailer(config, pipeline, metrics, reactor=clock, wall_clock=lambda: 1_700_000_000.0, processes=processes,
+                       **extra)
     return tailer, pipeline, clock, metrics
 
 
@@ -325,6 +327,70 @@ def test_kubernetes_names_become_resource_attributes(tmp_path):
     resource = pipeline.queued[0][0]
     assert {k: resource[k] for k in ("k8s.pod.name", "k8s.namespace.name", "k8s.container.name", "container.id")} == {
         "k8s.pod.name": "web-7d4b9", "k8s.namespace.name": "shop", "k8s.container.name": "nginx", "container.id": cid}
+
+
+def submitted(pipeline):
+    """[(resource, [body])] in submission order, settled or not."""
+    return [(resource, [r.body.string_value for r in recs]) for resource, recs, _ in pipeline.queued]
+
+
+def test_a_docker_containers_file_gets_its_resource_once_discovery_knows_it_and_keeps_it(tmp_path):
+    cid = "c" * 64
+    path = str(tmp_path / "logs" / cid / f"{cid}-json.log")
+    discovered = {"container.id": cid, "container.name": "shop-web", "container.runtime": "docker",
+                  "service.name": "shop-web", "host.name": "node-1"}
+    processes = StubProcesses()
+    verifyObject(IProcessResources, processes)
+    tailer, pipeline, clock, _ = make(tmp_path, processes=processes, start_at="beginning",
+                                      include=[str(tmp_path / "logs" / "*" / "*-json.log*")])
+    append(path, '{"log":"before\\n","stream":"stdout","time":"2026-12-07T10:00:00Z"}')
+    tailer.startService()
+    clock.advance(0)
+    processes.containers[cid] = discovered      # the container's start event arrives
+    append(path, '{"log":"after\\n","stream":"stdout","time":"2026-12-07T10:00:01Z"}')
+    poll(clock)
+    del processes.containers[cid]               # destroyed: discovery forgets it, its file's last lines follow
+    os.rename(path, path + ".1")
+    append(path + ".1", '{"log":"last\\n","stream":"stdout","time":"2026-12-07T10:00:02Z"}')
+    poll(clock, 2)
+    (before, first), (after, second), (last, third) = submitted(pipeline)
+    assert (first, second, third) == (["before"], ["after"], ["last"])
+    assert before["container.id"] == cid and before["container.runtime"] == "docker"
+    # what the path says, until discovered: the host's resource, not the agent's service
+    assert before["service.name"] == "unknown_service" and "container.name" not in before
+    assert before["host.name"] and "service.version" not in before and "service.instance.id" not in before
+    assert after == last == discovered
+
+
+def test_a_kubelet_pod_file_is_looked_up_by_pod_uid_and_container_name(tmp_path):
+    uid = "8f9e6a1c-3b2d-4e5f-9a8b-7c6d5e4f3a2b"
+    path = str(tmp_path / "pods" / f"shop_web-7d4b9_{uid}" / "nginx" / "0.log")
+    processes = StubProcesses(containers={(uid, "nginx"): {"k8s.pod.uid": uid, "service.name": "web", "k8s.pod.name": "web-7d4b9"}})
+    tailer, pipeline, clock, _ = make(tmp_path, processes=processes, start_at="beginning",
+                                      include=[str(tmp_path / "pods" / "*" / "*" / "*.log")])
+    append(path, "2026-12-07T10:00:00.000000000Z stdout F hello")
+    tailer.startService()
+    clock.advance(0)
+    [(resource, bodies)] = submitted(pipeline)
+    assert bodies == ["hello"]
+    assert resource == {"k8s.pod.uid": uid, "service.name": "web", "k8s.pod.name": "web-7d4b9",
+                        "k8s.namespace.name": "shop", "k8s.container.name": "nginx"}
+
+
+def test_files_of_no_container_keep_the_agents_resource_and_discovery_is_not_asked(tmp_path, log):
+    class Counting(StubProcesses):
+        asked = 0
+
+        def container_resource(self, *args):
+            self.asked += 1
+            return super().container_resource(*args)
+
+    processes = Counting()
+    tailer, pipeline, clock, _ = make(tmp_path, processes=processes, start_at="beginning")
+    append(log, "plain")
+    tailer.startService()
+    clock.advance(0)
+    assert submitted(pipeline)[0][0]["service.name"] == "telegen" and processes.asked == 0
 
 
 def test_cri_pieces_wait_for_their_final_line_and_carry_the_stream(tmp_path):
