@@ -49,6 +49,17 @@ def web_pod(**kw):
                owner=("ReplicaSet", "web-7d9"), **kw)
 
 
+async def pod_then_its_owner(api, provider):
+    """Once watching: the web pod is ADDED, named by its ReplicaSet, then by the Deployment that arrives late."""
+    await ready(provider)
+    api.put("pods", web_pod())
+    await until(lambda: provider.attributes(1, {"container.id": CID}), message="ADDED pod")
+    assert provider.attributes(1, {"container.id": CID})["service.name"] == "web-7d9"     # its ReplicaSet, for now
+    api.put("replicasets", owned("replicasets", "web-7d9", owner=("Deployment", "web")))
+    await until(lambda: provider.attributes(1, {"container.id": CID}).get("k8s.deployment.name") == "web", message="owner")
+    assert provider.attributes(1, {"container.id": CID})["service.name"] == "web"
+
+
 @pytest_twisted.ensureDeferred
 async def test_pods_of_this_node_are_listed_and_named_with_their_workload(api, start):
     api.put("pods", web_pod())
@@ -76,13 +87,7 @@ async def test_pods_of_this_node_are_listed_and_named_with_their_workload(api, s
 @pytest_twisted.ensureDeferred
 async def test_watch_events_add_modify_and_delete_and_late_owners_apply(api, start):
     provider, metrics, changes = start()
-    await ready(provider)
-    api.put("pods", web_pod())
-    await until(lambda: provider.attributes(1, {"container.id": CID}), message="ADDED pod")
-    assert provider.attributes(1, {"container.id": CID})["service.name"] == "web-7d9"     # its ReplicaSet, for now
-    api.put("replicasets", owned("replicasets", "web-7d9", owner=("Deployment", "web")))
-    await until(lambda: provider.attributes(1, {"container.id": CID}).get("k8s.deployment.name") == "web", message="owner")
-    assert provider.attributes(1, {"container.id": CID})["service.name"] == "web"
+    await pod_then_its_owner(api, provider)
     api.put("pods", web_pod(labels={"app.kubernetes.io/name": "storefront"}))
     await until(lambda: provider.attributes(1, {"container.id": CID})["service.name"] == "storefront", message="MODIFIED")
     before = changes.count
@@ -278,3 +283,23 @@ async def test_a_kubeconfigs_client_certificate_authenticates_and_one_of_another
     assert refused.ready_check().startswith("failed: pods list: TLS: tlsv1 alert ")
     assert refused.status()["connected"] is False and "PRIVATE" not in refused.ready_check()
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_known_pods_attributes_survive_watch_restarts_and_a_relist_on_410(api, start):
+    """The order test (tests/unit/test_discovery_order.py) over real streams: nothing reverts."""
+    provider, _, _ = start()
+    await pod_then_its_owner(api, provider)
+    known = provider.attributes(1, {"container.id": CID})
+    api.end_watches()           # the server's timeoutSeconds: every watch resumes
+    await until(lambda: len(api.watch_queries("replicasets")) == 2 and len(api.watchers) == 4, message="watches resumed")
+    assert provider.attributes(1, {"container.id": CID}) == known
+    api.hold_watches()
+    api.end_watches()
+    await until(lambda: len(api.held) == 4, message="four watches waiting")
+    api.put("services", owned("services", "web"))     # something changed meanwhile, and the history is compacted
+    api.compact()
+    api.release()
+    await until(lambda: api.list_count("pods") == 2 and api.list_count("replicasets") == 2 and provider.ready_check() == "ok",
+                message="every kind listed again")
+    assert provider.attributes(1, {"container.id": CID}) == known
