@@ -239,7 +239,7 @@ def mtls_api(tmp_path):
 
 
 def certificate_kubeconfig(api, directory, tls, form):
-    """A kubeconfig as kind or kubeadm write it: the CA and a client certificate, as files or -data."""
+    """A kubeconfig as kind or kubeadm write it: the CA (or insecure) and a client certificate, as files or -data."""
     directory.mkdir()
     if form == "files":         # relative names: kubectl resolves them from the kubeconfig's directory
         (directory / "pki").mkdir()
@@ -250,7 +250,8 @@ def certificate_kubeconfig(api, directory, tls, form):
     else:
         def data(pem):
             return base64.b64encode(pem).decode()
-        cluster = {"certificate-authority-data": data(api.tls.read("ca_file"))}
+        cluster = ({"insecure-skip-tls-verify": True} if form == "insecure"
+                   else {"certificate-authority-data": data(api.tls.read("ca_file"))})
         user = {"client-certificate-data": data(tls.read("client_cert_file")), "client-key-data": data(tls.read("client_key_file"))}
     path = directory / "config"
     api.kubeconfig(str(path))
@@ -261,7 +262,7 @@ def certificate_kubeconfig(api, directory, tls, form):
     return str(path)
 
 
-@pytest.mark.parametrize("form", ["files", "data"])
+@pytest.mark.parametrize("form", ["files", "data", "insecure"])
 @pytest_twisted.ensureDeferred
 async def test_a_kubeconfigs_client_certificate_authenticates_and_one_of_another_ca_is_refused(mtls_api, run_provider, tmp_path, form):
     mtls_api.put("pods", web_pod())
