@@ -229,7 +229,7 @@ def _describe(failure):
             errors = reason.value.args[0] if reason.value.args and isinstance(reason.value.args[0], list) else []
             text = "TLS: " + ("; ".join(str(e[-1]) for e in errors) or str(reason.value))
             if "alert" in text:     # an alert is the server's refusal, not our verification's
-                text += " (the API server refused the connection: does its CA sign the kubeconfig's client certificate?)"
+                text += " (the API server refused the connection, e.g. a client certificate its CA does not sign)"
             texts.append(text)
         else:
             texts.append(reason.getErrorMessage() or reason.type.__name__)
