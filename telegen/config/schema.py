@@ -124,7 +124,7 @@ SCHEMA = Section({
             "exclude_instrument": Field("selectors", [], "Never processes matching one of these selectors."),
             "kubernetes": Section({
                 "enabled": Field("bool", True, "Kubernetes metadata: k8s.* attributes (used in a cluster or with a kubeconfig)."),
-                "kubeconfig": Field("str", "", "A kubeconfig path; empty: the pod's service account (in-cluster)."),
+                "kubeconfig": Field("str", "", "A kubeconfig path (token or client-certificate users); empty: the pod's service account (in-cluster)."),
                 "node_name": Field("str", "", "This node's name (pods of this node only); empty: $NODE_NAME or $K8S_NODE_NAME."),
                 "cluster_name": Field("str", "", "k8s.cluster.name (empty: not set)."),
             }),

@@ -18,6 +18,7 @@ service.name, when the process did not set one: the container's OTEL_SERVICE_NAM
 spec, the pod's resource.opentelemetry.io/service.name annotation, its app.kubernetes.io/name
 label, the owning workload's name, the container's name (OpenTelemetry's Kubernetes rules).
 """
+import base64
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -26,7 +27,7 @@ from urllib.parse import urlencode
 import yaml
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.ssl import CertificateOptions
+from twisted.internet.ssl import Certificate, CertificateOptions, PrivateCertificate, optionsForClientTLS
 from twisted.logger import Logger
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
@@ -65,6 +66,7 @@ class ApiServer:
     ca_pem: Optional[bytes] = None
     insecure: bool = False
     namespace: Optional[str] = None     # the agent's own namespace, when known
+    client_pem: Optional[bytes] = field(default=None, repr=False)   # certificate + private key: a secret
 
 
 def in_cluster(environ=os.environ, account_dir=SERVICE_ACCOUNT):
@@ -90,7 +92,12 @@ def in_cluster(environ=os.environ, account_dir=SERVICE_ACCOUNT):
 
 
 def from_kubeconfig(path):
-    """The ApiServer of a kubeconfig's current context (bearer tokens; client certificates are not supported)."""
+    """
+    The ApiServer of a kubeconfig's current context: a bearer token (token, tokenFile) or a client
+    certificate (client-certificate[-data] and client-key[-data], as kind, minikube and kubeadm
+    write them), and the cluster's CA. Relative file names are relative to the kubeconfig's
+    directory, as kubectl reads them. Errors name the field, never the key material.
+    """
     try:
         with open(path, encoding="utf-8") as f:
             config = yaml.safe_load(f) or {}
@@ -103,29 +110,50 @@ def from_kubeconfig(path):
                 return entry
         raise KubeConfigError(f"kubeconfig {path}: no {section[:-1]} named {name!r}")
 
+    def material(section, key):
+        """The bytes of `key`-data (base64) or of the file `key` names, or None."""
+        if section.get(f"{key}-data"):
+            try:
+                return base64.b64decode(section[f"{key}-data"], validate=True)
+            except (ValueError, TypeError):
+                raise KubeConfigError(f"kubeconfig {path}: {key}-data is not base64") from None
+        if section.get(key):
+            name = os.path.join(os.path.dirname(os.path.abspath(path)), os.path.expanduser(section[key]))
+            try:
+                with open(name, "rb") as f:
+                    return f.read()
+            except OSError as exc:
+                raise KubeConfigError(f"kubeconfig {path}: {key} {name}: {exc.strerror}") from None
+        return None
+
     current = config.get("current-context")
     if not current:
         raise KubeConfigError(f"kubeconfig {path}: no current-context")
     context = named("contexts", current).get("context") or {}
     cluster = named("clusters", context.get("cluster")).get("cluster") or {}
     user = named("users", context.get("user")).get("user") or {} if context.get("user") else {}
-    if user.get("client-certificate") or user.get("client-certificate-data"):
-        raise KubeConfigError(f"kubeconfig {path}: client certificates are not supported, use a token")
     token = user.get("token")
     if user.get("tokenFile"):
-        with open(user["tokenFile"], encoding="utf-8") as f:
-            token = f.read().strip()
-    ca = None
-    if cluster.get("certificate-authority-data"):
-        import base64
-        ca = base64.b64decode(cluster["certificate-authority-data"])
-    elif cluster.get("certificate-authority"):
-        with open(cluster["certificate-authority"], "rb") as f:
-            ca = f.read()
+        token = material(user, "tokenFile").decode().strip()
+    client_pem = _client_pem(path, material(user, "client-certificate"), material(user, "client-key"))
     if not cluster.get("server"):
         raise KubeConfigError(f"kubeconfig {path}: cluster {context.get('cluster')!r} has no server")
-    return ApiServer(cluster["server"].rstrip("/"), token, ca, bool(cluster.get("insecure-skip-tls-verify")),
-                     context.get("namespace"))
+    return ApiServer(cluster["server"].rstrip("/"), token, material(cluster, "certificate-authority"),
+                     bool(cluster.get("insecure-skip-tls-verify")), context.get("namespace"), client_pem)
+
+
+def _client_pem(path, certificate, key):
+    """A user's certificate and key as one PEM, checked to load and to match (or None without them)."""
+    if certificate is None and key is None:
+        return None
+    if certificate is None or key is None:
+        raise KubeConfigError(f"kubeconfig {path}: a client certificate needs both client-certificate and client-key")
+    try:
+        PrivateCertificate.loadPEM(certificate + b"\n" + key)
+    except Exception:   # OpenSSL's errors, a key that does not match: the message could quote nothing useful
+        raise KubeConfigError(f"kubeconfig {path}: client-certificate and client-key are not a matching PEM "
+                              "certificate and private key") from None
+    return certificate + b"\n" + key
 
 
 _NAME_ANNOTATION = "resource.opentelemetry.io/service.name"
@@ -162,26 +190,50 @@ def container_id(status_id):
 
 
 @implementer(IPolicyForHTTPS)
-class _Unverified:
-    """TLS without verifying the server (a kubeconfig's insecure-skip-tls-verify)."""
+class _TlsPolicy:
+    """
+    TLS to the API server: trusting its CA (or the platform's, or, with insecure-skip-tls-verify,
+    anything) and presenting the kubeconfig's client certificate when it has one.
+    """
+
+    def __init__(self, api):
+        self.insecure = api.insecure
+        self.trust = Certificate.loadPEM(api.ca_pem) if api.ca_pem else None
+        self.client = PrivateCertificate.loadPEM(api.client_pem) if api.client_pem else None
 
     def creatorForNetloc(self, hostname, port):
-        return CertificateOptions(verify=False)
+        if self.insecure:
+            own = {"privateKey": self.client.privateKey.original, "certificate": self.client.original} if self.client else {}
+            return CertificateOptions(verify=False, **own)
+        return optionsForClientTLS(hostname.decode("ascii"), trustRoot=self.trust, clientCertificate=self.client)
 
 
 def _http_client(reactor, api):
-    """A treq client for the API server, trusting its CA (or, when asked, anything)."""
+    """A treq client for the API server (see _TlsPolicy)."""
     import treq.client
-    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+    from twisted.web.client import Agent, HTTPConnectionPool
 
-    if api.insecure:
-        policy = _Unverified()
-    elif api.ca_pem:
-        from twisted.internet.ssl import Certificate
-        policy = BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(api.ca_pem))
-    else:
-        policy = BrowserLikePolicyForHTTPS()
-    return treq.client.HTTPClient(Agent(reactor, contextFactory=policy, pool=HTTPConnectionPool(reactor, persistent=False)))
+    return treq.client.HTTPClient(Agent(reactor, contextFactory=_TlsPolicy(api), pool=HTTPConnectionPool(reactor, persistent=False)))
+
+
+def _describe(failure):
+    """
+    A request's failure as readiness shows it: the reasons a connection failed (TLS's own words),
+    not the repr of the Failures treq wraps them in.
+    """
+    from OpenSSL import SSL
+
+    texts = []
+    for reason in getattr(failure.value, "reasons", None) or [failure]:
+        if reason.check(SSL.Error):
+            errors = reason.value.args[0] if reason.value.args and isinstance(reason.value.args[0], list) else []
+            text = "TLS: " + ("; ".join(str(e[-1]) for e in errors) or str(reason.value))
+            if "alert" in text:     # an alert is the server's refusal, not our verification's
+                text += " (the API server refused the connection, e.g. a client certificate its CA does not sign)"
+            texts.append(text)
+        else:
+            texts.append(reason.getErrorMessage() or reason.type.__name__)
+    return "; ".join(texts)
 
 
 class _Watch:
@@ -305,7 +357,7 @@ class _Watch:
         if failure.check(HTTPStatusError) and failure.value.code == GONE:
             self._relist()
             return None
-        self._failed_with(f"{self.kind} {step}: {failure.getErrorMessage() or failure.type.__name__}", step)
+        self._failed_with(f"{self.kind} {step}: {_describe(failure)}", step)
         return None
 
     def _relist(self):

@@ -3,6 +3,7 @@ The Kubernetes provider against the API emulator (tests/support/kube_api.py) on 
 a kubeconfig: list then watch, pods of this node only, owners named late, bookmarks carried into
 the next watch, a re-list on 410 Gone, and OpenTelemetry's service.name rules.
 """
+import base64
 import json
 
 import pytest
@@ -48,6 +49,17 @@ def web_pod(**kw):
                owner=("ReplicaSet", "web-7d9"), **kw)
 
 
+async def pod_then_its_owner(api, provider):
+    """Once watching: the web pod is ADDED, named by its ReplicaSet, then by the Deployment that arrives late."""
+    await ready(provider)
+    api.put("pods", web_pod())
+    await until(lambda: provider.attributes(1, {"container.id": CID}), message="ADDED pod")
+    assert provider.attributes(1, {"container.id": CID})["service.name"] == "web-7d9"     # its ReplicaSet, for now
+    api.put("replicasets", owned("replicasets", "web-7d9", owner=("Deployment", "web")))
+    await until(lambda: provider.attributes(1, {"container.id": CID}).get("k8s.deployment.name") == "web", message="owner")
+    assert provider.attributes(1, {"container.id": CID})["service.name"] == "web"
+
+
 @pytest_twisted.ensureDeferred
 async def test_pods_of_this_node_are_listed_and_named_with_their_workload(api, start):
     api.put("pods", web_pod())
@@ -75,13 +87,7 @@ async def test_pods_of_this_node_are_listed_and_named_with_their_workload(api, s
 @pytest_twisted.ensureDeferred
 async def test_watch_events_add_modify_and_delete_and_late_owners_apply(api, start):
     provider, metrics, changes = start()
-    await ready(provider)
-    api.put("pods", web_pod())
-    await until(lambda: provider.attributes(1, {"container.id": CID}), message="ADDED pod")
-    assert provider.attributes(1, {"container.id": CID})["service.name"] == "web-7d9"     # its ReplicaSet, for now
-    api.put("replicasets", owned("replicasets", "web-7d9", owner=("Deployment", "web")))
-    await until(lambda: provider.attributes(1, {"container.id": CID}).get("k8s.deployment.name") == "web", message="owner")
-    assert provider.attributes(1, {"container.id": CID})["service.name"] == "web"
+    await pod_then_its_owner(api, provider)
     api.put("pods", web_pod(labels={"app.kubernetes.io/name": "storefront"}))
     await until(lambda: provider.attributes(1, {"container.id": CID})["service.name"] == "storefront", message="MODIFIED")
     before = changes.count
@@ -222,3 +228,79 @@ async def test_a_kubeconfig_may_skip_tls_verification(tls_api, run_provider, tmp
     provider, _, _ = run_provider(KubernetesProvider, {"enabled": True, "kubeconfig": str(path), "node_name": "node-1",
                                                        "cluster_name": ""}, environ={})
     await ready(provider)
+
+
+@pytest.fixture
+def mtls_api(tmp_path):
+    """The emulator over TLS requiring a client certificate signed by its CA (no token accepted)."""
+    emulator = KubeApi(token="no-token-here", tls=make_tls(tmp_path / "tls"), client_certificates=True).start()
+    yield emulator
+    emulator.stop()
+
+
+def certificate_kubeconfig(api, directory, tls, form):
+    """A kubeconfig as kind or kubeadm write it: the CA (or insecure) and a client certificate, as files or -data."""
+    directory.mkdir()
+    if form == "files":         # relative names: kubectl resolves them from the kubeconfig's directory
+        (directory / "pki").mkdir()
+        for name, label in (("ca.crt", "ca_file"), ("admin.crt", "client_cert_file"), ("admin.key", "client_key_file")):
+            (directory / "pki" / name).write_bytes(tls.read(label) if label != "ca_file" else api.tls.read("ca_file"))
+        cluster = {"certificate-authority": "pki/ca.crt"}
+        user = {"client-certificate": "pki/admin.crt", "client-key": "pki/admin.key"}
+    else:
+        def data(pem):
+            return base64.b64encode(pem).decode()
+        cluster = ({"insecure-skip-tls-verify": True} if form == "insecure"
+                   else {"certificate-authority-data": data(api.tls.read("ca_file"))})
+        user = {"client-certificate-data": data(tls.read("client_cert_file")), "client-key-data": data(tls.read("client_key_file"))}
+    path = directory / "config"
+    api.kubeconfig(str(path))
+    config = json.loads(path.read_text())
+    config["clusters"][0]["cluster"].update(cluster)
+    config["users"][0]["user"] = user
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+@pytest.mark.parametrize("form", ["files", "data", "insecure"])
+@pytest_twisted.ensureDeferred
+async def test_a_kubeconfigs_client_certificate_authenticates_and_one_of_another_ca_is_refused(mtls_api, run_provider, tmp_path, form):
+    mtls_api.put("pods", web_pod())
+    config = {"enabled": True, "node_name": "node-1", "cluster_name": ""}
+    kubeconfig = certificate_kubeconfig(mtls_api, tmp_path / "good", mtls_api.tls, form)
+    provider, _, _ = run_provider(KubernetesProvider, {**config, "kubeconfig": kubeconfig}, environ={})
+    await ready(provider)
+    assert provider.attributes(1, {"container.id": CID})["k8s.pod.name"] == "web-7d9-abc"
+    await until(lambda: mtls_api.watch_queries("pods"), message="the pods watch")
+    assert set(mtls_api.client_names) == {"telegen test client"}
+    # The key is nowhere the agent shows its state.
+    key = mtls_api.tls.read("client_key_file").decode()
+    assert key not in repr(provider.api) and "PRIVATE KEY" not in repr(provider.api) and "PRIVATE" not in str(provider.status())
+    # A certificate of another CA: the server refuses the handshake, and readiness says so.
+    stranger = make_tls(tmp_path / "stranger")
+    refused, _, _ = run_provider(KubernetesProvider, {**config, "kubeconfig": certificate_kubeconfig(
+        mtls_api, tmp_path / "bad", stranger, form)}, environ={})
+    await until(lambda: "the API server refused the connection" in refused.ready_check(), message="TLS refusal reported")
+    assert refused.ready_check().startswith("failed: pods list: TLS: tlsv1 alert ")
+    assert refused.status()["connected"] is False and "PRIVATE" not in refused.ready_check()
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_known_pods_attributes_survive_watch_restarts_and_a_relist_on_410(api, start):
+    """The order test (tests/unit/test_discovery_order.py) over real streams: nothing reverts."""
+    provider, _, _ = start()
+    await pod_then_its_owner(api, provider)
+    known = provider.attributes(1, {"container.id": CID})
+    api.end_watches()           # the server's timeoutSeconds: every watch resumes
+    await until(lambda: len(api.watch_queries("replicasets")) == 2 and len(api.watchers) == 4, message="watches resumed")
+    assert provider.attributes(1, {"container.id": CID}) == known
+    api.hold_watches()
+    api.end_watches()
+    await until(lambda: len(api.held) == 4, message="four watches waiting")
+    api.put("services", owned("services", "web"))     # something changed meanwhile, and the history is compacted
+    api.compact()
+    api.release()
+    await until(lambda: api.list_count("pods") == 2 and api.list_count("replicasets") == 2 and provider.ready_check() == "ok",
+                message="every kind listed again")
+    assert provider.attributes(1, {"container.id": CID}) == known

@@ -6,7 +6,9 @@ with the collection's resourceVersion; a watch from a resourceVersion streams, o
 line, every change after it (ADDED, MODIFIED, DELETED), then the changes as they happen, BOOKMARK
 events when asked (allowWatchBookmarks) and told (bookmark()), and ends after timeoutSeconds; a
 watch from a version older than the compacted history gets an ERROR event with a 410 Status, as
-kube-apiserver sends it. fieldSelector spec.nodeName=X filters pods; a bearer token is required.
+kube-apiserver sends it. fieldSelector spec.nodeName=X filters pods; a bearer token is required,
+or, with client_certificates, a client certificate signed by the TLS material's CA (as
+kube-apiserver's --client-ca-file authenticates kubeadm's admin.conf).
 """
 import json
 from urllib.parse import parse_qs, urlparse
@@ -36,11 +38,16 @@ class KubeApi(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, token="test-token", reactor=default_reactor, tls=None):
-        """tls: a tests.support.otlp_receiver.TlsMaterial to serve HTTPS with its server certificate."""
+    def __init__(self, token="test-token", reactor=default_reactor, tls=None, client_certificates=False):
+        """
+        tls: a tests.support.otlp_receiver.TlsMaterial to serve HTTPS with its server certificate;
+        client_certificates: the TLS handshake then requires a client certificate of its CA.
+        """
         super().__init__()
         self.token = token
         self.tls = tls
+        self.client_certificates = client_certificates
+        self.client_names = []      # the subject CN of every client certificate a request came with
         self.reactor = reactor
         self.version = 1000
         self.objects = {kind: {} for kind in LIST_KINDS}     # kind -> {(namespace, name): object}
@@ -60,7 +67,8 @@ class KubeApi(resource.Resource):
             from twisted.internet import ssl
 
             certificate = ssl.PrivateCertificate.loadPEM(self.tls.read("server_cert_file") + self.tls.read("server_key_file"))
-            self._listening = self.reactor.listenSSL(0, server.Site(self), certificate.options(), interface="127.0.0.1")
+            authorities = [ssl.Certificate.loadPEM(self.tls.read("ca_file"))] if self.client_certificates else []
+            self._listening = self.reactor.listenSSL(0, server.Site(self), certificate.options(*authorities), interface="127.0.0.1")
         else:
             self._listening = self.reactor.listenTCP(0, server.Site(self), interface="127.0.0.1")
         self.port = self._listening.getHost().port
@@ -155,7 +163,7 @@ class KubeApi(resource.Resource):
         url = urlparse(request.uri.decode())
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         kind = PATHS.get(url.path)
-        if request.getHeader("authorization") != f"Bearer {self.token}":
+        if not self._certified(request) and request.getHeader("authorization") != f"Bearer {self.token}":
             return self._status(request, 401, "Unauthorized")
         if kind is None:
             return self._status(request, 404, "NotFound")
@@ -180,6 +188,18 @@ class KubeApi(resource.Resource):
         else:
             self._serve_watch(watcher, since)
         return server.NOT_DONE_YET
+
+    def _certified(self, request):
+        """Whether the request came with a client certificate (which the handshake verified)."""
+        if not self.client_certificates:
+            return False
+        peer = request.channel.transport.getPeerCertificate()
+        if peer is None:
+            return False
+        from cryptography.x509.oid import NameOID
+
+        self.client_names.append(peer.to_cryptography().subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+        return True
 
     def _serve_watch(self, watcher, since):
         if since < self.compacted:

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from telegen.discovery.kubernetes import ApiServer, KubeConfigError, container_id, from_kubeconfig, in_cluster
+from tests.support.otlp_receiver import make_tls
 
 
 def account(tmp_path, files=("token", "ca.crt", "namespace")):
@@ -54,7 +55,9 @@ def test_kubeconfig_current_context_with_ca_data_token_file_or_insecure(tmp_path
 
 
 @pytest.mark.parametrize("cluster, user, message", [
-    ({"server": "https://x"}, {"client-certificate-data": "x"}, "client certificates are not supported"),
+    ({"server": "https://x"}, {"client-certificate-data": "eA=="}, "needs both client-certificate and client-key"),
+    ({"server": "https://x"}, {"client-certificate-data": "eA==", "client-key-data": "not base64!"}, "client-key-data is not base64"),
+    ({"server": "https://x", "certificate-authority": "ca.pem"}, None, r"certificate-authority \S*/ca.pem: No such file"),
     ({"certificate-authority-data": ""}, None, "has no server"),
 ])
 def test_kubeconfig_problems_name_themselves(tmp_path, cluster, user, message):
@@ -70,3 +73,22 @@ def test_container_ids_lose_their_runtime_scheme():
 
 def test_the_token_is_not_in_the_api_servers_repr(tmp_path):
     assert "secret" not in repr(from_kubeconfig(kubeconfig(tmp_path)))
+
+
+def test_relative_file_names_are_read_from_the_kubeconfigs_directory(tmp_path):
+    (tmp_path / "pki").mkdir()
+    (tmp_path / "pki" / "ca.crt").write_bytes(b"CA PEM")
+    (tmp_path / "token").write_text("relative\n")
+    api = from_kubeconfig(kubeconfig(tmp_path, {"server": "https://x", "certificate-authority": "pki/ca.crt"}, {"tokenFile": "token"}))
+    assert (api.ca_pem, api.token) == (b"CA PEM", "relative")
+
+
+def test_half_a_client_certificate_or_a_mismatched_key_is_refused_without_quoting_it(tmp_path):
+    tls, other = make_tls(tmp_path / "tls"), make_tls(tmp_path / "other")
+    with pytest.raises(KubeConfigError, match="needs both client-certificate and client-key"):
+        from_kubeconfig(kubeconfig(tmp_path, user={"client-certificate": tls.client_cert_file}))
+    with pytest.raises(KubeConfigError, match="not a matching") as raised:
+        from_kubeconfig(kubeconfig(tmp_path, user={"client-certificate": tls.client_cert_file, "client-key": other.client_key_file}))
+    assert "PRIVATE" not in str(raised.value)
+    good = from_kubeconfig(kubeconfig(tmp_path, user={"client-certificate": tls.client_cert_file, "client-key": tls.client_key_file}))
+    assert b"PRIVATE KEY" in good.client_pem and "PRIVATE" not in repr(good) and good.token is None
