@@ -5,6 +5,7 @@ answering while it samples, and the other profiles load in `go tool pprof` too.
 """
 import json
 import os
+import re
 import threading
 
 import pytest
@@ -54,8 +55,12 @@ def test_cpu_profile_under_load_shows_the_agents_functions(agent, tmp_path):
 
     top = pprof_top(path, "-lines", "-nodecount=400")
     assert "Type: cpu" in top
-    assert "telegen.api.app.TelegenApi.status " in top, top
-    assert f"{os.sep}telegen{os.sep}status.py:" in top, top
+    # The agent's own request handling shows, with file:line. Which of its frames a tick catches is
+    # chance: the sampler thread runs when the reactor thread lets go of the GIL, mostly at I/O, so
+    # a cheap handler like /status itself is caught in some profiles and not in others.
+    api_frames = [line for line in top.splitlines()
+                  if re.search(r"telegen\.(api|status)\.\S+ \S*" + re.escape(f"{os.sep}telegen{os.sep}") + r"(api|status)", line)]
+    assert api_frames, top
     # The sampler's own thread is never in its profile.
     assert "telegen.debug.cpu.CpuProfiler._sample_for" not in top
 
