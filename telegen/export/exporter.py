@@ -31,11 +31,13 @@ SHUTDOWN = "shutdown"
 
 
 def resource_key(attrs):
-    """A hashable identity for a resource attribute dict (values may be lists)."""
+    """A hashable identity for a resource attribute dict (values may be lists or dicts)."""
+    key = tuple(sorted(attrs.items()))
     try:
-        return tuple(sorted(attrs.items()))
-    except TypeError:
+        hash(key)
+    except TypeError:                 # sorting by the unique keys works; hashing a list value does not
         return tuple(sorted((k, repr(v)) for k, v in attrs.items()))
+    return key
 
 
 class Batch:

@@ -385,3 +385,17 @@ def test_log_batches_keep_their_order_through_retries():
     sent = [r.body.string_value for req in sender.requests for rl in req.resource_logs
             for sl in rl.scope_logs for r in sl.log_records]
     assert sent == ["0", "1", "0", "1", "0", "1", "2", "3", "4", "5"]
+
+
+def test_a_resource_with_list_values_is_queued_and_merged_like_any_other():
+    """Image tags are a list: the resource must still key the queue (it once raised 'unhashable type: list')."""
+    pipeline, senders, clock, _ = make()
+    resource = {"service.name": "web", "container.image.tags": ["1.2", "latest"]}
+    assert pipeline.submit("traces", resource, spans(3)) == 3
+    assert pipeline.submit("traces", dict(resource), spans(2, prefix="t")) == 2
+    clock.advance(1.0)
+    [request] = senders["traces"].requests
+    [resource_spans] = request.resource_spans
+    assert len(resource_spans.scope_spans[0].spans) == 5
+    tags = [kv.value for kv in resource_spans.resource.attributes if kv.key == "container.image.tags"]
+    assert [v.string_value for v in tags[0].array_value.values] == ["1.2", "latest"]
