@@ -25,6 +25,7 @@ import glob
 import os
 import stat
 import time
+from operator import itemgetter
 
 from twisted.application import service
 from twisted.internet import defer
@@ -34,7 +35,7 @@ from zope.interface import implementer
 from telegen.contracts import IChild
 from telegen.discovery.procfs import UNKNOWN_SERVICE
 from telegen.export.pipeline import writable
-from telegen.logs import fastplain, records, writers
+from telegen.logs import fastplain, jsonbatch, records, writers
 from telegen.logs.checkpoint import CheckpointStore
 from telegen.logs.files import Fingerprints, TrackedFile, digest
 from telegen.logs.journal import JournalSource, open_reader
@@ -98,6 +99,8 @@ class LogTailer(service.Service):
         # plain lines skip decoding and the Parsed record when nothing joins lines (fastplain.py)
         self._fast = (fastplain.encoder(self._format == "auto")
                       if self._format in ("plain", "auto") and not self._multiline else None)
+        # JSON lines are encoded a batch at a time, column by column (jsonbatch.py)
+        self._json_batch = self._format == "json" and not self._multiline
         self._wall_clock = wall_clock
         self._journal_reader = journal_reader
         self._resource = host_resource_attributes(config)
@@ -386,6 +389,14 @@ class LogTailer(service.Service):
         if not lines:
             return
         self.metrics.logs_lines_read.inc(len(lines))
+        if self._json_batch:
+            try:
+                texts = list(map(bytes.decode, map(itemgetter(0), lines)))
+            except UnicodeDecodeError:
+                texts = list(map(itemgetter(0), self._decode(lines)))
+            encoded = jsonbatch.encode(texts, tracked.file_attrs, int(self._wall_clock() * 1e9))
+            tracked.records.extend(zip(encoded, map(itemgetter(1), lines)))
+            return
         fast = self._fast
         if fast is None:
             self._build(tracked, tracked.format.feed(tracked.joiner.feed(self._decode(lines))))
