@@ -27,21 +27,6 @@ _TRACE_ID = b"\x4a"        # LogRecord 9 trace_id
 _SPAN_ID = b"\x52"         # LogRecord 10 span_id
 _U64 = struct.Struct("<Q").pack
 _DOUBLE = struct.Struct("<d").pack
-_TABLE = 4096              # lengths with precomputed heads
-
-
-class _Heads(dict):
-    """Field heads by payload length, made on first use: heads[n] + payload is the field."""
-
-    def __init__(self, make):
-        super().__init__()
-        self._make = make
-
-    def __missing__(self, n):
-        head = self._make(n)
-        if n < _TABLE:  # longer values are rare: do not keep one head per length
-            self[n] = head
-        return head
 
 
 def _string_attribute_heads(key):
@@ -53,7 +38,7 @@ def _string_attribute_heads(key):
         value = records._VALUE + varint(len(string) + n) + string
         return records._ATTRIBUTE + varint(len(key_field) + len(value) + n) + key_field + value
 
-    return _Heads(make)
+    return records.Heads(make)
 
 
 def _int_attribute_heads(key):
@@ -64,10 +49,9 @@ def _int_attribute_heads(key):
         value = records._VALUE + varint(1 + n) + bytes((records._INT,))
         return records._ATTRIBUTE + varint(len(key_field) + len(value) + n) + key_field + value
 
-    return _Heads(make)
+    return records.Heads(make)
 
 
-_BODY_HEADS = _Heads(records.body_head)
 _VARINT = [varint(n) for n in range(0x4000)]
 _VARINT_CONTINUED = [bytes((n & 0x7F | 0x80, n >> 7 | 0x80)) for n in range(0x4000)]  # 14 low bits, more follow
 _VARINT_HIGH = _VARINT  # bits 14..27
@@ -154,7 +138,7 @@ def _level_column(values):
 def _body_column(values):
     if _kinds(values) != {str}:
         return None
-    return _encode_strings(values, _BODY_HEADS)
+    return _encode_strings(values, records.BODY_HEADS)
 
 
 def _id_column(tag, pattern, values):
@@ -211,7 +195,7 @@ class _Plan:
         if self.message is not None:
             before.append(_body_column(list(map(itemgetter(self.message), rows))))
         else:
-            before.append(_encode_strings(texts, _BODY_HEADS))
+            before.append(_encode_strings(texts, records.BODY_HEADS))
         for attribute in self.attributes:
             after.append(attribute.column(list(map(itemgetter(attribute.key), rows))))
         if self.trace is not None:

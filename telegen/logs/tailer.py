@@ -401,14 +401,15 @@ class LogTailer(service.Service):
         if fast is None:
             self._build(tracked, tracked.format.feed(tracked.joiner.feed(self._decode(lines))))
             return
-        observed = int(self._wall_clock() * 1e9)
-        attrs = tracked.file_attrs
+        encoded = fast(list(map(itemgetter(0), lines)), tracked.file_attrs, int(self._wall_clock() * 1e9))
+        if None not in encoded and not tracked.format.holding:
+            tracked.records.extend(zip(encoded, map(itemgetter(1), lines)))
+            return
         append = tracked.records.append
-        for raw, end in lines:
-            record = None if tracked.format.holding else fast(raw, attrs, observed)
-            if record is not None:
+        for record, (raw, end) in zip(encoded, lines):
+            if record is not None and not tracked.format.holding:
                 append((record, end))
-            else:
+            else:  # refused, or after a piece of a container message that the format joins
                 self._build(tracked, tracked.format.feed(self._decode([(raw, end)])))
 
     def _decode(self, lines):
