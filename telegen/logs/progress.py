@@ -15,7 +15,7 @@ class Progress:
     def __init__(self, committed):
         self.committed = committed
         self.generation = 0  # bumped by a rewind: deliveries of an older generation are ignored
-        self.records = deque()   # (encoded record, position after it) not yet taken by the pipeline
+        self.records = deque()   # (encoded record, position after it[, resource]) not yet taken by the pipeline
         self.inflight = deque()  # [position, delivered] per submitted delivery
         self.resource = None
 
@@ -24,6 +24,10 @@ class Progress:
         self.generation += 1
         self.records = deque()
         self.inflight = deque()
+
+    def leading(self):
+        """(resource, n): the first n held records go out with `resource` (all of a file's records)."""
+        return self.resource, len(self.records)
 
     def submitted(self, position):
         """A delivery of records up to `position` left for the pipeline; returns its token."""

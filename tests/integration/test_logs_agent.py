@@ -218,3 +218,51 @@ def test_a_reload_rebuilds_the_tailer_without_losing_or_repeating_lines(tmp_path
         assert [r.body.string_value for _, r in read_logs(data_dir)] == [f"line {i}" for i in range(300)]
     finally:
         agent.stop()
+
+
+def test_inotify_delivers_writes_new_files_and_renames_long_before_the_next_poll(tmp_path):
+    """
+    With a 60 s poll interval only inotify can explain a line arriving within seconds: a write to
+    a watched file, a file created in a watched directory, and a rename rotation each wake the
+    tailer. (The first poll, at start, reads the line written before it.)
+    """
+    directory = str(tmp_path / "logs")
+    os.makedirs(directory)
+    path = os.path.join(directory, "app.log")
+    receiver = OtlpReceiver().start()
+    agent = AgentProcess(str(tmp_path), {
+        "otlp": {"endpoint": receiver.http_endpoint, "protocol": "http", "compression": "none"},
+        "queues": {"logs": {"batch_timeout": "10ms"}},
+        "agent": {"host_metrics": {"enabled": False}, "logs": {
+            "enabled": True, "include": [os.path.join(directory, "*.log*")], "start_at": "beginning",
+            "poll_interval": "60s"}},
+    })
+
+    def bodies():
+        return [rec.body.string_value for r in receiver.requests("logs") for rl in r.request.resource_logs
+                for sl in rl.scope_logs for rec in sl.log_records]
+
+    def write(name, text):
+        with open(os.path.join(directory, name), "a") as f:
+            f.write(text + "\n")
+
+    write("app.log", "before the start")
+    latencies = {}
+    try:
+        agent.start()
+        wait_for(lambda: bodies() == ["before the start"], message="the first poll's line")
+        for case, action, expected in (
+                ("append", lambda: write("app.log", "appended"), "appended"),
+                ("new file", lambda: write("other.log", "in a new file"), "in a new file"),
+                ("rename rotation", lambda: (os.rename(path, path + ".1"), write("app.log", "after the rename")),
+                 "after the rename"),
+                ("append again", lambda: write("other.log", "appended again"), "appended again")):
+            started = time.monotonic()
+            action()
+            wait_for(lambda: expected in bodies(), timeout=10, message=f"{case}: the line (inotify)")
+            latencies[case] = time.monotonic() - started
+        assert max(latencies.values()) < 5.0, latencies  # the next poll would be 60 s away
+        assert bodies() == ["before the start", "appended", "in a new file", "after the rename", "appended again"]
+    finally:
+        agent.stop()
+        receiver.stop()
