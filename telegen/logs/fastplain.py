@@ -10,7 +10,7 @@ path (parsers.py, records.encode) handles that line; both give the same record.
 """
 import re
 from itertools import repeat
-from operator import add
+from operator import add, getitem, sub
 
 from telegen.logs import severity
 from telegen.logs.records import BODY_HEADS, OBSERVED_FIELD, severity_fields
@@ -21,6 +21,7 @@ _WORDS = severity.WORDS.encode()
 _UPPER = re.compile(rb"(" + _WORDS + rb")\b")
 _WORD_CHARACTERS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 _WINDOW = severity.WINDOW
+_START = re.Match.start
 _STRUCTURED = re.compile(rb"[{\[<]|[\w.@-]+=|\d{4}-\d\d-\d\dT\S+ std(?:out|err) [PF]")  # what auto would parse otherwise
 _TRACE_HINTS = (b"race", b"RACE", b"00-")
 
@@ -56,9 +57,15 @@ def encoder(auto):
         joined = b"\n".join(raws)
         if any(hint in joined for hint in _TRACE_HINTS):
             refused += [i for i, raw in enumerate(raws) if any(hint in raw for hint in _TRACE_HINTS)]
-        starts = [m.start() if m is not None else 0 for m in matches]
-        if any(s and raw[s - 1] in _WORD_CHARACTERS for raw, s in zip(raws, starts)):
-            refused += [i for i, (raw, s) in enumerate(zip(raws, starts)) if s and raw[s - 1] in _WORD_CHARACTERS]
+        # the byte before each match (a line's last byte for a match at 0: refused, and the general
+        # path decides), in C; only when one is a word character is each line looked at
+        if None not in matches:
+            before = map(getitem, raws, map(sub, map(_START, matches), repeat(1, n)))
+        else:
+            before = [raw[m.start() - 1] if m is not None else 32 for raw, m in zip(raws, matches)]
+        if not _WORD_CHARACTERS.isdisjoint(before):
+            refused += [i for i, (raw, m) in enumerate(zip(raws, matches))
+                        if m is not None and m.start() and raw[m.start() - 1] in _WORD_CHARACTERS]
         if None in matches:
             # a bracketed level in any case: the general path finds it
             refused += [i for i, m in enumerate(matches) if m is None and (b"[" in raws[i][:_WINDOW] or b"<" in raws[i][:_WINDOW])]

@@ -60,7 +60,7 @@ SHUTDOWN = "shutdown"
 WAKE_EVENTS = 0
 if inotify is not None:
     WAKE_EVENTS = inotify.IN_MODIFY | inotify.IN_CREATE | inotify.IN_MOVED_TO | inotify.IN_MOVED_FROM | inotify.IN_ONLYDIR
-WAKE_GAP = 0.02
+WAKE_GAP = 0.1
 
 _log = Logger()
 
