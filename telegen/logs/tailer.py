@@ -2,7 +2,8 @@
 The `logs` child: tails the files matched by agent.logs.include (minus exclude) into OTLP logs,
 with no line lost or sent twice across rotation, restarts and collector outages.
 
-How, in one poll (every agent.logs.poll_interval, at once again while files have more to read):
+How, in one poll (every agent.logs.poll_interval, at once again while files have more to read, and
+on Linux soon after inotify reports a write, a new file or a move in a watched directory):
 1. Records the pipeline could not take last time are offered first; while the logs queue is full
    nothing is read (back-pressure: lines wait in their files, not in memory).
 2. The globs are expanded; each file's first bytes are matched to a known fingerprint
@@ -18,7 +19,8 @@ Files are read with pread on the reactor thread: local files, bounded bytes per 
 
 A container runtime's file (writers.py) is submitted with its container's resource once the
 process table knows the container (the resource that container's spans carry), before that with
-what its path names; a file keeps the resource discovery gave it.
+what its path names; a file keeps the resource discovery gave it. Journal entries get theirs per
+entry (journal.EntryResources) and are submitted in runs of one resource.
 """
 import fnmatch
 import glob
