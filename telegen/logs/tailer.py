@@ -28,7 +28,7 @@ import os
 import stat
 import time
 from itertools import islice
-from operator import itemgetter
+from operator import itemgetter, methodcaller
 
 from twisted.application import service
 from twisted.internet import defer
@@ -65,6 +65,18 @@ if inotify is not None:
 WAKE_GAP = 0.1
 
 _log = Logger()
+
+
+_STARTS_AS_OBJECT = methodcaller("startswith", b"{")
+
+
+def _json_application_lines(raws):
+    """
+    True if format "auto" would parse every line as an application's JSON object: each starts
+    with "{" and none may be a Docker json-file envelope (those name "log"; they take the general
+    path, which unwraps them).
+    """
+    return all(map(_STARTS_AS_OBJECT, raws)) and b'"log"' not in b"\n".join(raws)
 
 
 class _NoJoin:
@@ -119,7 +131,8 @@ class LogTailer(service.Service):
         # plain lines skip decoding and the Parsed record when nothing joins lines (fastplain.py)
         self._fast = (fastplain.encoder(self._format == "auto")
                       if self._format in ("plain", "auto") and not self._multiline else None)
-        # JSON lines are encoded a batch at a time, column by column (jsonbatch.py)
+        # JSON lines are encoded a read at a time, column by column (jsonbatch.py); with format
+        # auto too when every line of a read is an application's JSON object
         self._json_batch = self._format == "json" and not self._multiline
         self._wall_clock = wall_clock
         self._journal_reader = journal_reader
@@ -480,19 +493,15 @@ class LogTailer(service.Service):
         if not lines:
             return
         self.metrics.logs_lines_read.inc(len(lines))
-        if self._json_batch:
-            try:
-                texts = list(map(bytes.decode, map(itemgetter(0), lines)))
-            except UnicodeDecodeError:
-                texts = list(map(itemgetter(0), self._decode(lines)))
-            encoded = jsonbatch.encode(texts, tracked.file_attrs, int(self._wall_clock() * 1e9))
-            tracked.records.extend(zip(encoded, map(itemgetter(1), lines)))
-            return
         fast = self._fast
-        if fast is None:
+        if fast is None and not self._json_batch:
             self._build(tracked, tracked.format.feed(tracked.joiner.feed(self._decode(lines))))
             return
-        encoded = fast(list(map(itemgetter(0), lines)), tracked.file_attrs, int(self._wall_clock() * 1e9))
+        raws = list(map(itemgetter(0), lines))
+        if self._json_batch or (self._format == "auto" and not tracked.format.holding and _json_application_lines(raws)):
+            self._convert_json(tracked, lines)
+            return
+        encoded = fast(raws, tracked.file_attrs, int(self._wall_clock() * 1e9))
         if None not in encoded and not tracked.format.holding:
             tracked.records.extend(zip(encoded, map(itemgetter(1), lines)))
             return
@@ -502,6 +511,15 @@ class LogTailer(service.Service):
                 append((record, end))
             else:  # refused, or after a piece of a container message that the format joins
                 self._build(tracked, tracked.format.feed(self._decode([(raw, end)])))
+
+    def _convert_json(self, tracked, lines):
+        """JSON lines, a read at a time (jsonbatch.py)."""
+        try:
+            texts = list(map(bytes.decode, map(itemgetter(0), lines)))
+        except UnicodeDecodeError:
+            texts = list(map(itemgetter(0), self._decode(lines)))
+        encoded = jsonbatch.encode(texts, tracked.file_attrs, int(self._wall_clock() * 1e9))
+        tracked.records.extend(zip(encoded, map(itemgetter(1), lines)))
 
     def _decode(self, lines):
         if all(raw.isascii() for raw, _ in lines):

@@ -572,3 +572,30 @@ def test_truncated_in_place_with_the_same_first_bytes_is_read_from_zero(tmp_path
     poll(clock)
     pipeline.deliver()
     assert pipeline.exported == ["same head", "old tail", "same head"]
+
+
+def test_format_auto_encodes_reads_of_json_objects_by_columns_and_unwraps_docker_lines_as_before(tmp_path, log, monkeypatch):
+    """
+    A read whose lines are all JSON objects takes the column encoder under format auto too (the
+    default format); a read with a Docker json-file line or a plain line goes line by line. Both
+    give the records the parsers give.
+    """
+    from telegen.logs import jsonbatch
+
+    column_reads = []
+    encode = jsonbatch.encode
+    monkeypatch.setattr(jsonbatch, "encode", lambda texts, *rest: column_reads.append(len(texts)) or encode(texts, *rest))
+    tailer, pipeline, clock, _ = make(tmp_path, start_at="beginning")
+    append(log, '{"level":"warn","msg":"one","n":1}', '{"level":"info","msg":"two","n":2}')
+    tailer.startService()
+    clock.advance(0)
+    append(log, '{"log":"three\\n","stream":"stderr","time":"2026-12-07T10:00:00Z"}', '{"level":"error","msg":"four"}')
+    poll(clock)
+    append(log, "ERROR five", '{"msg":"six"}')
+    poll(clock)
+    records = pipeline.records()
+    assert [r.body.string_value for r in records] == ["one", "two", "three", "four", "ERROR five", "six"]
+    assert [r.severity_number for r in records] == [13, 9, 0, 17, 17, 0]
+    assert {kv.key: kv.value.int_value for kv in records[0].attributes if kv.key == "n"} == {"n": 1}
+    assert {kv.key: kv.value.string_value for kv in records[2].attributes}["log.iostream"] == "stderr"
+    assert column_reads == [2]
