@@ -266,3 +266,48 @@ def test_inotify_delivers_writes_new_files_and_renames_long_before_the_next_poll
     finally:
         agent.stop()
         receiver.stop()
+
+
+def test_inotify_keeps_waking_after_a_watched_directory_is_removed(tmp_path):
+    """
+    Twisted's INotify closes itself when a watched directory is removed (a container's log
+    directory after `docker rm`): the tailer starts a new one, and writes elsewhere still wake it.
+    (max_open_files 1: the agent holds no descriptor in the removed directory, which would delay
+    the kernel's event until it let go of it.)
+    """
+    import shutil
+
+    directory = str(tmp_path / "containers")
+    for name in ("a", "b"):
+        os.makedirs(os.path.join(directory, name))
+    receiver = OtlpReceiver().start()
+    agent = AgentProcess(str(tmp_path), {
+        "otlp": {"endpoint": receiver.http_endpoint, "protocol": "http", "compression": "none"},
+        "queues": {"logs": {"batch_timeout": "10ms"}},
+        "agent": {"host_metrics": {"enabled": False}, "logs": {
+            "enabled": True, "include": [os.path.join(directory, "*", "*.log")], "start_at": "beginning",
+            "poll_interval": "60s", "max_open_files": 1}},
+    })
+
+    def bodies():
+        return [rec.body.string_value for r in receiver.requests("logs") for rl in r.request.resource_logs
+                for sl in rl.scope_logs for rec in sl.log_records]
+
+    def write(name, text):
+        with open(os.path.join(directory, name, "app.log"), "a") as f:
+            f.write(text + "\n")
+
+    write("a", "a before")
+    write("b", "b before")
+    try:
+        agent.start()
+        wait_for(lambda: sorted(bodies()) == ["a before", "b before"], message="the first poll's lines")
+        shutil.rmtree(os.path.join(directory, "a"))
+        time.sleep(0.5)  # the removal's events are handled (the notifier closed and renewed)
+        started = time.monotonic()
+        write("b", "b after the removal")
+        wait_for(lambda: "b after the removal" in bodies(), timeout=10, message="a write after the removal (inotify)")
+        assert time.monotonic() - started < 5.0  # the next poll would be 60 s away
+    finally:
+        agent.stop()
+        receiver.stop()
