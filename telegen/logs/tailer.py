@@ -551,7 +551,7 @@ class LogTailer(service.Service):
         records = tracked.records
         while records:
             resource, count = tracked.leading()
-            batch = [item[0] for item in (records if count == len(records) else islice(records, count))]
+            batch = list(map(itemgetter(0), records if count == len(records) else islice(records, count)))
             taken, delivery = self.exporter.submit_tracked("logs", resource, batch)
             if not taken:
                 break
