@@ -84,7 +84,7 @@ def _kinds(values):
 # -- columns: each takes the run's field values (and its lines) and returns the encoded pieces, or
 # None when the run must go the general way.
 
-_NANO_STAMPS = re.compile(r"(?:\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z\n)*")
+_NANO_STAMPS = re.compile(r"(?:\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z\n)*", re.ASCII)
 _STAMP_SECONDS = itemgetter(slice(0, 19))
 _STAMP_FRACTION = itemgetter(slice(20, 29))
 
@@ -105,9 +105,10 @@ _SECONDS_NS = _SecondsNs()
 def _time_column(values):
     if _kinds(values) == {str} and _NANO_STAMPS.fullmatch("\n".join(values) + "\n"):
         # what Go, Docker and CRI write, 2026-12-07T10:00:00.123456789Z: computed in C, map by map
-        stamps = list(map(add, map(_SECONDS_NS.__getitem__, map(_STAMP_SECONDS, values)),
-                          map(int, map(_STAMP_FRACTION, values))))
-        return list(map(_TIME_FIELD.__add__, map(_U64, stamps)))
+        seconds = list(map(_SECONDS_NS.__getitem__, map(_STAMP_SECONDS, values)))
+        if all(seconds):  # 0: not a date (2026-13-45...), or the epoch's first second: parse_time decides
+            stamps = list(map(add, seconds, map(int, map(_STAMP_FRACTION, values))))
+            return list(map(_TIME_FIELD.__add__, map(_U64, stamps)))
     if _kinds(values) - {str, int, float}:
         return None
     stamps = list(map(parse_time, values))
