@@ -18,6 +18,7 @@ class Progress:
         self.records = deque()   # (encoded record, position after it[, resource]) not yet taken by the pipeline
         self.inflight = deque()  # [position, delivered] per submitted delivery
         self.resource = None
+        self.order = None        # the source key its records are kept in order under (SignalExporter)
 
     def clear(self):
         """Forget held records and deliveries in flight (the source is read again from `committed`)."""

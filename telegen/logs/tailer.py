@@ -79,6 +79,18 @@ def _json_application_lines(raws):
     return all(map(_STARTS_AS_OBJECT, raws)) and b'"log"' not in b"\n".join(raws)
 
 
+def order_key(path, writer):
+    """
+    The source a file's records are kept in order under while several logs requests are out: its
+    container (kubelet's links of all containers share one directory), else its directory. A
+    file and its rotated names and successors (renamed, copied or re-created in place, also those
+    found after a restart) share it, so a successor's lines never overtake its predecessor's.
+    """
+    if writer is not None and writer.container_id:
+        return ("container", writer.container_id)
+    return ("directory", os.path.dirname(path))
+
+
 class _NoJoin:
     """The joiner when agent.logs.multiline_start is unset: every line is a record."""
 
@@ -192,6 +204,7 @@ class LogTailer(service.Service):
             resources = EntryResources(self._processes, self._resource, self._container_base, self._interval,
                                        self.reactor.seconds)
             self._journal = JournalSource(reader, journal["units"], self._start_at_end, cursor, self._resource, resources)
+            self._journal.order = ("journal",)
         except (ImportError, OSError, ValueError) as exc:
             self._journal_error = f"{type(exc).__name__}: {exc}"
             self.last_error = f"journal: {self._journal_error}"
@@ -416,6 +429,8 @@ class LogTailer(service.Service):
     def _describe(self, tracked):
         tracked.file_attrs = records.file_attributes(tracked.path)
         writer = writers.writer_of(tracked.path)
+        if tracked.order is None:
+            tracked.order = order_key(tracked.path, writer)
         if tracked.resource is None or writer != tracked.writer:  # a rotated name of the same writer keeps its resource
             tracked.writer, tracked.discovered, tracked.next_lookup = writer, False, 0.0
             tracked.resource = dict(self._container_base, **writer.named) if writer is not None else self._resource
@@ -552,7 +567,7 @@ class LogTailer(service.Service):
         while records:
             resource, count = tracked.leading()
             batch = list(map(itemgetter(0), records if count == len(records) else islice(records, count)))
-            taken, delivery = self.exporter.submit_tracked("logs", resource, batch)
+            taken, delivery = self.exporter.submit_tracked("logs", resource, batch, tracked.order)
             if not taken:
                 break
             end = records[taken - 1][1]

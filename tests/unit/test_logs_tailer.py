@@ -27,9 +27,11 @@ class ScriptedPipeline:
         self.room = room
         self.queued = []    # [(resource, [body], Delivery)] not settled yet
         self.exported = []  # bodies, in export order
+        self.orders = []    # the order key of every submission
 
-    def submit_tracked(self, signal, resource, records):
-        assert signal == "logs"
+    def submit_tracked(self, signal, resource, records, order=None):
+        assert signal == "logs" and order is not None
+        self.orders.append(order)
         taken = min(self.room - sum(len(b) for _, b, _ in self.queued), len(records))
         if taken <= 0:
             return 0, None
@@ -599,3 +601,29 @@ def test_format_auto_encodes_reads_of_json_objects_by_columns_and_unwraps_docker
     assert {kv.key: kv.value.int_value for kv in records[0].attributes if kv.key == "n"} == {"n": 1}
     assert {kv.key: kv.value.string_value for kv in records[2].attributes}["log.iostream"] == "stderr"
     assert column_reads == [2]
+
+
+def test_a_file_and_its_successors_share_one_order_key_and_containers_have_their_own(tmp_path, log):
+    """
+    The exporter keeps each order key's records in order while other keys' requests go out: a
+    rotated file and the file re-created at its path share one key (its directory), so the new
+    file's lines never overtake the old one's last lines; kubelet's links, all in one directory,
+    are keyed by container.
+    """
+    from telegen.logs.tailer import order_key
+    from telegen.logs.writers import writer_of
+
+    tailer, pipeline, clock, _ = make(tmp_path, start_at="beginning",
+                                      include=[str(tmp_path / "logs" / "*.log*"), str(tmp_path / "other" / "*.log")])
+    append(log, "old")
+    tailer.startService()
+    clock.advance(0)
+    os.rename(log, log + ".1")
+    append(log + ".1", "last of the old")
+    append(log, "first of the new")
+    append(str(tmp_path / "other" / "x.log"), "elsewhere")
+    poll(clock)
+    assert submitted(pipeline) and len(set(pipeline.orders[:3])) == 1
+    assert pipeline.orders[0] == ("directory", str(tmp_path / "logs")) and pipeline.orders[-1] == ("directory", str(tmp_path / "other"))
+    links = ["/var/log/containers/web-1_shop_nginx-" + c * 64 + ".log" for c in "ab"]
+    assert [order_key(p, writer_of(p)) for p in links] == [("container", "a" * 64), ("container", "b" * 64)]
