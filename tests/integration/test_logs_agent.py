@@ -30,12 +30,18 @@ UNANSWERED_WINDOW = 0.5  # seconds around a kill or a collector stop where a req
 class Writer:
     """Writes numbered lines to a.log, b.log and c.log and rotates each its own way."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, own_directories=False):
         self.directory = directory
+        self.own_directories = own_directories  # each file in a directory of its own: a source of its own
         self.rotations = {"a": 0, "b": 0, "c": 0}
+        for name in "abc" if own_directories else ():
+            os.makedirs(os.path.join(directory, name))
 
     def path(self, name):
-        return os.path.join(self.directory, f"{name}.log")
+        return os.path.join(self.directory, name if self.own_directories else "", f"{name}.log")
+
+    def glob(self):
+        return os.path.join(self.directory, "*", "*.log*") if self.own_directories else os.path.join(self.directory, "*.log*")
 
     def write(self, i):
         for name in "abc":
@@ -71,19 +77,26 @@ def lines_by_file(receiver):
     return order, where
 
 
-def test_every_line_arrives_once_through_rotations_kills_and_an_outage(tmp_path):
+@pytest.mark.parametrize("own_directories", [False, True], ids=["one-source", "three-sources"])
+def test_every_line_arrives_once_through_rotations_kills_and_an_outage(tmp_path, own_directories):
+    """
+    one-source: the three files share a directory, one source for the logs queue (one request at
+    a time); three-sources: each has its own, so requests of the three go out side by side and
+    each file's order must hold across their retries.
+    """
     directory = str(tmp_path / "logs")
     os.makedirs(directory)
+    writer = Writer(directory, own_directories)
     receiver = OtlpReceiver().start()
     agent = AgentProcess(str(tmp_path), {
         "otlp": {"endpoint": receiver.http_endpoint, "protocol": "http", "compression": "none"},
-        "queues": {"logs": {"batch_timeout": "200ms"}},
+        # small batches: a poll's lines of the three files fill several, which go out side by side
+        "queues": {"logs": {"batch_timeout": "200ms", "batch_size": 20 if own_directories else 1000}},
         "backoff": {"initial": "200ms", "max": "1s"},
         "agent": {"host_metrics": {"enabled": False}, "logs": {
-            "enabled": True, "include": [os.path.join(directory, "*.log*")], "start_at": "beginning",
+            "enabled": True, "include": [writer.glob()], "start_at": "beginning",
             "poll_interval": "100ms"}},
     })
-    writer = Writer(directory)
     moments = []  # monotonic times a request may have been received but not answered
     try:
         agent.start()
