@@ -23,7 +23,7 @@ class Table(dict):
 
 class FakeBPF:
     def __init__(self):
-        self.tables = {b"port_rules": Table(), b"settings": Table()}
+        self.tables = {b"port_rules": Table(), b"settings": Table(), b"l7_enabled": Table()}
 
     def __getitem__(self, name):
         return self.tables[name]
@@ -53,6 +53,22 @@ def test_port_filter_is_seeded_from_config_with_the_api_port_excluded():
     assert bpf.tables[b"settings"] == {0: 2}
     _, open_bpf, _, _, _ = make()
     assert open_bpf.tables[b"port_rules"] == {19090: 2} and open_bpf.tables[b"settings"] == {0: 1}
+
+
+def test_protocol_switches_are_written_to_the_kernel_and_changed_in_place():
+    """agent.ebpf.protocols -> l7_enabled[PROTO_*] (HTTP/1 also needs network.http); a reload rewrites it."""
+    probe, bpf, _, _, _ = make()
+    assert bpf.tables[b"l7_enabled"] == {1: 1, 2: 1, 3: 1, 4: 1}
+    new = defaults()
+    new["agent"]["ebpf"]["protocols"].update(mysql=False)
+    new["agent"]["ebpf"]["network"]["http"] = False
+    assert probe.enabled(new) and probe.cflags(new) == probe.cflags(probe._config)     # no rebuild
+    probe.reconfigure(new)
+    assert bpf.tables[b"l7_enabled"] == {1: 0, 2: 1, 3: 0, 4: 1}
+    assert {name: p["enabled"] for name, p in probe.status()["protocols"].items()} == {
+        "http": False, "postgresql": True, "mysql": False, "redis": True}
+    new["agent"]["ebpf"]["protocols"].update(postgresql=False, redis=False)
+    assert not probe.enabled(new)
 
 
 def test_the_api_port_is_excluded_even_when_included():
