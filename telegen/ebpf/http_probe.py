@@ -28,6 +28,7 @@ histogram update each.
 import fnmatch
 import re
 import time
+from collections import Counter
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -134,7 +135,13 @@ class HttpProbe(Probe):
         self._sink.on_forget(self._forget_templates)
         self._red.add_metric(db_signals.METRIC, db_signals.DESCRIPTION, db_signals.DURATION_BUCKETS)
         mono_to_epoch = time.time_ns() - time.monotonic_ns()
-        self._decoder = HttpDecoder(self._exchange, self._drop, mono_to_epoch, CAPTURE_BYTES)
+        self._lost = {}                # protocol name -> Counter of decoder losses by reason
+        http_loss = self._losses("http")
+
+        def http_drop(reason):
+            self._drop(reason)
+            http_loss(reason, 1)
+        self._decoder = HttpDecoder(self._exchange, http_drop, mono_to_epoch, CAPTURE_BYTES)
         self._decoders = DecoderRegistry(self._drop)
         self._decoders.register(PROTO_HTTP1, self._decoder.handle_bytes)
         self._streams = {}
@@ -290,11 +297,17 @@ class HttpProbe(Probe):
         self._sink.drop(reason)
 
     def _losses(self, protocol):
-        """loss(reason, n) of one protocol's decoder: telegen_ebpf_decoder_losses_total{protocol, reason}."""
+        """
+        loss(reason, n) of one protocol's decoder: telegen_ebpf_decoder_losses_total{protocol,
+        reason} and /status/ebpf "protocols". (HTTP/1's are also in telegen_ebpf_events_dropped_total,
+        where they were before there were other protocols.)
+        """
         counter = self._metrics.ebpf_decoder_losses
+        lost = self._lost[protocol] = Counter()
 
         def loss(reason, n):
             counter.labels(protocol=protocol, reason=reason).inc(n)
+            lost[reason] += n
         return loss
 
     def _exchange(self, conn, request, status, response_body, start_ns, end_ns):
@@ -365,14 +378,14 @@ class HttpProbe(Probe):
             stream.expire(now, STREAM_IDLE_NS)
 
     def status(self):
+        """Probe-specific facts for /status/ebpf: exchanges of every protocol, connections the decoders hold."""
+        return {"exchanges": self.exchanges, "open_connections": len(self._decoder) + sum(map(len, self._streams.values()))}
+
+    def protocols_status(self):
         """
-        Probe-specific facts for /status/ebpf: exchanges of every protocol, and per protocol
-        whether it is on, its exchanges and the connections its decoder holds now.
+        /status/ebpf "protocols": per L7 protocol whether it is on (agent.ebpf.protocols), the
+        exchanges it made spans of, the connections its decoder holds now and its losses by reason.
         """
-        protocols = {"http": {"enabled": self._on["http"], "exchanges": self._sink.per_protocol["http"],
-                              "open_connections": len(self._decoder)}}
-        for name, stream in self._streams.items():
-            protocols[name] = {"enabled": self._on[name], "exchanges": self._sink.per_protocol[name],
-                               "open_connections": len(stream)}
-        return {"exchanges": self.exchanges, "open_connections": len(self._decoder) + sum(map(len, self._streams.values())),
-                "protocols": protocols}
+        held = {"http": len(self._decoder), **{name: len(stream) for name, stream in self._streams.items()}}
+        return [{"name": name, "enabled": self._on[name], "exchanges": self._sink.per_protocol[name],
+                 "open_connections": held[name], "losses": dict(self._lost[name])} for name in held]
