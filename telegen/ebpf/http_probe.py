@@ -302,11 +302,10 @@ class HttpProbe(Probe):
         reason} and /status/ebpf "protocols". (HTTP/1's are also in telegen_ebpf_events_dropped_total,
         where they were before there were other protocols.)
         """
-        counter = self._metrics.ebpf_decoder_losses
         lost = self._lost[protocol] = Counter()
 
         def loss(reason, n):
-            counter.labels(protocol=protocol, reason=reason).inc(n)
+            self._metrics.ebpf_decoder_losses.labels(protocol=protocol, reason=reason).inc(n)
             lost[reason] += n
         return loss
 

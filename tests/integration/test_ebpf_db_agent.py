@@ -179,3 +179,28 @@ def test_redis_client_spans_and_status(agent, redis_server):
     # The connection's close freed its parser.
     wait_for(lambda: {p["name"]: p for p in agent.get("/status/ebpf").json()["protocols"]}["redis"]["open_connections"] == 0,
              timeout=30, message="the closed redis connection forgotten")
+
+
+def test_a_result_longer_than_the_capture_is_a_counted_loss_and_the_next_query_is_exact(agent, postgres):
+    """
+    A result set of ~50 KiB reaches the parser as the first 4 KiB of each read plus gaps: its
+    exchange cannot be completed, so it is counted (never a made-up span), and the connection's
+    next query, starting in a read of its own, gives its exact span.
+    """
+    def lost():
+        protocols = {p["name"]: p for p in agent.get("/status/ebpf").json()["protocols"]}
+        return sum(protocols["postgresql"]["losses"].values())
+
+    before = lost()
+    with psycopg.connect(host="127.0.0.1", port=postgres.port, user="postgres", dbname="telegen",
+                         autocommit=True) as conn:
+        assert len(conn.execute("SELECT repeat('x', 100) FROM generate_series(1, 500) AS big").fetchall()) == 500
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() is not None
+    wait_for(lambda: any(name == "SELECT orders" and a.get("db.query.text") == "SELECT count(*) FROM orders"
+                         for name, a, _ in db_spans(agent, "postgresql", postgres.port)), timeout=30,
+             message="the span of the query after the big result")
+    assert not [a for _, a, _ in db_spans(agent, "postgresql", postgres.port)
+                if "generate_series" in a.get("db.query.text", "")]
+    assert lost() > before
+    metrics = agent.get("/metrics").body.decode()
+    assert 'telegen_ebpf_decoder_losses_total{protocol="postgresql",reason="gap"}' in metrics
