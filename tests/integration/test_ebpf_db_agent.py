@@ -11,13 +11,13 @@ One server of each kind for the module, one agent per capture mode.
 """
 import os
 
-import mysql.connector
 import psycopg
 import pymysql
 import pytest
 import redis
 
 from tests.support.agent_process import AgentProcess, wait_for
+from tests.support.db_clients import mysql_prepared_session
 from tests.support.db_servers import MariaDB, Postgres, Redis, server_fixture
 from tests.support.openapi_check import schema_validator
 from tests.support.otlp_files import read_metrics, read_spans
@@ -145,16 +145,7 @@ def test_mysql_client_spans(agent, mariadb):
 
 def test_mysql_prepared_statements(agent, mariadb):
     """Server-side prepared statements (mysql-connector): each execution is a span with the SQL of its PREPARE."""
-    conn = mysql.connector.connect(host="127.0.0.1", port=mariadb.port, user="telegen", password="telegen",
-                                   database="telegen", use_pure=True, ssl_disabled=True, autocommit=True)
-    cur = conn.cursor(prepared=True)
-    for i in (1, 2):
-        cur.execute("SELECT name FROM orders WHERE id = %s", (i,))
-        cur.fetchall()
-    with pytest.raises(mysql.connector.errors.ProgrammingError):
-        cur.execute("SELECT name FROM nope WHERE id = %s", (1,))
-    cur.close()
-    conn.close()
+    mysql_prepared_session(mariadb.port, (1, 2))
     texts = ("SELECT name FROM orders WHERE id = ?", "SELECT name FROM nope WHERE id = ?")
 
     def prepared():
