@@ -9,6 +9,7 @@ connection speaks, from whichever first bytes are known, or None.
 from dataclasses import dataclass
 from typing import Callable
 
+from telegen.l7.protocols import PROTO_MYSQL, PROTO_POSTGRESQL, PROTO_REDIS
 from telegen.protocols import mysql, postgres, redis
 from telegen.protocols.semconv import span_of
 
@@ -17,17 +18,23 @@ CLIENT_FIRST, SERVER_FIRST = "client", "server"
 
 @dataclass(frozen=True)
 class Protocol:
-    name: str                  # the per-protocol switch and loss label
+    name: str                  # the per-protocol switch (agent.ebpf.protocols) and loss label
     classify: Callable         # first bytes -> bool
     classifies: str            # whose first bytes: CLIENT_FIRST or SERVER_FIRST
     parser: type               # one instance per connection: parser.feed(from_client, data, ts_ns, gap)
+    proto: int                 # the kernel's protocol id (telegen/l7/protocols.py, PROTO_* in bpf/l7_stream.h)
     span: Callable = span_of
+    open_kwargs: tuple = ()    # parser arguments for a connection captured from its first byte
+
+    def new_parser(self):
+        """The parser of a connection the capture saw open (the kernel classifies on first bytes)."""
+        return self.parser(**dict(self.open_kwargs))
 
 
 PROTOCOLS = (
-    Protocol("postgresql", postgres.classify, CLIENT_FIRST, postgres.PostgresParser),
-    Protocol("mysql", mysql.classify, SERVER_FIRST, mysql.MySQLParser),
-    Protocol("redis", redis.classify, CLIENT_FIRST, redis.RedisParser),
+    Protocol("postgresql", postgres.classify, CLIENT_FIRST, postgres.PostgresParser, PROTO_POSTGRESQL),
+    Protocol("mysql", mysql.classify, SERVER_FIRST, mysql.MySQLParser, PROTO_MYSQL),
+    Protocol("redis", redis.classify, CLIENT_FIRST, redis.RedisParser, PROTO_REDIS, open_kwargs=(("at_connect", True),)),
 )
 
 
