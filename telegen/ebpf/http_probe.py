@@ -32,6 +32,7 @@ from telegen.ebpf.http_decoder import HttpDecoder
 from telegen.ebpf.l7 import DecoderRegistry
 from telegen.ebpf.loader import LoadError
 from telegen.ebpf.probe import Probe, excluded_ports
+from telegen.ebpf.tls import ENTRIES, RETURN_FN, TlsLibraries
 from telegen.l7.protocols import PROTO_HTTP1
 from telegen.l7.records import HttpExchange
 from telegen.signals.common import host_identity
@@ -63,6 +64,7 @@ SOCKET_FIELDS = {
     "OFF_REGS_CS": ("pt_regs", "cs"),
 }
 CAPTURE_MODES = {"auto": ("socket", "syscalls"), "socket": ("socket",), "syscalls": ("syscalls",)}
+TLS_LOST_REASONS = ("tls_unlinked",)     # bpf/tls.h tls_lost slots, as telegen_ebpf_events_dropped_total reasons
 
 
 def socket_field_flags(btf):
@@ -123,6 +125,8 @@ class HttpProbe(Probe):
         self.exchanges = 0             # exchanges made spans, counted as each turn's batch is submitted
         self.capture = None            # "socket" or "syscalls" once chosen (select_capture)
         self.capture_reason = None
+        self._tls = None               # TlsLibraries once the uprobes are attached (agent.ebpf.tls)
+        self._tls_lost = [0] * len(TLS_LOST_REASONS)
 
     def _clock(self):
         if self._reactor is None:
@@ -157,6 +161,8 @@ class HttpProbe(Probe):
 
     def cflags(self, config):
         flags = [f"-DHTTP_CAPTURE={CAPTURE_BYTES}"]
+        if config["agent"]["ebpf"]["tls"]:
+            flags.append("-DTELEGEN_TLS=1")
         if self.capture == "socket":
             try:
                 btf = KernelBtf.load()
@@ -173,6 +179,24 @@ class HttpProbe(Probe):
 
     def ring_buffers(self):
         return {"http_events": self._decoders.handle_bytes}
+
+    def attach_uprobes(self, bpf):
+        """With agent.ebpf.tls: the OpenSSL uprobes (bpf/tls.h) on every libssl found now (telegen.ebpf.tls)."""
+        self._tls = None
+        if not self._config["agent"]["ebpf"]["tls"]:
+            return
+        for fn in (*ENTRIES.values(), RETURN_FN):
+            bpf.load_func(fn.encode(), bpf.KPROBE)          # listed in /status/ebpf even before a library is found
+        self._tls = TlsLibraries(bpf, self._processes)
+        self._tls.start()
+
+    def uprobe_programs(self):
+        if self._tls is None:
+            return {}
+        attached = {s for lib in self._tls.status() for s in lib["symbols"]}
+        programs = {fn: symbol if symbol in attached else None for symbol, fn in ENTRIES.items()}
+        programs[RETURN_FN] = ("uretprobe:" + ",".join(s for s in ENTRIES if s in attached)) if attached else None
+        return programs
 
     def _read_paths(self, config):
         """Routes and excluded paths: user-space only, so a reload changes them in place."""
@@ -192,6 +216,8 @@ class HttpProbe(Probe):
             loop.clock = clock
             loop.start(interval, now=False).addErrback(lambda f: log.failure("http probe timer failed", f))
             self._loops.append(loop)
+        if self._tls is not None:
+            self._tls.watch(self._config["agent"]["discovery"]["poll_interval"], clock)
 
     def reconfigure(self, config):
         """Port filter (with the API port), routes, excluded paths and the metric interval, in place."""
@@ -229,6 +255,9 @@ class HttpProbe(Probe):
             if loop.running:
                 loop.stop()
         self._loops = []
+        if self._tls is not None:
+            self.poll_tls_lost()
+            self._tls.stop()
         self.submit_spans()
         self.flush_metrics()
 
@@ -302,7 +331,22 @@ class HttpProbe(Probe):
     def expire(self):
         """Finish responses of idle connections and forget connections whose close was missed."""
         self._decoder.expire(time.monotonic_ns(), IDLE_NS)
+        if self._tls is not None:
+            self.poll_tls_lost()
+
+    def poll_tls_lost(self):
+        """Add the growth of the kernel's TLS loss counters (per CPU, by reason) to telegen_ebpf_events_dropped_total."""
+        table = self._bpf[b"tls_lost"]
+        for slot, reason in enumerate(TLS_LOST_REASONS):
+            total = sum(table[table.Key(slot)])
+            if total > self._tls_lost[slot]:
+                self._metrics.ebpf_events_dropped.labels(reason=reason).inc(total - self._tls_lost[slot])
+                self._tls_lost[slot] = total
 
     def status(self):
         """Probe-specific facts for /status/ebpf."""
-        return {"exchanges": self.exchanges, "open_connections": len(self._decoder)}
+        out = {"exchanges": self.exchanges, "open_connections": len(self._decoder)}
+        if self._tls is not None:
+            self.poll_tls_lost()
+            out["tls"] = {"libraries": self._tls.status(), "lost": dict(zip(TLS_LOST_REASONS, self._tls_lost))}
+        return out
