@@ -210,23 +210,25 @@ class HttpProbe(Probe):
         self._bpf = bpf
         self.set_port_filter(self._config["agent"]["ebpf"]["network"]["include_ports"], excluded_ports(self._config))
         clock = self._clock()
+        if self._tls is not None:
+            self._tls.watch(self._config["agent"]["discovery"]["poll_interval"], clock)
         for interval, fn in ((self._config["agent"]["host_metrics"]["interval"], self.flush_metrics),
                              (IDLE_NS / 1e9 / 2, self.expire)):
             loop = LoopingCall(fn)
             loop.clock = clock
             loop.start(interval, now=False).addErrback(lambda f: log.failure("http probe timer failed", f))
             self._loops.append(loop)
-        if self._tls is not None:
-            self._tls.watch(self._config["agent"]["discovery"]["poll_interval"], clock)
 
     def reconfigure(self, config):
-        """Port filter (with the API port), routes, excluded paths and the metric interval, in place."""
+        """Port filter (with the API port), routes, excluded paths, the metric and libssl rescan intervals, in place."""
         self._config = config
         self._read_paths(config)
         if self._bpf is not None:
             self.set_port_filter(config["agent"]["ebpf"]["network"]["include_ports"], excluded_ports(config))
         if self._loops:
             self._loops[0].interval = config["agent"]["host_metrics"]["interval"]
+        if self._tls is not None:
+            self._tls.set_interval(config["agent"]["discovery"]["poll_interval"])
 
     def set_port_filter(self, include_ports, exclude_ports):
         """

@@ -131,6 +131,11 @@ class TlsLibraries:
         self._loop.clock = clock
         self._loop.start(poll_interval, now=False).addErrback(lambda f: log.failure("TLS library rescan failed", f))
 
+    def set_interval(self, poll_interval):
+        """A reload changed agent.discovery.poll_interval: the rescan follows it."""
+        if self._loop is not None:
+            self._loop.interval = poll_interval
+
     def stop(self):
         if self._processes is not None and self.on_exec in self._processes.exec_hooks:
             self._processes.exec_hooks.remove(self.on_exec)
