@@ -13,7 +13,8 @@
  * thread's task storage (tls_inflight). OpenSSL moves the ciphertext inside that call, in the
  * same thread, through the socket: the capture's data hook (sock_send_length/sock_recv_length
  * in socket mode, the read/write syscalls in syscalls mode) sees it and calls tls_socket_io(),
- * which, on the first such call of an SSL*, makes a TLS connection for it (tls_conns: a struct
+ * which, on the first such call of an SSL* on a socket already known not to carry plaintext HTTP
+ * (its first bytes, the handshake's, were not a request), makes a TLS connection for it (tls_conns: a struct
  * conn with the socket's endpoints, start time and owner, role learnt from the plaintext) and
  * marks the socket's own conn ROLE_TLS, so its ciphertext is never parsed, classified or
  * reported. At return the plaintext (buf, and the length: the return value, or *n for the _ex
@@ -97,6 +98,13 @@ static __always_inline int tls_socket_io(struct conn *c, u64 key, u32 fd)
 {
     if (c->role == ROLE_TLS)
         return 1;
+    /*
+     * Only a connection whose first bytes were not HTTP (the TLS handshake's) is linked: an entry
+     * whose return was missed leaves `active` set, and must not take a plaintext HTTP connection.
+     * A handshake done inside SSL_read/SSL_write links at its second socket operation.
+     */
+    if (c->role != ROLE_OTHER)
+        return 0;
     struct tls_call *t = tls_inflight.task_storage_get(bpf_get_current_task_btf(), 0, 0);
     if (!t || !t->active)
         return 0;

@@ -104,8 +104,9 @@ class TlsLibraries:
         record = self._files[key] = {"path": path, "symbols": [], "error": None}
         for symbol, entry in ENTRIES.items():
             try:
-                self._bpf.attach_uprobe(name=path.encode(), sym=symbol.encode(), fn_name=entry.encode(), pid=-1)
+                # The return first: a call entered between the two attachments would leave its thread's entry unanswered.
                 self._bpf.attach_uretprobe(name=path.encode(), sym=symbol.encode(), fn_name=RETURN_FN.encode(), pid=-1)
+                self._bpf.attach_uprobe(name=path.encode(), sym=symbol.encode(), fn_name=entry.encode(), pid=-1)
             except Exception as e:        # BCC raises Exception: a symbol this OpenSSL lacks (1.0 has no _ex)
                 record["error"] = f"{symbol}: {e}"
                 continue

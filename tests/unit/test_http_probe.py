@@ -180,3 +180,14 @@ def test_the_socket_capture_gets_the_running_kernels_struct_offsets():
     btf = KernelBtf.load()
     assert int(flags["OFF_SK_FAMILY"]) == btf.member("sock", "__sk_common.skc_family")[0]
     assert int(flags["OFF_REGS_ORIG_AX"]) == btf.member("pt_regs", "orig_ax")[0]
+
+
+def test_agent_ebpf_tls_compiles_the_openssl_uprobes_in_or_out():
+    """The switch is compiled in (a change reloads the probe): on, -DTELEGEN_TLS=1; off, no flag and no uprobes."""
+    probe, _, _, _, _ = make()
+    probe.select_capture("syscalls", [])
+    assert "-DTELEGEN_TLS=1" in probe.cflags(probe._config)
+    probe._config["agent"]["ebpf"]["tls"] = False
+    assert not [f for f in probe.cflags(probe._config) if "TLS" in f]
+    probe.attach_uprobes(FakeBPF())
+    assert probe.uprobe_programs() == {} and "tls" not in probe.status()
