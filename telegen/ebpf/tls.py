@@ -91,6 +91,7 @@ class TlsLibraries:
         self._files = {}             # (st_dev, st_ino) -> {"path", "symbols", "error"}
         self._loop = None
         self._scanning = False
+        self._rechecks = set()       # the exec rechecks still to come (cancelled by stop())
 
     def attach(self, path):
         """Attach the uprobes to the file at path unless its inode already has them; True when newly attached."""
@@ -142,11 +143,19 @@ class TlsLibraries:
             self._processes.exec_hooks.remove(self.on_exec)
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        for call in self._rechecks:
+            call.cancel()
+        self._rechecks.clear()
 
     def on_exec(self, pid):
         """A process exec'd: its libssl now, and again once it has had time to map (or dlopen) it."""
         self.attach_all(mapped_libraries(pid, self._proc_root))
-        self._clock.callLater(EXEC_RECHECK, lambda: self.attach_all(mapped_libraries(pid, self._proc_root)))
+
+        def recheck():
+            self._rechecks.discard(call)
+            self.attach_all(mapped_libraries(pid, self._proc_root))
+        call = self._clock.callLater(EXEC_RECHECK, recheck)
+        self._rechecks.add(call)
 
     def rescan(self):
         """Every process's maps, read in a thread, attached on the reactor; skipped while one still runs."""
@@ -156,7 +165,8 @@ class TlsLibraries:
 
         def done(paths):
             self._scanning = False
-            self.attach_all(paths)
+            if self._loop is not None and self._loop.running:       # not stopped (the BPF object released) meanwhile
+                self.attach_all(paths)
 
         def failed(failure):
             self._scanning = False

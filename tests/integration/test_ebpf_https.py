@@ -65,6 +65,16 @@ def assert_https(spans, port):
         assert 0 < span.end_time_unix_nano - span.start_time_unix_nano < 10 * 10**9
 
 
+PARSE_DROPS = ("unparsed_request", "unparsed_response", "response_without_request", "tls_unlinked")
+
+
+def drops(agent):
+    """The agent's drops that would say plaintext or ciphertext went astray (it captures the tests' ports only)."""
+    agent.http.poll_tls_lost()
+    return {r: agent.metrics.registry.get_sample_value("telegen_ebpf_events_dropped_total", {"reason": r}) or 0
+            for r in PARSE_DROPS}
+
+
 def from_now(found):
     """found() without the spans it returns now: the servers serve every test of the module, in both capture modes."""
     before = {span.span_id for _, _, span in found()}
@@ -107,6 +117,7 @@ async def test_python_https_server_and_client_give_one_span_per_exchange_each(ag
     assert shape(client_spans) == expected
     assert_https(client_spans, port)
     assert all(a["network.peer.port"] == port for _, a, _ in client_spans)
+    assert drops(agent) == dict.fromkeys(PARSE_DROPS, 0)
 
 
 def run_curl(*urls):
@@ -141,6 +152,7 @@ async def test_curl_against_nginx_over_tls(agent, receiver, nginx_https):
     assert all(a["user_agent.original"].startswith("curl/") for _, a, _ in client_spans)
     # Nothing on that port was taken for plaintext HTTP.
     assert [s for s in on_port() if s[1]["url.scheme"] != "https"] == []
+    assert drops(agent) == dict.fromkeys(PARSE_DROPS, 0)
 
 
 @pytest_twisted.ensureDeferred

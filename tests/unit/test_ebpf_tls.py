@@ -59,3 +59,33 @@ def test_each_file_is_attached_once_with_every_symbol_it_has(tmp_path):
     [record] = partial.status()
     assert record["symbols"] == ["SSL_write", "SSL_read"] and record["error"].startswith("SSL_read_ex: ")
     assert [u[2] for u in old_bpf.uprobes] == ["SSL_write", "SSL_write", "SSL_read", "SSL_read"]
+
+
+class Table:
+    def __init__(self):
+        self.exec_hooks = []
+
+
+def test_an_exec_reads_the_maps_now_and_once_more_later_and_stop_cancels_what_is_pending(tmp_path):
+    """A process maps (or dlopens) its libssl after its exec: read now and EXEC_RECHECK later; a stopped probe attaches nothing."""
+    from twisted.internet.task import Clock
+
+    from telegen.ebpf.tls import EXEC_RECHECK
+
+    lib = tmp_path / "libssl.so.3"
+    lib.write_bytes(b"\x7fELF")
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "maps").write_text("")
+    clock, table, bpf = Clock(), Table(), FakeBPF()
+    libraries = TlsLibraries(bpf, table, proc_root=str(tmp_path))
+    libraries.watch(60.0, clock)
+    [hook] = table.exec_hooks
+    hook(7)
+    assert bpf.uprobes == []
+    (tmp_path / "7" / "maps").write_text(f"7f0000000000-7f0000001000 r-xp 00000000 08:01 5 {lib}\n")
+    os.symlink("/", tmp_path / "7" / "root")
+    clock.advance(EXEC_RECHECK)
+    assert {u[1] for u in bpf.uprobes} == {str(lib)}
+    hook(7)
+    libraries.stop()
+    assert table.exec_hooks == [] and clock.getDelayedCalls() == []
