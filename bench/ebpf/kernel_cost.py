@@ -83,7 +83,7 @@ def burn_server(tmp, burn_us):
     return child, port
 
 
-def load_http(capture):
+def load_http(capture, bpf_dir=None):
     """
     The HTTP probe's kernel half for `capture`, compiled and attached exactly as the agent does
     it (our pid is the self filter), with the port filter open as the agent's default config
@@ -93,7 +93,7 @@ def load_http(capture):
     """
     config = defaults()
     config["agent"]["ebpf"]["capture"] = capture
-    bpf = loader.compile_probe(HttpProbe(config, None, None, None), config, os.getpid())
+    bpf = loader.compile_probe(HttpProbe(config, None, None, None), config, os.getpid(), bpf_dir=bpf_dir)
     settings = bpf[b"settings"]
     settings[settings.Key(0)] = settings.Leaf(1)
     return bpf
