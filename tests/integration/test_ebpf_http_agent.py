@@ -190,9 +190,11 @@ def test_a_flood_beyond_the_ring_buffer_is_counted_as_lost_while_the_api_answers
     finally:
         nginx.stop()
     # Under the flood the CPU governor may have kept the consumer at min_cpu (the API's answers
-    # count in its budget too); once the CPUs are free it drains what the ring still holds.
+    # count in its budget too); once the CPUs are free it drains what the ring still holds. On a
+    # host shared with other load the governor keeps holding for longer (seen: over 10 s), so the
+    # bound is generous: the test is about draining at all, not how soon.
     wait_for(lambda: tiny_agent.get("/status/ebpf").json()["ringbuf"]["events_received"] > 0,
-             timeout=10, message="the consumer drains after the flood")
+             timeout=30, message="the consumer drains after the flood")
     before = tiny_agent.get("/status/ebpf").json()["ringbuf"]
     assert before["events_lost"] > 0 and before["events_received"] > 0
     counted = metric_value(tiny_agent, "telegen_ebpf_ringbuf_lost_total")
