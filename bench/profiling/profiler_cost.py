@@ -11,7 +11,7 @@ compile: the agent's after its first drain, profile-bpfcc's once its perf events
 and samples received vs the theoretical rate x CPUs x seconds (the agent's span starts and ends just
 after a drain, so --seconds should be a multiple of --window).
 
-Usage (root): .venv/bin/python bench/profiling/profiler_cost.py [--seconds 60] [--window 10]
+Usage (root): .venv/bin/python bench/profiling/profiler_cost.py [--seconds 60] [--window 10] [--no-bcc]
 """
 import argparse
 import os
@@ -178,6 +178,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--window", type=float, default=10)
+    parser.add_argument("--no-bcc", action="store_true", help="skip the profile-bpfcc phase (A/B runs of the agent)")
     args = parser.parse_args()
     cpus = os.cpu_count()
     with tempfile.TemporaryDirectory() as workdir:
@@ -197,6 +198,8 @@ def main():
                   f"RSS {on['rss_now_mib']:.0f} MiB (anonymous {on['rss_anon_mib']:.0f}, peak {on['rss_mib']:.0f}: the compile), "
                   f"samples {on['samples']:.0f} of {theory:.0f} theoretical "
                   f"({100 * on['samples'] / theory:.1f} %); slowest /metrics scrape {on['scrape_max']:.2f} s", flush=True)
+            if args.no_bcc:
+                return
             bcc = bcc_phase(args)
             theory = RATE * cpus * bcc["span"]
             print(f"profile-bpfcc -F 99:  {bcc['cpu_pct_steady']:.2f} % of a core while sampling, then "

@@ -15,6 +15,9 @@ import sys
 MANGLED_PREFIXES = ("_Z", "_R")
 # Rust's legacy mangling ends in a hash of the crate (`::h0123456789abcdef`), noise in a profile.
 _RUST_HASH = re.compile(r"::h[0-9a-f]{16}$")
+# Names demangled, kept for the next process that maps the same library (frames are cached per
+# process); beyond this many it starts over.
+CACHE_ENTRIES = 50_000
 
 
 def looks_mangled(name):
@@ -25,11 +28,20 @@ class Demangler:
     def __init__(self, command="c++filt"):
         self._command = shutil.which(command)
         self._proc = None
+        self._cache = {}
         if self._command is None:
             print(f"{command} not found: C++ and Rust function names stay mangled", file=sys.stderr)
 
     def demangle(self, name):
         """The readable form of a mangled name; the name itself when c++filt is missing or cannot."""
+        readable = self._cache.get(name)
+        if readable is None:
+            if len(self._cache) >= CACHE_ENTRIES:
+                self._cache.clear()
+            readable = self._cache[name] = self._demangle(name)
+        return readable
+
+    def _demangle(self, name):
         if self._command is None or any(c.isspace() for c in name):
             return name
         try:

@@ -162,7 +162,8 @@ class WindowBuilder:
             builder = pprof_files.cpu_profile(labelled[0], start, end - start, self.profiling["sample_rate"],
                                               members[0][1].get("process.executable.path", ""),
                                               off_cpu=labelled[1] if self.profiling["off_cpu"] else None)
-            written.append(pprof_files.write(directory, service_name, start, builder.gzipped()))
+            # gzip level 1: a third of level 6's CPU for files about a fifth larger.
+            written.append(pprof_files.write(directory, service_name, start, builder.gzipped(level=1)))
         pprof_files.rotate(directory, self.profiling["pprof_max_age"], self.profiling["pprof_max_bytes"])
         return written
 
