@@ -2,8 +2,8 @@
 Where the profiler's worker spends its CPU: loads bpf/profile.c at 99 Hz in this process, keeps
 both CPUs busy with burn.c, and runs the worker's window steps (telegen.profiling.worker: drain,
 symbolize, encode, pprof files) under cProfile for --windows windows of --window seconds, with
-resources as the agent would give them (pid only). Prints the top functions by own time and the
-worker's CPU per window.
+resources as the agent would give them (pid only). Prints the top functions by own time, the
+worker's CPU per window, and what the file sink's JSON worker would spend on the window's record.
 
 Usage (root): .venv/bin/python bench/profiling/worker_profile.py [--windows 6] [--window 10] [--top 25]
 """
@@ -21,6 +21,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from telegen.config import defaults  # noqa: E402
+from telegen.export.json_worker import otlp_json  # noqa: E402
 from telegen.profiling.bpfmaps import BpfMap  # noqa: E402
 from telegen.profiling.sampler import Sampler  # noqa: E402
 from telegen.profiling.worker import Drainer, WindowBuilder  # noqa: E402
@@ -54,8 +55,13 @@ def main():
                 built = builder.build(start, time.time(), {pid: ({"process.pid": pid}, True) for pid in drained["pids"]})
                 profile.disable()
                 cpu.append(time.process_time() - before)
+                before = time.process_time()
+                line = otlp_json("profiles", built["record"]) if built["record"] else b""
+                json_cpu = time.process_time() - before
                 print(f"window: {drained['samples']} samples, {len(drained['pids'])} pids, {built['profiles']} profiles, "
-                      f"{cpu[-1] * 1000:.0f} ms CPU ({100 * cpu[-1] / args.window:.2f} % of a core)", flush=True)
+                      f"{cpu[-1] * 1000:.0f} ms CPU under cProfile ({100 * cpu[-1] / args.window:.2f} % of a core); "
+                      f"record {len(built['record'] or b'')} bytes, its OTLP JSON ({len(line)} bytes) {json_cpu * 1000:.0f} ms",
+                      flush=True)
             print(f"mean {100 * sum(cpu) / len(cpu) / args.window:.2f} % of a core")
             pstats.Stats(profile).sort_stats("tottime").print_stats(args.top)
         finally:

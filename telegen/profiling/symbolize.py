@@ -121,7 +121,7 @@ class _Lru(OrderedDict):
 
 class Symbolizer:
     """
-    Frames for the stacks of a window. remember_maps(pid, ...) records a process's mappings;
+    Frames for the stacks of a window. remember_text(pid, ...) records a process's mappings;
     stack() resolves. One caller at a time (the profiler's worker process).
 
     Resolved frames are cached per process (until its mappings change) and for the kernel, at
@@ -136,6 +136,7 @@ class Symbolizer:
         self._perf_map_dir = perf_map_dir
         self._kernel = None
         self._maps = {}                      # pid -> ([start], [Mapping]) sorted by start
+        self._maps_text = {}                 # pid -> the /proc/PID/maps text they were parsed from
         self._layouts = {}                   # pid -> its mappings' identity, to know when they changed
         self._frames = {}                    # pid -> {(address, is_return): frame} resolved from ELF files
         self._kernel_frames = {}             # (address, is_return) -> frame
@@ -156,10 +157,21 @@ class Symbolizer:
         """Record pid's mappings now, from /proc (a pid sampled again: dlopen, exec)."""
         text = read_maps(pid, self._proc)
         if text is not None:
-            self.remember_maps(pid, parse_maps(text))
+            self.remember_text(pid, text)
 
-    def remember_maps(self, pid, maps):
-        """Record pid's mappings (read by the agent at its first sample, while it ran)."""
+    def remember_text(self, pid, text):
+        """
+        Record pid's mappings from its /proc/PID/maps text (read by the agent at its first sample,
+        while it ran, or by refresh()). Most processes' maps do not change between windows:
+        an identical text is not parsed again.
+        """
+        if self._maps_text.get(pid) == text:
+            self._last_window[pid] = self._window
+            return
+        self._maps_text[pid] = text
+        self._remember_maps(pid, parse_maps(text))
+
+    def _remember_maps(self, pid, maps):
         layout = tuple((m.start, m.end, m.offset, m.device, m.inode) for m in maps)
         if self._layouts.get(pid) != layout:      # exec, dlopen, munmap: cached frames may be wrong
             self._layouts[pid] = layout
@@ -176,7 +188,7 @@ class Symbolizer:
             self._last_window.setdefault(pid, self._window)
         stale = [pid for pid, seen in self._last_window.items() if self._window - seen > self._forget_after]
         for pid in stale:
-            for table in (self._maps, self._layouts):
+            for table in (self._maps, self._maps_text, self._layouts):
                 table.pop(pid, None)
             self._drop_frames(pid)
             del self._last_window[pid]

@@ -19,7 +19,7 @@ from collections import defaultdict
 
 from telegen.profiling import otlp, pprof_files
 from telegen.profiling.sampler import DROP_REASONS, SETTLE_SECONDS, Window
-from telegen.profiling.symbolize import Symbolizer, parse_maps
+from telegen.profiling.symbolize import Symbolizer
 
 UNKNOWN_SERVICE = "unknown_service"
 _SAMPLE_KEY = struct.Struct("<Iii")     # struct sample_key: pid, user stack id, kernel stack id
@@ -105,7 +105,7 @@ class WindowBuilder:
         return {"maps": self.maps, "drain": self.drain, "build": self.build}
 
     def maps(self, pid, text):
-        self.symbolizer.remember_maps(pid, parse_maps(text))
+        self.symbolizer.remember_text(pid, text)
 
     def drain(self):
         """The window's pids, sample total and the kernel's new drops; the samples stay here for build()."""
