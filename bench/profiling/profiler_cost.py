@@ -7,11 +7,11 @@ the whole run, one per CPU. Three phases of --seconds each, one after another:
   agent-on:  the same agent with agent.profiling.enabled (upload_interval --window);
   bcc:       /usr/sbin/profile-bpfcc -F 99 -f for the same seconds (it drains once, at the end).
 For each: CPU seconds of the process (the agent with its worker processes) per second of the measured span (which starts after the
-compile: the agent's after its first drain, profile-bpfcc's once its perf events are open), peak RSS,
+compile: the agent's --warmup windows after its first drain, profile-bpfcc's once its perf events are open), peak RSS,
 and samples received vs the theoretical rate x CPUs x seconds (the agent's span starts and ends just
 after a drain, so --seconds should be a multiple of --window).
 
-Usage (root): .venv/bin/python bench/profiling/profiler_cost.py [--seconds 60] [--window 10] [--no-bcc]
+Usage (root): .venv/bin/python bench/profiling/profiler_cost.py [--seconds 60] [--window 10] [--warmup 1] [--no-bcc]
 """
 import argparse
 import os
@@ -123,6 +123,13 @@ def agent_phase(profiling, args, workdir):
             if time.monotonic() > deadline:
                 raise RuntimeError("agent did not start")
             time.sleep(0.1)
+        # Warm-up windows: the first windows load kallsyms and the symbol tables of every mapped
+        # file, and the file sink starts its JSON worker: one-time costs, left out of the span.
+        seen = metric(port, "telegen_profiler_samples_total")
+        for _ in range(args.warmup if profiling else 0):
+            while metric(port, "telegen_profiler_samples_total") == seen:
+                time.sleep(0.2)
+            seen = metric(port, "telegen_profiler_samples_total")
         cpu0, own0 = tree_cpu_seconds(agent.pid), cpu_seconds(agent.pid)
         samples0, t0 = metric(port, "telegen_profiler_samples_total"), time.monotonic()
         SCRAPE_LATENCY.clear()
@@ -178,6 +185,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--window", type=float, default=10)
+    parser.add_argument("--warmup", type=int, default=1, help="windows left out before the agent's span starts")
     parser.add_argument("--no-bcc", action="store_true", help="skip the profile-bpfcc phase (A/B runs of the agent)")
     args = parser.parse_args()
     cpus = os.cpu_count()
