@@ -33,6 +33,9 @@ _FRAME = struct.Struct("<I")
 RESTART_DELAY = 0.5
 RESTART_DELAY_MAX = 60.0
 STOP_GRACE = 5.0
+# A worker runs this many nice levels below the agent: on a saturated host the reactor (the API)
+# gets the CPU first and a window simply takes longer.
+NICE_INCREMENT = 5
 
 
 class WorkerCrashed(Exception):
@@ -230,6 +233,7 @@ def serve(handlers):
     stdout carries frames only: anything printed goes to stderr (logged by the agent).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the agent's ^C is the agent's to handle
+    os.nice(NICE_INCREMENT)
     out = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr

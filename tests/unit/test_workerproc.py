@@ -10,7 +10,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from telegen.workerproc import Worker, WorkerCrashed, WorkerError
+from telegen.workerproc import NICE_INCREMENT, Worker, WorkerCrashed, WorkerError
 from tests.support.twisted_wait import until
 
 CHILD = """
@@ -19,7 +19,7 @@ from telegen.workerproc import serve
 def fail():
     raise ValueError("bad input")
 serve({"echo": lambda x: x, "big": lambda n: b"x" * n, "fail": fail, "die": lambda: os._exit(3),
-       "hang": lambda: time.sleep(60), "pid": os.getpid})
+       "hang": lambda: time.sleep(60), "pid": os.getpid, "nice": lambda: os.nice(0)})
 """
 
 
@@ -42,6 +42,7 @@ async def test_answers_in_order_large_and_errors_per_call(worker):
     with pytest.raises(WorkerError, match="ValueError: bad input"):
         await worker.call("fail")
     assert await worker.call("pid") == worker.pid == worker.events["started"][0] != os.getpid()
+    assert await worker.call("nice") == min(19, os.nice(0) + NICE_INCREMENT)     # the reactor gets the CPU first
 
 
 @pytest_twisted.ensureDeferred
