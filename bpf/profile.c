@@ -47,6 +47,7 @@ BPF_STACK_TRACE(stacks1, STACK_ENTRIES);
 BPF_ARRAY(generation, u32, 1);
 BPF_PERCPU_ARRAY(drops, u64, DROP_SLOTS);
 BPF_TABLE("lru_hash", u32, u8, seen_pids, 8192);
+BPF_HASH(helper_pids, u32, u8, 16);     /* the agent's worker processes: their CPU is the agent's */
 BPF_RINGBUF_OUTPUT(new_pids, RINGBUF_PAGES);
 
 static __always_inline void count_drop(u32 slot)
@@ -83,7 +84,7 @@ int on_sample(struct bpf_perf_event_data *ctx)
     if (pid == 0)                       /* the idle task: not CPU anyone spent */
         return 0;
 #if !PROFILE_SELF
-    if (telegen_is_self())
+    if (telegen_is_self() || helper_pids.lookup(&pid))
         return 0;
 #endif
     u32 zero = 0;
@@ -140,7 +141,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     if (prev != 0 && (args->prev_state & 3) != 0     /* TASK_INTERRUPTIBLE | TASK_UNINTERRUPTIBLE: blocked */
 #if !PROFILE_SELF
-        && !telegen_is_self()
+        && !telegen_is_self() && !helper_pids.lookup(&tgid)
 #endif
     ) {
         struct offcpu_start start = {.ts = now, .tgid = tgid, .generation = gen};

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # tested against (postgresql, mariadb-server, redis-server).
 APT_PACKAGES=(python3-venv python3-bpfcc bpfcc-tools nginx-light wrk nghttp2-client
               golang-go openssh-client curl make dpkg-dev debhelper ca-certificates systemd
-              python3-systemd systemd-journal-remote gcc libc6-dev
+              python3-systemd systemd-journal-remote gcc libc6-dev binutils
               docker.io busybox-static postgresql mariadb-server redis-server)
 
 missing=()

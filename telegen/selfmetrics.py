@@ -80,6 +80,8 @@ class SelfMetrics:
         self.profiler_samples = Counter("telegen_profiler_samples", "CPU samples drained from the kernel", registry=r)
         self.profiler_profiles = Counter("telegen_profiler_profiles", "Profiles built (one per process and window)", registry=r)
         self.profiler_dropped = Counter("telegen_profiler_dropped", "CPU samples or stacks lost, by reason", ["reason"], registry=r)
+        self.profiler_worker_restarts = Counter("telegen_profiler_worker_restarts", "Profiler worker processes restarted after dying or hanging", registry=r)
+        self.profiler_symbol_evictions = Counter("telegen_profiler_symbol_cache_evictions", "Resolved frames dropped from the symbol cache (agent.profiling.symbol_cache_entries)", registry=r)
 
         # The API itself.
         self.api_requests = Counter("telegen_api_requests", "API requests by route and status code", ["route", "code"], registry=r)

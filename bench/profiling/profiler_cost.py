@@ -6,12 +6,12 @@ the whole run, one per CPU. Three phases of --seconds each, one after another:
   agent-off: the agent (twistd telegen) with profiling off, eBPF and host metrics off: its baseline;
   agent-on:  the same agent with agent.profiling.enabled (upload_interval --window);
   bcc:       /usr/sbin/profile-bpfcc -F 99 -f for the same seconds (it drains once, at the end).
-For each: CPU seconds of the process per second of the measured span (which starts after the
-compile: the agent's after its first drain, profile-bpfcc's once its perf events are open), peak RSS,
+For each: CPU seconds of the process (the agent with its worker processes) per second of the measured span (which starts after the
+compile: the agent's --warmup windows after its first drain, profile-bpfcc's once its perf events are open), peak RSS,
 and samples received vs the theoretical rate x CPUs x seconds (the agent's span starts and ends just
 after a drain, so --seconds should be a multiple of --window).
 
-Usage (root): .venv/bin/python bench/profiling/profiler_cost.py [--seconds 60] [--window 10]
+Usage (root): .venv/bin/python bench/profiling/profiler_cost.py [--seconds 60] [--window 10] [--warmup 1] [--no-bcc]
 """
 import argparse
 import os
@@ -35,13 +35,43 @@ def cpu_seconds(pid):
     return sum(int(fields[i]) for i in (11, 12, 13, 14)) / TICK
 
 
-def peak_rss_mib(pid, field="VmHWM"):
-    with open(f"/proc/{pid}/status") as f:
-        return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1)) / 1024
+def descendants(pid):
+    """Live descendants of pid (the agent's worker processes and their c++filt)."""
+    out = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out.extend(int(c) for c in f.read().split())
+    except OSError:
+        return out
+    return out + [d for c in out for d in descendants(c)]
 
 
-def rss_mib(pid):
-    return peak_rss_mib(pid, "VmRSS")
+def tree_cpu_seconds(pid):
+    """CPU of pid and its live descendants; those that exited are in pid's reaped-children fields."""
+    total = cpu_seconds(pid)
+    for child in descendants(pid):
+        try:
+            total += cpu_seconds(child)
+        except OSError:
+            pass
+    return total
+
+
+def peak_rss_mib(pid, field="VmHWM", tree=False):
+    """A memory field of pid, summed over its live descendants with tree."""
+    total = 0
+    for each in [pid] + (descendants(pid) if tree else []):
+        try:
+            with open(f"/proc/{each}/status") as f:
+                total += int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1)) / 1024
+        except OSError:
+            pass
+    return total
+
+
+def rss_mib(pid, tree=False):
+    return peak_rss_mib(pid, "VmRSS", tree)
 
 
 def free_port():
@@ -93,7 +123,15 @@ def agent_phase(profiling, args, workdir):
             if time.monotonic() > deadline:
                 raise RuntimeError("agent did not start")
             time.sleep(0.1)
-        cpu0, samples0, t0 = cpu_seconds(agent.pid), metric(port, "telegen_profiler_samples_total"), time.monotonic()
+        # Warm-up windows: the first windows load kallsyms and the symbol tables of every mapped
+        # file, and the file sink starts its JSON worker: one-time costs, left out of the span.
+        seen = metric(port, "telegen_profiler_samples_total")
+        for _ in range(args.warmup if profiling else 0):
+            while metric(port, "telegen_profiler_samples_total") == seen:
+                time.sleep(0.2)
+            seen = metric(port, "telegen_profiler_samples_total")
+        cpu0, own0 = tree_cpu_seconds(agent.pid), cpu_seconds(agent.pid)
+        samples0, t0 = metric(port, "telegen_profiler_samples_total"), time.monotonic()
         SCRAPE_LATENCY.clear()
         windows = max(1, round(args.seconds / args.window))
         # One scrape a second in both phases (a scrape costs the agent CPU; the off phase pays the
@@ -103,12 +141,13 @@ def agent_phase(profiling, args, workdir):
             time.sleep(1)
             value = metric(port, "telegen_profiler_samples_total")
             steps, samples1 = steps + (value != samples1), value
-        cpu1, t1 = cpu_seconds(agent.pid), time.monotonic()
-        rss, rss_now, rss_anon = peak_rss_mib(agent.pid), rss_mib(agent.pid), peak_rss_mib(agent.pid, "RssAnon")
+        cpu1, own1, t1 = tree_cpu_seconds(agent.pid), cpu_seconds(agent.pid), time.monotonic()
+        rss, rss_now = peak_rss_mib(agent.pid, tree=True), rss_mib(agent.pid, tree=True)
+        rss_anon = peak_rss_mib(agent.pid, "RssAnon", tree=True)
     finally:
         agent.terminate()
         agent.wait(30)
-    return {"cpu_pct": 100 * (cpu1 - cpu0) / (t1 - t0), "rss_mib": rss, "rss_now_mib": rss_now, "rss_anon_mib": rss_anon,
+    return {"cpu_pct": 100 * (cpu1 - cpu0) / (t1 - t0), "own_pct": 100 * (own1 - own0) / (t1 - t0), "rss_mib": rss, "rss_now_mib": rss_now, "rss_anon_mib": rss_anon,
             "scrape_max": max(SCRAPE_LATENCY, default=0.0),
             "samples": samples1 - samples0, "span": windows * args.window if profiling else t1 - t0}
 
@@ -146,6 +185,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--window", type=float, default=10)
+    parser.add_argument("--warmup", type=int, default=1, help="windows left out before the agent's span starts")
+    parser.add_argument("--no-bcc", action="store_true", help="skip the profile-bpfcc phase (A/B runs of the agent)")
     args = parser.parse_args()
     cpus = os.cpu_count()
     with tempfile.TemporaryDirectory() as workdir:
@@ -160,10 +201,13 @@ def main():
                   f"{off['scrape_max']:.2f} s", flush=True)
             on = agent_phase(True, args, workdir)
             theory = RATE * cpus * on["span"]
-            print(f"agent, profiling on:  {on['cpu_pct']:.2f} % of a core (profiler share {on['cpu_pct'] - off['cpu_pct']:.2f} %), "
+            print(f"agent, profiling on:  {on['cpu_pct']:.2f} % of a core with its workers ({on['own_pct']:.2f} % in the "
+                  f"agent's own process; profiler share {on['cpu_pct'] - off['cpu_pct']:.2f} %), "
                   f"RSS {on['rss_now_mib']:.0f} MiB (anonymous {on['rss_anon_mib']:.0f}, peak {on['rss_mib']:.0f}: the compile), "
                   f"samples {on['samples']:.0f} of {theory:.0f} theoretical "
                   f"({100 * on['samples'] / theory:.1f} %); slowest /metrics scrape {on['scrape_max']:.2f} s", flush=True)
+            if args.no_bcc:
+                return
             bcc = bcc_phase(args)
             theory = RATE * cpus * bcc["span"]
             print(f"profile-bpfcc -F 99:  {bcc['cpu_pct_steady']:.2f} % of a core while sampling, then "

@@ -127,6 +127,7 @@ SCHEMA = Section({
             "pprof_files": Field("bool", True, "Write a pprof file per service and window under <telegen.data_dir>/profiles/."),
             "pprof_max_age": Field("duration", 86400.0, "Delete pprof files older than this.", min=1),
             "pprof_max_bytes": Field("size", 256 * 1024 * 1024, "Delete the oldest pprof files beyond this total.", min=1024),
+            "symbol_cache_entries": Field("int", 200_000, "Resolved frames cached across processes and the kernel (about 150 bytes each).", min=1000, max=1 << 24),
         }),
         "discovery": Section({
             "poll_interval": Field("duration", 5.0, "/proc rescan period.", min=0.1),

@@ -62,7 +62,10 @@ class ProfileBuilder:
         Add one sample: stack is a sequence of frames, innermost first (pprof's order), values
         one number per sample type, labels a dict of str -> str (string labels only).
         """
-        location_ids = [self.location(frame) for frame in stack]
+        self.add_locations([self.location(frame) for frame in stack], values, labels)
+
+    def add_locations(self, location_ids, values, labels=None):
+        """add() for a caller that interned its frames with location() itself (and reuses the ids)."""
         label_ids = [(self.string(k), self.string(str(v))) for k, v in (labels or {}).items()]
         self._samples.append((location_ids, list(values), label_ids))
 
@@ -92,6 +95,6 @@ class ProfileBuilder:
         """The serialized Profile message (not compressed)."""
         return self.message().SerializeToString()
 
-    def gzipped(self):
+    def gzipped(self, level=6):
         """The profile as the pprof tools expect it on the wire: gzipped profile.proto."""
-        return gzip.compress(self.encode(), compresslevel=6)
+        return gzip.compress(self.encode(), compresslevel=level)

@@ -30,7 +30,7 @@ def make_sender(config, kind, reactor):
     otlp = config["otlp"]
     target = resolve(otlp, kind)
     if target is None:
-        return FileSink(sink_dir(config), kind, otlp["file"])
+        return FileSink(sink_dir(config), kind, otlp["file"], reactor)
     if target.protocol == "grpc":
         from telegen.export.grpc_sender import GrpcSender
         return GrpcSender(target, kind, otlp, reactor)

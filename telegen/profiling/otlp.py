@@ -57,12 +57,13 @@ class Dictionary:
         return index
 
     def stack(self, frames):
-        """The stack_table index of frames [(function, module)], innermost first."""
+        """The stack_table index of frames ((function, module), ...), innermost first."""
         key = tuple(frames)
         index = self._stacks.get(key)
         if index is None:
             index = self._stacks[key] = len(self.message.stack_table)
-            self.message.stack_table.add(location_indices=[self.location(n, m) for n, m in frames])
+            known = self._locations.get     # most frames were seen in another stack: no call for them
+            self.message.stack_table.add(location_indices=[known(f) or self.location(*f) for f in key])
         return index
 
     def frames(self, stack_index, source):

@@ -39,10 +39,24 @@ def cpu_profile(samples, window_start, duration, sample_rate, executable, off_cp
                              time_nanos=int(window_start * 1e9), duration_nanos=int(duration * 1e9),
                              mapping_file=executable)
     pad = [0] if off_cpu is not None else []
+    # The same stacks and frames recur across the processes of a service: intern each once.
+    stacks, frame_ids = {}, {}
+
+    def location(frame):
+        location_id = frame_ids[frame] = builder.location((frame[0], frame[1], 0, 0))
+        return location_id
+
+    def locations(frames):
+        frames = tuple(frames)
+        ids = stacks.get(frames)
+        if ids is None:
+            known = frame_ids.get
+            ids = stacks[frames] = [known(frame) or location(frame) for frame in frames]
+        return ids
     for frames, count, labels in samples:
-        builder.add([(name, module, 0, 0) for name, module in frames], [count, count * period] + pad, labels)
+        builder.add_locations(locations(frames), [count, count * period] + pad, labels)
     for frames, nanoseconds, labels in off_cpu or ():
-        builder.add([(name, module, 0, 0) for name, module in frames], [0, 0, nanoseconds], labels)
+        builder.add_locations(locations(frames), [0, 0, nanoseconds], labels)
     return builder
 
 

@@ -1,19 +1,15 @@
 """
 The kernel side of the CPU profiler: compiles bpf/profile.c (through telegen.ebpf.loader, like
-every probe), attaches it to a software cpu-clock perf event on every online CPU, and drains
-the in-kernel sample counts one window at a time.
+every probe) and attaches it to a software cpu-clock perf event on every online CPU.
 
 Why its own perf event fds instead of BCC's attach_perf_event: BCC keeps one dict of fds per
 event type and replaces it when called again, so CPUs that come online later could not be added
 (and their fds would leak). Here each CPU's fd is kept by CPU number; attach_new_cpus() adds the
 missing ones and detach() closes exactly what was opened.
 
-Everything here blocks (syscalls per map entry, the compiler): the service calls it in a thread.
+Draining the maps is the worker process's job (telegen.profiling.worker): the sampler hands it the
+map fds. load() blocks (the compiler): the service calls it in a thread.
 """
-import ctypes
-import errno
-import os
-import time
 from dataclasses import dataclass, field
 
 from telegen.ebpf.loader import LoadError, compile_probe
@@ -29,7 +25,6 @@ DROP_REASONS = ("stack_collision", "stack_map_full", "counts_map_full", "off_cpu
 SETTLE_SECONDS = 0.01
 ONLINE_CPUS = "/sys/devices/system/cpu/online"
 _NEW_PIDS_RING = 64 * 1024
-_EFAULT = -14
 
 
 def parse_cpu_list(text):
@@ -46,36 +41,6 @@ def parse_cpu_list(text):
 def online_cpus(path=ONLINE_CPUS):
     with open(path, encoding="ascii") as f:
         return parse_cpu_list(f.read())
-
-
-def lookup_and_delete_all(table):
-    """
-    [(key, value)] of every entry of a BCC hash table, each removed as it is read, in batches
-    (BPF_MAP_LOOKUP_AND_DELETE_BATCH: a few syscalls for thousands of entries).
-
-    Why not BCC's items_lookup_and_delete_batch: BCC 0.26 binds its in/out batch token and its
-    count to one c_uint32, so any map that takes more than one call fails with EINVAL.
-    """
-    from bcc.libbcc import lib
-
-    room = table.max_entries
-    keys, values = (table.Key * room)(), (table.Leaf * room)()
-    in_batch, out_batch = ctypes.c_uint32(0), ctypes.c_uint32(0)
-    total, first = 0, True
-    while total < room:
-        count = ctypes.c_uint32(room - total)
-        res = lib.bpf_lookup_and_delete_batch(
-            table.map_fd, None if first else ctypes.byref(in_batch), ctypes.byref(out_batch),
-            ctypes.byref(keys, ctypes.sizeof(table.Key) * total), ctypes.byref(values, ctypes.sizeof(table.Leaf) * total),
-            ctypes.byref(count))
-        err = ctypes.get_errno()
-        total += count.value
-        if res != 0:
-            if err == errno.ENOENT:      # no more buckets
-                break
-            raise OSError(err, f"BPF_MAP_LOOKUP_AND_DELETE_BATCH: {os.strerror(err)}")
-        in_batch.value, first = out_batch.value, False
-    return [(keys[i], values[i]) for i in range(total)]
 
 
 class ProfileProbe(Probe):
@@ -114,7 +79,7 @@ class Window:
 
 
 class Sampler:
-    """Loads, attaches, drains and detaches bpf/profile.c. Not thread-safe: one caller at a time."""
+    """Loads, attaches and detaches bpf/profile.c. Not thread-safe: one caller at a time."""
 
     def __init__(self, profiling_config, self_pid, compile_fn=compile_probe, cpus_fn=online_cpus):
         self.probe = ProfileProbe(profiling_config)
@@ -125,8 +90,6 @@ class Sampler:
         self.bpf = None
         self._fn = None
         self._perf_fds = {}       # cpu -> perf event fd
-        self._generation = 0
-        self._drops_seen = [0] * len(DROP_REASONS)
 
     def load(self):
         """Compile and attach on every online CPU (raises LoadError with the reason)."""
@@ -170,56 +133,21 @@ class Sampler:
         self.bpf.cleanup()
         self.bpf = None
 
-    def drain(self):
-        """
-        Flip the generation, then read and empty the previous one: a Window of this period's
-        samples. Samples of programs still writing the old generation after SETTLE_SECONDS stay
-        in its counts map and are read two windows later (lookup-and-delete takes only what it returns).
-        """
-        old = self._generation
-        self._generation = 1 - old
-        table = self.bpf[b"generation"]
-        table[table.Key(0)] = table.Leaf(self._generation)
-        time.sleep(SETTLE_SECONDS)
-        counts = self.bpf[f"counts{old}".encode()]
-        stacks = self.bpf[f"stacks{old}".encode()]
-        window = Window()
-        traces = {}
-        maps = [(counts, window.counts)]
+    def map_fds(self):
+        """[(name, fd)] of the maps the worker drains (telegen.profiling.worker), in the order it gets them."""
+        names = ["generation", "drops", "counts0", "counts1", "stacks0", "stacks1"]
         if self._config["off_cpu"]:
-            maps.append((self.bpf[f"offcpu{old}".encode()], window.off_cpu))
-        for table, out in maps:
-            for key, value in lookup_and_delete_all(table):
-                slot = (key.pid, self._trace(stacks, key.user_stack, traces), self._trace(stacks, key.kernel_stack, traces))
-                out[slot] = out.get(slot, 0) + value
-        window.samples = sum(window.counts.values())
-        for stack_key in list(stacks.keys()):
-            try:
-                del stacks[stack_key]
-            except KeyError:
-                pass
-        return window
+            names += ["offcpu0", "offcpu1"]
+        return [(name, self.bpf[name.encode()].map_fd) for name in names]
 
-    @staticmethod
-    def _trace(stacks, stack_id, cache):
-        """The addresses of one stack id, innermost first; () for none (a negative id)."""
-        if stack_id < 0:
-            return ()
-        trace = cache.get(stack_id)
-        if trace is None:
-            try:
-                trace = cache[stack_id] = tuple(stacks.walk(stack_id))
-            except KeyError:      # deleted under us: the entry outlived its window (see drain())
-                trace = cache[stack_id] = ()
-        return trace
+    def exclude(self, pid):
+        """Never sample pid (the agent's worker process: its CPU is the agent's)."""
+        table = self.bpf[b"helper_pids"]
+        table[table.Key(pid)] = table.Leaf(1)
 
-    def new_drops(self):
-        """{reason: count} of drops since the last call (summed over CPUs)."""
-        table = self.bpf[b"drops"]
-        out = {}
-        for slot, reason in enumerate(DROP_REASONS):
-            total = sum(table[table.Key(slot)])
-            if total > self._drops_seen[slot]:
-                out[reason] = total - self._drops_seen[slot]
-                self._drops_seen[slot] = total
-        return out
+    def include(self, pid):
+        table = self.bpf[b"helper_pids"]
+        try:
+            del table[table.Key(pid)]
+        except KeyError:
+            pass

@@ -4,15 +4,20 @@ ProfilerService: the `profiling` child. Samples every CPU at agent.profiling.sam
 bpf/profile.c, and every upload_interval turns the window's samples into one profile per process:
 OTLP profiles through the export pipeline's `profiles` queue, and a pprof file per service.
 
-Nothing heavy runs on the reactor: compiling, draining the maps, symbolizing and encoding run in
-the thread pool. The reactor only reads the `new_pids` ring (and records the new process's
-mappings at once, while it still runs), asks the process table for resources and selection, and
-submits the records. One window is processed at a time; a window that takes longer than the
-interval delays the next drain, which then covers a longer period (nothing is lost in the kernel).
+Nothing heavy runs in the agent's process: compiling runs in a thread; draining the maps,
+symbolizing and encoding run in a worker process (telegen.profiling.worker, through
+telegen.workerproc) that holds the BPF maps' fds, so neither the reactor nor the GIL it shares
+with the agent's threads waits for them. The reactor only reads the `new_pids` ring (and passes
+the new process's mappings to the worker at once, while it still runs), asks the process table
+for resources and selection, and submits the encoded record. One window is processed at a time;
+a window that takes longer than the interval delays the next drain, which then covers a longer
+period (nothing is lost in the kernel). A worker that dies is restarted; the window it held is
+counted as dropped (`worker_crashed`).
 """
+import json
 import os
 import struct
-from collections import defaultdict
+import sys
 
 from twisted.application import service
 from twisted.internet import defer, threads
@@ -22,29 +27,42 @@ from zope.interface import implementer
 
 from telegen.contracts import IChild
 from telegen.ebpf.ringbuf import RingBufferReader
-from telegen.profiling import otlp, pprof_files
 from telegen.profiling.sampler import Sampler
-from telegen.profiling.symbolize import Symbolizer
+from telegen.profiling.symbolize import read_maps
+from telegen.workerproc import Worker, WorkerCrashed
 
 log = Logger()
-UNKNOWN_SERVICE = "unknown_service"
 # Each new_pids event wakes the reader at once (new processes are rare); the drain timer is only
 # a fallback, so it can be slow.
 NEW_PID_DRAIN = 1.0
 # A new_pids event is bpf/telegen.h's struct telegen_event_header: ts_ns, then the pid (tgid).
 _NEW_PID = struct.Struct("<QI")
+# A worker that takes longer than this for one step of a window is killed and restarted.
+MIN_WORKER_TIMEOUT = 120.0
+
+
+def start_worker(service):
+    """The real worker: `python -m telegen.profiling.worker`, handed the sampler's maps as fds 3, 4, ..."""
+    names, fds = zip(*service.sampler.map_fds())
+    setup = {"profiling": dict(service.profiling), "data_dir": service.config["telegen"]["data_dir"], "maps": names}
+    worker = Worker(service.reactor, "profiler", [sys.executable, "-m", "telegen.profiling.worker", json.dumps(setup)],
+                    fds, timeout=max(MIN_WORKER_TIMEOUT, 2 * service.profiling["upload_interval"]),
+                    on_start=service._worker_started, on_crash=service._worker_crashed)
+    worker.start()
+    return worker
 
 
 @implementer(IChild)
 class ProfilerService(service.Service):
     """
     @param sampler_factory: (profiling config, self pid) -> Sampler; tests swap it.
-    @param symbolizer: a Symbolizer (tests give one with fake /proc paths).
+    @param worker_factory: (this service) -> a started Worker; tests run the worker's handlers in-process.
     @param reader_factory: RingBufferReader's signature, for the new_pids ring; tests swap it.
+    @param proc: where /proc is (tests give a made-up one).
     """
 
     def __init__(self, config, metrics, exporter, processes, reactor=None, sampler_factory=Sampler,
-                 symbolizer=None, run_in_thread=None, reader_factory=RingBufferReader):
+                 worker_factory=start_worker, run_in_thread=None, reader_factory=RingBufferReader, proc="/proc"):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -54,7 +72,9 @@ class ProfilerService(service.Service):
         self.processes = processes
         self._sampler_factory = sampler_factory
         self._reader_factory = reader_factory
-        self.symbolizer = symbolizer or Symbolizer()
+        self._worker_factory = worker_factory
+        self._proc = proc
+        self.worker = None
         self._run_in_thread = run_in_thread or (
             lambda fn, *args: threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args))
         self.sampler = None
@@ -77,6 +97,10 @@ class ProfilerService(service.Service):
     def profiling(self):
         return self._config["agent"]["profiling"]
 
+    @property
+    def config(self):
+        return self._config
+
     def _thread(self, fn, *args):
         return self._run_in_thread(fn, *args)
 
@@ -90,12 +114,14 @@ class ProfilerService(service.Service):
         self.sampler = self._sampler_factory(self.profiling, os.getpid())
         self.loading = self._thread(self.sampler.load)
         self.loading.addCallbacks(self._loaded, self._load_failed)
+        self.loading.addErrback(self._load_failed)      # _loaded itself failed (the worker did not start)
 
     def _loaded(self, _):
         if not self.running:
             self.sampler.detach()
             return
         self._window_start = self.reactor.seconds()
+        self.worker = self._worker_factory(self)
         self._reader = self._reader_factory(self.sampler.bpf, "new_pids", self._on_new_pid, self.metrics,
                                         reactor=self.reactor, drain_interval=NEW_PID_DRAIN)
         self._reader.start()
@@ -117,7 +143,9 @@ class ProfilerService(service.Service):
         exit before the drain, and the process table forgets what it never saw).
         """
         pid = _NEW_PID.unpack_from(raw)[1]
-        self.symbolizer.remember(pid)
+        text = read_maps(pid, self._proc)
+        if text is not None:
+            self.worker.send("maps", pid, text)
         if self.processes is not None:
             if self.processes.lookup(pid) is None:
                 self.processes.on_exec(pid)
@@ -145,8 +173,19 @@ class ProfilerService(service.Service):
         if self._reader is not None:
             self._reader.stop()
             self._reader = None
-        self.sampler.detach()
-        self.state = "stopped"
+        d = self.worker.stop() if self.worker is not None else defer.succeed(None)
+
+        def detached(_):
+            self.sampler.detach()
+            self.state = "stopped"
+        return d.addCallback(detached)
+
+    def _worker_started(self, pid):
+        """A worker's own CPU is the agent's: never sample it."""
+        self.sampler.exclude(pid)
+
+    def _worker_crashed(self, why):
+        self.metrics.profiler_worker_restarts.inc()
 
     # -- windows -----------------------------------------------------------------------------
 
@@ -157,9 +196,9 @@ class ProfilerService(service.Service):
         start, end = self._window_start, self.reactor.seconds()
         self._window_start = end
         self._reader.catch_up()        # mappings of processes that started just now, before they go
-        self._busy = self._thread(self._drain_and_symbolize)
-        self._busy.addCallback(self._grouped, start, end)
-        self._busy.addCallback(lambda grouped: self._thread(self._encode, grouped, start, end))
+        self._busy = defer.maybeDeferred(self.sampler.attach_new_cpus)
+        self._busy.addCallback(lambda _: self.worker.call("drain"))
+        self._busy.addCallback(self._drained, start, end)
         self._busy.addCallback(self._submit)
         self._busy.addErrback(self._window_failed)
 
@@ -168,75 +207,36 @@ class ProfilerService(service.Service):
             return result
         return self._busy.addBoth(done)
 
-    def _drain_and_symbolize(self):
-        """
-        In a thread: {pid: [(frames, count)]} of the window's CPU samples, the same of its off-CPU
-        nanoseconds, the sample total, and the kernel's new drops.
-        """
-        self.sampler.attach_new_cpus()
-        window = self.sampler.drain()
-        drops = self.sampler.new_drops()
-        self.symbolizer.refresh({pid for pid, _, _ in window.counts} | {pid for pid, _, _ in window.off_cpu})
-        return self._symbolized(window.counts), self._symbolized(window.off_cpu), window.samples, drops
-
-    def _symbolized(self, counts):
-        stacks = defaultdict(lambda: defaultdict(int))
-        for (pid, user, kernel), value in counts.items():
-            stacks[pid][tuple(self.symbolizer.stack(pid, user, kernel))] += value
-        return {pid: list(by_stack.items()) for pid, by_stack in stacks.items()}
-
-    def _grouped(self, drained, start, end):
-        """On the reactor: resources and selection from the process table; [(pid, attrs, cpu, off_cpu)]."""
-        cpu, off_cpu, samples, drops = drained
-        self.samples += samples
-        self.metrics.profiler_samples.inc(samples)
-        for reason, n in drops.items():
+    def _drained(self, drained, start, end):
+        """On the reactor: count the samples and drops; the worker builds with the pids' resources and selection."""
+        self.samples += drained["samples"]
+        self.metrics.profiler_samples.inc(drained["samples"])
+        for reason, n in drained["drops"].items():
             self.metrics.profiler_dropped.labels(reason=reason).inc(n)
-        processes = []
-        for pid in cpu.keys() | off_cpu.keys():
-            attrs, selected = self._resource(pid)
-            if not selected:
-                self.metrics.profiler_dropped.labels(reason="not_selected").inc(sum(n for _, n in cpu.get(pid, ())))
-                continue
-            processes.append((pid, attrs, cpu.get(pid, []), off_cpu.get(pid, [])))
+        resources = {pid: self._resource(pid) for pid in drained["pids"]}
         self._early_before, self._early = self._early, {}
-        return processes
+        return self.worker.call("build", start, end, resources)
 
-    def _encode(self, processes, start, end):
-        """In a thread: the window's OTLP record (all processes, one dictionary), one pprof file per service."""
-        rate, duration = self.profiling["sample_rate"], end - start
-        record = otlp.window_profiles([(attrs, cpu, off_cpu) for _, attrs, cpu, off_cpu in processes],
-                                      start, duration, rate) if processes else None
-        written = []
-        if self.profiling["pprof_files"]:
-            directory = pprof_files.profiles_dir(self._config["telegen"]["data_dir"])
-            by_service = defaultdict(list)
-            for process in processes:
-                by_service[process[1].get("service.name", UNKNOWN_SERVICE)].append(process)
-            for service_name, members in by_service.items():
-                labelled = [[(frames, value, {"pid": pid}) for pid, _, *kinds in members for frames, value in kinds[i]]
-                            for i in (0, 1)]
-                builder = pprof_files.cpu_profile(labelled[0], start, duration, rate,
-                                                  members[0][1].get("process.executable.path", ""),
-                                                  off_cpu=labelled[1] if self.profiling["off_cpu"] else None)
-                written.append(pprof_files.write(directory, service_name, start, builder.gzipped()))
-            pprof_files.rotate(directory, self.profiling["pprof_max_age"], self.profiling["pprof_max_bytes"])
-        return (record.SerializeToString(), otlp.profile_count(record)) if record else (None, 0), written
-
-    def _submit(self, encoded):
+    def _submit(self, built):
         """On the reactor: hand the window's record (already serialized) to the export pipeline."""
-        (record, profiles), written = encoded
-        if record is not None:
+        if built["not_selected"]:
+            self.metrics.profiler_dropped.labels(reason="not_selected").inc(built["not_selected"])
+        self.metrics.profiler_symbol_evictions.inc(built["evictions"])
+        if built["record"] is not None:
             # The record carries every process's resource; the queue's own resource key is unused.
-            self.exporter.submit("profiles", {}, [record])
-        self.profiles += profiles
-        self.metrics.profiler_profiles.inc(profiles)
-        self.files_written += len(written)
+            self.exporter.submit("profiles", {}, [built["record"]])
+        self.profiles += built["profiles"]
+        self.metrics.profiler_profiles.inc(built["profiles"])
+        self.files_written += len(built["files"])
         self.windows += 1
-        self.last_window = {"profiles": profiles, "files": written}
-        return profiles
+        self.last_window = {"profiles": built["profiles"], "files": built["files"]}
+        return built["profiles"]
 
     def _window_failed(self, failure):
+        if failure.check(WorkerCrashed):
+            # Logged by the worker's handle with the reason; the window's samples are gone.
+            self.metrics.profiler_dropped.labels(reason="worker_crashed").inc()
+            return 0
         self.metrics.profiler_dropped.labels(reason="window_failed").inc()
         log.failure("CPU profile window failed", failure)
         return 0
@@ -255,6 +255,8 @@ class ProfilerService(service.Service):
             "samples": self.samples,
             "windows": self.windows,
             "files_written": self.files_written,
+            "worker_pid": self.worker.pid if self.worker is not None else None,
+            "worker_restarts": self.worker.restarts if self.worker is not None else 0,
         }
 
     def ready_check(self):

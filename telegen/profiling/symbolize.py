@@ -8,6 +8,7 @@ Turns sampled addresses into frames (function, module), off the reactor thread, 
   mapped by a hundred processes is read once.
 - JIT code: /tmp/perf-PID.map (the perf map convention of V8, the JVM agents, CPython -X perf).
 - Anything else keeps its module and offset ("libfoo.so+0x1a2b", "[unknown] 0x7f..."), never dropped.
+- C++ and Rust names are demangled (telegen.profiling.demangle) once, when their frame is resolved.
 
 Frame pointers are all the kernel unwinds with here: see docs/profiling.md for the limits.
 """
@@ -15,12 +16,12 @@ import bisect
 import os
 from collections import OrderedDict
 
+from telegen.profiling.demangle import Demangler, looks_mangled
 from telegen.profiling.elf import ElfError, ElfSymbols
 
 KERNEL_MODULE = "[kernel.kallsyms]"
 UNKNOWN_MODULE = "[unknown]"
 _TEXT_TYPES = frozenset("tTwW")
-_FRAME_CACHE_MAX = 200_000     # cached frames per process (and of the kernel) before starting over
 
 
 class KernelSymbols:
@@ -54,14 +55,18 @@ class Mapping:
 
 
 def read_maps(pid, proc="/proc"):
-    """Executable mappings of pid (sorted by start), or None when the process is gone."""
+    """The raw text of /proc/PID/maps, or None when the process is gone."""
     try:
-        with open(f"{proc}/{pid}/maps", encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
+        with open(f"{proc}/{pid}/maps", "rb") as f:
+            return f.read()
     except OSError:
         return None
+
+
+def parse_maps(text):
+    """Executable mappings (sorted by start) of a /proc/PID/maps text (bytes)."""
     out = []
-    for line in lines:
+    for line in text.decode("utf-8", "replace").splitlines():
         parts = line.split(None, 5)
         if len(parts) < 5 or "x" not in parts[1]:
             continue
@@ -116,17 +121,22 @@ class _Lru(OrderedDict):
 
 class Symbolizer:
     """
-    Frames for the stacks of a window. remember(pid) records a process's mappings (cheap: one
-    read of /proc/PID/maps); stack() resolves. Not thread-safe: the profiler calls both from
-    its one drain thread, remember() also from the reactor (a dict assignment, atomic in CPython).
+    Frames for the stacks of a window. remember_text(pid, ...) records a process's mappings;
+    stack() resolves. One caller at a time (the profiler's worker process).
+
+    Resolved frames are cached per process (until its mappings change) and for the kernel, at
+    most `cache_entries` in all: beyond that the caches of the processes sampled longest ago are
+    dropped whole (cheaper than an LRU per lookup), and `evictions` counts the frames dropped.
     """
 
-    def __init__(self, proc="/proc", kallsyms="/proc/kallsyms", perf_map_dir="/tmp", elf_cache=256, forget_after=4):
+    def __init__(self, proc="/proc", kallsyms="/proc/kallsyms", perf_map_dir="/tmp", elf_cache=256, forget_after=4,
+                 cache_entries=200_000, demangler=None):
         self._proc = proc
         self._kallsyms = kallsyms
         self._perf_map_dir = perf_map_dir
         self._kernel = None
         self._maps = {}                      # pid -> ([start], [Mapping]) sorted by start
+        self._maps_text = {}                 # pid -> the /proc/PID/maps text they were parsed from
         self._layouts = {}                   # pid -> its mappings' identity, to know when they changed
         self._frames = {}                    # pid -> {(address, is_return): frame} resolved from ELF files
         self._kernel_frames = {}             # (address, is_return) -> frame
@@ -136,48 +146,97 @@ class Symbolizer:
         self._perf_maps = _Lru(64)           # (path, mtime, size) -> PerfMap
         self._window = 0
         self._forget_after = forget_after
+        self._cache_entries = cache_entries
+        self._cached = 0                     # frames in _frames and _kernel_frames
+        self.evictions = 0
+        self._demangler = demangler or Demangler()
 
     # -- process mappings ------------------------------------------------------------------
 
     def remember(self, pid):
-        """Record pid's mappings now, while it runs (its first sample just arrived)."""
-        maps = read_maps(pid, self._proc)
-        if maps is not None:
-            layout = tuple((m.start, m.end, m.offset, m.device, m.inode) for m in maps)
-            if self._layouts.get(pid) != layout:      # exec, dlopen, munmap: cached frames may be wrong
-                self._layouts[pid] = layout
-                self._frames.pop(pid, None)
-            self._maps[pid] = ([m.start for m in maps], maps)
+        """Record pid's mappings now, from /proc (a pid sampled again: dlopen, exec)."""
+        text = read_maps(pid, self._proc)
+        if text is not None:
+            self.remember_text(pid, text)
+
+    def remember_text(self, pid, text):
+        """
+        Record pid's mappings from its /proc/PID/maps text (read by the agent at its first sample,
+        while it ran, or by refresh()). Most processes' maps do not change between windows:
+        an identical text is not parsed again.
+        """
+        if self._maps_text.get(pid) == text:
             self._last_window[pid] = self._window
+            return
+        self._maps_text[pid] = text
+        self._remember_maps(pid, parse_maps(text))
+
+    def _remember_maps(self, pid, maps):
+        layout = tuple((m.start, m.end, m.offset, m.device, m.inode) for m in maps)
+        if self._layouts.get(pid) != layout:      # exec, dlopen, munmap: cached frames may be wrong
+            self._layouts[pid] = layout
+            self._drop_frames(pid)
+        self._maps[pid] = ([m.start for m in maps], maps)
+        self._last_window[pid] = self._window
 
     def refresh(self, pids):
         """Before resolving a window: re-read the mappings of pids still alive (dlopen, exec)."""
         self._window += 1
         self._perf_maps_now = {}
-        if len(self._kernel_frames) > _FRAME_CACHE_MAX:
-            self._kernel_frames.clear()
         for pid in pids:
             self.remember(pid)
             self._last_window.setdefault(pid, self._window)
-        # list(): remember() may add a pid from the reactor thread meanwhile.
-        stale = [pid for pid, seen in list(self._last_window.items()) if self._window - seen > self._forget_after]
+        stale = [pid for pid, seen in self._last_window.items() if self._window - seen > self._forget_after]
         for pid in stale:
-            for table in (self._maps, self._layouts, self._frames):
+            for table in (self._maps, self._maps_text, self._layouts):
                 table.pop(pid, None)
+            self._drop_frames(pid)
             del self._last_window[pid]
+
+    # -- the cache bound -------------------------------------------------------------------
+
+    def _drop_frames(self, pid):
+        self._cached -= len(self._frames.pop(pid, ()))
+
+    def _make_room(self):
+        """
+        Over cache_entries: drop the frame caches of the processes sampled longest ago until a
+        tenth of the bound is free (so this runs rarely), the kernel's last, counting what went.
+        """
+        target = self._cache_entries * 9 // 10
+        before = self._cached
+        for pid in sorted(self._frames, key=lambda p: self._last_window.get(p, 0)):
+            if self._cached <= target:
+                break
+            self._drop_frames(pid)
+        if self._cached > target:
+            self._cached -= len(self._kernel_frames)
+            self._kernel_frames = {}
+        self.evictions += before - self._cached
+
+    def take_evictions(self):
+        """Frames evicted since the last call."""
+        n, self.evictions = self.evictions, 0
+        return n
+
+    def cached(self):
+        return self._cached
 
     # -- resolving -------------------------------------------------------------------------
 
     def stack(self, pid, user, kernel):
-        """[(function, module)] innermost first: the kernel part, then the user part."""
-        frames = [self.kernel_frame(a, i > 0) for i, a in enumerate(kernel)]
-        frames += [self.user_frame(pid, a, i > 0) for i, a in enumerate(user)]
-        return frames
+        """((function, module), ...) innermost first: the kernel part, then the user part."""
+        return (tuple([self.kernel_frame(a, i > 0) for i, a in enumerate(kernel)])
+                + tuple([self.user_frame(pid, a, i > 0) for i, a in enumerate(user)]))
 
     def kernel_frame(self, address, is_return):
         frame = self._kernel_frames.get((address, is_return))
         if frame is None:
-            frame = self._kernel_frames[(address, is_return)] = self._resolve_kernel(address, is_return)
+            frame = self._resolve_kernel(address, is_return)
+            if self._cached >= self._cache_entries:
+                self._make_room()
+            self._kernel_frames[(address, is_return)] = frame
+            self._cached += 1
         return frame
 
     def _resolve_kernel(self, address, is_return):
@@ -203,9 +262,11 @@ class Symbolizer:
             return frame
         frame, cacheable = self._resolve_user(pid, address, is_return)
         if cacheable:
-            if len(frames) > _FRAME_CACHE_MAX:
-                frames.clear()
+            if self._cached >= self._cache_entries:
+                self._make_room()
+                frames = self._frames.setdefault(pid, {})
             frames[(address, is_return)] = frame
+            self._cached += 1
         return frame
 
     def _resolve_user(self, pid, address, is_return):
@@ -224,7 +285,9 @@ class Symbolizer:
         elf = self._elf(pid, mapping)
         vaddr = elf.vaddr(file_offset) if elf is not None else None
         name = elf.function(vaddr) if vaddr is not None else None
-        return (name or f"{os.path.basename(mapping.path)}+0x{file_offset:x}", mapping.path), True
+        if name is None:
+            return (f"{os.path.basename(mapping.path)}+0x{file_offset:x}", mapping.path), True
+        return (self._demangler.demangle(name) if looks_mangled(name) else name, mapping.path), True
 
     def _mapping(self, pid, address):
         starts, maps = self._maps.get(pid, ((), ()))

@@ -10,6 +10,7 @@ the test's own children, since other engineers' programs run on the same CPUs.
 import gzip
 import os
 import shutil
+import struct
 import subprocess
 from collections import Counter
 
@@ -196,14 +197,15 @@ def test_lookup_and_delete_all_drains_maps_that_take_many_batches():
     """15,000 entries need several batch calls (BCC 0.26's own batch drain fails there with EINVAL)."""
     from bcc import BPF
 
-    from telegen.profiling.sampler import lookup_and_delete_all
+    from telegen.profiling.bpfmaps import BpfMap
 
     bpf = BPF(text=b"BPF_HASH(h, u32, u64, 20000);")
     try:
         table = bpf[b"h"]
         for i in range(15000):
             table[table.Key(i)] = table.Leaf(2 * i)
-        drained = lookup_and_delete_all(table)
+        keys, values, count = BpfMap(table.map_fd).lookup_and_delete_all()
+        drained = list(zip(struct.unpack(f"<{count}I", keys), struct.unpack(f"<{count}Q", values)))
         assert sorted(drained) == [(i, 2 * i) for i in range(15000)]
         assert len(table.items()) == 0
     finally:

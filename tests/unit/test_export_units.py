@@ -3,9 +3,11 @@ The pieces under the pipeline: queue bounds and splitting, the OTLP retry tables
 endpoint resolution, the OTLP/JSON codec and the file sink with rotation.
 """
 import json
+import os
 import random
 
 import pytest
+import pytest_twisted
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -240,3 +242,31 @@ def test_file_sink_writes_lines_and_rotates_keeping_max_files(tmp_path):
     kept = [s.name for _, s in read_spans(tmp_path)]
     expected = [s.name for r in sent for s in r.resource_spans[0].scope_spans[0].spans]
     assert kept and kept == expected[-len(kept):]  # the newest lines, in order, none mangled
+
+
+@pytest_twisted.ensureDeferred
+async def test_file_sink_converts_profiles_in_a_worker_process_and_retries_when_it_dies(tmp_path):
+    """A window of profiles is megabytes: its JSON line is made by a child, and a dead child is a retryable outcome."""
+    from twisted.internet import reactor
+
+    from telegen.export import json_worker
+    from telegen.profiling import otlp as profiles_otlp
+
+    workers = []
+
+    def start(reactor, name):
+        workers.append(json_worker.start(reactor, name))
+        return workers[-1]
+
+    sink = FileSink(str(tmp_path / "otlp"), KINDS["profiles"], {"max_bytes": 1 << 20, "max_files": 2}, reactor, start)
+    try:
+        record = profiles_otlp.window_profiles([({"service.name": "svc"}, [((("f", "m"),), 3)], [])], 0.0, 10.0, 99)
+        outcome = await sink.send(record.SerializeToString())
+        assert outcome.kind == "success" and workers[0].pid != os.getpid()
+        line = (tmp_path / "otlp" / "profiles.jsonl").read_text()
+        assert otlpjson.decode(line, KINDS["profiles"].request_cls).SerializeToString() == record.SerializeToString()
+        workers[0]._proto.transport.signalProcess("KILL")
+        outcome = await sink.send(b"\xff")      # sent before the death is noticed, or to no worker at all
+        assert outcome.kind == RETRYABLE and outcome.error_type == "worker_crashed"
+    finally:
+        await sink.close()

@@ -5,6 +5,7 @@ and ProfilerService's window flow with a fake sampler on a Clock.
 """
 import gzip
 import os
+import shutil
 import struct
 import subprocess
 
@@ -18,13 +19,17 @@ from telegen.contracts import IChild
 from telegen.export.queue import Chunk
 from telegen.export.wire import ResourceCache
 from telegen.profiling import otlp, pprof_files
+from telegen.profiling.demangle import Demangler
 from telegen.profiling.elf import ElfError, ElfSymbols
 from telegen.profiling.pprof_proto import Profile
 from telegen.profiling.sampler import Window, parse_cpu_list
 from telegen.profiling.service import ProfilerService
 from telegen.profiling.symbolize import KERNEL_MODULE, Symbolizer
+from telegen.profiling.worker import WindowBuilder
 from telegen.selfmetrics import SelfMetrics
+from telegen.workerproc import WorkerCrashed
 from tests.support.fakes import make_config
+from tests.support.inprocess_worker import InProcessWorker
 
 SOURCE = os.path.join(os.path.dirname(__file__), "..", "integration", "data", "burn.c")
 CHAIN = ("telegen_leaf", "telegen_middle", "telegen_outer", "main")
@@ -91,7 +96,7 @@ def test_user_frames_resolve_after_the_process_exited(tmp_path, binary):
     leaf = start + symbols["telegen_leaf"] + 5
     returns = [start + symbols[name] + 4 for name in CHAIN[1:]]
     frames = sym.stack(77, [leaf, *returns], [])
-    assert frames == [(name, path) for name in CHAIN]
+    assert frames == tuple((name, path) for name in CHAIN)
 
 
 def test_unresolved_frames_keep_module_and_offset_and_perf_maps_resolve_jit(tmp_path, binary):
@@ -110,8 +115,8 @@ def test_kernel_frames_from_kallsyms(tmp_path):
     (tmp_path / "kallsyms").write_text("ffffffff81000000 T _stext\nffffffff81000100 t do_syscall_64\n"
                                        "ffffffff81000200 D some_data\nffffffff81000300 T ksys_write\n")
     sym = Symbolizer(proc=str(tmp_path), kallsyms=str(tmp_path / "kallsyms"))
-    assert sym.stack(1, [], [0xFFFFFFFF81000310, 0xFFFFFFFF81000201]) == [
-        ("ksys_write", KERNEL_MODULE), ("do_syscall_64", KERNEL_MODULE)]
+    assert sym.stack(1, [], [0xFFFFFFFF81000310, 0xFFFFFFFF81000201]) == (
+        ("ksys_write", KERNEL_MODULE), ("do_syscall_64", KERNEL_MODULE))
 
 
 def test_cpu_list_parsing():
@@ -193,12 +198,11 @@ def resources_of(data):
 
 
 class FakeSampler:
-    """The Sampler's surface: one window of samples per drain."""
+    """The Sampler's surface."""
 
     def __init__(self, config, self_pid):
         self.bpf = object()
         self.cpus = [0, 1]
-        self.windows = []
         self.detached = False
 
     def load(self):
@@ -207,14 +211,21 @@ class FakeSampler:
     def attach_new_cpus(self):
         return []
 
+    def detach(self):
+        self.detached = True
+
+
+class FakeDrainer:
+    """The worker's Drainer: one window of samples per drain."""
+
+    def __init__(self):
+        self.windows = []
+
     def drain(self):
         return self.windows.pop(0) if self.windows else Window()
 
     def new_drops(self):
         return {"stack_collision": 2}
-
-    def detach(self):
-        self.detached = True
 
 
 class FakeReader:
@@ -247,14 +258,18 @@ def profiler(tmp_path, binary):
     config = make_config(data_dir=str(tmp_path / "data"))
     config["agent"]["profiling"].update(enabled=True, upload_interval=10)
     clock = Clock()
+    drainer = FakeDrainer()
+    builder = WindowBuilder(config["agent"]["profiling"], config["telegen"]["data_dir"], drainer,
+                            Symbolizer(proc=str(tmp_path / "proc"), perf_map_dir=str(tmp_path)))
     service = ProfilerService(config, SelfMetrics(), FakeExporter(), None, reactor=clock,
                               sampler_factory=FakeSampler, reader_factory=FakeReader,
-                              symbolizer=Symbolizer(proc=str(tmp_path / "proc"), perf_map_dir=str(tmp_path)),
+                              worker_factory=lambda _: InProcessWorker(builder.handlers()), proc=str(tmp_path / "proc"),
                               run_in_thread=lambda fn, *args: defer.maybeDeferred(fn, *args))
     service.startService()
     leaf = start + symbols["telegen_leaf"] + 5
     returns = tuple(start + symbols[name] + 4 for name in CHAIN[1:])
-    service.sampler.windows.append(Window({(77, (leaf, *returns), ()): 9}, 9))
+    drainer.windows.append(Window({(77, (leaf, *returns), ()): 9}, 9))
+    service.drainer = drainer
     yield service, clock, tmp_path / "data" / "profiles", path
     service.stopService()
 
@@ -335,7 +350,7 @@ def test_discovery_selection_applies_and_resources_are_taken_at_the_first_sample
     service.processes = FakeProcesses()
     service._on_new_pid(struct.pack("<QIII4x", 1, 78, 78, 1))
     assert service.processes.execs == [78]                     # the table learns a pid it had not seen
-    service.sampler.windows[0].counts[(78, (), ())] = 4
+    service.drainer.windows[0].counts[(78, (), ())] = 4
     clock.advance(10)
     [(_, _, [record])] = service.exporter.submitted
     assert resources_of(otlp.pb.ProfilesData.FromString(record)) == [{"service.name": "svc-78", "process.pid": 78}]
@@ -347,8 +362,8 @@ def test_off_cpu_samples_are_a_third_pprof_value_and_their_own_otlp_profile(prof
     service, clock, directory, path = profiler
     service._config["agent"]["profiling"]["off_cpu"] = True
     service._on_new_pid(struct.pack("<QIII4x", 1, 77, 77, 1))
-    leaf, *_ = next(iter(service.sampler.windows[0].counts))[1]
-    service.sampler.windows[0].off_cpu[(77, (leaf,), ())] = 2_000_000_000
+    leaf, *_ = next(iter(service.drainer.windows[0].counts))[1]
+    service.drainer.windows[0].off_cpu[(77, (leaf,), ())] = 2_000_000_000
     clock.advance(10)
     [(_, _, [record])] = service.exporter.submitted
     data = otlp.pb.ProfilesData.FromString(record)
@@ -375,3 +390,62 @@ def test_cached_frames_are_forgotten_when_the_mappings_change(tmp_path, binary):
     sym.refresh({79})
     assert sym.user_frame(79, address, False) == (f"[unknown] 0x{address:x}", "[unknown]")
     assert sym.user_frame(79, 0x7F0000000000 + symbols["telegen_leaf"] + 5, False) == ("telegen_leaf", path)
+
+
+def test_a_window_lost_with_its_worker_is_counted_and_the_next_one_works(profiler):
+    service, clock, directory, _ = profiler
+    handlers = service.worker.handlers
+    build = handlers["build"]
+
+    def crash(*args):
+        service._worker_crashed("exited")           # what Worker does before failing the calls in flight
+        raise WorkerCrashed("profiler worker ended")
+    handlers["build"] = crash
+    clock.advance(10)
+    registry = service.metrics.registry
+    assert registry.get_sample_value("telegen_profiler_dropped_total", {"reason": "worker_crashed"}) == 1
+    assert registry.get_sample_value("telegen_profiler_worker_restarts_total") == 1
+    assert service.status()["profiles_collected"] == 0 and not service.exporter.submitted
+    handlers["build"] = build
+    service.drainer.windows.append(Window({(77, (), ()): 5}, 5))
+    clock.advance(10)
+    assert service.status()["profiles_collected"] == 1
+
+
+def test_frame_caches_are_bounded_and_evictions_counted(tmp_path, binary):
+    """Past cache_entries, the caches of the processes sampled longest ago go first; what went is counted."""
+    path, symbols = binary
+    for pid in (81, 82):
+        fake_proc(tmp_path / "proc", pid, path)
+    sym = Symbolizer(proc=str(tmp_path / "proc"), perf_map_dir=str(tmp_path), cache_entries=100)
+    sym.refresh({81})
+    for offset in range(60):
+        sym.user_frame(81, 0x555555555000 + offset, False)
+    sym.refresh({82})
+    for offset in range(60):
+        sym.user_frame(82, 0x555555555000 + offset, False)
+    assert sym.cached() <= 100
+    assert sym.take_evictions() == 60 and sym.take_evictions() == 0     # pid 81's, sampled a window earlier
+    assert sym.user_frame(82, 0x555555555000, False)[1] == path
+
+
+def test_cpp_and_rust_names_are_demangled(tmp_path):
+    """A g++-built function resolves to its C++ name; a Rust legacy symbol loses its hash suffix."""
+    if shutil.which("g++") is None or shutil.which("c++filt") is None:
+        pytest.skip("needs g++ and c++filt (binutils)")
+    source = tmp_path / "cpp.cc"
+    source.write_text("namespace telegen { template <typename T> struct Box { __attribute__((noinline)) T spin(T n); };\n"
+                      "template <typename T> T Box<T>::spin(T n) { volatile T s = 0; for (T i = 0; i < n; i++) s += i; return s; } }\n"
+                      "int main() { return telegen::Box<int>().spin(3); }\n")
+    binary = str(tmp_path / "cpp")
+    subprocess.run(["g++", "-O2", "-fno-omit-frame-pointer", "-o", binary, str(source)], check=True)
+    nm = subprocess.run(["nm", binary], capture_output=True, text=True, check=True).stdout
+    [(address, mangled)] = [(int(p[0], 16), p[2]) for p in map(str.split, nm.splitlines()) if len(p) == 3 and "spin" in p[2]]
+    start = fake_proc(tmp_path / "proc", 83, binary)
+    sym = Symbolizer(proc=str(tmp_path / "proc"), perf_map_dir=str(tmp_path))
+    sym.refresh({83})
+    assert mangled.startswith("_Z")
+    name, module = sym.user_frame(83, start + address + 2, False)
+    assert name.startswith("telegen::Box<int>::spin(int)") and module == binary     # gcc may add " [clone .isra.0]"
+    assert Demangler().demangle("_ZN4core3fmt5write17h0123456789abcdefE") == "core::fmt::write"
+    assert Demangler().demangle("not_mangled") == "not_mangled"
