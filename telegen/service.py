@@ -83,7 +83,7 @@ class ExportHandle:
             return 0
         return pipeline.submit(signal_name, resource_attrs, records)
 
-    def submit_tracked(self, signal_name, resource_attrs, records):
+    def submit_tracked(self, signal_name, resource_attrs, records, order=None):
         """Forward to the current pipeline (ExportPipeline.submit_tracked); without one, settled as dropped."""
         pipeline = self._agent.child("export")
         if pipeline is None:
@@ -91,7 +91,7 @@ class ExportHandle:
 
             self._agent.metrics.queue_dropped.labels(signal_type=signal_name, reason="disabled").inc(len(records))
             return len(records), settled_delivery(len(records), "disabled")
-        return pipeline.submit_tracked(signal_name, resource_attrs, records)
+        return pipeline.submit_tracked(signal_name, resource_attrs, records, order)
 
 
 class AgentService(MultiService):

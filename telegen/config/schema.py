@@ -144,6 +144,7 @@ SCHEMA = Section({
             "include": Field("list_str", [], "Globs of files to tail (** spans directories)."),
             "exclude": Field("list_str", [], "Globs of files never tailed (wins over include)."),
             "poll_interval": Field("duration", 0.25, "Expand the globs and read new lines this often (at once again while a file has more).", min=0.01, max=60),
+            "inotify": Field("bool", True, "Also read at once when a watched directory reports a write, a new file or a move (Linux inotify); polling stays the fallback."),
             "start_at": Field("enum", "end", "Where files found at the very first run start (no checkpoint yet); files seen later start at their beginning.", choices=("end", "beginning")),
             "fingerprint_size": Field("size", 1000, "Leading bytes that identify a file across renames, copytruncate and re-creation.", min=16, max=65536),
             "max_line_size": Field("size", 1024 * 1024, "Longer lines are split or truncated (see long_lines), and counted.", min=16, max=64 * 1024 * 1024),

@@ -16,13 +16,15 @@ class Delivery:
     object once exported + dropped == items.
     """
 
-    __slots__ = ("items", "exported", "dropped", "done")
+    __slots__ = ("items", "exported", "dropped", "done", "order")
 
-    def __init__(self, items):
+    def __init__(self, items, order=None):
+        """order: the source whose records must arrive in order (SignalExporter keeps them so), or None."""
         self.items = items
         self.exported = 0
         self.dropped = {}
         self.done = Deferred()
+        self.order = order
 
     @property
     def settled(self):

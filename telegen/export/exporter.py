@@ -11,14 +11,17 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from telegen.export.delivery import Delivery
-from telegen.export.queue import BoundedQueue
+from telegen.export.queue import BoundedQueue, order_of
 from telegen.export.retry import PERMANENT, RETRYABLE, SUCCESS, Outcome
 from telegen.export.wire import ResourceCache, encode_request
 
 MAX_IN_FLIGHT = 2
-# Signals whose records must arrive in the order they were submitted (lines of a log file): one
-# request at a time, so a batch waiting for a retry is never overtaken by the next one.
-IN_FLIGHT = {"logs": 1}
+# Signals whose records of one source (Delivery.order: a log file's lineage, the journal) must
+# arrive in the order they were submitted: a batch is not started while another batch holding
+# records of one of its sources is out (sent, or waiting for a retry), so a source's records are
+# never overtaken; batches of other sources go meanwhile, up to IN_FLIGHT requests.
+ORDERED = {"logs"}
+IN_FLIGHT = {"logs": 4}
 
 _log = Logger()
 
@@ -43,12 +46,14 @@ def resource_key(attrs):
 class Batch:
     """An encoded export request being sent, with the items it holds and a Deferred fired when settled."""
 
-    __slots__ = ("payload", "items", "deliveries", "first_attempt", "attempt", "retry_call", "settled", "done")
+    __slots__ = ("payload", "items", "deliveries", "first_attempt", "attempt", "retry_call", "settled", "done",
+                 "orders")
 
     def __init__(self, payload, items, deliveries, now):
         self.payload = payload
         self.items = items
         self.deliveries = deliveries  # [(Delivery, items of it in this batch)]
+        self.orders = ()  # the sources of its records (queue.order_of), for ORDERED signals
         self.first_attempt = now
         self.attempt = 0
         self.retry_call = None
@@ -60,7 +65,7 @@ class SignalExporter:
     """Queue, batcher and retrying sender of one signal."""
 
     def __init__(self, kind, queue_config, sender, backoff, counters, reactor, on_attempt,
-                 max_in_flight=MAX_IN_FLIGHT):
+                 max_in_flight=MAX_IN_FLIGHT, ordered=False):
         self.kind = kind
         self.sender = sender
         self.queue = BoundedQueue(queue_config["capacity"], queue_config["max_bytes"])
@@ -72,6 +77,7 @@ class SignalExporter:
         self._reactor = reactor
         self._on_attempt = on_attempt
         self._max_in_flight = max_in_flight
+        self._ordered = ordered
         self._in_flight = set()
         self._timer = None
         self._overdue = False
@@ -105,14 +111,15 @@ class SignalExporter:
         self._pump()
         return taken
 
-    def submit_tracked(self, resource_attrs, records):
+    def submit_tracked(self, resource_attrs, records, order=None):
         """
         Queue the leading records that fit, and never drop the rest: return (accepted, Delivery
         of the accepted ones or None). The caller keeps what was not accepted (back-pressure).
+        `order`: the source these records come from, kept in order (ORDERED signals).
         """
         if self._closed:
             return 0, None
-        delivery = Delivery(0)
+        delivery = Delivery(0, order)
         taken, items = self.queue.offer(resource_key(resource_attrs), resource_attrs, records, self.kind.weight, delivery)
         if not taken:
             return 0, None
@@ -127,9 +134,12 @@ class SignalExporter:
         """Start batches while slots are free: full ones always, partial ones once the timer fired."""
         if self._closed:
             return
-        while len(self._in_flight) < self._max_in_flight and self.queue.items and (
-                self.queue.items >= self._batch_size or self._overdue):
-            self._start(self.queue.take(self._batch_size))
+        while len(self._in_flight) < self._max_in_flight and self.queue.items:
+            blocked = set().union(*(b.orders for b in self._in_flight)) if self._ordered else None
+            ready = self.queue.ready(blocked)
+            if not ready or (ready < self._batch_size and not self._overdue):
+                break
+            self._start(self.queue.take(self._batch_size, blocked))
         if not self.queue.items:
             self._overdue = False
             if self._timer is not None:
@@ -149,6 +159,8 @@ class SignalExporter:
         deliveries = [(c.delivery, c.items) for c in chunks if c.delivery is not None]
         batch = Batch((self.kind.encode or encode_request)(chunks, self._resources), items, deliveries,
                       self._reactor.seconds())
+        if self._ordered:
+            batch.orders = {order_of(c) for c in chunks}
         self._counters.batch_size(items)
         self._in_flight.add(batch)
         self._attempt(batch)

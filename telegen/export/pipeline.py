@@ -16,7 +16,7 @@ from telegen.contracts import IChild, IRecordSink
 from telegen.export.counters import SignalCounters
 from telegen.export.delivery import settled_delivery
 from telegen.export.endpoints import main_target, resolve
-from telegen.export.exporter import IN_FLIGHT, MAX_IN_FLIGHT, SignalExporter
+from telegen.export.exporter import IN_FLIGHT, MAX_IN_FLIGHT, ORDERED, SignalExporter
 from telegen.export.file_sink import FileSink, sink_dir
 from telegen.export.kinds import KINDS
 from telegen.export.retry import Backoff
@@ -61,7 +61,7 @@ class ExportPipeline(service.Service):
                 self._exporters[signal] = SignalExporter(
                     kind, config["queues"][signal], sender_factory(config, kind, reactor),
                     Backoff(config["backoff"]), SignalCounters(metrics, signal), reactor, self._attempt_done,
-                    IN_FLIGHT.get(signal, MAX_IN_FLIGHT))
+                    IN_FLIGHT.get(signal, MAX_IN_FLIGHT), signal in ORDERED)
         self._disabled_counters = {s: SignalCounters(metrics, s) for s in SIGNALS if s not in self._exporters}
         self._disabled_dropped = dict.fromkeys(self._disabled_counters, 0)
         self._main_target = main_target(self._otlp)
@@ -95,15 +95,16 @@ class ExportPipeline(service.Service):
         self._disabled_dropped[signal] += items
         return 0
 
-    def submit_tracked(self, signal, resource_attrs, records):
+    def submit_tracked(self, signal, resource_attrs, records, order=None):
         """
         Like submit, for a producer that can hold what does not fit: return (accepted, Delivery);
         records beyond the queue's room are left to the caller, not dropped. With the signal
-        disabled every record is counted dropped (disabled) at once.
+        disabled every record is counted dropped (disabled) at once. `order`: the source of the
+        records, whose records the exporter keeps in submission order (logs).
         """
         exporter = self._exporters.get(signal)
         if exporter is not None:
-            return exporter.submit_tracked(resource_attrs, records)
+            return exporter.submit_tracked(resource_attrs, records, order)
         self.submit(signal, resource_attrs, records)
         return len(records), settled_delivery(KINDS[signal].items(records), "disabled")
 

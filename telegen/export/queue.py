@@ -29,6 +29,11 @@ class Chunk:
         self.delivery = delivery  # the Delivery told when these records settle, or None
 
 
+def order_of(chunk):
+    """The source a chunk's records come from (Delivery.order); None: submitted without one (one source too)."""
+    return chunk.delivery.order if chunk.delivery is not None else None
+
+
 class BoundedQueue:
     """FIFO of Chunks with capacity in items and bytes; take() pops up to n items."""
 
@@ -38,6 +43,7 @@ class BoundedQueue:
         self.items = 0
         self.nbytes = 0
         self._chunks = deque()
+        self._by_order = {}  # items queued per order key (order_of), so ready() costs O(blocked keys)
 
     def __len__(self):
         return self.items
@@ -77,9 +83,34 @@ class BoundedQueue:
         self._chunks.append(chunk)
         self.items += chunk.items
         self.nbytes += chunk.nbytes
+        key = order_of(chunk)
+        self._by_order[key] = self._by_order.get(key, 0) + chunk.items
 
-    def take(self, max_items):
-        """Pop chunks holding up to max_items items (at least one record if any is queued)."""
+    def _taken(self, chunk):
+        """Account for a chunk (or a split head) leaving the queue."""
+        self.items -= chunk.items
+        self.nbytes -= chunk.nbytes
+        key = order_of(chunk)
+        left = self._by_order[key] - chunk.items
+        if left:
+            self._by_order[key] = left
+        else:
+            del self._by_order[key]
+
+    def ready(self, blocked):
+        """Items not held back by `blocked` (order keys of batches still out); all when it is empty."""
+        if not blocked:
+            return self.items
+        by_order = self._by_order
+        return self.items - sum(by_order.get(key, 0) for key in blocked)
+
+    def take(self, max_items, blocked=None):
+        """
+        Pop chunks holding up to max_items items (at least one record if any is queued), skipping
+        the chunks of order keys in `blocked`: those stay, in their order, for a later batch.
+        """
+        if blocked:
+            return self._take_unblocked(max_items, blocked)
         out, items = [], 0
         while self._chunks and items < max_items:
             chunk = self._chunks[0]
@@ -91,8 +122,30 @@ class BoundedQueue:
                     break
             out.append(chunk)
             items += chunk.items
-            self.items -= chunk.items
-            self.nbytes -= chunk.nbytes
+            self._taken(chunk)
+        return out
+
+    def _take_unblocked(self, max_items, blocked):
+        held = self._chunks
+        self._chunks = deque()
+        out, items = [], 0
+        while held:
+            chunk = held.popleft()
+            if items >= max_items or order_of(chunk) in blocked:
+                self._chunks.append(chunk)
+                continue
+            if items + chunk.items > max_items:
+                self._chunks.appendleft(chunk)  # _split works on the head
+                head = self._split(chunk, max_items - items, first=not out)
+                rest = self._chunks.popleft()
+                if head is None:
+                    self._chunks.append(rest)
+                    continue
+                self._chunks.append(rest)
+                chunk = head
+            out.append(chunk)
+            items += chunk.items
+            self._taken(chunk)
         return out
 
     def _split(self, chunk, room, first):

@@ -15,15 +15,20 @@ class Progress:
     def __init__(self, committed):
         self.committed = committed
         self.generation = 0  # bumped by a rewind: deliveries of an older generation are ignored
-        self.records = deque()   # (encoded record, position after it) not yet taken by the pipeline
+        self.records = deque()   # (encoded record, position after it[, resource]) not yet taken by the pipeline
         self.inflight = deque()  # [position, delivered] per submitted delivery
         self.resource = None
+        self.order = None        # the source key its records are kept in order under (SignalExporter)
 
     def clear(self):
         """Forget held records and deliveries in flight (the source is read again from `committed`)."""
         self.generation += 1
         self.records = deque()
         self.inflight = deque()
+
+    def leading(self):
+        """(resource, n): the first n held records go out with `resource` (all of a file's records)."""
+        return self.resource, len(self.records)
 
     def submitted(self, position):
         """A delivery of records up to `position` left for the pipeline; returns its token."""

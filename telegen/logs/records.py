@@ -109,6 +109,24 @@ def body_head(n):
     return _BODY + (_LENGTH[outer] if outer < 16384 else varint(outer)) + _STRING + inner
 
 
+class Heads(dict):
+    """Field heads by payload length, made on first use: heads[n] + payload is the field."""
+
+    def __init__(self, make, keep=4096):
+        super().__init__()
+        self._make = make
+        self._keep = keep
+
+    def __missing__(self, n):
+        head = self._make(n)
+        if n < self._keep:  # longer values are rare: do not keep one head per length
+            self[n] = head
+        return head
+
+
+BODY_HEADS = Heads(body_head)  # string bodies' heads, by length in bytes, for the batch encoders
+
+
 def severity_fields(text, number):
     """severity_number and severity_text fields."""
     out = bytes((_SEVERITY, number)) if number else b""

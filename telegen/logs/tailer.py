@@ -2,7 +2,8 @@
 The `logs` child: tails the files matched by agent.logs.include (minus exclude) into OTLP logs,
 with no line lost or sent twice across rotation, restarts and collector outages.
 
-How, in one poll (every agent.logs.poll_interval, at once again while files have more to read):
+How, in one poll (every agent.logs.poll_interval, at once again while files have more to read, and
+on Linux soon after inotify reports a write, a new file or a move in a watched directory):
 1. Records the pipeline could not take last time are offered first; while the logs queue is full
    nothing is read (back-pressure: lines wait in their files, not in memory).
 2. The globs are expanded; each file's first bytes are matched to a known fingerprint
@@ -18,36 +19,76 @@ Files are read with pread on the reactor thread: local files, bounded bytes per 
 
 A container runtime's file (writers.py) is submitted with its container's resource once the
 process table knows the container (the resource that container's spans carry), before that with
-what its path names; a file keeps the resource discovery gave it.
+what its path names; a file keeps the resource discovery gave it. Journal entries get theirs per
+entry (journal.EntryResources) and are submitted in runs of one resource.
 """
 import fnmatch
 import glob
 import os
 import stat
 import time
+from itertools import islice
+from operator import itemgetter, methodcaller
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorFDSet
+from twisted.python.filepath import FilePath
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from telegen.contracts import IChild
 from telegen.discovery.procfs import UNKNOWN_SERVICE
 from telegen.export.pipeline import writable
-from telegen.logs import fastplain, records, writers
+from telegen.logs import fastplain, jsonbatch, records, writers
 from telegen.logs.checkpoint import CheckpointStore
 from telegen.logs.files import Fingerprints, TrackedFile, digest
-from telegen.logs.journal import JournalSource, open_reader
+from telegen.logs.journal import EntryResources, JournalSource, open_reader
 from telegen.logs.multiline import Multiline
 from telegen.logs.parsers import Format
 from telegen.signals.common import host_resource_attributes
 from telegen.timebox import within
 
+try:
+    from twisted.internet import inotify
+except ImportError:  # not Linux: polling alone
+    inotify = None  # type: ignore[assignment]
+
 READ_BYTES = 1 << 20  # per file per poll: one busy file cannot starve the others
 JOURNAL_ENTRIES = 5000  # journal entries per poll, for the same reason
 SHUTDOWN = "shutdown"
+# inotify: what wakes the tailer in a watched directory, and the least time between two polls it
+# wakes (a file written line by line would otherwise make a poll of every line).
+WAKE_EVENTS = 0
+if inotify is not None:
+    WAKE_EVENTS = inotify.IN_MODIFY | inotify.IN_CREATE | inotify.IN_MOVED_TO | inotify.IN_MOVED_FROM | inotify.IN_ONLYDIR
+WAKE_GAP = 0.1
 
 _log = Logger()
+
+
+_STARTS_AS_OBJECT = methodcaller("startswith", b"{")
+
+
+def _json_application_lines(raws):
+    """
+    True if format "auto" would parse every line as an application's JSON object: each starts
+    with "{" and none may be a Docker json-file envelope (those name "log"; they take the general
+    path, which unwraps them).
+    """
+    return all(map(_STARTS_AS_OBJECT, raws)) and b'"log"' not in b"\n".join(raws)
+
+
+def order_key(path, writer):
+    """
+    The source a file's records are kept in order under while several logs requests are out: its
+    container (kubelet's links of all containers share one directory), else its directory. A
+    file and its rotated names and successors (renamed, copied or re-created in place, also those
+    found after a restart) share it, so a successor's lines never overtake its predecessor's.
+    """
+    if writer is not None and writer.container_id:
+        return ("container", writer.container_id)
+    return ("directory", os.path.dirname(path))
 
 
 class _NoJoin:
@@ -85,6 +126,10 @@ class LogTailer(service.Service):
         self._include = list(logs["include"])
         self._exclude = list(logs["exclude"])
         self._interval = logs["poll_interval"]
+        self._use_inotify = logs["inotify"]
+        self._notifier = None
+        self._watched = set()       # directories inotify watches
+        self._last_poll = 0.0
         self._start_at_end = logs["start_at"] == "end"
         self._fingerprint_size = logs["fingerprint_size"]
         self._max_line_size = logs["max_line_size"]
@@ -98,6 +143,9 @@ class LogTailer(service.Service):
         # plain lines skip decoding and the Parsed record when nothing joins lines (fastplain.py)
         self._fast = (fastplain.encoder(self._format == "auto")
                       if self._format in ("plain", "auto") and not self._multiline else None)
+        # JSON lines are encoded a read at a time, column by column (jsonbatch.py); with format
+        # auto too when every line of a read is an application's JSON object
+        self._json_batch = self._format == "json" and not self._multiline
         self._wall_clock = wall_clock
         self._journal_reader = journal_reader
         self._resource = host_resource_attributes(config)
@@ -131,13 +179,32 @@ class LogTailer(service.Service):
             self._files.add(self._new_file(length, digest_hex, offset, path))
         if self._journal_config["enabled"]:
             self._open_journal(cursor)
+        self._notifier = self._start_notifier()
         self._call = self.reactor.callLater(0, self._poll)
+
+    def _start_notifier(self):
+        """
+        An inotify instance on the real reactor (Linux), or None: not asked for, not Linux, a
+        reactor without file descriptors (tests' Clock), or no inotify instance left to the user.
+        """
+        if not self._use_inotify or inotify is None or not IReactorFDSet.providedBy(self.reactor):
+            return None
+        try:
+            notifier = inotify.INotify(self.reactor)
+        except inotify.INotifyError as exc:
+            _log.warn("inotify unavailable ({error}): log files are polled only", error=exc)
+            return None
+        notifier.startReading()
+        return notifier
 
     def _open_journal(self, cursor):
         journal = self._journal_config
         try:
             reader = self._journal_reader(journal["directory"])
-            self._journal = JournalSource(reader, journal["units"], self._start_at_end, cursor, self._resource)
+            resources = EntryResources(self._processes, self._resource, self._container_base, self._interval,
+                                       self.reactor.seconds)
+            self._journal = JournalSource(reader, journal["units"], self._start_at_end, cursor, self._resource, resources)
+            self._journal.order = ("journal",)
         except (ImportError, OSError, ValueError) as exc:
             self._journal_error = f"{type(exc).__name__}: {exc}"
             self.last_error = f"journal: {self._journal_error}"
@@ -153,6 +220,9 @@ class LogTailer(service.Service):
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        if self._notifier is not None:
+            self._notifier.loseConnection()
+            self._notifier, self._watched = None, set()
         d = within(defer.DeferredList(list(self._waiting)), self.reactor, self._shutdown_timeout)
         return d.addCallback(lambda _: self._closed())
 
@@ -174,6 +244,7 @@ class LogTailer(service.Service):
             "files_watched": sum(1 for t in self._files if t.seen),
             "files_open": sum(1 for t in self._files if t.fd is not None),
             "polls": self.polls,
+            "inotify_directories": len(self._watched) if self._notifier is not None else None,
             "backpressure_pauses": self.backpressure,
             "checkpoint": self._store.path,
             "journal": {"enabled": self._journal_config["enabled"],
@@ -196,6 +267,10 @@ class LogTailer(service.Service):
 
     def _poll(self):
         self._call = None
+        self._last_poll = self.reactor.seconds()
+        if self._notifier is not None and not self._notifier.connected:
+            # Twisted's INotify closes itself when a watched directory is removed: a new one
+            self._notifier, self._watched = self._start_notifier(), set()
         more = False
         try:
             if self._offer_held():
@@ -212,6 +287,48 @@ class LogTailer(service.Service):
             self._schedule_save()
         if not self._stopped:
             self._call = self.reactor.callLater(0 if more else self._interval, self._poll)
+            if self._notifier is not None:
+                self._notifier.startReading()
+
+    # -- inotify -------------------------------------------------------------------------------
+
+    def _woken(self, _watch, _path, _mask):
+        """
+        A watched directory changed: poll now (or WAKE_GAP after the last poll). The inotify
+        descriptor is not read again until that poll ran; the kernel merges what happens meanwhile.
+        """
+        if self._notifier is None or self._call is None:
+            return
+        self._notifier.stopReading()
+        now = self.reactor.seconds()
+        delay = max(0.0, self._last_poll + WAKE_GAP - now)
+        if self._call.getTime() > now + delay:
+            self._call.reset(delay)
+
+    def _watch(self, paths):
+        """
+        Watch the directories the globs start from and those of the files found, so a write, a
+        new file or a rename there wakes the tailer; directories no longer needed are let go.
+        """
+        wanted = {os.path.dirname(p) for p in paths}
+        for pattern in self._include:
+            static = pattern
+            while glob.has_magic(static):
+                static = os.path.dirname(static)
+            wanted.add(static if static != pattern else os.path.dirname(pattern))
+        notifier = self._notifier
+        for directory in self._watched - wanted:
+            self._watched.discard(directory)
+            try:
+                notifier.ignore(FilePath(directory))
+            except KeyError:
+                pass  # the directory went away: inotify dropped its watch itself
+        for directory in wanted - self._watched:
+            try:
+                notifier.watch(FilePath(directory), WAKE_EVENTS, callbacks=[self._woken])
+            except inotify.INotifyError:
+                continue  # missing (yet), or out of watches: polling covers it
+            self._watched.add(directory)
 
     def _paths(self):
         found = set()
@@ -225,7 +342,10 @@ class LogTailer(service.Service):
             tracked.seen = False
         by_inode = {t.inode: t for t in self._files if t.fd is not None}
         order = []
-        for path in self._paths():
+        paths = self._paths()
+        if self._notifier is not None:
+            self._watch(paths)
+        for path in paths:
             tracked = self._match(path, by_inode)
             if tracked is not None:
                 order.append(tracked)
@@ -309,6 +429,8 @@ class LogTailer(service.Service):
     def _describe(self, tracked):
         tracked.file_attrs = records.file_attributes(tracked.path)
         writer = writers.writer_of(tracked.path)
+        if tracked.order is None:
+            tracked.order = order_key(tracked.path, writer)
         if tracked.resource is None or writer != tracked.writer:  # a rotated name of the same writer keeps its resource
             tracked.writer, tracked.discovered, tracked.next_lookup = writer, False, 0.0
             tracked.resource = dict(self._container_base, **writer.named) if writer is not None else self._resource
@@ -387,18 +509,32 @@ class LogTailer(service.Service):
             return
         self.metrics.logs_lines_read.inc(len(lines))
         fast = self._fast
-        if fast is None:
+        if fast is None and not self._json_batch:
             self._build(tracked, tracked.format.feed(tracked.joiner.feed(self._decode(lines))))
             return
-        observed = int(self._wall_clock() * 1e9)
-        attrs = tracked.file_attrs
+        raws = list(map(itemgetter(0), lines))
+        if self._json_batch or (self._format == "auto" and not tracked.format.holding and _json_application_lines(raws)):
+            self._convert_json(tracked, lines)
+            return
+        encoded = fast(raws, tracked.file_attrs, int(self._wall_clock() * 1e9))
+        if None not in encoded and not tracked.format.holding:
+            tracked.records.extend(zip(encoded, map(itemgetter(1), lines)))
+            return
         append = tracked.records.append
-        for raw, end in lines:
-            record = None if tracked.format.holding else fast(raw, attrs, observed)
-            if record is not None:
+        for record, (raw, end) in zip(encoded, lines):
+            if record is not None and not tracked.format.holding:
                 append((record, end))
-            else:
+            else:  # refused, or after a piece of a container message that the format joins
                 self._build(tracked, tracked.format.feed(self._decode([(raw, end)])))
+
+    def _convert_json(self, tracked, lines):
+        """JSON lines, a read at a time (jsonbatch.py)."""
+        try:
+            texts = list(map(bytes.decode, map(itemgetter(0), lines)))
+        except UnicodeDecodeError:
+            texts = list(map(itemgetter(0), self._decode(lines)))
+        encoded = jsonbatch.encode(texts, tracked.file_attrs, int(self._wall_clock() * 1e9))
+        tracked.records.extend(zip(encoded, map(itemgetter(1), lines)))
 
     def _decode(self, lines):
         if all(raw.isascii() for raw, _ in lines):
@@ -423,20 +559,29 @@ class LogTailer(service.Service):
             append((records.encode(fields, attrs, observed), end))
 
     def _submit(self, tracked):
-        """Offer a source's (a file's, the journal's) built records; True if all were taken."""
-        batch = [r for r, _ in tracked.records]
-        taken, delivery = self.exporter.submit_tracked("logs", tracked.resource, batch)
-        if taken:
-            end = tracked.records[taken - 1][1]
-            if taken == len(tracked.records):
-                tracked.records.clear()
+        """
+        Offer a source's (a file's, the journal's) built records, a run of records with one
+        resource at a time; True if all were taken.
+        """
+        records = tracked.records
+        while records:
+            resource, count = tracked.leading()
+            batch = list(map(itemgetter(0), records if count == len(records) else islice(records, count)))
+            taken, delivery = self.exporter.submit_tracked("logs", resource, batch, tracked.order)
+            if not taken:
+                break
+            end = records[taken - 1][1]
+            if taken == len(records):
+                records.clear()
             else:
                 for _ in range(taken):
-                    tracked.records.popleft()
+                    records.popleft()
             token = tracked.submitted(end)
             self._waiting.add(delivery.done)
             delivery.done.addCallback(self._delivered, tracked, tracked.generation, token)
-        return not tracked.records
+            if taken < count:
+                break
+        return not records
 
     def _offer_held(self):
         """Offer records held back by a full queue, oldest files first; True if none is left."""

@@ -30,12 +30,18 @@ UNANSWERED_WINDOW = 0.5  # seconds around a kill or a collector stop where a req
 class Writer:
     """Writes numbered lines to a.log, b.log and c.log and rotates each its own way."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, own_directories=False):
         self.directory = directory
+        self.own_directories = own_directories  # each file in a directory of its own: a source of its own
         self.rotations = {"a": 0, "b": 0, "c": 0}
+        for name in "abc" if own_directories else ():
+            os.makedirs(os.path.join(directory, name))
 
     def path(self, name):
-        return os.path.join(self.directory, f"{name}.log")
+        return os.path.join(self.directory, name if self.own_directories else "", f"{name}.log")
+
+    def glob(self):
+        return os.path.join(self.directory, "*", "*.log*") if self.own_directories else os.path.join(self.directory, "*.log*")
 
     def write(self, i):
         for name in "abc":
@@ -71,19 +77,26 @@ def lines_by_file(receiver):
     return order, where
 
 
-def test_every_line_arrives_once_through_rotations_kills_and_an_outage(tmp_path):
+@pytest.mark.parametrize("own_directories", [False, True], ids=["one-source", "three-sources"])
+def test_every_line_arrives_once_through_rotations_kills_and_an_outage(tmp_path, own_directories):
+    """
+    one-source: the three files share a directory, one source for the logs queue (one request at
+    a time); three-sources: each has its own, so requests of the three go out side by side and
+    each file's order must hold across their retries.
+    """
     directory = str(tmp_path / "logs")
     os.makedirs(directory)
+    writer = Writer(directory, own_directories)
     receiver = OtlpReceiver().start()
     agent = AgentProcess(str(tmp_path), {
         "otlp": {"endpoint": receiver.http_endpoint, "protocol": "http", "compression": "none"},
-        "queues": {"logs": {"batch_timeout": "200ms"}},
+        # small batches: a poll's lines of the three files fill several, which go out side by side
+        "queues": {"logs": {"batch_timeout": "200ms", "batch_size": 20 if own_directories else 1000}},
         "backoff": {"initial": "200ms", "max": "1s"},
         "agent": {"host_metrics": {"enabled": False}, "logs": {
-            "enabled": True, "include": [os.path.join(directory, "*.log*")], "start_at": "beginning",
+            "enabled": True, "include": [writer.glob()], "start_at": "beginning",
             "poll_interval": "100ms"}},
     })
-    writer = Writer(directory)
     moments = []  # monotonic times a request may have been received but not answered
     try:
         agent.start()
@@ -218,3 +231,96 @@ def test_a_reload_rebuilds_the_tailer_without_losing_or_repeating_lines(tmp_path
         assert [r.body.string_value for _, r in read_logs(data_dir)] == [f"line {i}" for i in range(300)]
     finally:
         agent.stop()
+
+
+def test_inotify_delivers_writes_new_files_and_renames_long_before_the_next_poll(tmp_path):
+    """
+    With a 60 s poll interval only inotify can explain a line arriving within seconds: a write to
+    a watched file, a file created in a watched directory, and a rename rotation each wake the
+    tailer. (The first poll, at start, reads the line written before it.)
+    """
+    directory = str(tmp_path / "logs")
+    os.makedirs(directory)
+    path = os.path.join(directory, "app.log")
+    receiver = OtlpReceiver().start()
+    agent = AgentProcess(str(tmp_path), {
+        "otlp": {"endpoint": receiver.http_endpoint, "protocol": "http", "compression": "none"},
+        "queues": {"logs": {"batch_timeout": "10ms"}},
+        "agent": {"host_metrics": {"enabled": False}, "logs": {
+            "enabled": True, "include": [os.path.join(directory, "*.log*")], "start_at": "beginning",
+            "poll_interval": "60s"}},
+    })
+
+    def bodies():
+        return [rec.body.string_value for r in receiver.requests("logs") for rl in r.request.resource_logs
+                for sl in rl.scope_logs for rec in sl.log_records]
+
+    def write(name, text):
+        with open(os.path.join(directory, name), "a") as f:
+            f.write(text + "\n")
+
+    write("app.log", "before the start")
+    latencies = {}
+    try:
+        agent.start()
+        wait_for(lambda: bodies() == ["before the start"], message="the first poll's line")
+        for case, action, expected in (
+                ("append", lambda: write("app.log", "appended"), "appended"),
+                ("new file", lambda: write("other.log", "in a new file"), "in a new file"),
+                ("rename rotation", lambda: (os.rename(path, path + ".1"), write("app.log", "after the rename")),
+                 "after the rename"),
+                ("append again", lambda: write("other.log", "appended again"), "appended again")):
+            started = time.monotonic()
+            action()
+            wait_for(lambda: expected in bodies(), timeout=10, message=f"{case}: the line (inotify)")
+            latencies[case] = time.monotonic() - started
+        assert max(latencies.values()) < 5.0, latencies  # the next poll would be 60 s away
+        assert bodies() == ["before the start", "appended", "in a new file", "after the rename", "appended again"]
+    finally:
+        agent.stop()
+        receiver.stop()
+
+
+def test_inotify_keeps_waking_after_a_watched_directory_is_removed(tmp_path):
+    """
+    Twisted's INotify closes itself when a watched directory is removed (a container's log
+    directory after `docker rm`): the tailer starts a new one, and writes elsewhere still wake it.
+    (max_open_files 1: the agent holds no descriptor in the removed directory, which would delay
+    the kernel's event until it let go of it.)
+    """
+    import shutil
+
+    directory = str(tmp_path / "containers")
+    for name in ("a", "b"):
+        os.makedirs(os.path.join(directory, name))
+    receiver = OtlpReceiver().start()
+    agent = AgentProcess(str(tmp_path), {
+        "otlp": {"endpoint": receiver.http_endpoint, "protocol": "http", "compression": "none"},
+        "queues": {"logs": {"batch_timeout": "10ms"}},
+        "agent": {"host_metrics": {"enabled": False}, "logs": {
+            "enabled": True, "include": [os.path.join(directory, "*", "*.log")], "start_at": "beginning",
+            "poll_interval": "60s", "max_open_files": 1}},
+    })
+
+    def bodies():
+        return [rec.body.string_value for r in receiver.requests("logs") for rl in r.request.resource_logs
+                for sl in rl.scope_logs for rec in sl.log_records]
+
+    def write(name, text):
+        with open(os.path.join(directory, name, "app.log"), "a") as f:
+            f.write(text + "\n")
+
+    write("a", "a before")
+    write("b", "b before")
+    try:
+        agent.start()
+        wait_for(lambda: sorted(bodies()) == ["a before", "b before"], message="the first poll's lines")
+        shutil.rmtree(os.path.join(directory, "a"))
+        time.sleep(0.5)  # the removal's events are handled (the notifier closed and renewed)
+        started = time.monotonic()
+        write("b", "b after the removal")
+        wait_for(lambda: "b after the removal" in bodies(), timeout=10, message="a write after the removal (inotify)")
+        assert time.monotonic() - started < 5.0  # the next poll would be 60 s away
+    finally:
+        agent.stop()
+        receiver.stop()

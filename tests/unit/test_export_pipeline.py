@@ -373,7 +373,7 @@ def test_tracked_submit_of_a_disabled_signal_is_settled_dropped_at_once():
 
 
 def test_log_batches_keep_their_order_through_retries():
-    """One logs request at a time: a batch waiting for its retry is not overtaken by the next."""
+    """Logs of one source (here: submitted without one) one request at a time: a batch waiting for its retry is not overtaken."""
     pipeline, senders, clock, _ = make(queues={"logs": {"capacity": 100, "max_bytes": 1 << 20, "batch_size": 2,
                                                         "batch_timeout": 1.0}})
     from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
@@ -385,6 +385,43 @@ def test_log_batches_keep_their_order_through_retries():
     sent = [r.body.string_value for req in sender.requests for rl in req.resource_logs
             for sl in rl.scope_logs for r in sl.log_records]
     assert sent == ["0", "1", "0", "1", "0", "1", "2", "3", "4", "5"]
+
+
+def test_logs_of_other_sources_go_out_meanwhile_and_a_source_waits_for_its_own_batch():
+    """
+    Several logs requests at once, never two holding records of one source: a source's next batch
+    waits until the one before it settled (also while that one waits for a retry), other sources'
+    batches go meanwhile; every source's records arrive in submission order.
+    """
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+    pipeline, senders, clock, _ = make(queues={"logs": {"capacity": 100, "max_bytes": 1 << 20, "batch_size": 2,
+                                                        "batch_timeout": 1.0}})
+    sender = senders["logs"]
+
+    def submit(source, *bodies):
+        return pipeline.submit_tracked("logs", {}, [LogRecord(body={"string_value": b}) for b in bodies], order=source)
+
+    def sent():
+        return [[r.body.string_value for rl in req.resource_logs for sl in rl.scope_logs for r in sl.log_records]
+                for req in sender.requests]
+
+    sender.hold = True
+    submit("a", "a0", "a1")
+    submit("a", "a2", "a3")
+    submit("b", "b0", "b1")
+    submit("c", "c0", "c1")
+    assert sent() == [["a0", "a1"], ["b0", "b1"], ["c0", "c1"]]  # a's second batch waits for its first
+    sender.hold = False
+    sender.held.pop(0).callback(REFUSED)  # a's first batch: retried later; a2, a3 still wait
+    sender.held.pop(0).callback(OK)      # b's
+    assert sent() == [["a0", "a1"], ["b0", "b1"], ["c0", "c1"]]
+    submit("b", "b2", "b3")              # b is free again: goes at once, past a's retry
+    assert sent()[-1] == ["b2", "b3"]
+    clock.pump([1.0] * 5)                 # a's retry succeeds, then a2, a3 go
+    order = [body for request in sent() for body in request]
+    assert [b for b in order if b.startswith("a")] == ["a0", "a1", "a0", "a1", "a2", "a3"]
+    assert order.index("a2") > order.index("b2")  # b went past a's retry
 
 
 def test_a_resource_with_list_values_is_queued_and_merged_like_any_other():

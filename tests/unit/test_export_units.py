@@ -37,6 +37,23 @@ def test_queue_accepts_leading_records_up_to_item_capacity():
     assert len(q) == 10
 
 
+def test_queue_take_skips_blocked_sources_and_keeps_each_sources_order():
+    """take(n, blocked): chunks of sources still out stay queued, in order; a straddling chunk is split."""
+    from telegen.export.delivery import Delivery
+
+    q = BoundedQueue(capacity=100, max_bytes=1 << 20)
+    for source, n in (("a", 3), ("b", 3), ("a", 2), (None, 1)):
+        q.offer("r", {}, spans(n), None, Delivery(n, source) if source else None)
+    assert q.ready({"b"}) == 6 and q.ready(set()) == 9
+    taken = q.take(4, {"b"})
+    assert [(c.delivery.order, c.items) for c in taken] == [("a", 3), ("a", 1)]
+    assert len(q) == 5 and q.nbytes == sum(c.nbytes for c in q._chunks)
+    assert q.ready({"a"}) == 4 and q.ready({"a", "b", None}) == 0
+    rest = q.take(10, {"a"})  # b, and the record submitted without a source; a's last record waits
+    assert [(c.delivery.order if c.delivery else None, c.items) for c in rest] == [("b", 3), (None, 1)]
+    assert [(c.delivery.order, c.items) for c in q.take(10)] == [("a", 1)] and len(q) == 0 and q.ready({"a"}) == 0
+
+
 def test_queue_byte_bound():
     one = spans(1)[0].ByteSize()
     q = BoundedQueue(capacity=1000, max_bytes=one * 3 + 1)

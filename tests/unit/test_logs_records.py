@@ -32,6 +32,8 @@ LINES = [
     "WARNING: disk 91% full",
     "plain words, no level",
     "ERROR",
+    "XERROR glued to a word, then INFO",
+    "ERRORS are not a level word, nor INFO_X, but WARN is",
     "x" * 300 + " ERROR late in a long line",
     "[error] bracketed lower case",
     "level=info msg=hi",
@@ -52,11 +54,11 @@ def test_the_fast_plain_path_writes_what_the_general_one_writes():
     for is_auto, parse in ((False, plain), (True, auto)):
         fast = fastplain.encoder(is_auto)
         taken = 0
-        for line in LINES:
-            record = fast(line.encode(), attrs, 7)
+        for line, record in zip(LINES, fast([line.encode() for line in LINES], attrs, 7)):
+            assert fast([line.encode()], attrs, 7) == [record]
             if record is not None:
                 taken += 1
                 assert record == encode(parse(line), attrs, 7), line
         assert taken >= 4
-    assert fastplain.encoder(True)(b'{"msg": "json"}', attrs, 7) is None
-    assert fastplain.encoder(False)(b"trace_id=4bf92f3577b34da6a3ce929d0e0e4736 found", attrs, 7) is None
+    assert fastplain.encoder(True)([b'{"msg": "json"}'], attrs, 7) == [None]
+    assert fastplain.encoder(False)([b"trace_id=4bf92f3577b34da6a3ce929d0e0e4736 found"], attrs, 7) == [None]

@@ -27,9 +27,11 @@ class ScriptedPipeline:
         self.room = room
         self.queued = []    # [(resource, [body], Delivery)] not settled yet
         self.exported = []  # bodies, in export order
+        self.orders = []    # the order key of every submission
 
-    def submit_tracked(self, signal, resource, records):
-        assert signal == "logs"
+    def submit_tracked(self, signal, resource, records, order=None):
+        assert signal == "logs" and order is not None
+        self.orders.append(order)
         taken = min(self.room - sum(len(b) for _, b, _ in self.queued), len(records))
         if taken <= 0:
             return 0, None
@@ -416,18 +418,22 @@ JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
-def write_journal(directory, first, count, unit="app.service"):
-    """Append `count` entries (messages "entry <n>") to directory/remote.journal, in export format."""
+def write_entries(directory, entries):
+    """Append entries ({field: value}) to directory/remote.journal, in export format."""
     import subprocess
 
     os.makedirs(directory, exist_ok=True)
-    entries = []
-    for n in range(first, first + count):
-        entries.append(f"__REALTIME_TIMESTAMP={1709634030000000 + n}\n__MONOTONIC_TIMESTAMP={1000 + n}\n"
-                       f"_BOOT_ID=0123456789abcdef0123456789abcdef\nMESSAGE=entry {n} trace_id={TRACE}\n"
-                       f"PRIORITY={n % 8}\n_PID={100 + n}\n_SYSTEMD_UNIT={unit}\nSYSLOG_IDENTIFIER=app\n\n")
+    text = "".join("".join(f"{k}={v}\n" for k, v in entry.items()) + "\n" for entry in entries)
     subprocess.run([JOURNAL_REMOTE, "-o", os.path.join(directory, "remote.journal"), "-"],
-                   input="".join(entries).encode(), check=True, capture_output=True)
+                   input=text.encode(), check=True, capture_output=True)
+
+
+def write_journal(directory, first, count, unit="app.service"):
+    """Append `count` entries (messages "entry <n>") to directory/remote.journal."""
+    write_entries(directory, [{
+        "__REALTIME_TIMESTAMP": 1709634030000000 + n, "__MONOTONIC_TIMESTAMP": 1000 + n,
+        "_BOOT_ID": "0123456789abcdef0123456789abcdef", "MESSAGE": f"entry {n} trace_id={TRACE}",
+        "PRIORITY": n % 8, "_PID": 100 + n, "_SYSTEMD_UNIT": unit, "SYSLOG_IDENTIFIER": "app"} for n in range(first, first + count)])
 
 
 def journal_tailer(tmp_path, **journal):
@@ -469,6 +475,52 @@ def test_journal_resumes_after_the_last_delivered_entry(tmp_path):
     pipeline2.deliver()
     assert pipeline.exported + pipeline2.exported == [f"entry {n} trace_id={TRACE}" for n in range(6)]
     assert again.status()["journal"]["cursor"] is not None
+
+
+def test_journal_entries_of_containers_and_known_processes_carry_their_resources(tmp_path):
+    """
+    Docker's journald driver names the container (CONTAINER_ID_FULL, CONTAINER_NAME; _PID is
+    dockerd's): the container's resource once discovery knows it, what the entry names before.
+    An entry of a running process discovery knows (this test's own process, started before the
+    entry in this boot) carries that process's resource; a pid from another boot, or one whose
+    process started after the entry (pid reuse), names nothing: the host's resource.
+    """
+    import time as _time
+    import uuid
+
+    cid = "d" * 64
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        boot = uuid.UUID(f.read().strip()).hex
+    now_us = int(_time.monotonic() * 1e6)
+    directory = str(tmp_path / "journal")
+
+    def entry(n, boot_id=boot, monotonic=now_us, **fields):
+        return dict({"__REALTIME_TIMESTAMP": 1709634030000000 + n, "__MONOTONIC_TIMESTAMP": monotonic,
+                     "_BOOT_ID": boot_id, "MESSAGE": f"entry {n}"}, **fields)
+
+    dockerd = {"_PID": 1, "_COMM": "dockerd"}
+    write_entries(directory, [
+        entry(0, CONTAINER_ID=cid[:12], CONTAINER_ID_FULL=cid, CONTAINER_NAME="shop-web", **dockerd),
+        entry(1, _PID=os.getpid()),
+        entry(2, _PID=os.getpid(), monotonic=1000),                                  # before this process began
+        entry(3, boot_id="0123456789abcdef0123456789abcdef", _PID=os.getpid()),    # another boot
+    ])
+    processes = StubProcesses()
+    tailer, pipeline, clock, _ = make(tmp_path, processes=processes, start_at="beginning",
+                                      journal={"enabled": True, "directory": directory, "units": []})
+    tailer.startService()
+    clock.advance(0)
+    (named, first), (process, second), (host, rest) = submitted(pipeline)
+    assert (first, second, rest) == (["entry 0"], ["entry 1"], ["entry 2", "entry 3"])
+    assert named["container.id"] == cid and named["container.name"] == "shop-web"
+    assert named["service.name"] == "unknown_service" and named["host.name"] and "process.pid" not in named
+    assert process == {"service.name": f"svc-{os.getpid()}", "process.pid": os.getpid()}
+    assert host["service.name"] == "telegen" and "process.pid" not in host
+    discovered = {"container.id": cid, "container.name": "shop-web", "service.name": "shop-web", "host.name": "node-1"}
+    processes.containers[cid] = discovered      # the container's start event arrives
+    write_entries(directory, [entry(4, CONTAINER_ID=cid[:12], CONTAINER_ID_FULL=cid, CONTAINER_NAME="shop-web", **dockerd)])
+    poll(clock)
+    assert submitted(pipeline)[-1] == (discovered, ["entry 4"])
 
 
 def test_journal_units_filter_and_start_at_end(tmp_path):
@@ -522,3 +574,56 @@ def test_truncated_in_place_with_the_same_first_bytes_is_read_from_zero(tmp_path
     poll(clock)
     pipeline.deliver()
     assert pipeline.exported == ["same head", "old tail", "same head"]
+
+
+def test_format_auto_encodes_reads_of_json_objects_by_columns_and_unwraps_docker_lines_as_before(tmp_path, log, monkeypatch):
+    """
+    A read whose lines are all JSON objects takes the column encoder under format auto too (the
+    default format); a read with a Docker json-file line or a plain line goes line by line. Both
+    give the records the parsers give.
+    """
+    from telegen.logs import jsonbatch
+
+    column_reads = []
+    encode = jsonbatch.encode
+    monkeypatch.setattr(jsonbatch, "encode", lambda texts, *rest: column_reads.append(len(texts)) or encode(texts, *rest))
+    tailer, pipeline, clock, _ = make(tmp_path, start_at="beginning")
+    append(log, '{"level":"warn","msg":"one","n":1}', '{"level":"info","msg":"two","n":2}')
+    tailer.startService()
+    clock.advance(0)
+    append(log, '{"log":"three\\n","stream":"stderr","time":"2026-12-07T10:00:00Z"}', '{"level":"error","msg":"four"}')
+    poll(clock)
+    append(log, "ERROR five", '{"msg":"six"}')
+    poll(clock)
+    records = pipeline.records()
+    assert [r.body.string_value for r in records] == ["one", "two", "three", "four", "ERROR five", "six"]
+    assert [r.severity_number for r in records] == [13, 9, 0, 17, 17, 0]
+    assert {kv.key: kv.value.int_value for kv in records[0].attributes if kv.key == "n"} == {"n": 1}
+    assert {kv.key: kv.value.string_value for kv in records[2].attributes}["log.iostream"] == "stderr"
+    assert column_reads == [2]
+
+
+def test_a_file_and_its_successors_share_one_order_key_and_containers_have_their_own(tmp_path, log):
+    """
+    The exporter keeps each order key's records in order while other keys' requests go out: a
+    rotated file and the file re-created at its path share one key (its directory), so the new
+    file's lines never overtake the old one's last lines; kubelet's links, all in one directory,
+    are keyed by container.
+    """
+    from telegen.logs.tailer import order_key
+    from telegen.logs.writers import writer_of
+
+    tailer, pipeline, clock, _ = make(tmp_path, start_at="beginning",
+                                      include=[str(tmp_path / "logs" / "*.log*"), str(tmp_path / "other" / "*.log")])
+    append(log, "old")
+    tailer.startService()
+    clock.advance(0)
+    os.rename(log, log + ".1")
+    append(log + ".1", "last of the old")
+    append(log, "first of the new")
+    append(str(tmp_path / "other" / "x.log"), "elsewhere")
+    poll(clock)
+    assert submitted(pipeline) and len(set(pipeline.orders[:3])) == 1
+    assert pipeline.orders[0] == ("directory", str(tmp_path / "logs")) and pipeline.orders[-1] == ("directory", str(tmp_path / "other"))
+    links = ["/var/log/containers/web-1_shop_nginx-" + c * 64 + ".log" for c in "ab"]
+    assert [order_key(p, writer_of(p)) for p in links] == [("container", "a" * 64), ("container", "b" * 64)]
