@@ -48,7 +48,7 @@ LOSS_HPACK = "hpack_error"                    # a header block that does not dec
 LOSS_NO_HEADERS = "stream_without_headers"    # frames of a stream whose HEADERS were not seen
 LOSS_GOAWAY = "goaway"                        # streams the peer's GOAWAY says it never processed
 LOSS_TOO_MANY = "too_many_streams"            # the oldest open stream dropped to bound memory
-LOSS_UPGRADE_REFUSED = "upgrade_refused"      # an h2c upgrade the server answered in HTTP/1.1
+LOSS_UPGRADE_REFUSED = "upgrade_refused"      # an h2c upgrade the server answered other than with 101
 LOSS_NOT_HTTP2 = "not_http2"                  # an HTTP/1.1 start without Upgrade: h2c
 
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
@@ -264,10 +264,13 @@ class Http2Exchange:
 
     @property
     def is_grpc(self):
-        """Whether the exchange is a gRPC call: its content-type is application/grpc[+codec]."""
+        """Whether the exchange is a gRPC call: its content-type is application/grpc[+codec], or
+        (a capture that could not read the content-type) the response has grpc-status or
+        grpc-message, fields only gRPC sends."""
         ctype = self.request.get(b"content-type") or self.response.get(b"content-type")
-        return ctype is not None and (ctype == b"application/grpc" or ctype.startswith((b"application/grpc+",
-                                                                                        b"application/grpc;")))
+        if ctype is None:
+            return b"grpc-status" in self.response or b"grpc-message" in self.response
+        return ctype == b"application/grpc" or ctype.startswith((b"application/grpc+", b"application/grpc;"))
 
 
 class _Block:
@@ -351,13 +354,21 @@ class Http2Parser(FramedParser):
                     if line:
                         return self._h1_head(buf, pos, request=True)
             self._start_frames(CLIENT)
+            # A server SETTINGS seen before was not its preface then, just a settings change.
+            self._tables[SERVER].complete = False
             return True
         if state == _H1:
-            return self._h1_head(buf, pos, request=False)
+            if buf[pos:pos + 7] == b"HTTP/1."[:len(buf) - pos]:
+                return self._h1_head(buf, pos, request=False)
+            self._refused()                     # not even HTTP/1.1: an h2-only port (nginx) ends it
+            return len(buf) - pos, 0
         # The server's first frame is its SETTINGS (its preface) when the capture saw the start.
-        if self._from_start and len(buf) - pos < 9:
+        # Servers may send it before the client's preface arrives (grpcio does): until the
+        # client's first bytes tell, a SETTINGS first is taken for the start.
+        if len(buf) - pos < 9:
             return None
-        self._start_frames(d, self._from_start and buf[pos + 3] == SETTINGS and not buf[pos + 4] & ACK)
+        settings_first = buf[pos + 3] == SETTINGS and not buf[pos + 4] & ACK
+        self._start_frames(d, settings_first and (self._from_start or self._state[CLIENT] == _START))
         return True
 
     def _h1_head(self, buf, pos, request):
@@ -376,8 +387,6 @@ class Http2Parser(FramedParser):
         self._state[d] = _FRAMES
         self._synced[d] = at_start
         self._tables[d] = HpackTable(at_start)
-        if d == SERVER and self._state[CLIENT] == _START:
-            self._start_frames(CLIENT)           # the server spoke first: the client's start was missed
 
     # Messages.
 
@@ -421,11 +430,14 @@ class Http2Parser(FramedParser):
         if status is not None and is_interim(status):
             return
         if status != 101:
-            self.losses[LOSS_UPGRADE_REFUSED] += 1
-            self._streams.clear()
-            self._state = [_IGNORED, _IGNORED]
+            self._refused()
             return
         self._state[SERVER] = _START
+
+    def _refused(self):
+        self.losses[LOSS_UPGRADE_REFUSED] += 1
+        self._streams.clear()
+        self._state = [_IGNORED, _IGNORED]
 
     def _frame(self, d, msg, total, ts):
         _, _, ftype, flags, sid = _FRAME.unpack_from(msg)

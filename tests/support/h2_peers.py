@@ -158,3 +158,32 @@ class H2Server:
         self._listener.close()
         for thread in self._threads:
             thread.join(timeout=5)
+
+
+def grpc_server():
+    """A grpcio server on a free loopback port (call .stop(None) when done) with generic handlers of
+    raw bytes, no generated code: demo.Echo/Unary (the request back), demo.Echo/Stream (three
+    messages) and demo.Echo/Fail (NOT_FOUND, "no such item"). Returns (server, port)."""
+    from concurrent import futures
+
+    import grpc
+
+    def unary(request, context):
+        return request
+
+    def stream(request, context):
+        for i in range(3):
+            yield request + bytes([i])
+
+    def fail(request, context):
+        context.abort(grpc.StatusCode.NOT_FOUND, "no such item")
+
+    handler = grpc.method_handlers_generic_handler("demo.Echo", {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        "Fail": grpc.unary_unary_rpc_method_handler(fail),
+    })
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port

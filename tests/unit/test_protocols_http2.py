@@ -329,3 +329,26 @@ def test_open_streams_are_bounded():
     parser = Http2Parser()
     assert feed_all(parser, chunks) == []
     assert len(parser._streams) == http2.MAX_OPEN_STREAMS and parser.losses == {LOSS_TOO_MANY: 5}
+
+
+def test_server_settings_before_the_client_preface():
+    """grpcio's server sends its SETTINGS on accept, before the client's preface arrives."""
+    c = Conversation(start=False)
+    c.server.initiate_connection()
+    early = c.server.data_to_send()
+    c.raw(False, early)                        # on the wire first; the client reads it after its preface
+    c.client.initiate_connection()
+    c.flush_client()
+    c.client.receive_data(early)
+    c.flush_client()
+    c.flush_server()
+    c.respond(c.request("/a"), 200, b"a", headers=[("x-indexed", "1")])
+    c.respond(c.request("/b"), 200, b"b", headers=[("x-indexed", "1")])
+    parser = Http2Parser()
+    assert [(e.path, e.status, e.unknown_fields) for e in feed_all(parser, c.chunks)] == [("/a", 200, 0), ("/b", 200, 0)]
+    assert not parser.losses
+    # Joined mid-connection at a server SETTINGS: the client's frames say it was no preface.
+    parser = Http2Parser()
+    parser.feed(False, frame(http2.SETTINGS, 0, 0, b""), 0)
+    parser.feed(True, frame(http2.PING, 0, 0, b"\0" * 8), 0)
+    assert not parser._tables[1].complete and not parser.losses
