@@ -129,8 +129,12 @@ class HpackTable:
         while pos < n:
             b = block[pos]
             if b & 0x80:                                    # indexed field
-                index, pos = _integer(block, pos, 0x7f)
-                name, value = self._entry(index)
+                if 0x80 < b <= _STATIC_LEN | 0x80:          # the common case, inline: a static entry
+                    name, value = _STATIC[b - 0x81]
+                    pos += 1
+                else:
+                    index, pos = _integer(block, pos, 0x7f)
+                    name, value = self._entry(index)
             elif b & 0x40:                                  # literal, inserted in the table
                 index, pos = _integer(block, pos, 0x3f)
                 name, pos = self._name(block, pos, index)
@@ -220,10 +224,24 @@ def _string(block, pos, decode=True):
     raw = block[pos:end]
     if not huffman:
         return raw, end
-    try:
-        return decode_huffman(raw), end
-    except HPACKDecodingError as e:
-        raise HpackError(str(e)) from None
+    text = _huffman_cache.get(raw)
+    if text is None:
+        try:
+            text = decode_huffman(raw)
+        except HPACKDecodingError as e:
+            raise HpackError(str(e)) from None
+        if len(raw) <= _CACHED_STRING:
+            if len(_huffman_cache) >= _CACHED_STRINGS:
+                _huffman_cache.clear()
+            _huffman_cache[raw] = text
+    return text, end
+
+
+# Huffman-decoded strings by their code: peers repeat names and values (a server's `date` changes
+# once a second, user agents and paths repeat across connections), and decoding is the costliest
+# part of HPACK in Python. Bounded: 4096 strings of up to 256 bytes.
+_CACHED_STRING, _CACHED_STRINGS = 256, 4096
+_huffman_cache: dict = {}
 
 
 @dataclass(slots=True)

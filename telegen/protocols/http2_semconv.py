@@ -20,9 +20,11 @@ UNAVAILABLE, DATA_LOSS, on clients for every code but OK; the description is the
 Metric: rpc.server.duration / rpc.client.duration in ms.
 """
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import unquote
 
 from telegen.l7.records import HttpExchange
+from telegen.protocols.http2 import Http2Exchange
 from telegen.protocols.semconv import DbSpan
 from telegen.signals.http import exchange_attributes, is_error, url_path
 
@@ -64,15 +66,41 @@ def span_of(ex, server_address=None, server_port=None, server_side=False, client
             route=None):
     """The span of one exchange; the addresses come from the connection, server_side says which end
     the observed process is, route is the configured route pattern matching the path (if any)."""
+    req, resp = ex.request, ex.response
+    key = (server_side, server_address, server_port, client_address, client_port, route, ex.status, ex.reset,
+           tuple(req.get(name) for name in _REQUEST_KEY), tuple(resp.get(name) for name in _RESPONSE_KEY))
+    name, kind, attrs, status, message, metric, unit, metric_attrs = _shape(key)
+    attrs = dict(attrs)
+    if metric is HTTP_SERVER_METRIC or metric is HTTP_CLIENT_METRIC:
+        if ex.request_body_size is not None:
+            attrs["http.request.body.size"] = ex.request_body_size
+        if ex.response_body_size is not None:
+            attrs["http.response.body.size"] = ex.response_body_size
+    return Http2Span(name, kind, attrs, status, message, ex.start_ns, ex.end_ns, metric, unit, dict(metric_attrs))
+
+
+# What a span's shape depends on besides the connection: the exchanges of one client repeat
+# shapes, so each is worked out once (traceparent and body sizes vary per exchange, and are not
+# part of it).
+_REQUEST_KEY = (b":method", b":path", b":scheme", b":authority", b"host", b"user-agent", b"content-type")
+_RESPONSE_KEY = (b"content-type", b"grpc-status", b"grpc-message")
+
+
+@lru_cache(maxsize=4096)
+def _shape(key):
+    """(name, kind, attributes, status, status message, metric, unit, metric attributes) of a shape."""
+    server_side, server_address, server_port, client_address, client_port, route, status, reset, req, resp = key
+    ex = Http2Exchange(0, 0, 0, request={k: v for k, v in zip(_REQUEST_KEY, req) if v is not None},
+                       response={k: v for k, v in zip(_RESPONSE_KEY, resp) if v is not None}, status=status, reset=reset)
     peer_address, peer_port = (client_address, client_port) if server_side else (server_address, server_port)
     method = ex.method
     headers = {}
-    for name, key in ((b":authority", b"host"), (b"host", b"host"), (b"user-agent", b"user-agent")):
-        if name in ex.request and key not in headers:
-            headers[key] = ex.request[name]
-    record = HttpExchange(server_side, 0, ex.start_ns, ex.end_ns, method or "_OTHER", ex.path or "", "2", headers,
-                          ex.request_body_size, ex.status, ex.response_body_size, peer_address, peer_port,
-                          server_address if server_side else None, server_port if server_side else None)
+    for name, header in ((b":authority", b"host"), (b"host", b"host"), (b"user-agent", b"user-agent")):
+        if name in ex.request and header not in headers:
+            headers[header] = ex.request[name]
+    record = HttpExchange(server_side, 0, 0, 0, method or "_OTHER", ex.path or "", "2", headers, None, status, None,
+                          peer_address, peer_port, server_address if server_side else None,
+                          server_port if server_side else None)
     attrs = exchange_attributes(record, url_path(ex.path) if ex.path else None, route)
     if method is None:
         attrs["http.request.method_original"] = None      # not read (HPACK), not an unusual method
@@ -80,25 +108,24 @@ def span_of(ex, server_address=None, server_port=None, server_side=False, client
     if scheme:
         attrs["url.scheme"] = scheme
     attrs = {k: v for k, v in attrs.items() if v is not None}
+    kind = SPAN_KIND_SERVER if server_side else SPAN_KIND_CLIENT
     if ex.is_grpc:
-        return _grpc_span(ex, attrs, server_side)
-    if is_error(server_side, ex.status):
-        if ex.status is not None:
-            attrs["error.type"] = str(ex.status)
-        elif ex.reset is not None:
-            attrs["error.type"] = _h2_error(ex.reset)
-        status = STATUS_ERROR
+        return _grpc_shape(ex, attrs, server_side, kind)
+    if is_error(server_side, status):
+        if status is not None:
+            attrs["error.type"] = str(status)
+        elif reset is not None:
+            attrs["error.type"] = _h2_error(reset)
+        span_status = STATUS_ERROR
     else:
-        status = STATUS_UNSET
+        span_status = STATUS_UNSET
     verb = attrs["http.request.method"] if method is not None else "HTTP"
-    name = f"{verb} {route}" if route else verb
     keys = _HTTP_METRIC_KEYS if server_side else _HTTP_METRIC_KEYS + _SERVER_KEYS
-    return Http2Span(name, SPAN_KIND_SERVER if server_side else SPAN_KIND_CLIENT, attrs, status, "",
-                     ex.start_ns, ex.end_ns, HTTP_SERVER_METRIC if server_side else HTTP_CLIENT_METRIC, "s",
-                     {k: attrs[k] for k in keys if k in attrs})
+    return (f"{verb} {route}" if route else verb, kind, attrs, span_status, "",
+            HTTP_SERVER_METRIC if server_side else HTTP_CLIENT_METRIC, "s", {k: attrs[k] for k in keys if k in attrs})
 
 
-def _grpc_span(ex, http, server_side):
+def _grpc_shape(ex, http, server_side, kind):
     attrs = {"rpc.system": "grpc"}
     path = ex.path
     service = method = None
@@ -115,11 +142,9 @@ def _grpc_span(ex, http, server_side):
     failed = code is not None and (code in GRPC_SERVER_ERRORS if server_side else code != GRPC_OK)
     message = ex.response.get(b"grpc-message")
     keys = _RPC_METRIC_KEYS if server_side else _RPC_METRIC_KEYS + _SERVER_KEYS
-    return Http2Span(f"{service}/{method}" if service else "grpc", SPAN_KIND_SERVER if server_side else SPAN_KIND_CLIENT,
-                     attrs, STATUS_ERROR if failed else STATUS_UNSET,
-                     unquote(message.decode("latin-1")) if failed and message else "",
-                     ex.start_ns, ex.end_ns, RPC_SERVER_METRIC if server_side else RPC_CLIENT_METRIC, "ms",
-                     {k: attrs[k] for k in keys if k in attrs})
+    return (f"{service}/{method}" if service else "grpc", kind, attrs, STATUS_ERROR if failed else STATUS_UNSET,
+            unquote(message.decode("latin-1")) if failed and message else "",
+            RPC_SERVER_METRIC if server_side else RPC_CLIENT_METRIC, "ms", {k: attrs[k] for k in keys if k in attrs})
 
 
 def grpc_status(ex):
