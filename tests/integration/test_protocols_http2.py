@@ -55,12 +55,11 @@ def test_curl_prior_knowledge_against_nginx(h2c_port):
     # curl 7.88 fails a second transfer on a reused prior-knowledge connection: one per connection.
     assert curl("--http2-prior-knowledge", url + "/ok") == "200 2"
     assert curl("--http2-prior-knowledge", url + "/missing") == "404 2"
-    assert curl("--http2-prior-knowledge", "-d", "x" * 3000, url + "/ok?form=1") == "200 2"
-    assert curl("--http2-prior-knowledge", url + "/index.html") == "200 2"
+    assert curl("--http2-prior-knowledge", url + "/index.html?v=1") == "200 2"
     relay.close()
-    assert relay.connections() == 4 and classify(relay.chunks(0)[0].data)
+    assert relay.connections() == 3 and classify(relay.chunks(0)[0].data)
     spans = []
-    for conn in range(4):
+    for conn in range(3):
         exchanges, losses = exchanges_of(relay, conn)
         assert not losses
         spans += [span_of(e, "127.0.0.1", relay.port) for e in exchanges]
@@ -69,7 +68,6 @@ def test_curl_prior_knowledge_against_nginx(h2c_port):
             for s in spans] == [
         ("GET", "/ok", 200, None, 6, STATUS_UNSET),
         ("GET", "/missing", 404, None, 153, STATUS_ERROR),
-        ("POST", "/ok", 200, 3000, 6, STATUS_UNSET),
         ("GET", "/index.html", 200, None, 19, STATUS_UNSET),
     ]
     assert spans[0].attributes == {
@@ -77,6 +75,19 @@ def test_curl_prior_knowledge_against_nginx(h2c_port):
         "server.address": "127.0.0.1", "server.port": relay.port, "network.peer.address": "127.0.0.1",
         "network.peer.port": relay.port, "network.protocol.version": "2", "user_agent.original": "curl/7.88.1",
         "http.response.body.size": 6}
+
+
+def test_curl_prior_knowledge_post():
+    """A request body (nginx's `return` answers before reading it and resets the stream, which
+    curl 7.88 sometimes reports as a failure: the h2 server reads it and answers its size)."""
+    server = H2Server().start()
+    relay = TcpRelay(server.port).start()
+    assert curl("--http2-prior-knowledge", "-d", "x" * 3000, f"http://127.0.0.1:{relay.port}/form") == "200 2"
+    relay.close()
+    server.close()
+    [ex], losses = exchanges_of(relay, 0)
+    assert not losses
+    assert (ex.method, ex.path, ex.status, ex.request_body_size, ex.response_body_size) == ("POST", "/form", 200, 3000, 4)
 
 
 def test_h2load_multiplexed_streams(h2c_port):
