@@ -129,8 +129,11 @@ class HpackTable:
         while pos < n:
             b = block[pos]
             if b & 0x80:                                    # indexed field
-                if 0x80 < b <= _STATIC_LEN | 0x80:          # the common case, inline: a static entry
+                if 0x80 < b <= _STATIC_LEN | 0x80:          # the common cases inline: a static entry,
                     name, value = _STATIC[b - 0x81]
+                    pos += 1
+                elif b - 0xbe < len(self.entries) and b != 0xff:     # or one of the first 65 dynamic ones
+                    name, value = self.entries[b - 0xbe]
                     pos += 1
                 else:
                     index, pos = _integer(block, pos, 0x7f)
