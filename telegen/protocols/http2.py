@@ -482,8 +482,11 @@ class Http2Parser(FramedParser):
             if end < start:                 # padding or fields longer than the frame
                 self._lose_framing(d)
                 return
-            block = _Block(sid, ftype == HEADERS and flags & END_STREAM, promised)
-            self._fragment(d, block, msg, start, end, flags, ts)
+            end_stream = ftype == HEADERS and flags & END_STREAM
+            if flags & END_HEADERS and len(msg) >= end and end - start <= self.limit:    # a whole block in one frame
+                self._headers(d, sid, promised, end_stream, self._decode(d, msg[start:end]), ts)
+                return
+            self._fragment(d, _Block(sid, end_stream, promised), msg, start, end, flags, ts)
         elif ftype == CONTINUATION:
             if self._block[d] is None:
                 # The HEADERS this continues were missed (a capture that joined between them): the
@@ -523,21 +526,26 @@ class Http2Parser(FramedParser):
             self._block[d] = block
             return
         self._block[d] = None
-        fields, unknown = self._decode(d, block)
-        if block.promised is not None:
-            self._open(block.promised, fields, unknown, ts, SERVER)
+        decoded = self._decode(d, None if block.cut else b"".join(block.parts))
+        self._headers(d, block.stream_id, block.promised, block.end_stream, decoded, ts)
+
+    def _headers(self, d, sid, promised, end_stream, decoded, ts):
+        """A decoded header block: a request, a push's request, a response, or trailers."""
+        fields, unknown = decoded
+        if promised is not None:
+            self._open(promised, fields, unknown, ts, SERVER)
         elif d == CLIENT:
-            self._request_headers(block.stream_id, fields, unknown, block.end_stream, ts)
+            self._request_headers(sid, fields, unknown, end_stream, ts)
         else:
-            self._response_headers(block.stream_id, fields, unknown, block.end_stream, ts)
+            self._response_headers(sid, fields, unknown, end_stream, ts)
 
     def _decode(self, d, block):
-        """The block's wanted fields and unknown count; a block that cannot be decoded (cut at the
-        buffer limit, or not HPACK against this table) leaves the table partial and every field unknown."""
+        """The block's wanted fields and unknown count; a block that cannot be decoded (None: cut at
+        the buffer limit, or not HPACK against this table) leaves the table partial and every field unknown."""
         table = self._tables[d]
-        if not block.cut:
+        if block is not None:
             try:
-                fields, unknown = table.decode(b"".join(block.parts))
+                fields, unknown = table.decode(block)
             except HpackError:
                 self.losses[LOSS_HPACK] += 1
             else:
