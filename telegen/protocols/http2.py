@@ -323,7 +323,7 @@ class Http2Parser(FramedParser):
         self._block = [None, None]
         self._streams = {}
         self._first_id = [None, None]                    # lowest and highest stream id each side
-        self._last_id = [0, 0]                           # opened since the capture (re)started
+        self._last_id = [0, 0]                           # opened that the capture saw
         self._orphans = set()
         self._max_frame = [_DEFAULT_MAX_FRAME, _DEFAULT_MAX_FRAME]   # what each side may send
         self._from_start = False                         # the client's first bytes were seen
