@@ -352,3 +352,16 @@ def test_server_settings_before_the_client_preface():
     parser.feed(False, frame(http2.SETTINGS, 0, 0, b""), 0)
     parser.feed(True, frame(http2.PING, 0, 0, b"\0" * 8), 0)
     assert not parser._tables[1].complete and not parser.losses
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.binary(min_size=1, max_size=64)), max_size=30))
+def test_random_frames_after_a_preface_never_raise(stream):
+    """Random bytes read as frames (the connection started): only exchanges or counted losses."""
+    parser = Http2Parser(limit=256)
+    parser.feed(True, PREFACE, 0)
+    parser.feed(False, frame(http2.SETTINGS, 0, 0, b""), 0)
+    for i, (from_client, data) in enumerate(stream):
+        for ex in parser.feed(from_client, data, i, gap=i % 3):
+            assert ex.start_ns <= ex.end_ns
+    assert len(parser._streams) <= http2.MAX_OPEN_STREAMS
