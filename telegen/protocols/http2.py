@@ -41,6 +41,7 @@ from telegen.protocols.common import (
 
 SYSTEM = "http2"
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_CLASSIFIED = 12             # bytes of it the kernel rule reads
 
 # Loss reasons of this parser besides the shared ones (docs/protocols.md explains each).
 LOSS_HEADER_UNKNOWN = "header_unknown"        # a header block referring to table entries the capture never saw
@@ -90,12 +91,13 @@ _START, _H1, _PREFACE, _FRAMES, _IGNORED = range(5)
 
 
 def classify(client_bytes):
-    """True when a client's first bytes are the HTTP/2 connection preface: the kernel rule.
+    """True when a client's first bytes start the HTTP/2 connection preface: the kernel rule.
 
-    `PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n` (24 bytes): h2c with prior knowledge, and every h2
-    connection once TLS is decrypted. An h2c Upgrade starts as HTTP/1.1 (docs/protocols.md).
+    The preface is `PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n` (24 bytes: h2c with prior knowledge, and
+    every h2 connection once TLS is decrypted); the rule tests its first 12, `PRI * HTTP/2`, all the
+    kernel's classifier reads (L7_HEAD). An h2c Upgrade starts as HTTP/1.1 (docs/protocols.md).
     """
-    return client_bytes[:24] == PREFACE
+    return client_bytes[:_CLASSIFIED] == PREFACE[:_CLASSIFIED]
 
 
 class HpackError(Exception):
