@@ -272,6 +272,7 @@ class Http2Exchange:
     unknown_fields: int = 0
     upgraded: bool = False
     final: bool = False             # parsing state: the final (non-1xx) response headers came
+    request_done: bool = False      # parsing state: the request's body size is final (END_STREAM, or lost)
 
     def text(self, name):
         value = self.request.get(name)
@@ -433,7 +434,7 @@ class Http2Parser(FramedParser):
             self._state = [_IGNORED, _IGNORED]
             return
         req = parse_requests(head)[0]
-        ex = Http2Exchange(1, ts, upgraded=True)
+        ex = Http2Exchange(1, ts, upgraded=True, request_done=True)
         ex.request = {b":method": req.first.encode("ascii"), b":path": req.second.encode("latin-1"),
                       b":scheme": b"http"}
         for name in (b"host", b"user-agent", b"traceparent"):
@@ -535,7 +536,7 @@ class Http2Parser(FramedParser):
         """A decoded header block: a request, a push's request, a response, or trailers."""
         fields, unknown = decoded
         if promised is not None:
-            self._open(promised, fields, unknown, ts, SERVER)
+            self._open(promised, fields, unknown, ts, SERVER).request_done = True
         elif d == CLIENT:
             self._request_headers(sid, fields, unknown, end_stream, ts)
         else:
@@ -558,9 +559,11 @@ class Http2Parser(FramedParser):
         return {}, 1
 
     def _request_headers(self, sid, fields, unknown, end_stream, ts):
-        if sid in self._streams or sid <= self._last_id[CLIENT] or not sid & 1:
-            return                          # request trailers (of a stream answered already or not)
-        self._open(sid, fields, unknown, ts, CLIENT)
+        ex = self._streams.get(sid)
+        if ex is not None:                  # request trailers
+            ex.request_done = ex.request_done or bool(end_stream)
+        elif sid > self._last_id[CLIENT] and sid & 1:
+            self._open(sid, fields, unknown, ts, CLIENT).request_done = bool(end_stream)
 
     def _open(self, sid, fields, unknown, ts, side):
         if len(self._streams) >= MAX_OPEN_STREAMS:
@@ -569,7 +572,8 @@ class Http2Parser(FramedParser):
         if self._first_id[side] is None:
             self._first_id[side] = sid
         self._last_id[side] = max(self._last_id[side], sid)
-        self._streams[sid] = Http2Exchange(sid, ts, request=fields, unknown_fields=unknown)
+        ex = self._streams[sid] = Http2Exchange(sid, ts, request=fields, unknown_fields=unknown)
+        return ex
 
     def _response_headers(self, sid, fields, unknown, end_stream, ts):
         ex = self._streams.get(sid)
@@ -595,7 +599,9 @@ class Http2Parser(FramedParser):
             self._orphan(sid, LOSS_NO_HEADERS)
             return
         if d == CLIENT:
-            ex.request_body_size = (ex.request_body_size or 0) + size
+            if not ex.request_done:
+                ex.request_body_size = (ex.request_body_size or 0) + size
+                ex.request_done = bool(end_stream)
             return
         ex.response_body_size = (ex.response_body_size or 0) + size
         if end_stream:
@@ -636,15 +642,22 @@ class Http2Parser(FramedParser):
         self._lost(d)
 
     def _lost(self, d):
-        """The direction's frame boundaries and HPACK table can no longer be trusted; the open
-        streams have lost frames they needed."""
+        """The direction's frame boundaries and HPACK table can no longer be trusted. Bytes lost
+        from the client cost the open requests their body sizes (unknown from here: None), and
+        their responses still come; bytes lost from the server may have held the end of any open
+        response, so those streams are dropped."""
         self._reset(d)
         if self._state[d] != _IGNORED:
             self._state[d] = _FRAMES
         self._synced[d] = False
         self._tables[d] = HpackTable(False)
         self._block[d] = None
-        if self._streams:
+        if d == CLIENT:
+            for ex in self._streams.values():
+                if not ex.request_done:
+                    ex.request_body_size = None
+                    ex.request_done = True
+        elif self._streams:
             self.losses[LOSS_NO_RESPONSE] += len(self._streams)
             self._forget(list(self._streams))
             self._streams.clear()

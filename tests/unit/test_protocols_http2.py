@@ -365,3 +365,24 @@ def test_random_frames_after_a_preface_never_raise(stream):
         for ex in parser.feed(from_client, data, i, gap=i % 3):
             assert ex.start_ns <= ex.end_ns
     assert len(parser._streams) <= http2.MAX_OPEN_STREAMS
+
+
+def test_bytes_lost_from_the_client_cost_the_request_body_size_only():
+    """An upload whose second DATA frame the capture cut (4 KiB prefixes): still answered."""
+    c = Conversation()
+    sid = c.client.get_next_available_stream_id()
+    c.client.send_headers(sid, [(":method", "POST"), (":path", "/upload"), (":scheme", "http"), (":authority", "a")])
+    c.client.send_data(sid, b"u" * 16000)
+    c.client.send_data(sid, b"u" * 16000, end_stream=True)
+    upload = c.flush_client()
+    c.respond(sid, 201, b"done")
+    c.respond(c.request("/after"), 200, b"a")
+    chunks = c.chunks
+    i = next(k for k, (fc, data, _) in enumerate(chunks) if data is upload)
+    parser = Http2Parser()
+    out = feed_all(parser, chunks[:i])
+    out += parser.feed(True, upload[:4096], chunks[i][2], gap=len(upload) - 4096)
+    out += feed_all(parser, chunks[i + 1:])
+    assert [(e.path, e.status, e.request_body_size, e.response_body_size) for e in out] == [
+        ("/upload", 201, None, 4), ("/after", 200, None, 1)]
+    assert parser.losses == {LOSS_GAP: 1}
