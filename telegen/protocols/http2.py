@@ -7,13 +7,14 @@ trailers) by stream id, however the streams interleave.
 A connection starts with the client preface (`PRI * HTTP/2.0...`, h2c "prior knowledge", the
 kernel rule) or with an HTTP/1.1 request carrying `Upgrade: h2c`: then the server's
 `101 Switching Protocols` turns it into HTTP/2 and stream 1 is the upgraded request, answered in
-frames (RFC 7540 3.2). A server that answers the upgrade request in HTTP/1.1 refused it: the
-connection is not HTTP/2 and the parser stops (counted `upgrade_refused`).
+frames (RFC 7540 3.2). A server that answers the upgrade request otherwise (HTTP/1.1 200, or frames
+from an h2-only port) refused it: the connection is not HTTP/2 and the parser stops (counted
+`upgrade_refused`).
 
 Frames are read with the shared framing loop (telegen.protocols.common.FramedParser): 9-byte
-header, payload kept only for header blocks (HEADERS, CONTINUATION, PUSH_PROMISE), RST_STREAM and
-GOAWAY; DATA payloads are counted by length (minus padding) and skipped unbuffered, as are
-SETTINGS, PING, PRIORITY and WINDOW_UPDATE.
+header, payload kept only for header blocks (HEADERS, CONTINUATION, PUSH_PROMISE), RST_STREAM,
+GOAWAY and SETTINGS (SETTINGS_MAX_FRAME_SIZE bounds the other side's frames); DATA payloads are
+counted by length (minus padding) and skipped unbuffered, as are PING, PRIORITY and WINDOW_UPDATE.
 
 Header blocks are decoded with one HPACK (RFC 7541) dynamic table per direction, which this
 module keeps itself (static table and Huffman code from the `hpack` package) so that it can say
