@@ -33,6 +33,7 @@
 #define PROTO_POSTGRESQL 2
 #define PROTO_MYSQL 3
 #define PROTO_REDIS 4
+#define PROTO_HTTP2 5
 #define PROTO_MAX 16
 #define EV_DATA 5
 #define L7_HEAD 12                /* bytes the classifier looks at */
