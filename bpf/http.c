@@ -25,6 +25,7 @@
  */
 #include "telegen.h"
 #include "http_events.h"
+#include "l7_stream.h"
 
 #ifndef MAX_CONNS
 #define MAX_CONNS 65536
@@ -114,7 +115,8 @@ static __always_inline int track_exit(s64 ret, int is_write)
 
     u64 ptr = 0, avail = 0;
     user_payload(p.how, p.buf, ret, &ptr, &avail);
-    http_payload(key, c, &p, ret, ptr, avail, is_write, now);
+    if (!l7_payload(key, c, &p, ret, ptr, avail, is_write, now))
+        http_payload(key, c, &p, ret, ptr, avail, is_write, now);
     return 0;
 }
 
@@ -243,7 +245,9 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
     struct conn *c = conns.lookup(&key);
     if (!c)
         return 0;
-    if (c->role == ROLE_SERVER || c->role == ROLE_CLIENT) {
+    if (c->proto) {
+        l7_close(key, c, bpf_ktime_get_ns());
+    } else if (c->role == ROLE_SERVER || c->role == ROLE_CLIENT) {
         release_request(key);
         struct pending p = {.buf = 0, .ts = 0, .fd = args->fd, .how = 0};
         send_event(EV_CLOSE, c, &p, 0, 0, 0, bpf_ktime_get_ns());

@@ -43,6 +43,8 @@ struct conn {
     u32 role;
     u32 owner;                    /* socket capture: the tgid its events carry (0: the current task's) */
     u64 cookie;                   /* socket capture: the socket cookie (the connection's key) */
+    u32 proto;                    /* a stream protocol's PROTO_* (bpf/l7_stream.h); 0: HTTP/1 or not classified */
+    u32 _pad;
 };
 
 /* A syscall in flight on a tracked fd (or an accept), in the calling thread's task storage. */

@@ -23,6 +23,7 @@
  */
 #include "telegen.h"
 #include "http_events.h"
+#include "l7_stream.h"
 
 #define FIELD(type, base, off) (*(type *)((char *)(base) + (off)))
 
@@ -124,7 +125,8 @@ static __always_inline int on_data(void *sk, int ret, u32 flags, int is_write)
         p.how = HOW_NONE;                  /* consumed, never copied: the buffer holds stale bytes */
     u64 ptr = 0, avail = 0;
     user_payload(p.how, p.buf, ret, &ptr, &avail);
-    http_payload(c->cookie, c, &p, ret, ptr, avail, is_write, now);
+    if (!l7_payload(c->cookie, c, &p, ret, ptr, avail, is_write, now))
+        http_payload(c->cookie, c, &p, ret, ptr, avail, is_write, now);
     return 0;
 }
 
@@ -148,6 +150,11 @@ int tp_btf__inet_sock_set_state(u64 *ctx)
     struct conn *c = sk_conns.sk_storage_get(sk, 0, 0);
     if (!c || (c->role != ROLE_SERVER && c->role != ROLE_CLIENT))
         return 0;
+    if (c->proto) {
+        l7_close(c->cookie, c, bpf_ktime_get_ns());
+        c->role = ROLE_OTHER;
+        return 0;
+    }
     release_request(c->cookie);
     struct pending p = {.buf = 0, .ts = 0, .fd = (u32)c->cookie, .how = HOW_NONE};
     send_event(EV_CLOSE, c, &p, 0, 0, 0, bpf_ktime_get_ns());

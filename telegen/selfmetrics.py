@@ -52,6 +52,7 @@ class SelfMetrics:
         self.ebpf_ringbuf_fill = Gauge("telegen_ebpf_ringbuf_fill_ratio", "Share of each ring buffer waiting to be read when its last drain began (the kernel loses events at 1)", ["buffer"], registry=r)
         self.ebpf_ringbuf_lost = Counter("telegen_ebpf_ringbuf_lost", "Ring buffer events lost (reserve failed in the kernel)", registry=r)
         self.ebpf_events_dropped = Counter("telegen_ebpf_events_dropped", "Kernel events dropped in user space, by reason", ["reason"], registry=r)
+        self.ebpf_decoder_losses = Counter("telegen_ebpf_decoder_losses", "What an L7 decoder could not make an exchange of, by protocol and reason", ["protocol", "reason"], registry=r)
         self.ebpf_cpu_budget = Gauge("telegen_ebpf_cpu_budget_cores", "CPU the event consumer may use now (agent.ebpf.min_cpu..max_cpu; lower while CPUs are contended)", registry=r)
         self.ebpf_consumer_held = Counter("telegen_ebpf_consumer_held", "Times a ring buffer reader paused for the rest of a window because the CPU budget was spent", registry=r)
         self.metric_overflow = Counter("telegen_metric_attribute_overflow", "Data points folded into the overflow series (cardinality cap)", ["metric"], registry=r)

@@ -73,6 +73,11 @@ SCHEMAS = {
         "ringbuf": _obj({"size": COUNT, "events_received": COUNT, "events_lost": COUNT},
                         required=["size", "events_received", "events_lost"], extra=True),
         "capture": {"oneOf": [{"type": "null"}, _obj({"mode": {"enum": ["socket", "syscalls", None]}, "reason": {"type": "string"}})]},
+        "protocols": {"type": "array", "description": "L7 protocols of the network capture (agent.ebpf.protocols); empty when it does not run",
+                      "items": _obj({
+                          "name": {"type": "string"}, "enabled": {"type": "boolean"}, "exchanges": COUNT,
+                          "open_connections": COUNT, "losses": {"type": "object", "additionalProperties": COUNT},
+                      }, required=["name", "enabled", "exchanges", "open_connections", "losses"])},
     }, required=["enabled", "programs", "maps", "ringbuf"], extra=True),
     "ExportStatus": _obj({
         "endpoint": NULLABLE_STR,

@@ -106,6 +106,15 @@ SCHEMA = Section({
                 "exclude_paths": Field("list_str", [], "Drop exchanges whose path matches one of these globs."),
                 "routes": Field("list_str", [], "Route patterns like /users/{id}; a match sets http.route."),
             }),
+            "protocols": Section({
+                "http": Field("bool", True, "HTTP/1.x exchanges (with agent.ebpf.network.http)."),
+                "postgresql": Field("bool", True, "PostgreSQL client operations."),
+                "mysql": Field("bool", True, "MySQL/MariaDB client operations."),
+                "redis": Field("bool", True, "Redis client commands."),
+            }, doc="L7 protocols the network capture classifies connections as; live on reload (connections already classified keep their protocol in the kernel, their events are ignored)."),
+            "db": Section({
+                "query_text": Field("bool", True, "db.query.text on database spans (literals replaced by ?); off: no statement text and no error message."),
+            }),
         }),
         "profiling": Section({
             "enabled": Field("bool", False, "CPU profiling."),

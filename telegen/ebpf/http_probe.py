@@ -1,15 +1,21 @@
 # -*- test-case-name: tests.unit.test_http_probe -*-
 """
-The HTTP probe: its kernel half, bpf/http_sock.c (socket-level tp_btf tracepoints) or bpf/http.c
-(syscall tracepoints) as agent.ebpf.capture says, plus its user-space half (decoder -> spans and
-RED metrics -> export), which is the same for both: they send the same events.
+The L7 capture probe (named "http", its first protocol): its kernel half, bpf/http_sock.c
+(socket-level tp_btf tracepoints) or bpf/http.c (syscall tracepoints) as agent.ebpf.capture says,
+plus its user-space half, which is the same for both: they send the same events. One ring
+buffer carries every protocol's events; the DecoderRegistry hands each to the decoder of the
+protocol id in its header: HttpDecoder for HTTP/1 (paired in the kernel), a StreamDecoder
+(telegen/ebpf/l7_stream.py) per database protocol of telegen.protocols.registry. Every decoder's
+exchanges go through one ExchangeSink (spans batched per turn and process, duration histograms).
+agent.ebpf.protocols switches each protocol, live: the kernel's l7_enabled array decides what
+new connections are classified as.
 
 agent.ebpf.capture: `socket` or `syscalls` load that one; `auto` (the default) tries the socket
 capture first and falls back to the syscall capture when it does not load (a kernel without the
 tracepoints, BTF or tp_btf support), saying why in /status/ebpf "capture".
 
 Spans are submitted in one batch per process per reactor turn (a callLater(0) after the ring
-buffer drain), RED histograms every agent.host_metrics.interval. Paths matching
+buffer drain), duration histograms every agent.host_metrics.interval (telegen/ebpf/exchange_sink.py). Paths matching
 agent.ebpf.network.exclude_paths are dropped here (the kernel does not parse paths) and
 counted as telegen_ebpf_events_dropped_total{reason="excluded_path"}.
 
@@ -20,27 +26,32 @@ attributes, the RED series), so a steady stream of similar requests costs ids, t
 histogram update each.
 """
 import fnmatch
-import os
 import re
 import time
+from collections import Counter
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from telegen.ebpf.btf import BtfError, KernelBtf
+from telegen.ebpf.exchange_sink import ExchangeSink
 from telegen.ebpf.http_decoder import HttpDecoder
 from telegen.ebpf.l7 import DecoderRegistry
+from telegen.ebpf.l7_stream import StreamDecoder
 from telegen.ebpf.loader import LoadError
 from telegen.ebpf.probe import Probe, excluded_ports
-from telegen.l7.protocols import PROTO_HTTP1
+from telegen.l7.protocols import NAMES, PROTO_HTTP1
 from telegen.l7.records import HttpExchange
-from telegen.signals.common import host_identity
+from telegen.protocols.registry import PROTOCOLS
+from telegen.signals import db as db_signals
 from telegen.signals.http import RedMetrics, RouteMatcher, SpanEncoder, url_path
 
 log = Logger()
 
 CAPTURE_BYTES = 512          # HTTP_CAPTURE: bytes of each request/response head sent up
+STREAM_CAPTURE_BYTES = 4096  # L7_DATA_CAPTURE: bytes of each stream protocol read/write sent up
 IDLE_NS = 10 * 10**9         # a connection silent this long has its open response finished
+STREAM_IDLE_NS = 3600 * 10**9  # a database connection silent this long is forgotten (pools idle for long)
 SYSCALLS = ("read", "readv", "recvfrom", "recvmsg", "write", "writev", "sendto", "sendmsg",
             "sendfile64", "accept", "accept4", "connect")
 
@@ -97,8 +108,16 @@ def _glob_regex(patterns):
     return re.compile("|".join(fnmatch.translate(p) for p in patterns)) if patterns else None
 
 
+def protocols_on(config):
+    """{protocol name: on} from agent.ebpf.protocols (HTTP/1 also needs agent.ebpf.network.http)."""
+    ebpf = config["agent"]["ebpf"]
+    on = dict(ebpf["protocols"])
+    on["http"] = on["http"] and ebpf["network"]["http"]
+    return on
+
+
 class HttpProbe(Probe):
-    """HTTP/1.x server and client exchanges of every process on the host."""
+    """HTTP/1.x server and client exchanges and database client operations of every process on the host."""
 
     name = "http"
     needs_btf = True          # socket capture: tp_btf and socket storage; syscall capture: task storage
@@ -112,15 +131,31 @@ class HttpProbe(Probe):
         self._read_paths(config)
         self._red = RedMetrics(metrics)
         self._encoder = SpanEncoder()
-        self._decoder = HttpDecoder(self._exchange, self._drop, time.time_ns() - time.monotonic_ns(), CAPTURE_BYTES)
+        self._sink = ExchangeSink(pipeline, processes, metrics, self._clock, self._red)
+        self._sink.on_forget(self._forget_templates)
+        self._red.add_metric(db_signals.METRIC, db_signals.DESCRIPTION, db_signals.DURATION_BUCKETS)
+        mono_to_epoch = time.time_ns() - time.monotonic_ns()
+        self._lost = {}                # protocol name -> Counter of decoder losses by reason
+        http_loss = self._losses("http")
+
+        def http_drop(reason):
+            self._drop(reason)
+            http_loss(reason, 1)
+        self._decoder = HttpDecoder(self._exchange, http_drop, mono_to_epoch, CAPTURE_BYTES)
         self._decoders = DecoderRegistry(self._drop)
         self._decoders.register(PROTO_HTTP1, self._decoder.handle_bytes)
-        self._spans = {}
-        self._submit_call = None
+        self._streams = {}
+        for protocol in PROTOCOLS:
+            stream = StreamDecoder(protocol, self._db_exchange, self._losses(protocol.name), mono_to_epoch)
+            self._streams[protocol.name] = stream
+            self._decoders.register(protocol.proto, stream.handle_bytes)
+        self._db_templates = {}
+        self._query_text = config["agent"]["ebpf"]["db"]["query_text"]
+        self._on = protocols_on(config)
+        self._set_streams_enabled()
         self._loops = []
         self._bpf = None
         self._port_rules = {}
-        self.exchanges = 0             # exchanges made spans, counted as each turn's batch is submitted
         self.capture = None            # "socket" or "syscalls" once chosen (select_capture)
         self.capture_reason = None
 
@@ -132,7 +167,12 @@ class HttpProbe(Probe):
 
     def enabled(self, config):
         ebpf = config["agent"]["ebpf"]
-        return ebpf["enabled"] and ebpf["network"]["enabled"] and ebpf["network"]["http"]
+        return ebpf["enabled"] and ebpf["network"]["enabled"] and any(protocols_on(config).values())
+
+    @property
+    def exchanges(self):
+        """Exchanges of every protocol made spans, counted as each turn's batch is submitted."""
+        return self._sink.exchanges
 
     @property
     def source(self):
@@ -156,7 +196,7 @@ class HttpProbe(Probe):
         return {"mode": self.capture, "reason": self.capture_reason}
 
     def cflags(self, config):
-        flags = [f"-DHTTP_CAPTURE={CAPTURE_BYTES}"]
+        flags = [f"-DHTTP_CAPTURE={CAPTURE_BYTES}", f"-DL7_DATA_CAPTURE={STREAM_CAPTURE_BYTES}"]
         if self.capture == "socket":
             try:
                 btf = KernelBtf.load()
@@ -184,6 +224,7 @@ class HttpProbe(Probe):
     def attached(self, bpf):
         """Seed the kernel's port filter from config (the kernel captures nothing before) and start the periodic work."""
         self._bpf = bpf
+        self.set_protocols(self._on)
         self.set_port_filter(self._config["agent"]["ebpf"]["network"]["include_ports"], excluded_ports(self._config))
         clock = self._clock()
         for interval, fn in ((self._config["agent"]["host_metrics"]["interval"], self.flush_metrics),
@@ -194,13 +235,33 @@ class HttpProbe(Probe):
             self._loops.append(loop)
 
     def reconfigure(self, config):
-        """Port filter (with the API port), routes, excluded paths and the metric interval, in place."""
+        """Protocol switches, db.query.text, port filter (with the API port), routes, excluded paths and the metric interval, in place."""
         self._config = config
         self._read_paths(config)
+        self._on = protocols_on(config)
+        self._set_streams_enabled()
+        query_text = config["agent"]["ebpf"]["db"]["query_text"]
+        if query_text != self._query_text:
+            self._query_text = query_text
+            self._db_templates = {}
         if self._bpf is not None:
+            self.set_protocols(self._on)
             self.set_port_filter(config["agent"]["ebpf"]["network"]["include_ports"], excluded_ports(config))
         if self._loops:
             self._loops[0].interval = config["agent"]["host_metrics"]["interval"]
+
+    def _set_streams_enabled(self):
+        """A stream protocol switched off forgets its connections and ignores their events from now on."""
+        for name, stream in self._streams.items():
+            if stream.enabled and not self._on[name]:
+                stream.clear()
+            stream.enabled = self._on[name]
+
+    def set_protocols(self, on):
+        """Write the kernel's per-protocol switches (l7_enabled[PROTO_*]): new connections follow them."""
+        enabled = self._bpf[b"l7_enabled"]
+        for proto, name in NAMES.items():
+            enabled[enabled.Key(proto)] = enabled.Leaf(1 if on.get(name) else 0)
 
     def set_port_filter(self, include_ports, exclude_ports):
         """
@@ -233,13 +294,25 @@ class HttpProbe(Probe):
         self.flush_metrics()
 
     def _drop(self, reason):
-        self._metrics.ebpf_events_dropped.labels(reason=reason).inc()
+        self._sink.drop(reason)
+
+    def _losses(self, protocol):
+        """
+        loss(reason, n) of one protocol's decoder: telegen_ebpf_decoder_losses_total{protocol,
+        reason} and /status/ebpf "protocols". (HTTP/1's are also in telegen_ebpf_events_dropped_total,
+        where they were before there were other protocols.)
+        """
+        lost = self._lost[protocol] = Counter()
+
+        def loss(reason, n):
+            self._metrics.ebpf_decoder_losses.labels(protocol=protocol, reason=reason).inc(n)
+            lost[reason] += n
+        return loss
 
     def _exchange(self, conn, request, status, response_body, start_ns, end_ns):
-        """One complete exchange (HttpDecoder's parts): span now (batched per reactor turn), duration into the histograms."""
+        """One complete HTTP exchange (HttpDecoder's parts) to the sink."""
         pid = conn.pid
-        if self._processes is not None and not self._processes.selected(pid):
-            self._drop("process_not_selected")
+        if not self._sink.selected(pid):
             return
         key = (conn.endpoint, request, status, response_body)
         template = self._templates.get(key)
@@ -248,15 +321,7 @@ class HttpProbe(Probe):
         if template.drop:
             self._drop(template.drop)
             return
-        if end_ns < start_ns:
-            end_ns = start_ns
-        template.record((end_ns - start_ns) / 1e9)
-        spans = self._spans.get(pid)
-        if spans is None:
-            spans = self._spans[pid] = []
-        spans.append(self._encoder.encode(template.span, start_ns, end_ns, conn.peer_port))
-        if self._submit_call is None:
-            self._submit_call = self._clock().callLater(0, self.submit_spans)
+        self._sink.add("http", pid, template.span, template.record, start_ns, end_ns, conn.peer_port)
 
     def _template(self, key, ex):
         """Compute and remember what exchanges shaped like `ex` yield."""
@@ -272,37 +337,54 @@ class HttpProbe(Probe):
         self._templates[key] = template
         return template
 
+    def _db_exchange(self, conn, ex):
+        """One database operation (a StreamDecoder's) to the sink: a CLIENT span and db.client.operation.duration."""
+        pid = conn.pid
+        if not self._sink.selected(pid):
+            return
+        key = (pid, conn.peer, conn.peer_port, db_signals.template_key(ex))
+        template = self._db_templates.get(key)
+        if template is None:
+            if len(self._db_templates) >= MAX_TEMPLATES:
+                self._db_templates.clear()
+            span, attrs = db_signals.span_template(ex, conn.peer, conn.peer_port, self._query_text)
+            template = self._db_templates[key] = _ExchangeTemplate(
+                None, span, self._red.series_recorder(db_signals.METRIC, pid, attrs, ex.end_ns))
+        self._sink.add(ex.system, pid, template.span, template.record, ex.start_ns, ex.end_ns, None)
+
+    def _forget_templates(self):
+        """Histogram series of an exited process were dropped: the templates holding their recorders go."""
+        self._templates.clear()
+        self._db_templates.clear()
+
     def resource(self, pid):
-        """Resource attributes of a process, from the ProcessTable (which keeps process.pid even for exited pids)."""
-        if self._processes is None:
-            return {"process.pid": pid, "host.name": host_identity()["name"]}
-        return self._processes.resource_attributes(pid)
+        """Resource attributes of a process (the sink's)."""
+        return self._sink.resource(pid)
 
     def submit_spans(self):
         """Hand the batched spans to the export pipeline, one submit per process."""
-        self._submit_call = None
-        batches, self._spans = self._spans, {}
-        for pid, spans in batches.items():
-            self.exchanges += len(spans)
-            try:
-                self._pipeline.submit("traces", self.resource(pid), spans)
-            except Exception:
-                # Never lose spans silently, and never let one process's failure stop the others.
-                self._metrics.spans_dropped.labels(reason="submit_error").inc(len(spans))
-                log.failure("submitting {n} spans of pid {pid} failed", n=len(spans), pid=pid)
+        self._sink.submit_spans()
 
     def flush_metrics(self):
-        """Export the cumulative RED histograms."""
-        for pid, metrics in self._red.collect(time.time_ns()).items():
-            self._pipeline.submit("metrics", self.resource(pid), metrics)
-            if not os.path.exists(f"/proc/{pid}"):
-                self._red.forget(pid)
-                self._templates.clear()        # they hold that process's series
+        """Export the cumulative duration histograms."""
+        self._sink.flush_metrics()
 
     def expire(self):
         """Finish responses of idle connections and forget connections whose close was missed."""
-        self._decoder.expire(time.monotonic_ns(), IDLE_NS)
+        now = time.monotonic_ns()
+        self._decoder.expire(now, IDLE_NS)
+        for stream in self._streams.values():
+            stream.expire(now, STREAM_IDLE_NS)
 
     def status(self):
-        """Probe-specific facts for /status/ebpf."""
-        return {"exchanges": self.exchanges, "open_connections": len(self._decoder)}
+        """Probe-specific facts for /status/ebpf: exchanges of every protocol, connections the decoders hold."""
+        return {"exchanges": self.exchanges, "open_connections": len(self._decoder) + sum(map(len, self._streams.values()))}
+
+    def protocols_status(self):
+        """
+        /status/ebpf "protocols": per L7 protocol whether it is on (agent.ebpf.protocols), the
+        exchanges it made spans of, the connections its decoder holds now and its losses by reason.
+        """
+        held = {"http": len(self._decoder), **{name: len(stream) for name, stream in self._streams.items()}}
+        return [{"name": name, "enabled": self._on[name], "exchanges": self._sink.per_protocol[name],
+                 "open_connections": held[name], "losses": dict(self._lost[name])} for name in held]

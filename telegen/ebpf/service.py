@@ -315,6 +315,7 @@ class EbpfService(service.Service):
                         **(st.probe.status() if st.state == "attached" and hasattr(st.probe, "status") else {})}
                        for st in self._loaded],
             "capture": self._capture(),
+            "protocols": self._protocols(),
             "programs": programs,
             "maps": maps,
             "map_entries_age_seconds": None if self._counted_at is None else round(time.time() - self._counted_at, 3),
@@ -332,6 +333,13 @@ class EbpfService(service.Service):
             if st.state != "disabled" and hasattr(st.probe, "capture_status"):
                 return st.probe.capture_status() if st.state == "attached" else {"mode": None, "reason": st.error or st.state}
         return None
+
+    def _protocols(self):
+        """The L7 protocols of the attached capture probe, with their counts (its protocols_status()); [] when none runs."""
+        for st in self._attached():
+            if hasattr(st.probe, "protocols_status"):
+                return st.probe.protocols_status()
+        return []
 
     def summary(self):
         """The /status "ebpf" object."""

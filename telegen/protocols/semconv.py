@@ -10,6 +10,7 @@ sent with bound parameters, which the conventions keep as sent; Redis keeps the 
 and replaces the other arguments. With query_text off there is no db.query.text at all, and no
 status description either (an error message can quote a value).
 """
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -78,11 +79,28 @@ def query_text_of(ex):
     return _sql_facts(ex.query, ex.system)[2]
 
 
+def statement_shape(sql):
+    """
+    `sql` with its integer literals replaced by `?` where that cannot change what the conventions
+    take from it (operation, collection, sanitized text): statements built with literals (pgbench
+    -S, ORMs that inline ids) then share one cache entry and one span template instead of a
+    tokenizer pass each. Text with quotes, `$`, backslashes or comment marks is left as it is
+    (there a digit may be inside a string or comment): sanitized the long way.
+    """
+    if _CONTEXTUAL.search(sql):
+        return sql
+    return _INTEGER.sub("?", sql)
+
+
+_CONTEXTUAL = re.compile(r"['\"`$\\#/-]")
+_INTEGER = re.compile(r"(?<![\w.?:])\d+(?![\w.])")
+
+
 def _sql_facts(sql, system):
     """(operation, collection, sanitized text): applications repeat their statements, so short
     ones are worked out once (the cache holds at most 4096 x 2 KiB of text)."""
     if len(sql) <= _CACHED_TEXT:
-        return _cached_facts(sql, system)
+        return _cached_facts(statement_shape(sql), system)
     return _facts(sql, system)
 
 

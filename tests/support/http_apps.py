@@ -5,7 +5,8 @@ does (it is the agent: TELEGEN_PID).
 
 - python_server(): a ThreadingHTTPServer (HTTP/1.1, keep-alive) with /ok, /missing, /boom,
   /echo (POST, answers the body size), /big/<n> (n body bytes, written in several writes).
-- nginx(): nginx-light on a free port with the same answers plus a sendfile'd static file.
+- nginx(): nginx-light on a free port with the same answers plus a sendfile'd static file (HTTP/1.x,
+  or h2c with prior knowledge).
 - run_client(): http.client in a child process making the requests of a plan.
 """
 import json
@@ -107,7 +108,7 @@ http {{
     sendfile on;
     keepalive_requests 1000000;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{listen_options};
         location = /ok {{ return 200 "hello\\n"; }}
         location = /missing {{ return 404; }}
         location = /boom {{ return 500; }}
@@ -150,8 +151,9 @@ def python_server():
     return child, port
 
 
-def nginx(tmp, port=None, static_bytes=1 << 20):
-    """(Child, port) of nginx (one worker, in the foreground) serving tmp/static (a file `big.bin` of static_bytes)."""
+def nginx(tmp, port=None, static_bytes=1 << 20, http2=False):
+    """(Child, port) of nginx (one worker, in the foreground) serving tmp/static (a file `big.bin` of static_bytes);
+    with http2, the port speaks h2c with prior knowledge only (nginx does not do the h2c upgrade)."""
     port = port or free_port()
     os.makedirs(os.path.join(tmp, "static"), exist_ok=True)
     with open(os.path.join(tmp, "static", "big.bin"), "wb") as f:
@@ -160,7 +162,7 @@ def nginx(tmp, port=None, static_bytes=1 << 20):
         f.write(b"<html>hello</html>\n")
     conf = os.path.join(tmp, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(tmp=tmp, port=port))
+        f.write(NGINX_CONF.format(tmp=tmp, port=port, listen_options=" http2" if http2 else ""))
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     child = Child([binary, "-c", conf, "-e", os.path.join(tmp, "error.log")], stderr=subprocess.DEVNULL)
     return child, port

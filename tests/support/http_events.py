@@ -1,9 +1,12 @@
 """
 The HTTP probe's kernel events as bytes, laid out as bpf/http.c (and bpf/http_sock.c) write them,
-for the decoder and probe tests and the consumer benchmark.
+for the decoder and probe tests and the consumer benchmark; stream_event() for the stream
+protocols' events (bpf/l7_stream.h).
 """
+from telegen.ebpf import l7_stream
 from telegen.ebpf.http_decoder import EV_EXCHANGE, EVENT, EXCHANGE_TAIL, ROLE_SERVER
 from telegen.ebpf.http_probe import CAPTURE_BYTES
+from telegen.l7.protocols import PROTO_REDIS
 
 LOOPBACK = b"\0" * 10 + b"\xff\xff" + bytes([127, 0, 0, 1])
 OFFSET = 1_000_000
@@ -26,3 +29,11 @@ def exchange(ts, response, request, request_ts, *, request_enter_ts=None, **fiel
 
 REQ = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
 RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+
+
+def stream_event(ts, data=b"", *, from_client=True, ret=None, enter_ts=None, kind=l7_stream.EV_DATA, conn=7, pid=10,
+                 proto=PROTO_REDIS, peer_port=6379):
+    """The bytes of one struct l7_data_event (data[] holds only the captured bytes, as the kernel sends it)."""
+    ret = len(data) if ret is None else ret
+    return l7_stream.EVENT.pack(ts, pid, pid, kind, proto, conn, 1, enter_ts or ts, ret, LOOPBACK, peer_port,
+                                LOOPBACK, 50000, int(from_client), len(data)) + data

@@ -17,12 +17,13 @@ def sink_files(data_dir, signal):
 
 
 def read_requests(data_dir, signal):
-    """Every export request of `signal` in write order, decoded to the protobuf request type."""
+    """Every export request of `signal` in write order, decoded to the protobuf request type (complete lines only)."""
     cls = SIGNALS[signal][0]
     out = []
     for path in sink_files(data_dir, signal):
         with open(path, encoding="utf-8") as f:
-            out.extend(decode(line, cls) for line in f if line.strip())
+            # A line without its newline is still being written by the agent (tests read while it runs).
+            out.extend(decode(line, cls) for line in f if line.endswith("\n") and line.strip())
     return out
 
 

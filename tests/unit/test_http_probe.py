@@ -11,7 +11,7 @@ from telegen.ebpf.btf import KernelBtf
 from telegen.ebpf.http_probe import SOCKET_FIELDS, HttpProbe
 from telegen.selfmetrics import SelfMetrics
 from tests.support.fakes import RecordingPipeline, StubProcesses
-from tests.support.http_events import RESP, event
+from tests.support.http_events import RESP, event, stream_event
 
 
 class Table(dict):
@@ -23,7 +23,7 @@ class Table(dict):
 
 class FakeBPF:
     def __init__(self):
-        self.tables = {b"port_rules": Table(), b"settings": Table()}
+        self.tables = {b"port_rules": Table(), b"settings": Table(), b"l7_enabled": Table()}
 
     def __getitem__(self, name):
         return self.tables[name]
@@ -53,6 +53,22 @@ def test_port_filter_is_seeded_from_config_with_the_api_port_excluded():
     assert bpf.tables[b"settings"] == {0: 2}
     _, open_bpf, _, _, _ = make()
     assert open_bpf.tables[b"port_rules"] == {19090: 2} and open_bpf.tables[b"settings"] == {0: 1}
+
+
+def test_protocol_switches_are_written_to_the_kernel_and_changed_in_place():
+    """agent.ebpf.protocols -> l7_enabled[PROTO_*] (HTTP/1 also needs network.http); a reload rewrites it."""
+    probe, bpf, _, _, _ = make()
+    assert bpf.tables[b"l7_enabled"] == {1: 1, 2: 1, 3: 1, 4: 1}
+    new = defaults()
+    new["agent"]["ebpf"]["protocols"].update(mysql=False)
+    new["agent"]["ebpf"]["network"]["http"] = False
+    assert probe.enabled(new) and probe.cflags(new) == probe.cflags(probe._config)     # no rebuild
+    probe.reconfigure(new)
+    assert bpf.tables[b"l7_enabled"] == {1: 0, 2: 1, 3: 0, 4: 1}
+    assert {p["name"]: p["enabled"] for p in probe.protocols_status()} == {
+        "http": False, "postgresql": True, "mysql": False, "redis": True}
+    new["agent"]["ebpf"]["protocols"].update(postgresql=False, redis=False)
+    assert not probe.enabled(new)
 
 
 def test_the_api_port_is_excluded_even_when_included():
@@ -180,3 +196,36 @@ def test_the_socket_capture_gets_the_running_kernels_struct_offsets():
     btf = KernelBtf.load()
     assert int(flags["OFF_SK_FAMILY"]) == btf.member("sock", "__sk_common.skc_family")[0]
     assert int(flags["OFF_REGS_ORIG_AX"]) == btf.member("pt_regs", "orig_ax")[0]
+
+
+def redis_get(probe, conn):
+    probe._decoders.handle_bytes(stream_event(100, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", conn=conn))
+    probe._decoders.handle_bytes(stream_event(200, b"-ERR no\r\n", from_client=False, conn=conn))
+
+
+def test_database_exchanges_share_the_sink_and_query_text_switches_in_place():
+    """A Redis exchange from the registry: a CLIENT span in the same per-process batch as HTTP's,
+    db.client.operation.duration next to the HTTP histograms; db.query_text off takes the text
+    and the error message away on reload."""
+    probe, _, clock, pipeline, _ = make()
+    exchange(probe, "/a")
+    redis_get(probe, 1)
+    clock.advance(0)
+    [(_, resource, records)] = pipeline.of("traces")
+    http, db = [Span.FromString(r) for r in records]
+    attrs = {kv.key: kv.value for kv in db.attributes}
+    assert (db.name, db.kind, http.name) == ("GET", Span.SPAN_KIND_CLIENT, "GET")
+    assert attrs["db.query.text"].string_value == "GET k" and attrs["error.type"].string_value == "ERR"
+    assert (db.status.code, db.status.message) == (2, "ERR no") and resource["process.pid"] == 10
+    assert {p["name"]: p["exchanges"] for p in probe.protocols_status()}["redis"] == 1
+    clock.advance(5.0)
+    names = {m.name for _, _, metrics in pipeline.of("metrics") for m in metrics}
+    assert {"db.client.operation.duration", "http.server.request.duration"} <= names
+
+    new = defaults()
+    new["agent"]["ebpf"]["db"]["query_text"] = False
+    probe.reconfigure(new)
+    redis_get(probe, 2)
+    clock.advance(0)
+    db = Span.FromString(pipeline.of("traces")[-1][2][0])
+    assert "db.query.text" not in {kv.key for kv in db.attributes} and db.status.message == ""

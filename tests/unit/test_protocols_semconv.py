@@ -6,7 +6,7 @@ import pytest
 
 from telegen.protocols.common import DbExchange
 from telegen.protocols.semconv import (
-    SPAN_KIND_CLIENT, STATUS_ERROR, STATUS_UNSET, duration_seconds, metric_attributes, span_of)
+    SPAN_KIND_CLIENT, STATUS_ERROR, STATUS_UNSET, _facts, duration_seconds, metric_attributes, span_of, statement_shape)
 from telegen.protocols.sql import operation_and_collection, sanitize
 
 
@@ -97,3 +97,24 @@ def test_mysql_span():
     span = span_of(DbExchange("mariadb", "INSERT INTO orders VALUES (1, 'a')", "shop", 1, 2))
     assert span.name == "INSERT orders"
     assert span.attributes["db.query.text"] == "INSERT INTO orders VALUES (?, ?)"
+
+
+SHAPES = [
+    ("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;", "SELECT abalance FROM pgbench_accounts WHERE aid = ?;"),
+    ("SELECT * FROM t1 WHERE a = 1.5 AND b IN (1,2,3) LIMIT 10", "SELECT * FROM t1 WHERE a = 1.5 AND b IN (?,?,?) LIMIT ?"),
+    ("UPDATE x SET a = 'it''s 5' WHERE id = 3", "UPDATE x SET a = 'it''s 5' WHERE id = 3"),     # a quote: as it is
+    ("SELECT $1, 7", "SELECT $1, 7"),
+    ("select 1e5, 0x1F, 10", "select 1e5, 0x1F, ?"),
+    ("SELECT a FROM b WHERE c = :1 AND d = ?1", "SELECT a FROM b WHERE c = :1 AND d = ?1"),
+    ("SELECT 1 -- 2", "SELECT 1 -- 2"),
+    ("INSERT INTO t2 VALUES (1, 2)", "INSERT INTO t2 VALUES (?, ?)"),
+]
+
+
+def test_statement_shapes_keep_every_fact_the_conventions_take():
+    """Statements differing only in integer literals share a shape, and the shape's operation,
+    collection and sanitized text are the statement's own (PostgreSQL and MySQL dialects)."""
+    for sql, shape in SHAPES:
+        assert statement_shape(sql) == shape
+        for system in ("postgresql", "mysql"):
+            assert _facts(shape, system) == _facts(sql, system), sql

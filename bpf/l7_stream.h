@@ -1,0 +1,191 @@
+/*
+ * Stream protocols of the L7 capture (PostgreSQL, MySQL/MariaDB, Redis): connection
+ * classification by first bytes and generic data events, shared by both capture modes.
+ *
+ * HTTP/1 keeps its in-kernel pairing (bpf/http_events.h). The protocols here are stateful
+ * (prepared statements, pipelines, result sets spanning many reads), so the kernel does not pair
+ * anything: it classifies a connection once, from the first bytes it carries, stamps the
+ * connection's protocol id (PROTO_*, telegen/l7/protocols.py) and then sends every read and
+ * write of it as one EV_DATA event (direction, connection, bytes moved, a bounded prefix of the
+ * bytes); a parser per connection in user space (telegen/ebpf/l7_stream.py) follows the stream.
+ * A connection that is neither HTTP nor one of these is ROLE_OTHER from its first bytes on and
+ * costs one lookup per read/write after that.
+ *
+ * Each mode calls l7_payload() before http_payload() with the connection's state (struct conn:
+ * socket storage by socket cookie, or the syscall capture's conns by (tgid, fd)); it returns 1
+ * when it took the bytes (a stream connection, or one it just classified or refused), 0 when
+ * http_payload() should have them. l7_close() sends a stream connection's last event.
+ *
+ * Only the client side of these protocols is reported (database client spans): a client-first
+ * protocol is recognised in what a connection sends, a server-first one in what it receives, so
+ * the server process on the same host (which receives the client-first bytes) is never counted.
+ * Per-protocol switches (l7_enabled[proto], written live by user space) decide what is classified;
+ * PROTO_HTTP1 off makes HTTP connections ROLE_OTHER here before http_payload() sees them.
+ *
+ * Adding a protocol (docs/ebpf.md, "Adding a protocol"): a PROTO_* id, a test in l7_classify().
+ */
+#ifndef TELEGEN_L7_STREAM_H
+#define TELEGEN_L7_STREAM_H
+
+#ifndef L7_DATA_CAPTURE
+#define L7_DATA_CAPTURE 4096      /* bytes of one read/write sent up; a power of two */
+#endif
+#define PROTO_POSTGRESQL 2
+#define PROTO_MYSQL 3
+#define PROTO_REDIS 4
+#define PROTO_HTTP2 5
+#define PROTO_MAX 16
+#define EV_DATA 5
+#define L7_HEAD 12                /* bytes the classifier looks at */
+
+/* One read or write of a stream connection (kind EV_DATA), or its close (EV_CLOSE, ret 0). */
+struct l7_data_event {
+    struct telegen_event_header h;
+    u64 conn_id;                  /* socket cookie (socket capture), tgid << 32 | fd (syscall capture) */
+    u64 conn_start_ts;            /* with conn_id, names the connection (fds are reused) */
+    u64 enter_ts;                 /* a client write's syscall entry (syscall capture), else the event's ts */
+    s64 ret;                      /* bytes the read or write moved */
+    struct endpoint peer;
+    struct endpoint local;
+    u32 from_client;              /* 1: the bytes went from the client to the server */
+    u32 cap_len;                  /* bytes of data[] that are the stream's; ret - cap_len were not captured */
+    char data[L7_DATA_CAPTURE];
+};
+
+/* l7_enabled[PROTO_*] = 1 when the protocol is switched on (agent.ebpf.protocols); live. */
+BPF_ARRAY(l7_enabled, u8, PROTO_MAX);
+/* Built here (too big for the stack), then sent with only its captured bytes. */
+BPF_PERCPU_ARRAY(l7_scratch, struct l7_data_event, 1);
+
+static __always_inline int l7_on(u32 proto)
+{
+    u8 *on = l7_enabled.lookup(&proto);
+    return on && *on;
+}
+
+#define L7_DIGIT(c) ((c) >= '0' && (c) <= '9')
+/* CRLF at b[k], then a bulk string's '$' and the first digit of its length. */
+#define L7_RESP_AT(b, k) ((b)[k] == '\r' && (b)[(k) + 1] == '\n' && (b)[(k) + 2] == '$' && L7_DIGIT((b)[(k) + 3]))
+
+/* The 32-bit big-endian int at b[at]. */
+static __always_inline u32 be32(const u8 *b, int at)
+{
+    return ((u32)b[at] << 24) | ((u32)b[at + 1] << 16) | ((u32)b[at + 2] << 8) | b[at + 3];
+}
+
+/*
+ * The protocol of a client's first bytes: what the client sends first (sent = 1) or what the
+ * server sends first (sent = 0: the bytes arrived). The user-space twins are the classify()
+ * functions of telegen/protocols/ (docs/protocols.md has each rule).
+ */
+static __always_inline u32 l7_classify(const u8 *b, int sent)
+{
+    if (sent) {
+        /* PostgreSQL StartupMessage (3.0), SSLRequest, GSSENCRequest: int32 length 8..10000, int32 code. */
+        u32 len = be32(b, 0), code = be32(b, 4);
+        if (len >= 8 && len <= 10000 && (code == 196608 || code == 80877103 || code == 80877104))
+            return PROTO_POSTGRESQL;
+        /* Redis RESP array of bulk strings: '*', 1-6 digits, CRLF, '$', a digit (constant indices only:
+         * the verifier refuses the pointer arithmetic clang makes of a loop over b[i]). */
+        if (b[0] != '*' || !L7_DIGIT(b[1]))
+            return 0;
+        if (L7_RESP_AT(b, 2)) return PROTO_REDIS;
+        if (!L7_DIGIT(b[2])) return 0;
+        if (L7_RESP_AT(b, 3)) return PROTO_REDIS;
+        if (!L7_DIGIT(b[3])) return 0;
+        if (L7_RESP_AT(b, 4)) return PROTO_REDIS;
+        if (!L7_DIGIT(b[4])) return 0;
+        if (L7_RESP_AT(b, 5)) return PROTO_REDIS;
+        if (!L7_DIGIT(b[5])) return 0;
+        if (L7_RESP_AT(b, 6)) return PROTO_REDIS;
+        if (!L7_DIGIT(b[6])) return 0;
+        if (L7_RESP_AT(b, 7)) return PROTO_REDIS;
+        return 0;
+    }
+    /* MySQL/MariaDB Initial Handshake: payload length 30..1024 (LE), sequence 0, protocol 10, a digit. */
+    u32 plen = b[0] | (b[1] << 8) | (b[2] << 16);
+    if (plen >= 30 && plen <= 1024 && b[3] == 0 && b[4] == 10 && b[5] >= '0' && b[5] <= '9')
+        return PROTO_MYSQL;
+    return 0;
+}
+
+/* Send one read/write (or, with kind EV_CLOSE, the close) of stream connection c. */
+static __always_inline void l7_send(u32 kind, u64 conn_id, struct conn *c, struct pending *p, s64 ret,
+                                    u64 ptr, u64 avail, int is_write, u64 now)
+{
+    u32 zero = 0;
+    struct l7_data_event *e = l7_scratch.lookup(&zero);
+    if (!e)
+        return;
+    telegen_fill_header(&e->h, kind, now);
+    e->h.proto = c->proto;
+    if (c->owner)
+        e->h.pid = c->owner;
+    e->conn_id = conn_id;
+    e->conn_start_ts = c->start_ts;
+    e->enter_ts = (p && p->ts) ? p->ts : now;
+    e->ret = ret;
+    e->peer = c->peer;
+    e->local = c->local;
+    e->from_client = (c->role == ROLE_CLIENT) == is_write;
+    u32 n = 0;
+    if (ptr) {
+        if (avail >= L7_DATA_CAPTURE) {
+            n = L7_DATA_CAPTURE;
+            bpf_probe_read_user(e->data, L7_DATA_CAPTURE, (void *)ptr);
+        } else {
+            n = avail & (L7_DATA_CAPTURE - 1);
+            bpf_probe_read_user(e->data, n, (void *)ptr);
+        }
+    }
+    e->cap_len = n;
+    u64 size = __builtin_offsetof(struct l7_data_event, data) + n;
+    if (size > sizeof(*e))
+        size = sizeof(*e);
+    if (http_events.ringbuf_output(e, size, telegen_wakeup_flags(size)) != 0)
+        telegen_count_lost(TELEGEN_RB_http_events);
+}
+
+/*
+ * Bytes moved on connection c (see the top of this file): 1 when taken here, 0 when they are
+ * http_payload()'s. Classifies a connection still unclassified (ROLE_UNSEEN, ROLE_ACCEPTED,
+ * ROLE_CONNECTED) by its first bytes; HTTP/1 connections (ROLE_SERVER/CLIENT with no stream
+ * protocol) and ROLE_OTHER ones cost one compare.
+ */
+static __always_inline int l7_payload(u64 conn_id, struct conn *c, struct pending *p, s64 ret, u64 ptr,
+                                      u64 avail, int is_write, u64 now)
+{
+    if (c->proto) {
+        l7_send(EV_DATA, conn_id, c, p, ret, ptr, avail, is_write, now);
+        return 1;
+    }
+    if (c->role != ROLE_UNSEEN && c->role != ROLE_ACCEPTED && c->role != ROLE_CONNECTED)
+        return 0;
+    u8 head[L7_HEAD] = {};
+    if (ptr && avail >= L7_HEAD)
+        bpf_probe_read_user(head, L7_HEAD, (void *)ptr);
+    else if (ptr && avail >= 8)
+        bpf_probe_read_user(head, 8, (void *)ptr);     /* an SSLRequest is 8 bytes */
+    else if (ptr && avail >= 6)
+        bpf_probe_read_user(head, 6, (void *)ptr);
+    if (is_request((const char *)head))
+        return l7_on(PROTO_HTTP1) ? 0 : (c->role = ROLE_OTHER, 1);
+    /* A client: the side that connected (syscall capture) or, unseen, the one the rule's direction says. */
+    if (c->role == ROLE_ACCEPTED)
+        return 0;
+    u32 proto = l7_classify(head, is_write);
+    if (!proto || !l7_on(proto) || (c->role == ROLE_UNSEEN && !port_allowed(c->peer.port, 1)))
+        return 0;                          /* http_payload() makes it ROLE_OTHER */
+    c->proto = proto;
+    c->role = ROLE_CLIENT;
+    l7_send(EV_DATA, conn_id, c, p, ret, ptr, avail, is_write, now);
+    return 1;
+}
+
+/* Stream connection c closes: its last event, so user space frees the connection's parser. */
+static __always_inline void l7_close(u64 conn_id, struct conn *c, u64 now)
+{
+    l7_send(EV_CLOSE, conn_id, c, 0, 0, 0, 0, 0, now);
+}
+
+#endif /* TELEGEN_L7_STREAM_H */

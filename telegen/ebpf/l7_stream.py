@@ -1,0 +1,106 @@
+# -*- test-case-name: tests.unit.test_ebpf_l7_stream -*-
+"""
+The stream decoder: the user-space half of the L7 capture's stream protocols (bpf/l7_stream.h),
+one instance per protocol id in the DecoderRegistry.
+
+The kernel sends every read and write of a classified connection as an EV_DATA event (direction,
+connection, bytes moved, a bounded prefix of them) and its close as EV_CLOSE. This decoder keeps
+one parser per connection (the protocol's `feed(from_client, data, ts_ns, gap)` class from
+telegen.protocols.registry) and feeds it the events in the order the ring buffer delivers them,
+which is the order each connection's syscalls returned. What the capture cut off (a read or
+write longer than the event's prefix, sendfile) is passed as `gap`, so the parser knows bytes
+are missing and resynchronizes instead of misreading. A close frees the parser; a connection
+silent for longer than the idle limit (its close missed: the syscall capture's LRU map evicted
+it) is forgotten by expire(). Every loss is counted by reason per protocol: the parsers'
+(desync, gap, truncated, response_without_request, ...) and the decoder's own.
+"""
+import struct
+
+from telegen.ebpf.http_decoder import format_address
+
+EV_CLOSE, EV_DATA = 3, 5
+# struct l7_data_event without data[]: header {ts, pid, tid, kind, proto}, conn_id, conn_start_ts,
+# enter_ts, ret, two endpoints {addr[16], port, family, pad}, from_client, cap_len.
+EVENT = struct.Struct("<QIIII" "QQQq" "16sH6x" "16sH6x" "II")
+MAX_CONNECTIONS = 65536        # parsers held at once; beyond, a new connection is counted and ignored
+
+
+class StreamConnection:
+    """One connection's parser and what its spans need of the connection (the server's address)."""
+
+    __slots__ = ("pid", "parser", "peer", "peer_port", "last_seen")
+
+    def __init__(self, pid, parser, peer, peer_port):
+        self.pid = pid
+        self.parser = parser
+        self.peer = peer
+        self.peer_port = peer_port or None
+        self.last_seen = 0
+
+
+class StreamDecoder:
+    """
+    @param protocol: the telegen.protocols.registry Protocol (name, new_parser).
+    @param on_exchange: called as on_exchange(connection, exchange) for every exchange a parser completes.
+    @param loss: called as loss(reason, n) for what could not become an exchange.
+    @param mono_to_epoch: ns to add to bpf_ktime_get_ns() values.
+    """
+
+    def __init__(self, protocol, on_exchange, loss, mono_to_epoch):
+        self.protocol = protocol
+        self._on_exchange = on_exchange
+        self._loss = loss
+        self._offset = mono_to_epoch
+        self._conns = {}
+        self.enabled = True
+
+    def __len__(self):
+        return len(self._conns)
+
+    def handle_bytes(self, raw):
+        """The registry's handler for this protocol: one event (its bytes)."""
+        (ts, pid, _tid, kind, _proto, conn_id, conn_ts, enter_ts, ret, peer, peer_port, _local, _local_port,
+         from_client, cap_len) = EVENT.unpack_from(raw)
+        key = (conn_id, conn_ts)
+        conn = self._conns.get(key)
+        if kind == EV_CLOSE:
+            if conn is not None:
+                self._drain(conn)
+                del self._conns[key]
+            return
+        if not self.enabled:
+            self._loss("protocol_disabled", 1)
+            return
+        if conn is None:
+            if len(self._conns) >= MAX_CONNECTIONS:
+                self._loss("too_many_connections", 1)
+                return
+            conn = self._conns[key] = StreamConnection(pid, self.protocol.new_parser(), format_address(peer), peer_port)
+        conn.last_seen = ts
+        data = raw[EVENT.size:EVENT.size + cap_len]
+        # A client's request starts when its write began (syscall capture); everything else when the call returned.
+        at = (enter_ts if from_client else ts) + self._offset
+        for exchange in conn.parser.feed(bool(from_client), data, at, ret - cap_len):
+            self._on_exchange(conn, exchange)
+        if conn.parser.losses:
+            self._drain(conn)
+
+    def _drain(self, conn):
+        """Move a parser's loss counts to the protocol's counters."""
+        losses = conn.parser.losses
+        for reason, n in losses.items():
+            self._loss(reason, n)
+        losses.clear()
+
+    def expire(self, now_mono, idle_ns):
+        """Forget connections silent for idle_ns (their close was not seen)."""
+        for key, conn in list(self._conns.items()):
+            if now_mono - conn.last_seen >= idle_ns:
+                self._drain(conn)
+                del self._conns[key]
+
+    def clear(self):
+        """Forget every connection (the protocol was switched off)."""
+        for conn in self._conns.values():
+            self._drain(conn)
+        self._conns.clear()

@@ -1,0 +1,68 @@
+"""
+StreamDecoder on events laid out as bpf/l7_stream.h sends them: one parser per connection fed in
+order, times from the right edge of each syscall, a cut capture passed on as a gap (counted, the
+parser resynchronizes), a close frees the connection, idle connections expire, losses by reason.
+"""
+from telegen.ebpf.l7_stream import EV_CLOSE, EVENT, StreamDecoder
+from telegen.l7.protocols import PROTO_REDIS
+from telegen.protocols.registry import PROTOCOLS
+from tests.support.http_events import stream_event as event
+
+REDIS = next(p for p in PROTOCOLS if p.proto == PROTO_REDIS)
+OFFSET = 1_000
+
+
+def decoder():
+    exchanges, losses = [], []
+    d = StreamDecoder(REDIS, lambda conn, ex: exchanges.append((conn, ex)), lambda r, n: losses.append((r, n)), OFFSET)
+    return d, exchanges, losses
+
+
+def test_the_event_layout_is_the_kernels():
+    """struct l7_data_event: header 24, four u64, two 24-byte endpoints, two u32, then data[]."""
+    assert EVENT.size == 24 + 32 + 48 + 8
+
+
+def test_commands_and_replies_make_exchanges_with_syscall_times():
+    d, exchanges, losses = decoder()
+    d.handle_bytes(event(200, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", enter_ts=150))
+    d.handle_bytes(event(300, b"$1\r\nv\r\n", from_client=False))
+    [(conn, ex)] = exchanges
+    assert (ex.command, ex.query, ex.namespace) == ("GET", "GET k", "0")
+    assert (ex.start_ns, ex.end_ns) == (150 + OFFSET, 300 + OFFSET)     # the write's entry, the read's return
+    assert (conn.pid, conn.peer, conn.peer_port) == (10, "127.0.0.1", 6379)
+    assert len(d) == 1 and not losses
+    d.handle_bytes(event(400, kind=EV_CLOSE))
+    assert len(d) == 0
+
+
+def test_a_cut_capture_is_a_gap_and_the_parser_resyncs():
+    """A reply longer than the capture: the rest is a gap, counted; the next command pairs exactly."""
+    d, exchanges, losses = decoder()
+    d.handle_bytes(event(1, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"))
+    d.handle_bytes(event(2, b"$10000\r\n" + b"x" * 100, from_client=False, ret=10010))
+    d.handle_bytes(event(3, b"*2\r\n$3\r\nGET\r\n$1\r\nj\r\n"))
+    d.handle_bytes(event(4, b"$1\r\nv\r\n", from_client=False))
+    assert ("gap", 1) in losses
+    assert [ex.query for _, ex in exchanges][-1] == "GET j"
+
+
+def test_connections_are_separate_and_idle_ones_expire():
+    d, exchanges, _ = decoder()
+    d.handle_bytes(event(1, b"*1\r\n$4\r\nPING\r\n", conn=1))
+    d.handle_bytes(event(2, b"*1\r\n$4\r\nPING\r\n", conn=2))
+    d.handle_bytes(event(3, b"+PONG\r\n", from_client=False, conn=2))
+    assert [ex.command for _, ex in exchanges] == ["PING"] and len(d) == 2
+    d.expire(now_mono=10, idle_ns=8)
+    assert len(d) == 1
+    d.expire(now_mono=100, idle_ns=8)
+    assert len(d) == 0
+
+
+def test_a_disabled_protocol_drops_counted_and_holds_nothing():
+    d, exchanges, losses = decoder()
+    d.handle_bytes(event(1, b"*1\r\n$4\r\nPING\r\n"))
+    d.clear()
+    d.enabled = False
+    d.handle_bytes(event(2, b"+PONG\r\n", from_client=False))
+    assert not exchanges and len(d) == 0 and losses == [("protocol_disabled", 1)]
