@@ -26,6 +26,7 @@
 #include "telegen.h"
 #include "http_events.h"
 #include "l7_stream.h"
+#include "tls.h"
 
 #ifndef MAX_CONNS
 #define MAX_CONNS 65536
@@ -93,7 +94,13 @@ static __always_inline int track_enter(u32 fd, u64 buf, u32 how, int is_write)
     u64 id = bpf_get_current_pid_tgid();
     u64 key = (id & 0xffffffff00000000ULL) | fd;
     struct conn *c = conns.lookup(&key);
-    if (!c || c->role == ROLE_OTHER)
+    if (!c)
+        return 0;
+#ifdef TELEGEN_TLS
+    if (tls_socket_io(c, key, fd))
+        return 0;
+#endif
+    if (c->role == ROLE_OTHER)
         return 0;
     /* Only a client's request write starts a span at its entry; everything else uses exit times. */
     int client = c->role == ROLE_CONNECTED || c->role == ROLE_CLIENT;
@@ -245,6 +252,10 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
     struct conn *c = conns.lookup(&key);
     if (!c)
         return 0;
+#ifdef TELEGEN_TLS
+    if (c->role == ROLE_TLS)
+        tls_closed(key);
+#endif
     if (c->proto) {
         l7_close(key, c, bpf_ktime_get_ns());
     } else if (c->role == ROLE_SERVER || c->role == ROLE_CLIENT) {

@@ -24,6 +24,7 @@ enum role { ROLE_ACCEPTED = 1, ROLE_CONNECTED = 2, ROLE_SERVER = 3, ROLE_CLIENT 
 enum how { HOW_PLAIN = 1, HOW_IOV = 2, HOW_MSG = 3, HOW_SENDFILE = 4, HOW_ACCEPT = 5, HOW_NONE = 6 };
 enum kind { EV_REQUEST = 1, EV_RESPONSE = 2, EV_CLOSE = 3, EV_EXCHANGE = 4 };
 #define PROTO_HTTP1 1             /* telegen/l7/protocols.py */
+#define HTTP_FLAG_TLS 1           /* the bytes are TLS plaintext (bpf/tls.h): url.scheme https */
 
 struct endpoint {
     u8 addr[16];                  /* IPv6 or IPv4-mapped (::ffff:a.b.c.d) */
@@ -44,7 +45,7 @@ struct conn {
     u32 owner;                    /* socket capture: the tgid its events carry (0: the current task's) */
     u64 cookie;                   /* socket capture: the socket cookie (the connection's key) */
     u32 proto;                    /* a stream protocol's PROTO_* (bpf/l7_stream.h); 0: HTTP/1 or not classified */
-    u32 _pad;
+    u32 flags;                    /* HTTP_FLAG_*, copied into its events */
 };
 
 /* A syscall in flight on a tracked fd (or an accept), in the calling thread's task storage. */
@@ -69,7 +70,7 @@ struct http_event {
     u32 fd;
     u32 role;
     u32 cap_len;
-    u32 _pad;
+    u32 flags;                    /* the connection's HTTP_FLAG_* */
     char data[HTTP_CAPTURE];
 };
 
@@ -173,7 +174,7 @@ static __always_inline void fill_event(struct http_event *e, u32 kind, struct co
     e->local = c->local;
     e->fd = p ? p->fd : 0;
     e->role = c->role;
-    e->_pad = 0;
+    e->flags = c->flags;
     u32 n = 0;
     if (ptr) {
         if (avail >= HTTP_CAPTURE) {

@@ -24,6 +24,7 @@
 #include "telegen.h"
 #include "http_events.h"
 #include "l7_stream.h"
+#include "tls.h"
 
 #define FIELD(type, base, off) (*(type *)((char *)(base) + (off)))
 
@@ -42,7 +43,7 @@
 
 BPF_SK_STORAGE(sk_conns, struct conn);
 
-/* The socket's connection, created on first sight; 0 for what is not tracked (or known not to be HTTP). */
+/* The socket's connection, created on first sight (whatever its role); 0 for what is not tracked. */
 static __always_inline struct conn *sock_conn(void *sk)
 {
     u16 family = FIELD(u16, sk, OFF_SK_FAMILY);
@@ -53,7 +54,7 @@ static __always_inline struct conn *sock_conn(void *sk)
     if (telegen_is_self())
         return 0;
     struct conn *c = sk_conns.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-    if (!c || c->role == ROLE_OTHER)
+    if (!c)
         return 0;
     if (!c->role) {
         c->start_ts = bpf_ktime_get_ns();
@@ -118,6 +119,12 @@ static __always_inline int on_data(void *sk, int ret, u32 flags, int is_write)
     struct conn *c = sock_conn(sk);
     if (!c)
         return 0;
+#ifdef TELEGEN_TLS
+    if (tls_socket_io(c, c->cookie, (u32)c->cookie))
+        return 0;
+#endif
+    if (c->role == ROLE_OTHER)
+        return 0;
     u64 now = bpf_ktime_get_ns();
     struct pending p = {.buf = 0, .ts = 0, .fd = (u32)c->cookie, .how = HOW_NONE};
     p.how = user_call(is_write, &p.buf);
@@ -148,6 +155,10 @@ int tp_btf__inet_sock_set_state(u64 *ctx)
         return 0;
     void *sk = (void *)ctx[0];
     struct conn *c = sk_conns.sk_storage_get(sk, 0, 0);
+#ifdef TELEGEN_TLS
+    if (c && c->role == ROLE_TLS)
+        tls_closed(c->cookie);
+#endif
     if (!c || (c->role != ROLE_SERVER && c->role != ROLE_CLIENT))
         return 0;
     if (c->proto) {

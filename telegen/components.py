@@ -76,7 +76,7 @@ SPECS = (
     ChildSpec("processes", ("agent.discovery", "cloud") + RESOURCE, _processes),
     ChildSpec("export", ("otlp", "queues", "backoff", "telegen.data_dir", "telegen.shutdown_timeout"), _export),
     ChildSpec("hostmetrics", ("agent.host_metrics",) + RESOURCE, _hostmetrics),
-    ChildSpec("ebpf", ("agent.ebpf", "agent.host_metrics.interval", "self_telemetry.listen"), _ebpf,
+    ChildSpec("ebpf", ("agent.ebpf", "agent.host_metrics.interval", "agent.discovery.poll_interval", "self_telemetry.listen"), _ebpf,
               depends_on=("processes",)),
     ChildSpec("profiling", ("agent.profiling", "telegen.data_dir"), _profiling, depends_on=("processes",)),
     ChildSpec("logs", ("agent.logs", "telegen.data_dir", "telegen.shutdown_timeout") + RESOURCE, _logs,

@@ -14,7 +14,10 @@ with gzip (or what --export names) to a receiver in this process (tests/support/
 Run as root from the checkout:
 
     .venv/bin/python bench/ebpf/run.py [--rounds 3] [--seconds 8] [--rate 5000] [--rate-seconds 20] [--rate-rounds 3]
-        [--export grpc+gzip [grpc+none http+gzip ...]]
+        [--export grpc+gzip [grpc+none http+gzip ...]] [--https]
+
+--https: nginx with a self-signed certificate, wrk and h2load over TLS (both link OpenSSL), so
+the agent's spans come from the OpenSSL uprobes (agent.ebpf.tls) on both sides.
 """
 import argparse
 import json
@@ -128,8 +131,11 @@ class CpuShares:
         return {name: round(100 * (v - self.cpu0[name]) / wall, 1) for name, v in self._sample().items()}
 
 
+SCHEME = "http"             # "https" with --https
+
+
 def wrk(port, seconds, connections=32):
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/ok"],
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", f"{SCHEME}://127.0.0.1:{port}/ok"],
                          capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
@@ -140,7 +146,7 @@ def wrk(port, seconds, connections=32):
 
 def h2load(port, rate, seconds, clients=10):
     out = subprocess.run(["h2load", "--h1", f"-c{clients}", "-t1", f"--rps={rate // clients}", f"-D{seconds}",
-                          f"http://127.0.0.1:{port}/ok"], capture_output=True, text=True, check=True).stdout
+                          f"{SCHEME}://127.0.0.1:{port}/ok"], capture_output=True, text=True, check=True).stdout
     m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded", out)
     return {"requests": int(m.group(4)), "rps": float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))}
 
@@ -190,7 +196,7 @@ def start_agent(tmp, receiver, args, export):
     agent = AgentProcess(tmp, config={
         "otlp": {"endpoint": receiver.endpoint(protocol), "protocol": protocol, "insecure": True,
                  "compression": compression},
-        "agent": {"ebpf": {"enabled": True, "capture": args.capture, "network": {"tcp": not args.no_tcp}},
+        "agent": {"ebpf": {"enabled": True, "capture": args.capture, "tls": not args.no_tls, "network": {"tcp": not args.no_tcp}},
                   "host_metrics": {"interval": "15s"}}})
     agent.start()
     wait_for(lambda: agent.get("/ready").json()["checks"]["ebpf"] == "ok", timeout=300, message="probes attached")
@@ -265,10 +271,17 @@ def main():
     parser.add_argument("--no-tcp", action="store_true", help="turn the tcp probe off (isolates the HTTP cost)")
     parser.add_argument("--nice", type=int, default=0, help="niceness of the agent's reactor thread (yield CPU to apps)")
     parser.add_argument("--capture", choices=("auto", "socket", "syscalls"), default="auto", help="agent.ebpf.capture")
+    parser.add_argument("--https", action="store_true", help="nginx, wrk and h2load over TLS (spans from the OpenSSL uprobes)")
+    parser.add_argument("--no-tls", action="store_true", help="agent.ebpf.tls off (no OpenSSL uprobes: with --https, the cost of the rest)")
     args = parser.parse_args()
+    global SCHEME
     tmp = tempfile.mkdtemp(prefix="telegen-bench-")
     os.chmod(tmp, 0o755)
-    nginx, port = apps.nginx(os.path.join(tmp, "nginx"))
+    tls = None
+    if args.https:
+        SCHEME = "https"
+        tls = apps.self_signed(tmp)
+    nginx, port = apps.nginx(os.path.join(tmp, "nginx"), tls=tls)
     receiver = OtlpReceiver().start()
     agent = None
     off, on = [], []

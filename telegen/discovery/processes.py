@@ -76,6 +76,8 @@ class ProcessTable(service.Service):
         self._run_in_thread = run_in_thread or self._thread_pool
         # Set by the eBPF service: read the exec/exit events already in the kernel's ring now.
         self.catch_up_events = lambda: None
+        # Called with the pid of every process that execs (the HTTP probe looks for its libssl).
+        self.exec_hooks = []
 
     @property
     def reactor(self):
@@ -167,6 +169,11 @@ class ProcessTable(service.Service):
             info.ports = old.ports if old is not None else set()
             self._table[pid] = info
         self._update_gauge()
+        for hook in list(self.exec_hooks):
+            try:
+                hook(pid)
+            except Exception:
+                log.failure("exec hook failed for pid {pid}", pid=pid)
 
     def on_exit(self, pid, comm=None, ppid=0):
         """

@@ -32,15 +32,16 @@ from telegen.l7.http import SWITCHING_PROTOCOLS, is_interim, parse_requests, par
 
 EV_REQUEST, EV_RESPONSE, EV_CLOSE, EV_EXCHANGE = 1, 2, 3, 4
 ROLE_SERVER, ROLE_CLIENT = 3, 4
+FLAG_TLS = 1                 # HTTP_FLAG_TLS: the connection's bytes are TLS plaintext (bpf/tls.h)
 
 # struct http_event without data[] (bpf/http_events.h): header {ts, pid, tid, kind, proto}, 6 u64 + s64,
-# two endpoints {addr[16], port, family, pad}, {fd, role, cap_len, pad}; EVENT is the whole of it.
+# two endpoints {addr[16], port, family, pad}, {fd, role, cap_len, flags}; EVENT is the whole of it.
 # Fields the decoder does not use are skipped ("x"): every event needs its times, totals and
 # connection key (one unpack, _FIXED, which skips the addresses), the addresses only when a
 # connection is first seen (two 16-byte strings fewer to build per event).
 _TIMES = "QI4xI4x" "QQQQQQq"
 _ENDPOINTS = struct.Struct("<16sH6x" "16sH6x")
-_KEY = "III4x"
+_KEY = "IIII"
 _ENDPOINTS_AT = struct.calcsize("<" + _TIMES)
 _FIXED = struct.Struct("<" + _TIMES + "%dx" % _ENDPOINTS.size + _KEY)
 EVENT = struct.Struct("<" + _TIMES + _ENDPOINTS.format.lstrip("<") + _KEY)
@@ -85,10 +86,11 @@ class Connection:
     """
 
     __slots__ = ("server_side", "pid", "peer", "peer_port", "local", "local_port", "endpoint",
-                 "waiting", "responding", "last_seen", "upgraded")
+                 "waiting", "responding", "last_seen", "upgraded", "tls")
 
-    def __init__(self, server_side, pid, peer, peer_port, local, local_port):
+    def __init__(self, server_side, pid, peer, peer_port, local, local_port, tls=False):
         self.server_side = server_side
+        self.tls = tls                   # HTTP over TLS (plaintext from the OpenSSL uprobes): url.scheme https
         self.pid = pid
         self.peer = peer
         self.peer_port = peer_port or None
@@ -176,10 +178,10 @@ class HttpDecoder:
             pair = self._pairs[key] = _Pair(requests[0], responses[0]) if simple else None
         return pair
 
-    def _connection(self, server_side, pid, peer, peer_port, local, local_port):
+    def _connection(self, server_side, tls, pid, peer, peer_port, local, local_port):
         """A new Connection, numbered by its endpoint (ids are never reused, even after the bounded map is cleared)."""
-        conn = Connection(server_side, pid, format_address(peer), peer_port, format_address(local), local_port)
-        shared = (pid, server_side, conn.peer, conn.local, conn.local_port if server_side else conn.peer_port)
+        conn = Connection(server_side, pid, format_address(peer), peer_port, format_address(local), local_port, tls)
+        shared = (pid, server_side, tls, conn.peer, conn.local, conn.local_port if server_side else conn.peer_port)
         endpoint = self._endpoints.get(shared)
         if endpoint is None:
             if len(self._endpoints) >= PARSE_CACHE:
@@ -193,13 +195,13 @@ class HttpDecoder:
 
     def handle_bytes(self, raw):
         """The ring buffer handler: decode one event (its bytes)."""
-        ts, pid, kind, enter_ts, conn_ts, rx, tx, last_rx, last_tx, ret, fd, role, cap_len = _FIXED.unpack_from(raw)
+        ts, pid, kind, enter_ts, conn_ts, rx, tx, last_rx, last_tx, ret, fd, role, cap_len, flags = _FIXED.unpack_from(raw)
         key = (pid, fd, conn_ts)
         conn = self._conns.get(key)
         if conn is None:
             if kind == EV_CLOSE:
                 return
-            conn = self._conns[key] = self._connection(role == ROLE_SERVER, pid,
+            conn = self._conns[key] = self._connection(role == ROLE_SERVER, bool(flags & FLAG_TLS), pid,
                                                        *_ENDPOINTS.unpack_from(raw, _ENDPOINTS_AT))
         conn.last_seen = ts
         server = conn.server_side

@@ -40,6 +40,7 @@ from telegen.ebpf.l7 import DecoderRegistry
 from telegen.ebpf.l7_stream import StreamDecoder
 from telegen.ebpf.loader import LoadError
 from telegen.ebpf.probe import Probe, excluded_ports
+from telegen.ebpf.tls import ENTRIES, RETURN_FN, TlsLibraries
 from telegen.l7.protocols import NAMES, PROTO_HTTP1
 from telegen.l7.records import HttpExchange
 from telegen.protocols.registry import PROTOCOLS
@@ -74,6 +75,7 @@ SOCKET_FIELDS = {
     "OFF_REGS_CS": ("pt_regs", "cs"),
 }
 CAPTURE_MODES = {"auto": ("socket", "syscalls"), "socket": ("socket",), "syscalls": ("syscalls",)}
+TLS_LOST_REASONS = ("tls_unlinked",)     # bpf/tls.h tls_lost slots, as telegen_ebpf_events_dropped_total reasons
 
 
 def socket_field_flags(btf):
@@ -158,6 +160,8 @@ class HttpProbe(Probe):
         self._port_rules = {}
         self.capture = None            # "socket" or "syscalls" once chosen (select_capture)
         self.capture_reason = None
+        self._tls = None               # TlsLibraries once the uprobes are attached (agent.ebpf.tls)
+        self._tls_lost = [0] * len(TLS_LOST_REASONS)
 
     def _clock(self):
         if self._reactor is None:
@@ -197,6 +201,8 @@ class HttpProbe(Probe):
 
     def cflags(self, config):
         flags = [f"-DHTTP_CAPTURE={CAPTURE_BYTES}", f"-DL7_DATA_CAPTURE={STREAM_CAPTURE_BYTES}"]
+        if config["agent"]["ebpf"]["tls"]:
+            flags.append("-DTELEGEN_TLS=1")
         if self.capture == "socket":
             try:
                 btf = KernelBtf.load()
@@ -214,6 +220,24 @@ class HttpProbe(Probe):
     def ring_buffers(self):
         return {"http_events": self._decoders.handle_bytes}
 
+    def attach_uprobes(self, bpf):
+        """With agent.ebpf.tls: the OpenSSL uprobes (bpf/tls.h) on every libssl found now (telegen.ebpf.tls)."""
+        self._tls = None
+        if not self._config["agent"]["ebpf"]["tls"]:
+            return
+        for fn in (*ENTRIES.values(), RETURN_FN):
+            bpf.load_func(fn.encode(), bpf.KPROBE)          # listed in /status/ebpf even before a library is found
+        self._tls = TlsLibraries(bpf, self._processes)
+        self._tls.start()
+
+    def uprobe_programs(self):
+        if self._tls is None:
+            return {}
+        attached = {s for lib in self._tls.status() for s in lib["symbols"]}
+        programs = {fn: symbol if symbol in attached else None for symbol, fn in ENTRIES.items()}
+        programs[RETURN_FN] = ("uretprobe:" + ",".join(s for s in ENTRIES if s in attached)) if attached else None
+        return programs
+
     def _read_paths(self, config):
         """Routes and excluded paths: user-space only, so a reload changes them in place."""
         net = config["agent"]["ebpf"]["network"]
@@ -227,6 +251,8 @@ class HttpProbe(Probe):
         self.set_protocols(self._on)
         self.set_port_filter(self._config["agent"]["ebpf"]["network"]["include_ports"], excluded_ports(self._config))
         clock = self._clock()
+        if self._tls is not None:
+            self._tls.watch(self._config["agent"]["discovery"]["poll_interval"], clock)
         for interval, fn in ((self._config["agent"]["host_metrics"]["interval"], self.flush_metrics),
                              (IDLE_NS / 1e9 / 2, self.expire)):
             loop = LoopingCall(fn)
@@ -235,7 +261,7 @@ class HttpProbe(Probe):
             self._loops.append(loop)
 
     def reconfigure(self, config):
-        """Protocol switches, db.query.text, port filter (with the API port), routes, excluded paths and the metric interval, in place."""
+        """Protocol switches, db.query.text, port filter (with the API port), routes, excluded paths, the metric and libssl rescan intervals, in place."""
         self._config = config
         self._read_paths(config)
         self._on = protocols_on(config)
@@ -249,6 +275,8 @@ class HttpProbe(Probe):
             self.set_port_filter(config["agent"]["ebpf"]["network"]["include_ports"], excluded_ports(config))
         if self._loops:
             self._loops[0].interval = config["agent"]["host_metrics"]["interval"]
+        if self._tls is not None:
+            self._tls.set_interval(config["agent"]["discovery"]["poll_interval"])
 
     def _set_streams_enabled(self):
         """A stream protocol switched off forgets its connections and ignores their events from now on."""
@@ -290,6 +318,9 @@ class HttpProbe(Probe):
             if loop.running:
                 loop.stop()
         self._loops = []
+        if self._tls is not None:
+            self.poll_tls_lost()
+            self._tls.stop()
         self.submit_spans()
         self.flush_metrics()
 
@@ -375,10 +406,25 @@ class HttpProbe(Probe):
         self._decoder.expire(now, IDLE_NS)
         for stream in self._streams.values():
             stream.expire(now, STREAM_IDLE_NS)
+        if self._tls is not None:
+            self.poll_tls_lost()
+
+    def poll_tls_lost(self):
+        """Add the growth of the kernel's TLS loss counters (per CPU, by reason) to telegen_ebpf_events_dropped_total."""
+        table = self._bpf[b"tls_lost"]
+        for slot, reason in enumerate(TLS_LOST_REASONS):
+            total = sum(table[table.Key(slot)])
+            if total > self._tls_lost[slot]:
+                self._metrics.ebpf_events_dropped.labels(reason=reason).inc(total - self._tls_lost[slot])
+                self._tls_lost[slot] = total
 
     def status(self):
-        """Probe-specific facts for /status/ebpf: exchanges of every protocol, connections the decoders hold."""
-        return {"exchanges": self.exchanges, "open_connections": len(self._decoder) + sum(map(len, self._streams.values()))}
+        """Probe-specific facts for /status/ebpf: exchanges of every protocol, connections the decoders hold, TLS libraries."""
+        out = {"exchanges": self.exchanges, "open_connections": len(self._decoder) + sum(map(len, self._streams.values()))}
+        if self._tls is not None:
+            self.poll_tls_lost()
+            out["tls"] = {"libraries": self._tls.status(), "lost": dict(zip(TLS_LOST_REASONS, self._tls_lost))}
+        return out
 
     def protocols_status(self):
         """

@@ -119,7 +119,7 @@ def _compile_mode(probe, config, self_pid, bpf_dir):
     """
     Compile, load and attach the probe as it is now. Attaches every (tracepoint, function) the
     probe lists that BCC has not auto-attached (TRACEPOINT_PROBE functions are attached by BCC
-    itself), then its tp_btf functions.
+    itself), then its tp_btf functions, then its uprobes (Probe.attach_uprobes).
     """
     bcc = _import_bcc()
     headers = kernel_headers_dir()
@@ -144,6 +144,7 @@ def _compile_mode(probe, config, self_pid, bpf_dir):
             btf = KernelBtf.load()
             for tracepoint in probe.btf_tracepoints():
                 tpbtf.load_and_attach(bpf, TP_BTF_PREFIX + tracepoint, tracepoint, btf)
+        probe.attach_uprobes(bpf)
     except Exception as e:
         bpf.cleanup()
         raise LoadError(f"attach failed: {_first_line(e)}") from e
@@ -219,8 +220,13 @@ def _int(value):
 TP_BTF_PREFIX = "tp_btf__"        # a probe's function for tp_btf/<name> is tp_btf__<name>
 
 
-def describe_programs(bpf):
-    """[{name, type, attached, id, tracepoint}] for every program of a BPF object (tp_btf ones: tracepoint "tp_btf/<name>")."""
+def describe_programs(bpf, uprobes=None):
+    """
+    [{name, type, attached, id, tracepoint}] for every program of a BPF object (tp_btf ones:
+    tracepoint "tp_btf/<name>"); uprobes: Probe.uprobe_programs(), whose programs get
+    "uprobe": the symbols they probe, and are attached when that is not None.
+    """
+    uprobes = uprobes or {}
     attached_fns = {f"tracepoint__{tp.replace(':', '__')}": tp for tp in _attached_tracepoints(bpf)}
     for key in bpf.raw_tracepoint_fds:
         key = key.decode() if isinstance(key, bytes) else key
@@ -230,13 +236,16 @@ def describe_programs(bpf):
     for name, fn in sorted(bpf.funcs.items()):
         name = name.decode() if isinstance(name, bytes) else name
         info = fdinfo(fn.fd)
-        out.append({
+        program = {
             "name": name,
             "type": PROG_TYPES.get(_int(info.get("prog_type")), info.get("prog_type")),
-            "attached": name in attached_fns,
+            "attached": name in attached_fns or uprobes.get(name) is not None,
             "id": _int(info.get("prog_id")),
             "tracepoint": attached_fns.get(name),
-        })
+        }
+        if name in uprobes:
+            program["uprobe"] = uprobes[name]
+        out.append(program)
     return out
 
 

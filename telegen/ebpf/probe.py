@@ -52,6 +52,16 @@ class Probe:
         """Tracepoint names whose function `tp_btf__<name>` the loader attaches as tp_btf (telegen.ebpf.tpbtf)."""
         return []
 
+    def attach_uprobes(self, bpf) -> None:
+        """
+        Attach the probe's uprobes, in the compile thread after its tracepoints. Each file's
+        failure is the probe's to report (a library lacking a symbol must not fail the probe).
+        """
+
+    def uprobe_programs(self) -> dict:
+        """{function name: the symbols it probes ("uretprobe:" for returns), None when attached nowhere}, for /status/ebpf."""
+        return {}
+
     def capture_modes(self, config) -> list:
         """
         The ways to try loading this probe, in order (each selected with select_capture before

@@ -159,7 +159,7 @@ class EbpfService(service.Service):
     def _attach(self, st, bpf):
         """On the reactor thread: describe what the kernel holds, start readers, call the hook."""
         st.bpf = bpf
-        st.programs = loader.describe_programs(bpf)
+        st.programs = loader.describe_programs(bpf, st.probe.uprobe_programs())
         st.maps = {name: dict(loader.describe_map(fd), fd=fd) for name, fd in loader.map_fds(bpf).items()}
         for name, handler in st.probe.ring_buffers().items():
             reader = RingBufferReader(bpf, name, handler, self.metrics, reactor=self.reactor,

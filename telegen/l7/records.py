@@ -26,10 +26,11 @@ class HttpExchange:
     peer_port: Optional[int]
     local_address: Optional[str]
     local_port: Optional[int]
+    tls: bool = False                # over TLS (url.scheme https)
 
     @classmethod
     def of(cls, conn, request, status, response_body_size, start_ns, end_ns):
         """The exchange HttpDecoder reports as parts (see its on_exchange)."""
         return cls(conn.server_side, conn.pid, start_ns, end_ns, request.first, request.second, request.version,
                    request.headers, request.content_length, status, response_body_size,
-                   conn.peer, conn.peer_port, conn.local, conn.local_port)
+                   conn.peer, conn.peer_port, conn.local, conn.local_port, conn.tls)

@@ -71,7 +71,7 @@ def exchange_attributes(ex, path, route):
         "http.request.method": method,
         "http.request.method_original": ex.method if method == "_OTHER" else None,
         "url.path": path,
-        "url.scheme": "http",
+        "url.scheme": "https" if ex.tls else "http",
         "http.route": route,
         "http.response.status_code": ex.status,
         "server.address": server_address,
@@ -146,7 +146,7 @@ class RedMetrics(DurationHistograms):
     def _attributes(ex, route):
         """The metric attributes of an exchange, as a hashable tuple of pairs."""
         attrs = [("http.request.method", ex.method if ex.method in KNOWN_METHODS else "_OTHER"),
-                 ("url.scheme", "http")]
+                 ("url.scheme", "https" if ex.tls else "http")]
         if ex.status is not None:
             attrs.append(("http.response.status_code", ex.status))
         else:

@@ -99,7 +99,14 @@ def test_curl_gives_spans_and_metrics_in_the_file_sink_and_status_lists_kernel_i
     spec = big_agent.get("/openapi.json").json()
     schema_validator(spec, "/status/ebpf", "get", 200).validate(status)
     schema_validator(spec, "/status", "get", 200).validate(big_agent.get("/status").json())
-    http_programs = [p for p in status["programs"] if p["probe"] == "http"]
+    http_programs = [p for p in status["programs"] if p["probe"] == "http" and "uprobe" not in p]
+    # agent.ebpf.tls (on by default): the OpenSSL uprobes, kprobe programs, on the system libssl.
+    uprobes = {p["name"]: p for p in status["programs"] if "uprobe" in p}
+    assert sorted(uprobes) == ["tls_enter_read", "tls_enter_read_ex", "tls_enter_write", "tls_enter_write_ex", "tls_return"]
+    assert all(p["type"] == "kprobe" and p["attached"] and p["probe"] == "http" for p in uprobes.values())
+    [http_probe] = [p for p in status["probes"] if p["name"] == "http"]
+    assert any(os.path.samefile(lib["path"], "/lib/x86_64-linux-gnu/libssl.so.3") for lib in http_probe["tls"]["libraries"])
+    assert http_probe["tls"]["lost"] == {"tls_unlinked": 0}
     ids = kernel_prog_ids(big_agent.process.pid)
     assert {p["id"] for p in status["programs"]} <= ids
     maps = {m["name"]: m for m in status["maps"]}

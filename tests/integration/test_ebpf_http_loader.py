@@ -61,7 +61,16 @@ def test_the_shipped_http_probe_loads_and_attaches_every_tracepoint(capture):
     bpf = loader.compile_probe(probe, config, os.getpid())
     try:
         assert probe.capture == capture and probe.capture_reason == f"agent.ebpf.capture is {capture}"
-        programs = loader.describe_programs(bpf)
+        programs = loader.describe_programs(bpf, probe.uprobe_programs())
+        # The OpenSSL uprobes (agent.ebpf.tls, on by default), on the system libssl: kprobe programs.
+        uprobes = {p["name"]: p for p in programs if "uprobe" in p}
+        assert {name: (p["type"], p["attached"], p["uprobe"]) for name, p in uprobes.items()} == {
+            "tls_enter_read": ("kprobe", True, "SSL_read"), "tls_enter_read_ex": ("kprobe", True, "SSL_read_ex"),
+            "tls_enter_write": ("kprobe", True, "SSL_write"), "tls_enter_write_ex": ("kprobe", True, "SSL_write_ex"),
+            "tls_return": ("kprobe", True, "uretprobe:SSL_write,SSL_read,SSL_write_ex,SSL_read_ex")}
+        [system] = [lib for lib in probe._tls.status() if os.path.samefile(lib["path"], "/lib/x86_64-linux-gnu/libssl.so.3")]
+        assert system["symbols"] == ["SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"] and system["error"] is None
+        programs = [p for p in programs if p["name"] not in uprobes]
         if capture == "socket":
             assert probe.tracepoints() == []
             assert {p["tracepoint"] for p in programs} == {"tp_btf/" + tp for tp in probe.btf_tracepoints()}

@@ -8,6 +8,8 @@ does (it is the agent: TELEGEN_PID).
 - nginx(): nginx-light on a free port with the same answers plus a sendfile'd static file (HTTP/1.x,
   or h2c with prior knowledge).
 - run_client(): http.client in a child process making the requests of a plan.
+- self_signed(): a certificate and key for the HTTPS variants of all three (tls=(cert, key)
+  for the servers, tls=True for the client, which then trusts any certificate).
 """
 import json
 import os
@@ -53,23 +55,36 @@ SERVER = textwrap.dedent(r'''
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
+    if len(sys.argv) == 3:                       # certificate and key: HTTPS
+        import ssl
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(sys.argv[1], sys.argv[2])
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print(server.server_address[1], flush=True)
     server.serve_forever()
 ''')
 
 CLIENT = textwrap.dedent(r'''
-    import http.client, json, sys
+    import http.client, json, ssl, sys
     from concurrent.futures import ThreadPoolExecutor
 
     plan = json.loads(sys.argv[1])
     port, concurrency = plan["port"], plan.get("concurrency", 1)
+    if plan.get("wait"):                         # started early: go when told (a line on stdin)
+        print("ready", flush=True)
+        sys.stdin.readline()
+
+    def connect():
+        if plan.get("tls"):
+            return http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=ssl._create_unverified_context())
+        return http.client.HTTPConnection("127.0.0.1", port, timeout=10)
 
     def run(reqs):
         out = []
         conn = None
         for r in reqs:
             if conn is None:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn = connect()
             headers = dict(r.get("headers", {}))
             if not r.get("keepalive", True):
                 headers["Connection"] = "close"
@@ -144,16 +159,26 @@ class Child:
                 self.proc.wait()
 
 
-def python_server():
-    """(Child, port) of the Python test server."""
-    child = Child([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+def self_signed(folder):
+    """(certificate, key) files for CN=localhost made by `openssl req` in folder."""
+    cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def python_server(tls=None):
+    """(Child, port) of the Python test server; HTTPS with tls=(certificate, key)."""
+    child = Child([sys.executable, "-c", SERVER, *(tls or ())], stdout=subprocess.PIPE, text=True)
     port = int(child.proc.stdout.readline())
     return child, port
 
 
-def nginx(tmp, port=None, static_bytes=1 << 20, http2=False):
+def nginx(tmp, port=None, static_bytes=1 << 20, http2=False, tls=None):
     """(Child, port) of nginx (one worker, in the foreground) serving tmp/static (a file `big.bin` of static_bytes);
-    with http2, the port speaks h2c with prior knowledge only (nginx does not do the h2c upgrade)."""
+    with http2, the port speaks h2c with prior knowledge only (nginx does not do the h2c upgrade), or h2 over
+    TLS when tls=(certificate, key) is given too; HTTPS with tls."""
     port = port or free_port()
     os.makedirs(os.path.join(tmp, "static"), exist_ok=True)
     with open(os.path.join(tmp, "static", "big.bin"), "wb") as f:
@@ -162,7 +187,10 @@ def nginx(tmp, port=None, static_bytes=1 << 20, http2=False):
         f.write(b"<html>hello</html>\n")
     conf = os.path.join(tmp, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(tmp=tmp, port=port, listen_options=" http2" if http2 else ""))
+        options = (" ssl" if tls else "") + (" http2" if http2 else "")
+        if tls:
+            options += ";\n        ssl_certificate {};\n        ssl_certificate_key {}".format(*tls)
+        f.write(NGINX_CONF.format(tmp=tmp, port=port, listen_options=options))
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     child = Child([binary, "-c", conf, "-e", os.path.join(tmp, "error.log")], stderr=subprocess.DEVNULL)
     return child, port
@@ -183,11 +211,21 @@ def wait_listening(port, timeout=10.0):
             time.sleep(0.05)
 
 
-def run_client(port, requests, concurrency=1):
-    """Run the plan in a child process; returns (pid, [[status, body_len] per request per worker])."""
-    plan = json.dumps({"port": port, "requests": requests, "concurrency": concurrency})
-    proc = subprocess.Popen([sys.executable, "-c", CLIENT, plan], stdout=subprocess.PIPE, text=True)
-    out, _ = proc.communicate(timeout=120)
+def start_client(port, requests, concurrency=1, tls=False, wait=False, env=None):
+    """The client running the plan in a child process (HTTPS with tls); with wait it prints "ready" and waits for a line on stdin."""
+    plan = json.dumps({"port": port, "requests": requests, "concurrency": concurrency, "tls": tls, "wait": wait})
+    return subprocess.Popen([sys.executable, "-c", CLIENT, plan], stdin=subprocess.PIPE if wait else None,
+                            stdout=subprocess.PIPE, text=True, env=env)
+
+
+def client_results(proc, go=False):
+    """Wait for a start_client() child (telling it to go first); (pid, [[status, body_len] per request per worker])."""
+    out, _ = proc.communicate("go\n" if go else None, timeout=120)
     if proc.returncode != 0:
         raise RuntimeError(f"client failed with exit code {proc.returncode}")
-    return proc.pid, json.loads(out)
+    return proc.pid, json.loads(out.splitlines()[-1])
+
+
+def run_client(port, requests, concurrency=1, tls=False):
+    """Run the plan in a child process (HTTPS with tls); returns (pid, [[status, body_len] per request per worker])."""
+    return client_results(start_client(port, requests, concurrency, tls))

@@ -13,11 +13,11 @@ OFFSET = 1_000_000
 
 
 def event(kind, ts, data=b"", *, role=ROLE_SERVER, ret=None, enter_ts=None, rx=0, tx=0, last_rx=0, last_tx=0,
-          pid=10, fd=5, conn_ts=1):
+          pid=10, fd=5, conn_ts=1, flags=0):
     """The bytes of one struct http_event as bpf/http.c lays it out."""
     ret = len(data) if ret is None else ret
     return EVENT.pack(ts, pid, kind, enter_ts or ts, conn_ts, rx, tx, last_rx, last_tx, ret,
-                      LOOPBACK, 50000, LOOPBACK, 8080, fd, role, len(data)) + data
+                      LOOPBACK, 50000, LOOPBACK, 8080, fd, role, len(data), flags) + data
 
 
 def exchange(ts, response, request, request_ts, *, request_enter_ts=None, **fields):

@@ -70,7 +70,7 @@ class FakeProbe(Probe):
 @pytest.fixture(autouse=True)
 def fake_kernel_facts(monkeypatch):
     """What loader reads from /proc/self/fdinfo and libbcc, for a fake BPF object."""
-    monkeypatch.setattr(loader, "describe_programs", lambda bpf: [
+    monkeypatch.setattr(loader, "describe_programs", lambda bpf, uprobes=None: [
         {"name": "tracepoint__syscalls__sys_enter_read", "type": "tracepoint", "attached": True, "id": 101,
          "tracepoint": "syscalls:sys_enter_read"},
         {"name": "tracepoint__sock__inet_sock_set_state", "type": "tracepoint", "attached": True, "id": 102,

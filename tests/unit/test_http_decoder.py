@@ -191,3 +191,17 @@ def test_101_ends_http_on_the_connection():
     assert [(e.target, e.status, e.response_body_size) for e in r.exchanges] == [("/ws", 101, 0), ("/ws", 101, 0)]
     assert r.drops == []
     assert len(r.decoder) == 1
+
+
+def test_tls_connections_are_told_apart_and_marked_https():
+    """HTTP_FLAG_TLS on a connection's events: its exchanges say tls (url.scheme https), a plain one's do not."""
+    from telegen.ebpf.http_decoder import FLAG_TLS
+    from telegen.signals.http import exchange_attributes
+
+    r = Recorder()
+    r.feed(event(EV_REQUEST, 100, REQ, flags=FLAG_TLS, conn_ts=7), event(EV_RESPONSE, 200, RESP, rx=len(REQ), flags=FLAG_TLS, conn_ts=7),
+           event(EV_REQUEST, 300, REQ, conn_ts=8), event(EV_RESPONSE, 400, RESP, rx=len(REQ), conn_ts=8))
+    tls, plain = r.exchanges
+    assert (tls.tls, plain.tls) == (True, False)
+    assert exchange_attributes(tls, "/a", None)["url.scheme"] == "https"
+    assert exchange_attributes(plain, "/a", None)["url.scheme"] == "http"

@@ -229,3 +229,14 @@ def test_database_exchanges_share_the_sink_and_query_text_switches_in_place():
     clock.advance(0)
     db = Span.FromString(pipeline.of("traces")[-1][2][0])
     assert "db.query.text" not in {kv.key for kv in db.attributes} and db.status.message == ""
+
+
+def test_agent_ebpf_tls_compiles_the_openssl_uprobes_in_or_out():
+    """The switch is compiled in (a change reloads the probe): on, -DTELEGEN_TLS=1; off, no flag and no uprobes."""
+    probe, _, _, _, _ = make()
+    probe.select_capture("syscalls", [])
+    assert "-DTELEGEN_TLS=1" in probe.cflags(probe._config)
+    probe._config["agent"]["ebpf"]["tls"] = False
+    assert not [f for f in probe.cflags(probe._config) if "TLS" in f]
+    probe.attach_uprobes(FakeBPF())
+    assert probe.uprobe_programs() == {} and "tls" not in probe.status()

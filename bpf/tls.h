@@ -1,0 +1,181 @@
+/*
+ * TLS plaintext through OpenSSL uprobes (agent.ebpf.tls), for both capture modes: pasted at the
+ * end of bpf/http_sock.c and bpf/http.c (one BPF object each, so the uprobes share the capture's
+ * maps, pairing and ring buffer). Compiled in only with -DTELEGEN_TLS.
+ *
+ * telegen/ebpf/tls.py attaches, in every libssl.so a process maps (by file: one uprobe per
+ * library inode covers every process mapping it):
+ *   uprobe    SSL_write / SSL_read       (ssl, buf, num)            -> tls_enter_write / tls_enter_read
+ *   uprobe    SSL_write_ex / SSL_read_ex (ssl, buf, num, size_t *n) -> tls_enter_write_ex / tls_enter_read_ex
+ *   uretprobe all four                                               -> tls_return
+ *
+ * Tying plaintext to its connection: the entry remembers (ssl, buf, length pointer) in the
+ * thread's task storage (tls_inflight). OpenSSL moves the ciphertext inside that call, in the
+ * same thread, through the socket: the capture's data hook (sock_send_length/sock_recv_length
+ * in socket mode, the read/write syscalls in syscalls mode) sees it and calls tls_socket_io(),
+ * which, on the first such call of an SSL* on a socket already known not to carry plaintext HTTP
+ * (its first bytes, the handshake's, were not a request), makes a TLS connection for it (tls_conns: a struct
+ * conn with the socket's endpoints, start time and owner, role learnt from the plaintext) and
+ * marks the socket's own conn ROLE_TLS, so its ciphertext is never parsed, classified or
+ * reported. At return the plaintext (buf, and the length: the return value, or *n for the _ex
+ * pair, which return 1) goes through http_payload() with the TLS connection's state, as the
+ * socket's bytes would: the same pairing and events, with HTTP_FLAG_TLS in the event's flags
+ * (url.scheme https in user space). The socket's close ends the TLS connection (tls_closed()).
+ *
+ * Losses (tls_lost, by reason, read by user space): plaintext returned by an SSL* whose socket
+ * was never seen inside one of its calls (TLS_LOST_UNLINKED: the first call read bytes OpenSSL
+ * had buffered before the agent started, or a socket the capture does not track).
+ */
+#ifndef TELEGEN_TLS_H
+#define TELEGEN_TLS_H
+#ifdef TELEGEN_TLS
+
+#ifndef MAX_TLS_CONNS
+#define MAX_TLS_CONNS 16384
+#endif
+#define ROLE_TLS 7                         /* a socket carrying TLS: its bytes are the SSL*'s business */
+#define TLS_KEY_BIT (1ULL << 63)           /* request-slot keys of TLS connections (never a cookie or tgid|fd) */
+#define TLS_LOST_UNLINKED 0
+#define TLS_LOST_REASONS 1
+
+/* An SSL_* call in flight in this thread. */
+struct tls_call {
+    u64 ssl;
+    u64 buf;
+    u64 len_ptr;                           /* _ex: where the length is written; 0: the return value is it */
+    u64 ts;                                /* entry time (a client's request starts there) */
+    u32 is_write;
+    u32 active;
+};
+
+struct tls_key {
+    u64 ssl;
+    u32 tgid;
+    u32 _pad;
+};
+
+struct tls_conn {
+    struct conn c;                         /* plaintext totals and role; endpoints from the socket */
+    u64 key;                               /* its request slot: the socket's key | TLS_KEY_BIT */
+    u32 fd;                                /* the socket's fd (syscalls) or cookie (socket) in events */
+    u32 _pad;
+};
+
+BPF_TASK_STORAGE(tls_inflight, struct tls_call);
+BPF_TABLE("lru_hash", struct tls_key, struct tls_conn, tls_conns, MAX_TLS_CONNS);
+BPF_TABLE("lru_hash", u64, struct tls_key, tls_sockets, MAX_TLS_CONNS);   /* socket key -> its SSL* */
+BPF_PERCPU_ARRAY(tls_lost, u64, TLS_LOST_REASONS);
+BPF_PERCPU_ARRAY(tls_scratch, struct tls_conn, 1);
+
+static __always_inline int tls_enter(struct pt_regs *ctx, u32 is_write, int ex)
+{
+    if (telegen_is_self())
+        return 0;
+    struct tls_call *t = tls_inflight.task_storage_get(bpf_get_current_task_btf(), 0,
+                                                       BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!t)
+        return 0;
+    t->ssl = PT_REGS_PARM1(ctx);
+    t->buf = PT_REGS_PARM2(ctx);
+    t->len_ptr = ex ? PT_REGS_PARM4(ctx) : 0;
+    t->ts = bpf_ktime_get_ns();
+    t->is_write = is_write;
+    t->active = 1;
+    return 0;
+}
+
+int tls_enter_write(struct pt_regs *ctx) { return tls_enter(ctx, 1, 0); }
+int tls_enter_read(struct pt_regs *ctx) { return tls_enter(ctx, 0, 0); }
+int tls_enter_write_ex(struct pt_regs *ctx) { return tls_enter(ctx, 1, 1); }
+int tls_enter_read_ex(struct pt_regs *ctx) { return tls_enter(ctx, 0, 1); }
+
+/*
+ * The capture's data hook saw socket I/O on connection `key` (its conn `c`, `fd` as events name
+ * it). Inside an SSL_* call of this thread, the socket is that SSL*'s: link them on first sight.
+ * Returns 1 when the bytes are TLS (the caller neither parses nor counts them), 0 otherwise.
+ */
+static __always_inline int tls_socket_io(struct conn *c, u64 key, u32 fd)
+{
+    if (c->role == ROLE_TLS)
+        return 1;
+    /*
+     * Only a connection whose first bytes were not HTTP (the TLS handshake's) is linked: an entry
+     * whose return was missed leaves `active` set, and must not take a plaintext HTTP connection.
+     * A handshake done inside SSL_read/SSL_write links at its second socket operation.
+     */
+    if (c->role != ROLE_OTHER)
+        return 0;
+    struct tls_call *t = tls_inflight.task_storage_get(bpf_get_current_task_btf(), 0, 0);
+    if (!t || !t->active)
+        return 0;
+    u32 zero = 0;
+    struct tls_conn *n = tls_scratch.lookup(&zero);
+    if (!n)
+        return 0;
+    struct tls_key k = {.ssl = t->ssl, .tgid = bpf_get_current_pid_tgid() >> 32, ._pad = 0};
+    __builtin_memset(n, 0, sizeof(*n));
+    n->c.start_ts = c->start_ts;
+    n->c.peer = c->peer;
+    n->c.local = c->local;
+    n->c.owner = c->owner;
+    n->c.cookie = c->cookie;
+    n->c.role = ROLE_UNSEEN;
+    n->c.flags = HTTP_FLAG_TLS;
+    n->key = key | TLS_KEY_BIT;
+    n->fd = fd;
+    tls_conns.update(&k, n);
+    tls_sockets.update(&key, &k);
+    c->role = ROLE_TLS;
+    return 1;
+}
+
+int tls_return(struct pt_regs *ctx)
+{
+    struct tls_call *t = tls_inflight.task_storage_get(bpf_get_current_task_btf(), 0, 0);
+    if (!t || !t->active)
+        return 0;
+    t->active = 0;
+    s64 ret = (int)PT_REGS_RC(ctx);
+    if (ret <= 0)
+        return 0;
+    if (t->len_ptr) {
+        u64 n = 0;
+        if (bpf_probe_read_user(&n, sizeof(n), (void *)t->len_ptr) != 0 || n == 0)
+            return 0;
+        ret = n;
+    }
+    struct tls_key k = {.ssl = t->ssl, .tgid = bpf_get_current_pid_tgid() >> 32, ._pad = 0};
+    struct tls_conn *tc = tls_conns.lookup(&k);
+    if (!tc) {
+        u32 reason = TLS_LOST_UNLINKED;
+        u64 *lost = tls_lost.lookup(&reason);
+        if (lost)
+            (*lost)++;
+        return 0;
+    }
+    struct pending p = {.buf = t->buf, .ts = t->is_write ? t->ts : 0, .fd = tc->fd, .how = HOW_PLAIN};
+    http_payload(tc->key, &tc->c, &p, ret, t->buf, ret, t->is_write, bpf_ktime_get_ns());
+    return 0;
+}
+
+/* Connection `key` (a ROLE_TLS socket) closes: its TLS connection's held request and close go out. */
+static __always_inline void tls_closed(u64 key)
+{
+    struct tls_key *found = tls_sockets.lookup(&key);
+    if (!found)
+        return;
+    struct tls_key k = *found;
+    tls_sockets.delete(&key);
+    struct tls_conn *tc = tls_conns.lookup(&k);
+    if (!tc || tc->key != (key | TLS_KEY_BIT))
+        return;
+    if (tc->c.role == ROLE_SERVER || tc->c.role == ROLE_CLIENT) {
+        release_request(tc->key);
+        struct pending p = {.buf = 0, .ts = 0, .fd = tc->fd, .how = HOW_NONE};
+        send_event(EV_CLOSE, &tc->c, &p, 0, 0, 0, bpf_ktime_get_ns());
+    }
+    tls_conns.delete(&k);
+}
+
+#endif /* TELEGEN_TLS */
+#endif /* TELEGEN_TLS_H */

@@ -1,0 +1,91 @@
+"""
+Where the OpenSSL uprobes go (telegen.ebpf.tls): OpenSSL's libssl files among what processes map
+(a container's through its root), each file attached once whatever the path that names it, and
+a library lacking a symbol (OpenSSL 1.0 has no _ex) keeps the symbols it has.
+"""
+import os
+
+from telegen.ebpf.tls import ENTRIES, RETURN_FN, TlsLibraries, mapped_libraries
+
+MAPS = """\
+7f0000000000-7f0000001000 r--p 00000000 08:01 100 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f0000001000-7f0000002000 r-xp 00001000 08:01 100 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f0000003000-7f0000004000 r--p 00000000 08:01 101 /usr/lib/x86_64-linux-gnu/libssl3.so
+7f0000005000-7f0000006000 r--p 00000000 08:01 102 /opt/app/lib/libssl.so.1.1 (deleted)
+7f0000007000-7f0000008000 r--p 00000000 08:01 103 /opt/app/lib/libcrypto.so.3
+7f0000009000-7f000000a000 rw-p 00000000 00:00 0
+"""
+
+
+class FakeBPF:
+    def __init__(self, missing=()):
+        self.missing = set(missing)
+        self.uprobes = []
+
+    def _attach(self, kind, name, sym, fn_name, pid):
+        if sym.decode() in self.missing:
+            raise Exception(f"could not determine address of symbol {sym.decode()}")
+        self.uprobes.append((kind, name.decode(), sym.decode(), fn_name.decode(), pid))
+
+    def attach_uprobe(self, name, sym, fn_name, pid):
+        self._attach("uprobe", name, sym, fn_name, pid)
+
+    def attach_uretprobe(self, name, sym, fn_name, pid):
+        self._attach("uretprobe", name, sym, fn_name, pid)
+
+
+def test_only_openssls_libssl_is_taken_from_the_maps_through_the_process_root(tmp_path):
+    """NSS's libssl3.so, deleted files and other libraries are not; a file not at that path here is reached through /proc/PID/root."""
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42" / "maps").write_text(MAPS)
+    assert mapped_libraries(42, str(tmp_path)) == [f"{tmp_path}/42/root/usr/lib/x86_64-linux-gnu/libssl.so.3"]
+    assert mapped_libraries(43, str(tmp_path)) == []             # gone
+
+
+def test_each_file_is_attached_once_with_every_symbol_it_has(tmp_path):
+    lib = tmp_path / "libssl.so.3"
+    lib.write_bytes(b"\x7fELF")
+    os.symlink(lib, tmp_path / "libssl.so")
+    bpf = FakeBPF()
+    libraries = TlsLibraries(bpf)
+    assert libraries.attach_all([str(lib), str(tmp_path / "libssl.so"), str(lib)]) == 1
+    assert bpf.uprobes == [(kind, str(lib), sym, fn if kind == "uprobe" else RETURN_FN, -1)
+                           for sym, fn in ENTRIES.items() for kind in ("uretprobe", "uprobe")]
+    old = tmp_path / "libssl.so.1.0.0"
+    old.write_bytes(b"\x7fELF")
+    old_bpf = FakeBPF(missing={"SSL_write_ex", "SSL_read_ex"})
+    partial = TlsLibraries(old_bpf)
+    partial.attach(str(old))
+    [record] = partial.status()
+    assert record["symbols"] == ["SSL_write", "SSL_read"] and record["error"].startswith("SSL_read_ex: ")
+    assert [u[2] for u in old_bpf.uprobes] == ["SSL_write", "SSL_write", "SSL_read", "SSL_read"]
+
+
+class Table:
+    def __init__(self):
+        self.exec_hooks = []
+
+
+def test_an_exec_reads_the_maps_now_and_once_more_later_and_stop_cancels_what_is_pending(tmp_path):
+    """A process maps (or dlopens) its libssl after its exec: read now and EXEC_RECHECK later; a stopped probe attaches nothing."""
+    from twisted.internet.task import Clock
+
+    from telegen.ebpf.tls import EXEC_RECHECK
+
+    lib = tmp_path / "libssl.so.3"
+    lib.write_bytes(b"\x7fELF")
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "maps").write_text("")
+    clock, table, bpf = Clock(), Table(), FakeBPF()
+    libraries = TlsLibraries(bpf, table, proc_root=str(tmp_path))
+    libraries.watch(60.0, clock)
+    [hook] = table.exec_hooks
+    hook(7)
+    assert bpf.uprobes == []
+    (tmp_path / "7" / "maps").write_text(f"7f0000000000-7f0000001000 r-xp 00000000 08:01 5 {lib}\n")
+    os.symlink("/", tmp_path / "7" / "root")
+    clock.advance(EXEC_RECHECK)
+    assert {u[1] for u in bpf.uprobes} == {str(lib)}
+    hook(7)
+    libraries.stop()
+    assert table.exec_hooks == [] and clock.getDelayedCalls() == []
