@@ -155,9 +155,9 @@ static __always_inline int is_response(const char *b)
     return b[0] == 'H' && b[1] == 'T' && b[2] == 'T' && b[3] == 'P' && b[4] == '/' && b[5] == '1' && b[6] == '.';
 }
 
-/* Remember the syscall now entering in the thread's storage (created on its first traced syscall). */
-static __always_inline void fill_event(struct http_event *e, u32 kind, struct conn *c, struct pending *p,
-                                       s64 ret, u64 ptr, u64 avail, u64 now)
+/* An event's fields but its capture: the connection's totals before this read or write. */
+static __always_inline void fill_meta(struct http_event *e, u32 kind, struct conn *c, struct pending *p,
+                                      s64 ret, u64 now)
 {
     telegen_fill_header(&e->h, kind, now);
     e->h.proto = PROTO_HTTP1;
@@ -175,17 +175,27 @@ static __always_inline void fill_event(struct http_event *e, u32 kind, struct co
     e->fd = p ? p->fd : 0;
     e->role = c->role;
     e->flags = c->flags;
-    u32 n = 0;
-    if (ptr) {
-        if (avail >= HTTP_CAPTURE) {
-            n = HTTP_CAPTURE;
-            bpf_probe_read_user(e->data, HTTP_CAPTURE, (void *)ptr);
-        } else {
-            n = avail & (HTTP_CAPTURE - 1);
-            bpf_probe_read_user(e->data, n, (void *)ptr);
-        }
+}
+
+/* Copy the head of a message (what is there, up to HTTP_CAPTURE bytes) from user memory; its length. */
+static __always_inline u32 read_capture(char *dst, u64 ptr, u64 avail)
+{
+    if (!ptr)
+        return 0;
+    if (avail >= HTTP_CAPTURE) {
+        bpf_probe_read_user(dst, HTTP_CAPTURE, (void *)ptr);
+        return HTTP_CAPTURE;
     }
-    e->cap_len = n;
+    u32 n = avail & (HTTP_CAPTURE - 1);
+    bpf_probe_read_user(dst, n, (void *)ptr);
+    return n;
+}
+
+static __always_inline void fill_event(struct http_event *e, u32 kind, struct conn *c, struct pending *p,
+                                       s64 ret, u64 ptr, u64 avail, u64 now)
+{
+    fill_meta(e, kind, c, p, ret, now);
+    e->cap_len = read_capture(e->data, ptr, avail);
 }
 
 static __always_inline void send_event(u32 kind, struct conn *c, struct pending *p, s64 ret,
@@ -251,6 +261,20 @@ static __always_inline void hold_request(u64 key, struct conn *c, struct pending
     fill_event(slot, EV_REQUEST, c, p, ret, ptr, avail, now);
 }
 
+/*
+ * The held request's part of an exchange event. Its capture is copied with plain loads and
+ * stores (clang expands the constant-size memcpy): cheaper here than a bpf_probe_read_kernel
+ * call (a helper call costs 70-130 ns on these VMs before it copies anything).
+ */
+static __always_inline void copy_held(struct http_exchange_event *e, struct http_event *held)
+{
+    e->request_enter_ts = held->enter_ts;
+    e->request_ts = held->h.ts_ns;
+    e->request_cap_len = held->cap_len;
+    e->_pad = 0;
+    __builtin_memcpy(e->request_data, held->data, HTTP_CAPTURE);
+}
+
 /* A response started on connection `key`: one EV_EXCHANGE with the held request, else EV_RESPONSE. */
 static __always_inline void send_response(u64 key, struct conn *c, struct pending *p, s64 ret,
                                           u64 ptr, u64 avail, u64 now)
@@ -264,16 +288,75 @@ static __always_inline void send_response(u64 key, struct conn *c, struct pendin
         http_events.ringbuf_reserve(sizeof(struct http_exchange_event)), TELEGEN_RB_http_events);
     if (e) {
         fill_event(&e->response, EV_EXCHANGE, c, p, ret, ptr, avail, now);
-        e->request_enter_ts = held->enter_ts;
-        e->request_ts = held->h.ts_ns;
-        e->request_cap_len = held->cap_len;
-        e->_pad = 0;
-        bpf_probe_read_kernel(e->request_data, HTTP_CAPTURE, held->data);
+        copy_held(e, held);
         http_events.ringbuf_submit(e, telegen_wakeup_flags(sizeof(*e)));
     }
     held->h.kind = 0;                      /* lost with its response when the ring was full */
 }
 
+/*
+ * The hot path of a connection whose side is known (ROLE_SERVER/ROLE_CLIENT), where its state
+ * says which message may start: a request where its slot is empty (direct_request), a response
+ * where a request is held (direct_response). Each reads the head once, straight into the place
+ * it is sent from, and classifies it there, instead of an 8-byte classification read followed
+ * by the capture read: a bpf_probe_read_user call costs ~0.2-0.4 us on these VMs whatever its
+ * size. Both return 0 to leave the event to the general path of http_payload() (a first request
+ * with no slot yet, a request body or pipelined request while one is held, a response with no
+ * request held, a full ring), which then behaves exactly as without them.
+ */
+static __always_inline int direct_request(u64 key, struct conn *c, struct pending *p, s64 ret,
+                                          u64 ptr, u64 avail, u64 now)
+{
+    struct http_event *slot = pending_requests.lookup(&key);
+    if (!slot || slot->h.kind)
+        return 0;
+    u32 n = read_capture(slot->data, ptr, avail);
+    if (is_request(slot->data)) {          /* else: no message start, the slot stays empty */
+        fill_meta(slot, EV_REQUEST, c, p, ret, now);
+        slot->cap_len = n;
+    }
+    return 1;
+}
+
+static __always_inline int direct_response(u64 key, struct conn *c, struct pending *p, s64 ret,
+                                           u64 ptr, u64 avail, u64 now)
+{
+    struct http_event *held = pending_requests.lookup(&key);
+    if (!held || !held->h.kind)
+        return 0;
+    struct http_exchange_event *e = http_events.ringbuf_reserve(sizeof(struct http_exchange_event));
+    if (!e) {                              /* ring full: lost, if this starts the response */
+        char head[8] = {};
+        bpf_probe_read_user(head, sizeof(head), (void *)ptr);
+        if (is_response(head)) {
+            telegen_count_lost(TELEGEN_RB_http_events);
+            held->h.kind = 0;
+        }
+        return 1;
+    }
+    u32 n = read_capture(e->response.data, ptr, avail);
+    if (!is_response(e->response.data)) {
+        http_events.ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+        return 1;
+    }
+    fill_meta(&e->response, EV_EXCHANGE, c, p, ret, now);
+    e->response.cap_len = n;
+    copy_held(e, held);
+    http_events.ringbuf_submit(e, telegen_wakeup_flags(sizeof(*e)));
+    held->h.kind = 0;
+    return 1;
+}
+
+/* The direct paths above for a connection of known side; 0 when the general path must decide. */
+static __always_inline int direct_payload(u64 key, struct conn *c, struct pending *p, s64 ret, u64 ptr,
+                                          u64 avail, int is_write, u64 now)
+{
+    if (!ptr || avail < 8 || (c->role != ROLE_SERVER && c->role != ROLE_CLIENT))
+        return 0;                          /* under 8 bytes the head is read as before (zero-padded) */
+    if ((c->role == ROLE_CLIENT) == (is_write != 0))
+        return direct_request(key, c, p, ret, ptr, avail, now);
+    return direct_response(key, c, p, ret, ptr, avail, now);
+}
 
 /*
  * Where the bytes of a read or write are: the buffer itself (HOW_PLAIN), the first iovec of an
@@ -312,6 +395,8 @@ static __always_inline void user_payload(u32 how, u64 buf, s64 ret, u64 *ptr, u6
 static __always_inline void http_payload(u64 key, struct conn *c, struct pending *p, s64 ret, u64 ptr,
                                          u64 avail, int is_write, u64 now)
 {
+    if (direct_payload(key, c, p, ret, ptr, avail, is_write, now))
+        goto count;
     char head[8] = {};
     if (ptr && avail >= 4)
         bpf_probe_read_user(head, sizeof(head), (void *)ptr);
@@ -345,6 +430,7 @@ static __always_inline void http_payload(u64 key, struct conn *c, struct pending
         hold_request(key, c, p, ret, ptr, avail, now);
     else if (kind == EV_RESPONSE)
         send_response(key, c, p, ret, ptr, avail, now);
+count:
     if (is_write) {
         c->tx_bytes += ret;
         c->last_tx_ts = now;

@@ -51,12 +51,18 @@ static __always_inline struct conn *sock_conn(void *sk)
         return 0;
     if (FIELD(u16, sk, OFF_SK_PROTOCOL) != IPPROTO_TCP_ || FIELD(u16, sk, OFF_SK_TYPE) != SOCK_STREAM_)
         return 0;
-    if (telegen_is_self())
-        return 0;
     struct conn *c = sk_conns.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
     if (!c)
         return 0;
     if (!c->role) {
+        /*
+         * The agent's own sockets are marked not HTTP on their first event (it happens in the
+         * agent), so later events skip the self check: one helper call fewer on the hot path.
+         */
+        if (telegen_is_self()) {
+            c->role = ROLE_OTHER;
+            return 0;
+        }
         c->start_ts = bpf_ktime_get_ns();
         c->owner = bpf_get_current_pid_tgid() >> 32;
         c->cookie = bpf_get_socket_cookie(sk);

@@ -8,6 +8,9 @@ What HTTP capture costs the traced applications themselves: wrk against nginx on
           consumer: the ring buffer fills and every exchange becomes a counted loss, so this is
           the capture's kernel-side cost
   sock    the same for bpf/http_sock.c (agent.ebpf.capture: socket, tp_btf programs)
+  sock_drained, http_drained  the same, but a thread in this process empties the ring every
+          millisecond without reading it: every reserve succeeds and every event takes the
+          capture's full path (copies, submit), its kernel cost when a consumer keeps up
   waker   http, plus a process that only sleeps 1 ms in a loop: does a third process that wakes up
           often (as the agent does, even idle) change what the capture costs nginx and wrk?
   agent   the real `twistd telegen` with its default config (every probe, the CPU governor,
@@ -20,17 +23,25 @@ compared with the off run of its own round, then medians are taken). Per run: re
 CPU nginx and wrk spent per request (utime + stime over requests), which is what the programs
 add to. Then one more `http` run with kernel.bpf_stats_enabled, for the BPF run time per request
 of each program (bpf_stats itself costs a few tens of ns per run, so it is kept out of the
-throughput runs), for each capture. Run as root from the checkout:
+throughput runs), for each capture.
+
+The server is nginx (`return 200`: ~10 us of CPU per request, the capture's worst case) or, with
+`--server burn`, bench/ebpf/burn_server.c: a C epoll server in one process per CPU that spends a
+calibrated `--burn-us` (100) of CPU per request, the issue's "realistic server". Run as root from
+the checkout:
 
     .venv/bin/python bench/ebpf/kernel_cost.py [--rounds 5] [--seconds 5] [--variants off sock http ...]
+        [--server nginx|burn] [--burn-us 100]
 """
 import argparse
+import mmap
 import os
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -42,8 +53,9 @@ from telegen.ebpf.http_probe import HttpProbe, _tracepoints  # noqa: E402
 from tests.support import http_apps as apps  # noqa: E402
 from tests.support.otlp_receiver import OtlpReceiver  # noqa: E402
 
-VARIANTS = ("off", "empty", "http", "sock", "waker", "agent", "agent_syscalls")
-CAPTURES = {"http": "syscalls", "waker": "syscalls", "sock": "socket", "agent": "auto", "agent_syscalls": "syscalls"}
+VARIANTS = ("off", "empty", "http", "sock", "http_drained", "sock_drained", "waker", "agent", "agent_syscalls")
+CAPTURES = {"http": "syscalls", "waker": "syscalls", "sock": "socket", "http_drained": "syscalls",
+            "sock_drained": "socket", "agent": "auto", "agent_syscalls": "syscalls"}
 WAKER = "import time\nwhile True:\n    time.sleep(0.001)\n"
 BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
 
@@ -59,11 +71,61 @@ class AgentSyscalls(AgentDefaults):
     capture = "syscalls"
 
 
+def burn_server(tmp, burn_us):
+    """(Child, port) of bench/ebpf/burn_server.c, built with gcc into tmp, once it listens."""
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "burn_server.c")
+    binary = os.path.join(tmp, "burn_server")
+    subprocess.run(["gcc", "-O2", "-o", binary, source], check=True)
+    port = apps.free_port()
+    child = apps.Child([binary, str(port), str(burn_us), str(os.cpu_count())], stdout=subprocess.PIPE, text=True)
+    ready = child.proc.stdout.readline().split()
+    print(f"burn_server: {burn_us} us per request, {ready[2]} iterations per us", file=sys.stderr, flush=True)
+    return child, port
+
+
 def load_http(capture):
-    """The HTTP probe's kernel half for `capture`, compiled and attached exactly as the agent does it (our pid is the self filter)."""
+    """
+    The HTTP probe's kernel half for `capture`, compiled and attached exactly as the agent does
+    it (our pid is the self filter), with the port filter open as the agent's default config
+    writes it (settings[0] = 1). Until 2026-12-07 this left settings[0] at 0, which captures
+    nothing: every connection was classified as not HTTP, so the `sock` and `http` variants
+    measured the capture's reject path, not the capture.
+    """
     config = defaults()
     config["agent"]["ebpf"]["capture"] = capture
-    return loader.compile_probe(HttpProbe(config, None, None, None), config, os.getpid())
+    bpf = loader.compile_probe(HttpProbe(config, None, None, None), config, os.getpid())
+    settings = bpf[b"settings"]
+    settings[settings.Key(0)] = settings.Leaf(1)
+    return bpf
+
+
+class Emptier(threading.Thread):
+    """
+    Empties a BPF object's HTTP ring every millisecond by moving the consumer position to the
+    producer's, reading nothing: the kernel side's full path at the price of a sleeping thread.
+    (Records still being written are skipped too; the ring is 16 MiB, so the kernel does not
+    reach them again before they are committed.)
+    """
+
+    def __init__(self, bpf):
+        super().__init__(daemon=True)
+        fd = loader.map_fds(bpf)["http_events"]
+        self._consumer = mmap.mmap(fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self._producer = mmap.mmap(fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ, offset=mmap.PAGESIZE)
+        self.done = threading.Event()
+
+    def run(self):
+        consumer, producer = memoryview(self._consumer)[:8].cast("Q"), memoryview(self._producer)[:8].cast("Q")
+        while not self.done.wait(0.001):
+            consumer[0] = producer[0]
+        consumer.release()
+        producer.release()
+
+    def stop(self):
+        self.done.set()
+        self.join()
+        self._consumer.close()
+        self._producer.close()
 
 
 def load_empty():
@@ -73,7 +135,7 @@ def load_empty():
 
 
 def prog_stats(pid):
-    """{program fd: (run_time_ns, run_cnt)} of the BPF programs process pid holds."""
+    """{kernel program id: (run_time_ns, run_cnt)} of the BPF programs process pid holds."""
     out = {}
     for fd in os.listdir(f"/proc/{pid}/fdinfo"):
         try:
@@ -82,8 +144,8 @@ def prog_stats(pid):
         except OSError:
             continue
         if "prog_type" in text:
-            out[int(fd)] = (int(re.search(r"run_time_ns:\s+(\d+)", text).group(1)),
-                            int(re.search(r"run_cnt:\s+(\d+)", text).group(1)))
+            out[int(re.search(r"prog_id:\s+(\d+)", text).group(1))] = (
+                int(re.search(r"run_time_ns:\s+(\d+)", text).group(1)), int(re.search(r"run_cnt:\s+(\d+)", text).group(1)))
     return out
 
 
@@ -97,12 +159,15 @@ def measured(port, nginx_pid, seconds, agent_pid=None):
 
 
 def one_run(variant, tmp, receiver, port, nginx_pid, seconds):
-    bpf = agent = waker = None
+    bpf = agent = waker = emptier = None
     try:
         if variant == "empty":
             bpf = load_empty()
-        elif variant in ("http", "sock", "waker"):
+        elif variant in ("http", "sock", "waker", "http_drained", "sock_drained"):
             bpf = load_http(CAPTURES[variant])
+        if variant.endswith("_drained"):
+            emptier = Emptier(bpf)
+            emptier.start()
         if variant == "waker":
             waker = subprocess.Popen([sys.executable, "-c", WAKER])
         elif variant in ("agent", "agent_syscalls"):
@@ -110,6 +175,8 @@ def one_run(variant, tmp, receiver, port, nginx_pid, seconds):
             agent = bench.start_agent(tmp, receiver, options, ("grpc", "gzip"))
         return measured(port, nginx_pid, seconds, agent.process.pid if agent else None)
     finally:
+        if emptier is not None:
+            emptier.stop()
         if bpf is not None:
             bpf.cleanup()
         if agent is not None:
@@ -119,28 +186,56 @@ def one_run(variant, tmp, receiver, port, nginx_pid, seconds):
             waker.wait()
 
 
-def bpf_time_per_request(port, seconds, capture):
-    """BPF run time per wrk request, per program of the HTTP probe for `capture` (no consumer), from bpf_stats."""
-    bpf = load_http(capture)
-    names = {fn.fd: name.decode() for name, fn in bpf.funcs.items()}
+def stats_during_wrk(pid, names, port, seconds):
+    """
+    BPF run time per wrk request of each program in names ({program id: name}) that process pid
+    holds, from bpf_stats switched on for this one run: {name: (ns per request, runs per request, ns per run)}.
+    """
     with open(BPF_STATS, "w") as f:
         f.write("1")
     try:
-        before = prog_stats(os.getpid())
+        before = prog_stats(pid)
         run = bench.wrk(port, seconds)
-        after = prog_stats(os.getpid())
+        after = prog_stats(pid)
     finally:
         with open(BPF_STATS, "w") as f:
             f.write("0")
-        bpf.cleanup()
     per_program = {}
-    for fd, (ns, count) in after.items():
-        ns -= before.get(fd, (0, 0))[0]
-        count -= before.get(fd, (0, 0))[1]
-        if count and fd in names:
-            per_program[names[fd].replace("tracepoint__", "").replace(loader.TP_BTF_PREFIX, "tp_btf/")] = (
+    for prog_id, (ns, count) in after.items():
+        ns -= before.get(prog_id, (0, 0))[0]
+        count -= before.get(prog_id, (0, 0))[1]
+        if count and prog_id in names:
+            per_program[names[prog_id].replace("tracepoint__", "").replace(loader.TP_BTF_PREFIX, "tp_btf/")] = (
                 ns / run["requests"], count / run["requests"], ns / count)
     return per_program
+
+
+def bpf_time_per_request(port, seconds, capture, drained):
+    """
+    BPF run time per wrk request, per program of the HTTP probe for `capture`: with no consumer
+    (the ring stays full, every reserve fails) or drained (every reserve succeeds).
+    """
+    bpf = load_http(capture)
+    emptier = Emptier(bpf) if drained else None
+    try:
+        if emptier:
+            emptier.start()
+        names = {p["id"]: p["name"] for p in loader.describe_programs(bpf)}
+        return stats_during_wrk(os.getpid(), names, port, seconds)
+    finally:
+        if emptier:
+            emptier.stop()
+        bpf.cleanup()
+
+
+def agent_bpf_time_per_request(tmp, receiver, port, seconds, options):
+    """The same with the real agent consuming (some reserves succeed and take the full path: copies, submits)."""
+    agent = bench.start_agent(tmp, receiver, options, ("grpc", "gzip"))
+    try:
+        names = {p["id"]: p["name"] for p in agent.get("/status/ebpf").json()["programs"] if p["probe"] == "http"}
+        return stats_during_wrk(agent.process.pid, names, port, seconds)
+    finally:
+        agent.stop()
 
 
 def main():
@@ -148,27 +243,39 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="off is always run")
+    parser.add_argument("--server", choices=("nginx", "burn"), default="nginx",
+                        help="nginx (~10 us of CPU per request) or burn_server.c (--burn-us per request)")
+    parser.add_argument("--burn-us", type=float, default=100.0)
     args = parser.parse_args()
     variants = ["off"] + [v for v in args.variants if v != "off"]
     tmp = tempfile.mkdtemp(prefix="telegen-kcost-")
     os.chmod(tmp, 0o755)
-    nginx, port = apps.nginx(os.path.join(tmp, "nginx"))
+    if args.server == "burn":
+        server, port = burn_server(tmp, args.burn_us)
+    else:
+        server, port = apps.nginx(os.path.join(tmp, "nginx"))
     receiver = OtlpReceiver().start()
     rows = {v: [] for v in variants}
     try:
         apps.wait_listening(port)
         for _ in range(args.rounds):
             for variant in variants:
-                rows[variant].append(one_run(variant, tmp, receiver, port, nginx.pid, args.seconds))
+                rows[variant].append(one_run(variant, tmp, receiver, port, server.pid, args.seconds))
                 r = rows[variant][-1]
-                print(f"{variant}: {r['rps']:,.0f} req/s, nginx {r['nginx_us']:.2f} us/req, wrk {r['wrk_us']:.2f} us/req",
+                print(f"{variant}: {r['rps']:,.0f} req/s, {args.server} {r['nginx_us']:.2f} us/req, wrk {r['wrk_us']:.2f} us/req",
                       file=sys.stderr, flush=True)
-        programs = {capture: bpf_time_per_request(port, args.seconds, capture) for capture in ("socket", "syscalls")}
+        programs = {f"{capture} ({'drained' if drained else 'no consumer'})":
+                    bpf_time_per_request(port, args.seconds, capture, drained)
+                    for drained in (False, True) for capture in ("socket", "syscalls")}
+        for variant, options in (("agent", AgentDefaults), ("agent_syscalls", AgentSyscalls)):
+            if variant in variants:
+                programs[f"{options.capture}, {variant}"] = agent_bpf_time_per_request(
+                    tmp, receiver, port, args.seconds, options)
     finally:
         receiver.stop()
-        nginx.stop()
+        server.stop()
 
-    print("| variant | req/s, median | throughput vs off, median of per-round ratios | nginx us CPU/request | "
+    print(f"| variant | req/s, median | throughput vs off, median of per-round ratios | {args.server} us CPU/request | "
           "wrk us CPU/request | off's (nginx + wrk) CPU per request / this one's, median |")
     print("|---|---|---|---|---|---|")
     for variant in variants:
@@ -184,7 +291,7 @@ def main():
               f"{cpu_ratio:.2f} |")
     for capture, per_program in programs.items():
         print()
-        print(f"| capture {capture}: program (no consumer) | BPF ns per request | runs per request | ns per run |")
+        print(f"| capture {capture}: program | BPF ns per request | runs per request | ns per run |")
         print("|---|---|---|---|")
         for name, (per_request, runs, per_run) in sorted(per_program.items(), key=lambda kv: -kv[1][0]):
             if runs >= 0.01:

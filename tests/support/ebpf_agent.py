@@ -24,9 +24,11 @@ STATUS = {"/ok": 200, "/missing": 404, "/echo": 200, "/boom": 500, "/create": 20
 class Agent:
     """The in-process agent parts the tests look at."""
 
-    def __init__(self, receiver, http_probe=HttpProbe, capture="auto"):
+    def __init__(self, receiver, http_probe=HttpProbe, capture="auto", ringbuf_size=None):
         config = defaults()
         config["agent"]["ebpf"]["capture"] = capture
+        if ringbuf_size is not None:
+            config["agent"]["ebpf"]["ringbuf_size"] = ringbuf_size
         config["otlp"].update(endpoint=receiver.grpc_endpoint, protocol="grpc", insecure=True)
         for queue in config["queues"].values():
             queue["batch_timeout"] = 0.1

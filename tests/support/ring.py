@@ -1,6 +1,6 @@
 """
 A BPF ring buffer without a kernel: KernelSide writes records into bytearrays laid out as the
-kernel lays out a ring buffer (consumer page; producer page, then the data mapped twice), and a
+kernel lays out a ring buffer (consumer page; producer page, then the data, which the reader maps once), and a
 BCC object stand-in whose one table is that ring. Used by the reader, governor and service tests.
 """
 import struct
@@ -14,19 +14,16 @@ class KernelSide:
     def __init__(self, size=4096):
         self.size = size
         self.consumer = bytearray(PAGE)
-        self.producer = bytearray(PAGE + 2 * size)
+        self.producer = bytearray(PAGE + size)
         self.position = 0
         self.ring = MappedRing(self.consumer, self.producer, size)
 
     def _write(self, offset, data):
-        """Write into the data area at ring offset, and into its second mapping (wrap-around)."""
-        for base in (PAGE, PAGE + self.size):
-            start = base + offset
-            end = min(start + len(data), PAGE + 2 * self.size)
-            self.producer[start:end] = data[:end - start]
-        if offset + len(data) > self.size:  # the part past the end is the start of the first copy
-            tail = data[self.size - offset:]
-            self.producer[PAGE:PAGE + len(tail)] = tail
+        """Write into the data area at ring offset; what passes the end goes on at its start."""
+        head = data[:self.size - offset]
+        self.producer[PAGE + offset:PAGE + offset + len(head)] = head
+        tail = data[len(head):]
+        self.producer[PAGE:PAGE + len(tail)] = tail
 
     def submit(self, payload, flags=0):
         offset = self.position % self.size
