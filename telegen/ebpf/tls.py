@@ -17,7 +17,7 @@ holds the inode.
 
 Only OpenSSL's libssl (libssl.so, libssl.so.N) is probed: NSS's libssl3.so has no SSL_write,
 statically linked OpenSSL (no libssl.so mapped), BoringSSL/rustls/GnuTLS and Go's crypto/tls
-are not seen (docs/ebpf.md, "TLS").
+are not seen (docs/ebpf.md, "HTTPS").
 """
 import glob
 import os

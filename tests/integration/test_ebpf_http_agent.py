@@ -106,7 +106,7 @@ def test_curl_gives_spans_and_metrics_in_the_file_sink_and_status_lists_kernel_i
     assert all(p["type"] == "kprobe" and p["attached"] and p["probe"] == "http" for p in uprobes.values())
     [http_probe] = [p for p in status["probes"] if p["name"] == "http"]
     assert any(os.path.samefile(lib["path"], "/lib/x86_64-linux-gnu/libssl.so.3") for lib in http_probe["tls"]["libraries"])
-    assert http_probe["tls"]["lost"] == {"tls_unlinked": 0}
+    assert list(http_probe["tls"]["lost"]) == ["tls_unlinked"]         # counted host-wide: other TLS traffic runs here
     ids = kernel_prog_ids(big_agent.process.pid)
     assert {p["id"] for p in status["programs"]} <= ids
     maps = {m["name"]: m for m in status["maps"]}
