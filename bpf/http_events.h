@@ -46,6 +46,8 @@ struct conn {
     u64 cookie;                   /* socket capture: the socket cookie (the connection's key) */
     u32 proto;                    /* a stream protocol's PROTO_* (bpf/l7_stream.h); 0: HTTP/1 or not classified */
     u32 flags;                    /* HTTP_FLAG_*, copied into its events */
+    u32 held_head;                /* bpf/l7_stream.h: a MySQL packet header read on its own, until its payload */
+    u32 _pad;
 };
 
 /* A syscall in flight on a tracked fd (or an accept), in the calling thread's task storage. */

@@ -37,6 +37,7 @@
 #define PROTO_MAX 16
 #define EV_DATA 5
 #define L7_HEAD 12                /* bytes the classifier looks at */
+#define MYSQL_HELD_FLAG 0x01000000 /* in struct conn's held_head: a MySQL greeting's header is held */
 
 /* One read or write of a stream connection (kind EV_DATA), or its close (EV_CLOSE, ret 0). */
 struct l7_data_event {
@@ -73,6 +74,13 @@ static __always_inline u32 be32(const u8 *b, int at)
     return ((u32)b[at] << 24) | ((u32)b[at + 1] << 16) | ((u32)b[at + 2] << 8) | b[at + 3];
 }
 
+/* A MySQL greeting's packet header: payload length 30..1024 (little-endian), sequence id 0. */
+static __always_inline int l7_mysql_header(const u8 *b)
+{
+    u32 plen = b[0] | (b[1] << 8) | (b[2] << 16);
+    return plen >= 30 && plen <= 1024 && b[3] == 0;
+}
+
 /*
  * The protocol of a client's first bytes: what the client sends first (sent = 1) or what the
  * server sends first (sent = 0: the bytes arrived). The user-space twins are the classify()
@@ -103,15 +111,18 @@ static __always_inline u32 l7_classify(const u8 *b, int sent)
         return 0;
     }
     /* MySQL/MariaDB Initial Handshake: payload length 30..1024 (LE), sequence 0, protocol 10, a digit. */
-    u32 plen = b[0] | (b[1] << 8) | (b[2] << 16);
-    if (plen >= 30 && plen <= 1024 && b[3] == 0 && b[4] == 10 && b[5] >= '0' && b[5] <= '9')
+    if (l7_mysql_header(b) && b[4] == 10 && L7_DIGIT(b[5]))
         return PROTO_MYSQL;
     return 0;
 }
 
-/* Send one read/write (or, with kind EV_CLOSE, the close) of stream connection c. */
+/*
+ * Send one read/write (or, with kind EV_CLOSE, the close) of stream connection c. `held`, when
+ * not 0, is a 4-byte packet header the connection read on its own before this read
+ * (MYSQL_HELD_FLAG set in its sequence byte, which was 0): it goes first in data[], as if read together.
+ */
 static __always_inline void l7_send(u32 kind, u64 conn_id, struct conn *c, struct pending *p, s64 ret,
-                                    u64 ptr, u64 avail, int is_write, u64 now)
+                                    u64 ptr, u64 avail, int is_write, u64 now, u32 held)
 {
     u32 zero = 0;
     struct l7_data_event *e = l7_scratch.lookup(&zero);
@@ -129,7 +140,19 @@ static __always_inline void l7_send(u32 kind, u64 conn_id, struct conn *c, struc
     e->local = c->local;
     e->from_client = (c->role == ROLE_CLIENT) == is_write;
     u32 n = 0;
-    if (ptr) {
+    if (held) {
+        held &= ~MYSQL_HELD_FLAG;
+        __builtin_memcpy(e->data, &held, 4);
+        e->ret = ret + 4;
+        if (ptr) {
+            n = avail < L7_DATA_CAPTURE - 4 ? avail : L7_DATA_CAPTURE - 4;
+            n &= L7_DATA_CAPTURE - 1;
+            if (n > L7_DATA_CAPTURE - 4)
+                n = L7_DATA_CAPTURE - 4;
+            bpf_probe_read_user(e->data + 4, n, (void *)ptr);
+        }
+        n += 4;
+    } else if (ptr) {
         if (avail >= L7_DATA_CAPTURE) {
             n = L7_DATA_CAPTURE;
             bpf_probe_read_user(e->data, L7_DATA_CAPTURE, (void *)ptr);
@@ -156,7 +179,7 @@ static __always_inline int l7_payload(u64 conn_id, struct conn *c, struct pendin
                                       u64 avail, int is_write, u64 now)
 {
     if (c->proto) {
-        l7_send(EV_DATA, conn_id, c, p, ret, ptr, avail, is_write, now);
+        l7_send(EV_DATA, conn_id, c, p, ret, ptr, avail, is_write, now, 0);
         return 1;
     }
     if (c->role != ROLE_UNSEEN && c->role != ROLE_ACCEPTED && c->role != ROLE_CONNECTED)
@@ -166,26 +189,38 @@ static __always_inline int l7_payload(u64 conn_id, struct conn *c, struct pendin
         bpf_probe_read_user(head, L7_HEAD, (void *)ptr);
     else if (ptr && avail >= 8)
         bpf_probe_read_user(head, 8, (void *)ptr);     /* an SSLRequest is 8 bytes */
-    else if (ptr && avail >= 6)
-        bpf_probe_read_user(head, 6, (void *)ptr);
+    else if (ptr && avail >= 4)
+        bpf_probe_read_user(head, 4, (void *)ptr);
+    u32 held = c->held_head;
+    c->held_head = 0;
     if (is_request((const char *)head))
         return l7_on(PROTO_HTTP1) ? 0 : (c->role = ROLE_OTHER, 1);
     /* A client: the side that connected (syscall capture) or, unseen, the one the rule's direction says. */
     if (c->role == ROLE_ACCEPTED)
         return 0;
-    u32 proto = l7_classify(head, is_write);
+    u32 proto = 0;
+    if (held) {
+        /* The payload after a MySQL header read on its own (mysql-connector reads 4 bytes, then the rest). */
+        if (!is_write && head[0] == 10 && L7_DIGIT(head[1]))
+            proto = PROTO_MYSQL;
+    } else if (!is_write && ret == 4 && l7_mysql_header(head)) {
+        c->held_head = (head[0] | (head[1] << 8) | (head[2] << 16)) | MYSQL_HELD_FLAG;
+        return 1;                          /* unclassified until its payload comes */
+    } else {
+        proto = l7_classify(head, is_write);
+    }
     if (!proto || !l7_on(proto) || (c->role == ROLE_UNSEEN && !port_allowed(c->peer.port, 1)))
         return 0;                          /* http_payload() makes it ROLE_OTHER */
     c->proto = proto;
     c->role = ROLE_CLIENT;
-    l7_send(EV_DATA, conn_id, c, p, ret, ptr, avail, is_write, now);
+    l7_send(EV_DATA, conn_id, c, p, ret, ptr, avail, is_write, now, held);
     return 1;
 }
 
 /* Stream connection c closes: its last event, so user space frees the connection's parser. */
 static __always_inline void l7_close(u64 conn_id, struct conn *c, u64 now)
 {
-    l7_send(EV_CLOSE, conn_id, c, 0, 0, 0, 0, 0, now);
+    l7_send(EV_CLOSE, conn_id, c, 0, 0, 0, 0, 0, now, 0);
 }
 
 #endif /* TELEGEN_L7_STREAM_H */

@@ -96,10 +96,11 @@ def run(mode, pg, redis, ops, receiver):
                 continue
             cpu0, (bpf0, _) = cpu_seconds(agent.process.pid), bpf_run_ns(agent.process.pid)
             pid, seconds = load()
-            # Wait until the spans stop growing (the drain and the sink's batch), then take the CPU.
+            # Wait until the spans stop growing for longer than the export queue's batch_timeout
+            # (5 s: a partial batch waits that long), then take the CPU.
             last = -1
             while True:
-                time.sleep(2.5)
+                time.sleep(6)
                 n = spans_of(receiver, pid, system)
                 if n == last:
                     break

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from tests.support.agent_process import AgentProcess, wait_for
+from tests.support.db_clients import mysql_prepared_session
 from tests.support.db_servers import MariaDB, Postgres, Redis, server_fixture
 from tests.support.openapi_check import schema_validator
 from tests.support.otlp_files import read_metrics, read_spans
@@ -30,6 +31,11 @@ redis_server = server_fixture(Redis)
 CLIENT = 3      # Span.SPAN_KIND_CLIENT
 
 
+def agent_config(capture, *servers, **protocols):
+    return {"agent": {"ebpf": {"enabled": True, "ringbuf_size": 1 << 22, "capture": capture, "protocols": protocols,
+                               "network": {"tcp": False, "include_ports": [s.port for s in servers]}}}}
+
+
 @pytest.fixture(scope="module", params=["socket", "syscalls"])
 def agent(request, tmp_path_factory, postgres, mariadb, redis_server):
     """
@@ -37,10 +43,7 @@ def agent(request, tmp_path_factory, postgres, mariadb, redis_server):
     (other tests' load generators) must not fill its ring buffer or spend its CPU budget.
     """
     tmp = str(tmp_path_factory.mktemp(f"agent-{request.param}"))
-    ports = [s.port for s in (postgres, mariadb, redis_server)]
-    agent = AgentProcess(tmp, config={"agent": {"ebpf": {
-        "enabled": True, "ringbuf_size": 1 << 22, "capture": request.param,
-        "network": {"tcp": False, "include_ports": ports}}}})
+    agent = AgentProcess(tmp, config=agent_config(request.param, postgres, mariadb, redis_server))
     agent.capture = request.param
     agent.data_dir = os.path.join(tmp, "data")
     agent.start()
@@ -140,6 +143,18 @@ def test_mysql_client_spans(agent, mariadb):
     assert wait_for(lambda: metric_count(agent, "mariadb") == 6, timeout=30, message="6 operations in the histogram")
 
 
+def test_mysql_prepared_statements(agent, mariadb):
+    """Server-side prepared statements (mysql-connector): each execution is a span with the SQL of its PREPARE."""
+    mysql_prepared_session(mariadb.port, (1, 2))
+    texts = ("SELECT name FROM orders WHERE id = ?", "SELECT name FROM nope WHERE id = ?")
+
+    def prepared():
+        return [f for f in facts(db_spans(agent, "mariadb", mariadb.port)) if f[1] in texts]
+
+    found = wait_for(lambda: len(prepared()) >= 3 and prepared(), timeout=30, message="3 prepared statement spans")
+    assert found == [("SELECT orders", texts[0], "telegen", None)] * 2 + [("SELECT nope", texts[1], "telegen", "1146")]
+
+
 def test_redis_client_spans_and_status(agent, redis_server):
     r = redis.Redis(host="127.0.0.1", port=redis_server.port, db=1)
     r.set("order:1", "new")
@@ -204,3 +219,27 @@ def test_a_result_longer_than_the_capture_is_a_counted_loss_and_the_next_query_i
     assert lost() > before
     metrics = agent.get("/metrics").body.decode()
     assert 'telegen_ebpf_decoder_losses_total{protocol="postgresql",reason="gap"}' in metrics
+
+
+def test_a_protocol_switched_off_by_reload_gives_no_spans_and_recompiles_nothing(agent, postgres, mariadb, redis_server):
+    """agent.ebpf.protocols.redis: false, reloaded: the kernel stops classifying new Redis
+    connections (no events, no spans, no losses), the programs stay the same, /status/ebpf says so."""
+    programs = {p["id"] for p in agent.get("/status/ebpf").json()["programs"]}
+    agent.write_config(agent_config(agent.capture, postgres, mariadb, redis_server, redis=False))
+    answer = agent.post("/admin/reload").json()
+    assert "ebpf" in answer["reconfigured"], answer
+    protocols = {p["name"]: p for p in agent.get("/status/ebpf").json()["protocols"]}
+    assert not protocols["redis"]["enabled"] and protocols["postgresql"]["enabled"]
+    before = len(db_spans(agent, "redis", redis_server.port))
+    r = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    r.set("off", "1")
+    r.close()
+    # A marker after it on the same ring: once its span is in, a Redis span would be too.
+    with psycopg.connect(host="127.0.0.1", port=postgres.port, user="postgres", dbname="telegen", autocommit=True) as conn:
+        conn.execute("SELECT count(*) FROM orders WHERE id = 42")
+    wait_for(lambda: any(a.get("db.query.text") == "SELECT count(*) FROM orders WHERE id = ?"
+                         for _, a, _ in db_spans(agent, "postgresql", postgres.port)), timeout=30, message="the marker span")
+    assert len(db_spans(agent, "redis", redis_server.port)) == before
+    protocols = {p["name"]: p for p in agent.get("/status/ebpf").json()["protocols"]}
+    assert "protocol_disabled" not in protocols["redis"]["losses"]      # never classified: nothing to drop
+    assert {p["id"] for p in agent.get("/status/ebpf").json()["programs"]} == programs

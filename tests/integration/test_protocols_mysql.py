@@ -3,13 +3,13 @@ The MySQL/MariaDB parser on the real bytes of Debian's MariaDB, driven by PyMySQ
 COM_INIT_DB) and mysql-connector-python (server-side prepared statements) through a recording TCP
 relay: exact exchanges and spans, errors, and a capture that starts mid-connection.
 """
-import mysql.connector
 import pymysql
 import pytest
 
 from telegen.protocols.common import LOSS_UNMATCHED
 from telegen.protocols.mysql import MySQLParser, classify
 from telegen.protocols.semconv import span_of
+from tests.support.db_clients import mysql_prepared_session
 from tests.support.db_servers import MariaDB, server_fixture
 from tests.support.protocol_chunks import feed_all
 from tests.support.tcp_relay import TcpRelay
@@ -44,16 +44,7 @@ def text_session(server):
 @pytest.fixture(scope="module")
 def prepared_session(server, text_session):
     relay = TcpRelay(server.port).start()
-    conn = mysql.connector.connect(host="127.0.0.1", port=relay.port, user="telegen", password="telegen",
-                                   database="telegen", use_pure=True, ssl_disabled=True, autocommit=True)
-    cur = conn.cursor(prepared=True)
-    for i in (1, 2, 9):
-        cur.execute("SELECT name FROM orders WHERE id = %s", (i,))
-        cur.fetchall()
-    with pytest.raises(mysql.connector.errors.ProgrammingError):
-        cur.execute("SELECT name FROM nope WHERE id = %s", (1,))
-    cur.close()
-    conn.close()
+    mysql_prepared_session(relay.port, (1, 2, 9))
     relay.close()
     return relay
 
