@@ -114,6 +114,9 @@ static __always_inline int tls_socket_io(struct conn *c, u64 key, u32 fd)
     struct tls_call *t = tls_inflight.task_storage_get(bpf_get_current_task_btf(), 0, 0);
     if (!t || !t->active)
         return 0;
+    /* A stream connection's clear start came first: an SSL_* call begun before it is a stale entry. */
+    if (c->proto && t->ts < c->start_ts)
+        return 0;
     u32 zero = 0;
     struct tls_conn *n = tls_scratch.lookup(&zero);
     if (!n)
