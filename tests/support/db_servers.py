@@ -39,9 +39,10 @@ def _wait_port(port, process, timeout=60.0):
 
 
 class _Server:
-    """A started server process: .port, .dir, stop()."""
+    """A started server process: .port, .dir, stop(); .tls: its (certificate, key) files when it serves TLS."""
 
-    def __init__(self, prefix):
+    def __init__(self, prefix, tls=None):
+        self.tls = tls
         self.dir = tempfile.mkdtemp(prefix=prefix)
         os.chmod(self.dir, 0o755)
         self.port = free_port()
@@ -71,7 +72,7 @@ class Postgres(_Server):
     """
 
     def __init__(self, tls=None):
-        super().__init__("telegen-pg-")
+        super().__init__("telegen-pg-", tls)
         self.bindir = bindir = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
         data = os.path.join(self.dir, "data")
         shutil.chown(self.dir, "postgres", "postgres")
@@ -111,7 +112,7 @@ class MariaDB(_Server):
     """
 
     def __init__(self, tls=None):
-        super().__init__("telegen-mariadb-")
+        super().__init__("telegen-mariadb-", tls)
         options = [f"--ssl-cert={tls[0]}", f"--ssl-key={tls[1]}", "--require-secure-transport=ON"] if tls else []
         data = os.path.join(self.dir, "data")
         self.socket = os.path.join(self.dir, "mysqld.sock")
@@ -132,7 +133,7 @@ class Redis(_Server):
     """redis-server without persistence. With tls=(certificate, key) files: TLS only on .port, no client certificates."""
 
     def __init__(self, tls=None):
-        super().__init__("telegen-redis-")
+        super().__init__("telegen-redis-", tls)
         ports = ["--port", str(self.port)]
         if tls:
             ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", tls[0], "--tls-key-file", tls[1],
