@@ -41,5 +41,6 @@ setup(
         "protobuf>=5.26,<6",
         "prometheus-client>=0.19",
         "googleapis-common-protos>=1.60",    # google.rpc status details of gRPC export errors
+        "hpack>=4.0",                        # HPACK's static table and Huffman code (HTTP/2 decoding)
     ],
 )

@@ -33,6 +33,7 @@
 #define PROTO_POSTGRESQL 2
 #define PROTO_MYSQL 3
 #define PROTO_REDIS 4
+#define PROTO_HTTP2 5
 #define PROTO_MAX 16
 #define EV_DATA 5
 #define L7_HEAD 12                /* bytes the classifier looks at */
@@ -49,6 +50,8 @@ struct l7_data_event {
     struct endpoint local;
     u32 from_client;              /* 1: the bytes went from the client to the server */
     u32 cap_len;                  /* bytes of data[] that are the stream's; ret - cap_len were not captured */
+    u32 flags;                    /* the connection's HTTP_FLAG_* (HTTP_FLAG_TLS: plaintext from bpf/tls.h) */
+    u32 _pad;
     char data[L7_DATA_CAPTURE];
 };
 
@@ -138,6 +141,8 @@ static __always_inline void l7_send(u32 kind, u64 conn_id, struct conn *c, struc
     e->peer = c->peer;
     e->local = c->local;
     e->from_client = (c->role == ROLE_CLIENT) == is_write;
+    e->flags = c->flags;
+    e->_pad = 0;
     u32 n = 0;
     if (held) {
         held &= ~MYSQL_HELD_FLAG;

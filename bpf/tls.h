@@ -18,9 +18,13 @@
  * conn with the socket's endpoints, start time and owner, role learnt from the plaintext) and
  * marks the socket's own conn ROLE_TLS, so its ciphertext is never parsed, classified or
  * reported. At return the plaintext (buf, and the length: the return value, or *n for the _ex
- * pair, which return 1) goes through http_payload() with the TLS connection's state, as the
- * socket's bytes would: the same pairing and events, with HTTP_FLAG_TLS in the event's flags
- * (url.scheme https in user space). The socket's close ends the TLS connection (tls_closed()).
+ * pair, which return 1) goes through l7_payload() and then http_payload() with the TLS
+ * connection's state, as the socket's bytes would: the same classification, pairing and events,
+ * with HTTP_FLAG_TLS in the event's flags (url.scheme https in user space). A stream connection
+ * (PostgreSQL or MySQL asking for TLS in clear) keeps its protocol and the socket's connection id,
+ * so user space feeds the plaintext to the parser that saw the clear start; any other TLS
+ * connection is classified by its plaintext's first bytes (Redis over TLS). The socket's close
+ * ends the TLS connection (tls_closed()).
  *
  * Losses (tls_lost, by reason, read by user space): plaintext returned by an SSL* whose socket
  * was never seen inside one of its calls (TLS_LOST_UNLINKED: the first call read bytes OpenSSL
@@ -101,12 +105,17 @@ static __always_inline int tls_socket_io(struct conn *c, u64 key, u32 fd)
     /*
      * Only a connection whose first bytes were not HTTP (the TLS handshake's) is linked: an entry
      * whose return was missed leaves `active` set, and must not take a plaintext HTTP connection.
-     * A handshake done inside SSL_read/SSL_write links at its second socket operation.
+     * A handshake done inside SSL_read/SSL_write links at its second socket operation. A stream
+     * connection (c->proto) is linked too: PostgreSQL's SSLRequest and MySQL's SSL request packet
+     * go in clear and classify the socket, then the same socket carries TLS.
      */
-    if (c->role != ROLE_OTHER)
+    if (c->role != ROLE_OTHER && !c->proto)
         return 0;
     struct tls_call *t = tls_inflight.task_storage_get(bpf_get_current_task_btf(), 0, 0);
     if (!t || !t->active)
+        return 0;
+    /* A stream connection's clear start came first: an SSL_* call begun before it is a stale entry. */
+    if (c->proto && t->ts < c->start_ts)
         return 0;
     u32 zero = 0;
     struct tls_conn *n = tls_scratch.lookup(&zero);
@@ -119,13 +128,16 @@ static __always_inline int tls_socket_io(struct conn *c, u64 key, u32 fd)
     n->c.local = c->local;
     n->c.owner = c->owner;
     n->c.cookie = c->cookie;
-    n->c.role = ROLE_UNSEEN;
+    /* A stream connection stays one: its plaintext goes to the same parser (same key, same start). */
+    n->c.proto = c->proto;
+    n->c.role = c->proto ? ROLE_CLIENT : ROLE_UNSEEN;
     n->c.flags = HTTP_FLAG_TLS;
     n->key = key | TLS_KEY_BIT;
     n->fd = fd;
     tls_conns.update(&k, n);
     tls_sockets.update(&key, &k);
     c->role = ROLE_TLS;
+    c->proto = 0;                          /* its ciphertext is no stream's, its close is tls_closed()'s */
     return 1;
 }
 
@@ -154,7 +166,10 @@ int tls_return(struct pt_regs *ctx)
         return 0;
     }
     struct pending p = {.buf = t->buf, .ts = t->is_write ? t->ts : 0, .fd = tc->fd, .how = HOW_PLAIN};
-    http_payload(tc->key, &tc->c, &p, ret, t->buf, ret, t->is_write, bpf_ktime_get_ns());
+    u64 now = bpf_ktime_get_ns();
+    /* The stream protocols first, under the socket's own connection id (one parser per connection). */
+    if (!l7_payload(tc->key & ~TLS_KEY_BIT, &tc->c, &p, ret, t->buf, ret, t->is_write, now))
+        http_payload(tc->key, &tc->c, &p, ret, t->buf, ret, t->is_write, now);
     return 0;
 }
 
@@ -169,7 +184,9 @@ static __always_inline void tls_closed(u64 key)
     struct tls_conn *tc = tls_conns.lookup(&k);
     if (!tc || tc->key != (key | TLS_KEY_BIT))
         return;
-    if (tc->c.role == ROLE_SERVER || tc->c.role == ROLE_CLIENT) {
+    if (tc->c.proto) {
+        l7_close(key, &tc->c, bpf_ktime_get_ns());
+    } else if (tc->c.role == ROLE_SERVER || tc->c.role == ROLE_CLIENT) {
         release_request(tc->key);
         struct pending p = {.buf = 0, .ts = 0, .fd = tc->fd, .how = HOW_NONE};
         send_event(EV_CLOSE, &tc->c, &p, 0, 0, 0, bpf_ktime_get_ns());

@@ -11,7 +11,11 @@ of that client's pid the receiver got, the agent's CPU (utime + stime from /proc
 its drain, and the BPF run time of the capture's programs per operation (kernel.bpf_stats_enabled,
 switched on for the run and restored). A run with no agent gives the clients' own rate.
 
-Usage (root): .venv/bin/python bench/protocols/capture.py [--ops 20000] [--modes socket,syscalls]
+--tls: the servers over TLS only (a self-signed certificate; PostgreSQL ssl=on, redis-server on a
+tls-port), pgbench with sslmode=require and redis-benchmark --tls: the spans then come from the
+OpenSSL uprobes' plaintext (docs/protocols.md, "Over TLS").
+
+Usage (root): .venv/bin/python bench/protocols/capture.py [--ops 20000] [--modes socket,syscalls] [--tls]
 """
 import argparse
 import glob
@@ -26,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from tests.support.agent_process import AgentProcess, wait_for  # noqa: E402
 from tests.support.db_servers import Postgres, Redis  # noqa: E402
+from tests.support.http_apps import self_signed  # noqa: E402
 from tests.support.otlp_receiver import OtlpReceiver  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
@@ -55,7 +60,7 @@ def pgbench(pg, ops):
     started = time.monotonic()
     proc = subprocess.Popen([f"{pg.bindir}/pgbench", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-S",
                              "-n", "-c", "2", "-t", str(ops // 2), "telegen"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, env=dict(os.environ, PGSSLMODE="require" if pg.tls else "disable"))
     proc.wait()
     assert proc.returncode == 0
     return proc.pid, time.monotonic() - started
@@ -64,7 +69,8 @@ def pgbench(pg, ops):
 def redis_bench(redis, ops):
     started = time.monotonic()
     proc = subprocess.Popen(["redis-benchmark", "-h", "127.0.0.1", "-p", str(redis.port), "-t", "get", "-n", str(ops),
-                             "-c", "2", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "-c", "2", "-q", *(["--tls", "--insecure"] if redis.tls else [])],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc.wait()
     assert proc.returncode == 0
     return proc.pid, time.monotonic() - started
@@ -121,14 +127,16 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--ops", type=int, default=20000)
     parser.add_argument("--modes", default="socket,syscalls")
+    parser.add_argument("--tls", action="store_true")
     args = parser.parse_args()
-    pg, redis = Postgres(), Redis()
+    tls = self_signed(tempfile.mkdtemp(prefix="telegen-bench-tls-")) if args.tls else None
+    pg, redis = Postgres(tls=tls), Redis(tls=tls)
     receiver = OtlpReceiver().start()
     with open("/proc/sys/kernel/bpf_stats_enabled") as f:
         stats = f.read().strip()
     try:
         subprocess.run([f"{pg.bindir}/pgbench", "-i", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "telegen"],
-                       check=True, capture_output=True)
+                       check=True, capture_output=True, env=dict(os.environ, PGSSLMODE="require" if tls else "disable"))
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
             f.write("1")
         rows = []

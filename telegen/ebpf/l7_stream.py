@@ -13,6 +13,12 @@ are missing and resynchronizes instead of misreading. A close frees the parser; 
 silent for longer than the idle limit (its close missed: the syscall capture's LRU map evicted
 it) is forgotten by expire(). Every loss is counted by reason per protocol: the parsers'
 (desync, gap, truncated, response_without_request, ...) and the decoder's own.
+
+TLS: a connection's plaintext from the OpenSSL uprobes comes under the socket's own connection id
+with FLAG_TLS. The first such event tells the parser (start_tls()): a PostgreSQL or MySQL parser
+that saw the clear request for TLS then reads the start-up that follows from the plaintext. What
+the socket carried between that request and the first plaintext (the handshake) the parser
+ignores; a connection that never gets plaintext counts `encrypted` once, at its end (finish()).
 """
 import struct
 
@@ -20,15 +26,16 @@ from telegen.ebpf.http_decoder import format_address
 
 EV_CLOSE, EV_DATA = 3, 5
 # struct l7_data_event without data[]: header {ts, pid, tid, kind, proto}, conn_id, conn_start_ts,
-# enter_ts, ret, two endpoints {addr[16], port, family, pad}, from_client, cap_len.
-EVENT = struct.Struct("<QIIII" "QQQq" "16sH6x" "16sH6x" "II")
+# enter_ts, ret, two endpoints {addr[16], port, family, pad}, from_client, cap_len, flags, pad.
+EVENT = struct.Struct("<QIIII" "QQQq" "16sH6x" "16sH6x" "III4x")
+FLAG_TLS = 1                   # HTTP_FLAG_TLS: the bytes are TLS plaintext from the OpenSSL uprobes (bpf/tls.h)
 MAX_CONNECTIONS = 65536        # parsers held at once; beyond, a new connection is counted and ignored
 
 
 class StreamConnection:
     """One connection's parser and what its spans need of the connection (the server's address)."""
 
-    __slots__ = ("pid", "parser", "peer", "peer_port", "last_seen")
+    __slots__ = ("pid", "parser", "peer", "peer_port", "last_seen", "tls")
 
     def __init__(self, pid, parser, peer, peer_port):
         self.pid = pid
@@ -36,6 +43,7 @@ class StreamConnection:
         self.peer = peer
         self.peer_port = peer_port or None
         self.last_seen = 0
+        self.tls = False               # its plaintext comes from the TLS uprobes (the parser was told)
 
 
 class StreamDecoder:
@@ -60,12 +68,12 @@ class StreamDecoder:
     def handle_bytes(self, raw):
         """The registry's handler for this protocol: one event (its bytes)."""
         (ts, pid, _tid, kind, _proto, conn_id, conn_ts, enter_ts, ret, peer, peer_port, _local, _local_port,
-         from_client, cap_len) = EVENT.unpack_from(raw)
+         from_client, cap_len, flags) = EVENT.unpack_from(raw)
         key = (conn_id, conn_ts)
         conn = self._conns.get(key)
         if kind == EV_CLOSE:
             if conn is not None:
-                self._drain(conn)
+                self._end(conn)
                 del self._conns[key]
             return
         if not self.enabled:
@@ -77,6 +85,9 @@ class StreamDecoder:
                 return
             conn = self._conns[key] = StreamConnection(pid, self.protocol.new_parser(), format_address(peer), peer_port)
         conn.last_seen = ts
+        if flags & FLAG_TLS and not conn.tls:
+            conn.tls = True
+            conn.parser.start_tls()
         data = raw[EVENT.size:EVENT.size + cap_len]
         # A client's request starts when its write began (syscall capture); everything else when the call returned.
         at = (enter_ts if from_client else ts) + self._offset
@@ -84,6 +95,11 @@ class StreamDecoder:
             self._on_exchange(conn, exchange)
         if conn.parser.losses:
             self._drain(conn)
+
+    def _end(self, conn):
+        """A connection is forgotten: its parser's last word (finish()) and its losses counted."""
+        conn.parser.finish()
+        self._drain(conn)
 
     def _drain(self, conn):
         """Move a parser's loss counts to the protocol's counters."""
@@ -96,11 +112,11 @@ class StreamDecoder:
         """Forget connections silent for idle_ns (their close was not seen)."""
         for key, conn in list(self._conns.items()):
             if now_mono - conn.last_seen >= idle_ns:
-                self._drain(conn)
+                self._end(conn)
                 del self._conns[key]
 
     def clear(self):
         """Forget every connection (the protocol was switched off)."""
         for conn in self._conns.values():
-            self._drain(conn)
+            self._end(conn)
         self._conns.clear()

@@ -29,7 +29,9 @@ from twisted.logger import Logger
 
 log = Logger()
 
-LIBSSL = re.compile(r"/libssl\.so(\.[0-9][0-9.]*)?$")
+# libssl.so[.N], and the copies Python wheels vendor under a hashed name (auditwheel:
+# psycopg_binary.libs/libssl-6a9b88ec.so.3, which psycopg[binary]'s libpq uses).
+LIBSSL = re.compile(r"/libssl(-[0-9a-f]{8})?\.so(\.[0-9][0-9.]*)?$")
 SYSTEM_GLOBS = ("/lib/*/libssl.so*", "/usr/lib/*/libssl.so*", "/lib64/libssl.so*", "/usr/lib64/libssl.so*",
                 "/usr/lib/libssl.so*", "/usr/local/lib/libssl.so*", "/usr/local/lib64/libssl.so*")
 # symbol -> the bpf/tls.h function its entry runs; every one's return runs tls_return.

@@ -8,6 +8,7 @@ PROTO_HTTP1 = 1
 PROTO_POSTGRESQL = 2
 PROTO_MYSQL = 3
 PROTO_REDIS = 4
+PROTO_HTTP2 = 5
 
 # agent.ebpf.protocols key of each id.
-NAMES = {PROTO_HTTP1: "http", PROTO_POSTGRESQL: "postgresql", PROTO_MYSQL: "mysql", PROTO_REDIS: "redis"}
+NAMES = {PROTO_HTTP1: "http", PROTO_POSTGRESQL: "postgresql", PROTO_MYSQL: "mysql", PROTO_REDIS: "redis", PROTO_HTTP2: "http2"}

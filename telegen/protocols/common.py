@@ -23,7 +23,7 @@ LOSS_UNMATCHED = "response_without_request"   # a response whose request was not
 LOSS_NO_RESPONSE = "request_without_response"  # requests dropped when the response stream broke
 LOSS_TRUNCATED = "truncated"                  # a message kept only up to the buffer limit
 LOSS_GAP = "gap"                              # bytes the capture reported but did not carry
-LOSS_ENCRYPTED = "encrypted"                  # the connection switched to TLS: nothing more to read
+LOSS_ENCRYPTED = "encrypted"                  # switched to TLS and no plaintext came (counted at its end)
 
 
 @dataclass(slots=True)
@@ -77,6 +77,16 @@ class ConnectionParser:
             self._gap(d, gap)
         out, self._out = self._out, []
         return out
+
+    def start_tls(self):
+        """The bytes from now on are the connection's TLS plaintext (the OpenSSL uprobes).
+
+        A protocol that asks for TLS in clear (PostgreSQL, MySQL) reads its start-up again from
+        them; the others (Redis over TLS, whose plaintext is all the parser ever sees) go on.
+        """
+
+    def finish(self):
+        """The connection ended (closed, or forgotten idle): count what it left unread."""
 
     def _emit(self, exchange):
         self._out.append(exchange)

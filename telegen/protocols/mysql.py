@@ -7,7 +7,9 @@ id), and one for a COM_STMT_PREPARE that fails.
 Packets are a 3-byte little-endian payload length, a sequence id, the payload; a payload of
 0xffffff bytes continues in the next packet. The server speaks first (Initial Handshake, protocol
 10, whose version string tells MariaDB from MySQL); the client's HandshakeResponse41 names the
-database (CLIENT_CONNECT_WITH_DB), or is an SSLRequest (the rest is TLS: the parser stops);
+database (CLIENT_CONNECT_WITH_DB), or is an SSLRequest (the rest is TLS: the parser ignores the
+socket's bytes until the TLS plaintext comes, start_tls(), whose first packet is the
+HandshakeResponse41, sequence id 2; none came by the end counts `encrypted`);
 authentication ends at the server's OK or ERR. A command is a client packet with sequence id 0.
 Responses are OK (0x00), ERR (0xff: code, SQLSTATE, message) or a result set: column count,
 column definitions, an optional EOF, rows, and an EOF or OK terminator (0xfe, payload < 0xffffff);
@@ -82,6 +84,7 @@ class MySQLParser(FramedParser):
         self.database = None
         self.user = None
         self._phase = "handshake"     # "handshake" (until the client's response), "auth", "command", "tls"
+        self._response_seq = 1        # the HandshakeResponse41's sequence id (2 after an SSLRequest)
         self._seen_server = False
         self._continued = [False, False]
         self._maybe_eof = False       # a 0xfe EOF may follow (prepare definitions) and answers nothing
@@ -101,6 +104,18 @@ class MySQLParser(FramedParser):
                 self.losses[LOSS_UNMATCHED] += 1
                 return
         super()._consume(d, data, ts)
+
+    def start_tls(self):
+        """The TLS plaintext begins: the HandshakeResponse41 follows the SSLRequest (sequence id 2)."""
+        if self._phase == "tls":
+            self._phase = "handshake"
+            self._response_seq = 2
+        self._reset(0)
+        self._reset(1)
+
+    def finish(self):
+        if self._phase == "tls":
+            self.losses[LOSS_ENCRYPTED] += 1
 
     def _head(self, d, buf, pos):
         if len(buf) - pos < 4:
@@ -137,7 +152,7 @@ class MySQLParser(FramedParser):
     # Client side.
 
     def _client(self, seq, payload, length, ts):
-        if self._phase == "handshake" and seq == 1 and self._seen_server:
+        if self._phase == "handshake" and seq == self._response_seq and self._seen_server:
             self._handshake_response(payload)
             return
         if self._phase == "auth" or not payload:
@@ -167,7 +182,6 @@ class MySQLParser(FramedParser):
         caps = _U32.unpack_from(payload, 0)[0]
         if caps & CLIENT_SSL and len(payload) == 32:
             self._phase = "tls"
-            self.losses[LOSS_ENCRYPTED] += 1
             return
         self._phase = "auth"
         user, pos = cstring(payload, 32)

@@ -5,7 +5,9 @@ Query, and one per Execute of the extended protocol (Parse/Bind/Describe/Execute
 
 The client's first message (no type byte) is a StartupMessage (database, user), an SSLRequest or
 GSSENCRequest (answered by the server with one untyped byte: 'N' goes on in plaintext, 'S'/'G'
-switch to encryption and the parser stops) or a CancelRequest. Everything else is a typed message:
+switch to encryption: the parser ignores the socket's bytes until the TLS plaintext comes,
+start_tls(), which begins with the StartupMessage; none came by the end counts `encrypted`) or a
+CancelRequest. Everything else is a typed message:
 type byte, int32 length including itself, body. Named statements are remembered from their Parse
 so a later Bind/Execute gets its SQL; portals from their Bind. The server's responses are taken in
 order: each simple Query ends at ReadyForQuery ('Z'); each Execute ends at its CommandComplete,
@@ -104,12 +106,22 @@ class PostgresParser(FramedParser):
             self._await_ssl_answer = False
             if data[:1] != b"N":
                 self._encrypted = True
-                self.losses[LOSS_ENCRYPTED] += 1
                 return
             data = data[1:]
             if not data:
                 return
         super()._consume(d, data, ts)
+
+    def start_tls(self):
+        """The TLS plaintext begins: the start-up (a StartupMessage) comes again, in it."""
+        self._encrypted = self._await_ssl_answer = False
+        self._expect_startup = True
+        self._reset(0)
+        self._reset(1)
+
+    def finish(self):
+        if self._encrypted:
+            self.losses[LOSS_ENCRYPTED] += 1
 
     def _head(self, d, buf, pos):
         if len(buf) - pos < 5:

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.unit.test_protocols_registry -*-
 """
-The database protocols as the L7 capture framework plugs them in: for each, the classifier and
-which side's first bytes it reads, the parser class, and the span mapping they all share.
+The protocols as the L7 capture framework plugs them in: for each, the classifier and which
+side's first bytes it reads, the parser class, and the span mapping (the database protocols share
+one; HTTP/2 and gRPC have theirs, which also needs to know whether the process is the server).
 
 `identify(client_first, server_first)` is the user-space twin of the kernel rules: the protocol a
 connection speaks, from whichever first bytes are known, or None.
@@ -9,8 +10,8 @@ connection speaks, from whichever first bytes are known, or None.
 from dataclasses import dataclass
 from typing import Callable
 
-from telegen.l7.protocols import PROTO_MYSQL, PROTO_POSTGRESQL, PROTO_REDIS
-from telegen.protocols import mysql, postgres, redis
+from telegen.l7.protocols import PROTO_HTTP2, PROTO_MYSQL, PROTO_POSTGRESQL, PROTO_REDIS
+from telegen.protocols import http2, http2_semconv, mysql, postgres, redis
 from telegen.protocols.semconv import span_of
 
 CLIENT_FIRST, SERVER_FIRST = "client", "server"
@@ -35,6 +36,7 @@ PROTOCOLS = (
     Protocol("postgresql", postgres.classify, CLIENT_FIRST, postgres.PostgresParser, PROTO_POSTGRESQL),
     Protocol("mysql", mysql.classify, SERVER_FIRST, mysql.MySQLParser, PROTO_MYSQL),
     Protocol("redis", redis.classify, CLIENT_FIRST, redis.RedisParser, PROTO_REDIS, open_kwargs=(("at_connect", True),)),
+    Protocol("http2", http2.classify, CLIENT_FIRST, http2.Http2Parser, PROTO_HTTP2, http2_semconv.span_of),
 )
 
 

@@ -9,18 +9,18 @@ db.client.operation.duration histogram; /status/ebpf lists the protocols with th
 
 One server of each kind for the module, one agent per capture mode.
 """
-import os
-
 import psycopg
-import pymysql
 import pytest
 import redis
 
-from tests.support.agent_process import AgentProcess, wait_for
-from tests.support.db_clients import mysql_prepared_session
+from tests.support.agent_process import wait_for
+from tests.support.db_agent import (
+    CLIENT, agent_config, db_spans, exactly, facts, metric_count, postgres_session_spans, redis_spans_from_select,
+    running_agent)
+from tests.support.db_clients import (
+    MYSQL_SESSION_SPANS, REDIS_SESSION_SPANS, mysql_prepared_session, mysql_session, postgres_session, redis_session)
 from tests.support.db_servers import MariaDB, Postgres, Redis, server_fixture
 from tests.support.openapi_check import schema_validator
-from tests.support.otlp_files import read_metrics, read_spans
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.integration]
 
@@ -28,116 +28,24 @@ postgres = server_fixture(Postgres)
 mariadb = server_fixture(MariaDB)
 redis_server = server_fixture(Redis)
 
-CLIENT = 3      # Span.SPAN_KIND_CLIENT
-
-
-def agent_config(capture, *servers, **protocols):
-    return {"agent": {"ebpf": {"enabled": True, "ringbuf_size": 1 << 22, "capture": capture, "protocols": protocols,
-                               "network": {"tcp": False, "include_ports": [s.port for s in servers]}}}}
 
 
 @pytest.fixture(scope="module", params=["socket", "syscalls"])
 def agent(request, tmp_path_factory, postgres, mariadb, redis_server):
-    """
-    The agent in one capture mode, capturing only the servers' ports: the host's other traffic
-    (other tests' load generators) must not fill its ring buffer or spend its CPU budget.
-    """
-    tmp = str(tmp_path_factory.mktemp(f"agent-{request.param}"))
-    agent = AgentProcess(tmp, config=agent_config(request.param, postgres, mariadb, redis_server))
-    agent.capture = request.param
-    agent.data_dir = os.path.join(tmp, "data")
-    agent.start()
-    try:
-        wait_for(lambda: agent.get("/ready").json()["checks"]["ebpf"] == "ok", timeout=180,
-                 message="ebpf ready (%s)" % agent.get("/ready").json()["checks"]["ebpf"])
-        assert agent.get("/status/ebpf").json()["capture"]["mode"] == request.param
-        yield agent
-    finally:
-        agent.stop()
-
-
-def db_spans(agent, system, port):
-    """[(name, attributes, span)] of this process's CLIENT spans to the server on `port`."""
-    out = []
-    for resource, span in read_spans(agent.data_dir):
-        attrs = {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in span.attributes}
-        if (resource.get("process.pid") == os.getpid() and attrs.get("db.system.name") == system
-                and attrs.get("server.port") == port):
-            out.append((span.name, attrs, span))
-    return out
-
-
-def exactly(agent, system, port, n):
-    """The spans once there are n, checked to stay n after another export interval."""
-    found = wait_for(lambda: len(db_spans(agent, system, port)) >= n and db_spans(agent, system, port), timeout=30,
-                     message=f"{n} {system} spans (have {len(db_spans(agent, system, port))})")
-    assert len(found) == n, [name for name, _, _ in found]
-    return found
-
-
-def facts(spans):
-    return [(name, a.get("db.query.text"), a.get("db.namespace"), a.get("error.type")) for name, a, _ in spans]
-
-
-def metric_count(agent, system):
-    """Operations the db.client.operation.duration histogram of this process counted for `system`."""
-    total = 0
-    for resource, metric in read_metrics(agent.data_dir):
-        if metric.name == "db.client.operation.duration" and resource.get("process.pid") == os.getpid():
-            total = max(total, sum(p.count for p in metric.histogram.data_points
-                                   if any(kv.key == "db.system.name" and kv.value.string_value == system
-                                          for kv in p.attributes)))
-    return total
+    yield from running_agent(request.param, str(tmp_path_factory.mktemp(f"agent-{request.param}")),
+                             postgres, mariadb, redis_server)
 
 
 def test_postgresql_client_spans(agent, postgres):
-    with psycopg.connect(host="127.0.0.1", port=postgres.port, user="postgres", dbname="telegen",
-                         sslmode="prefer", autocommit=True) as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS orders (id int PRIMARY KEY, name text)")
-        conn.execute("DELETE FROM orders")
-        conn.cursor().executemany("INSERT INTO orders VALUES (%s, %s)", [(1, "a"), (2, "b"), (3, "c")])
-        assert conn.execute("SELECT name FROM orders WHERE id = %s", (2,)).fetchall() == [("b",)]
-        with pytest.raises(psycopg.errors.UndefinedTable):
-            conn.execute("SELECT * FROM nope")
-    spans = exactly(agent, "postgresql", postgres.port, 7)
-    assert facts(spans) == [
-        ("CREATE orders", "CREATE TABLE IF NOT EXISTS orders (id int PRIMARY KEY, name text)", "telegen", None),
-        ("DELETE orders", "DELETE FROM orders", "telegen", None),
-        *[("INSERT orders", "INSERT INTO orders VALUES ($1, $2)", "telegen", None)] * 3,     # executemany: one each
-        ("SELECT orders", "SELECT name FROM orders WHERE id = $1", "telegen", None),
-        ("SELECT nope", "SELECT * FROM nope", "telegen", "42P01"),
-    ]
-    for name, attrs, span in spans:
-        assert span.kind == CLIENT and span.start_time_unix_nano <= span.end_time_unix_nano
-        assert attrs["server.address"] == "127.0.0.1"
-        assert attrs["db.operation.name"] == name.split()[0]
-    error = spans[-1]
-    assert error[1]["db.response.status_code"] == "42P01" and error[2].status.code == 2
-    assert error[2].status.message == 'relation "nope" does not exist'
+    assert not postgres_session(postgres.port, sslmode="prefer")     # the server has no TLS: plaintext
+    postgres_session_spans(agent, postgres.port)
     assert wait_for(lambda: metric_count(agent, "postgresql") == 7, timeout=30, message="7 operations in the histogram")
 
 
 def test_mysql_client_spans(agent, mariadb):
-    conn = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="telegen", password="telegen",
-                           database="telegen", autocommit=True)
-    with conn.cursor() as cur:
-        cur.execute("CREATE TABLE IF NOT EXISTS orders (id int PRIMARY KEY, name text)")
-        cur.execute("DELETE FROM orders")
-        cur.execute("INSERT INTO orders VALUES (%s, %s), (2, 'b')", (1, "a"))
-        cur.execute("SELECT name FROM orders WHERE id > 1")
-        assert cur.fetchall() == (("b",),)
-        with pytest.raises(pymysql.err.ProgrammingError):
-            cur.execute("SELECT * FROM nope")
-    conn.close()
+    mysql_session(mariadb.port)
     spans = exactly(agent, "mariadb", mariadb.port, 6)
-    assert facts(spans) == [
-        ("SET", "SET NAMES utf8mb4", "telegen", None),
-        ("CREATE orders", "CREATE TABLE IF NOT EXISTS orders (id int PRIMARY KEY, name text)", "telegen", None),
-        ("DELETE orders", "DELETE FROM orders", "telegen", None),
-        ("INSERT orders", "INSERT INTO orders VALUES (?, ?), (?, ?)", "telegen", None),
-        ("SELECT orders", "SELECT name FROM orders WHERE id > ?", "telegen", None),
-        ("SELECT nope", "SELECT * FROM nope", "telegen", "1146"),
-    ]
+    assert facts(spans) == MYSQL_SESSION_SPANS
     assert all(s.kind == CLIENT for _, _, s in spans)
     assert spans[-1][2].status.code == 2 and spans[-1][1]["db.response.status_code"] == "1146"
     assert wait_for(lambda: metric_count(agent, "mariadb") == 6, timeout=30, message="6 operations in the histogram")
@@ -156,33 +64,8 @@ def test_mysql_prepared_statements(agent, mariadb):
 
 
 def test_redis_client_spans_and_status(agent, redis_server):
-    r = redis.Redis(host="127.0.0.1", port=redis_server.port, db=1)
-    r.set("order:1", "new")
-    assert r.get("order:1") == b"new"
-    with pytest.raises(redis.ResponseError):
-        r.incr("order:1")
-    pipe = r.pipeline(transaction=False)
-    pipe.hset("h", "x", 1).hget("h", "x").delete("h")
-    assert pipe.execute() == [1, b"1", 1]
-    r.close()
-
-    def after_setup():
-        """The spans from SELECT on: redis-py opens with HELLO and CLIENT SETINFO calls of its own."""
-        names = facts(db_spans(agent, "redis", redis_server.port))
-        start = next((i for i, f in enumerate(names) if f[0] == "SELECT"), None)
-        assert start is None or {f[0] for f in names[:start]} <= {"HELLO", "CLIENT"}
-        return names[start:] if start is not None and len(names) - start >= 7 else None
-
-    found = wait_for(after_setup, timeout=30, message="7 redis spans from SELECT on")
-    assert found == [
-        ("SELECT", "SELECT 1", "1", None),
-        ("SET", "SET order:1 ?", "1", None),
-        ("GET", "GET order:1", "1", None),
-        ("INCRBY", "INCRBY order:1 ?", "1", "ERR"),
-        ("HSET", "HSET h ? ?", "1", None),
-        ("HGET", "HGET h ?", "1", None),
-        ("DEL", "DEL h", "1", None),
-    ]
+    redis_session(redis.Redis(host="127.0.0.1", port=redis_server.port, db=1))
+    assert redis_spans_from_select(agent, redis_server.port, 7) == REDIS_SESSION_SPANS
 
     status = agent.get("/status/ebpf").json()
     spec = agent.get("/openapi.json").json()

@@ -39,9 +39,10 @@ def _wait_port(port, process, timeout=60.0):
 
 
 class _Server:
-    """A started server process: .port, .dir, stop()."""
+    """A started server process: .port, .dir, stop(); .tls: its (certificate, key) files when it serves TLS."""
 
-    def __init__(self, prefix):
+    def __init__(self, prefix, tls=None):
+        self.tls = tls
         self.dir = tempfile.mkdtemp(prefix=prefix)
         os.chmod(self.dir, 0o755)
         self.port = free_port()
@@ -65,18 +66,28 @@ class _Server:
 
 
 class Postgres(_Server):
-    """PostgreSQL with trust authentication; database `telegen` exists."""
+    """
+    PostgreSQL with trust authentication; database `telegen` exists. With tls=(certificate, key)
+    files: ssl=on with them (copied where the server's user owns them: it refuses a key others can read).
+    """
 
-    def __init__(self):
-        super().__init__("telegen-pg-")
+    def __init__(self, tls=None):
+        super().__init__("telegen-pg-", tls)
         self.bindir = bindir = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
         data = os.path.join(self.dir, "data")
         shutil.chown(self.dir, "postgres", "postgres")
         subprocess.run([f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"],
                        user="postgres", group="postgres", check=True, stdout=self._log, stderr=subprocess.STDOUT)
+        options = []
+        if tls:
+            for source, name in zip(tls, ("server.crt", "server.key")):
+                shutil.copy(source, os.path.join(data, name))
+                os.chmod(os.path.join(data, name), 0o600)
+                shutil.chown(os.path.join(data, name), "postgres", "postgres")
+            options = ["-c", "ssl=on"]       # server.crt and server.key in the data directory are the defaults
         self.process = subprocess.Popen(
             [f"{bindir}/postgres", "-D", data, "-p", str(self.port), "-k", self.dir,
-             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", *options],
             user="postgres", group="postgres", stdout=self._log, stderr=subprocess.STDOUT)
         _wait_port(self.port, self.process)
         self._psql(f"{bindir}/createdb", "telegen")
@@ -94,10 +105,15 @@ class Postgres(_Server):
 
 
 class MariaDB(_Server):
-    """MariaDB with user `telegen` (password `telegen`) owning database `telegen`."""
+    """
+    MariaDB with user `telegen` (password `telegen`) owning database `telegen`. With tls=(certificate,
+    key) files: TCP clients must use TLS (require_secure_transport: a client that would fall back to
+    plaintext is refused).
+    """
 
-    def __init__(self):
-        super().__init__("telegen-mariadb-")
+    def __init__(self, tls=None):
+        super().__init__("telegen-mariadb-", tls)
+        options = [f"--ssl-cert={tls[0]}", f"--ssl-key={tls[1]}", "--require-secure-transport=ON"] if tls else []
         data = os.path.join(self.dir, "data")
         self.socket = os.path.join(self.dir, "mysqld.sock")
         subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=root",
@@ -105,7 +121,7 @@ class MariaDB(_Server):
         self.process = subprocess.Popen(
             ["mariadbd", "--no-defaults", f"--datadir={data}", "--user=root", f"--port={self.port}",
              "--bind-address=127.0.0.1", f"--socket={self.socket}", f"--pid-file={self.dir}/mysqld.pid",
-             "--skip-log-bin", "--innodb-buffer-pool-size=16M", "--skip-name-resolve"],
+             "--skip-log-bin", "--innodb-buffer-pool-size=16M", "--skip-name-resolve", *options],
             stdout=self._log, stderr=subprocess.STDOUT)
         _wait_port(self.port, self.process)
         subprocess.run(["mariadb", "--no-defaults", f"--socket={self.socket}", "-uroot", "-e",
@@ -114,22 +130,29 @@ class MariaDB(_Server):
 
 
 class Redis(_Server):
-    """redis-server without persistence."""
+    """redis-server without persistence. With tls=(certificate, key) files: TLS only on .port, no client certificates."""
 
-    def __init__(self):
-        super().__init__("telegen-redis-")
+    def __init__(self, tls=None):
+        super().__init__("telegen-redis-", tls)
+        ports = ["--port", str(self.port)]
+        if tls:
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", tls[0], "--tls-key-file", tls[1],
+                     "--tls-auth-clients", "no"]
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            ["redis-server", *ports, "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", self.dir, "--daemonize", "no"],
             stdout=self._log, stderr=subprocess.STDOUT)
         _wait_port(self.port, self.process)
 
 
-def server_fixture(server_class):
-    """A module-scoped pytest fixture giving a started server of server_class, stopped after the module."""
+def server_fixture(server_class, tls=False):
+    """
+    A module-scoped pytest fixture giving a started server of server_class, stopped after the
+    module; tls=True: over TLS with the module's `certificate` fixture ((certificate, key) files).
+    """
     @pytest.fixture(scope="module")
-    def server():
-        started = server_class()
+    def server(request):
+        started = server_class(tls=request.getfixturevalue("certificate")) if tls else server_class()
         yield started
         started.stop()
     return server

@@ -5,7 +5,8 @@ does (it is the agent: TELEGEN_PID).
 
 - python_server(): a ThreadingHTTPServer (HTTP/1.1, keep-alive) with /ok, /missing, /boom,
   /echo (POST, answers the body size), /big/<n> (n body bytes, written in several writes).
-- nginx(): nginx-light on a free port with the same answers plus a sendfile'd static file.
+- nginx(): nginx-light on a free port with the same answers plus a sendfile'd static file (HTTP/1.x,
+  or h2c with prior knowledge).
 - run_client(): http.client in a child process making the requests of a plan.
 - self_signed(): a certificate and key for the HTTPS variants of all three (tls=(cert, key)
   for the servers, tls=True for the client, which then trusts any certificate).
@@ -122,7 +123,7 @@ http {{
     sendfile on;
     keepalive_requests 1000000;
     server {{
-        listen 127.0.0.1:{port}{tls};
+        listen 127.0.0.1:{port}{listen_options};
         location = /ok {{ return 200 "hello\\n"; }}
         location = /missing {{ return 404; }}
         location = /boom {{ return 500; }}
@@ -174,8 +175,10 @@ def python_server(tls=None):
     return child, port
 
 
-def nginx(tmp, port=None, static_bytes=1 << 20, tls=None):
-    """(Child, port) of nginx (one worker, in the foreground) serving tmp/static (a file `big.bin` of static_bytes); HTTPS with tls=(certificate, key)."""
+def nginx(tmp, port=None, static_bytes=1 << 20, http2=False, tls=None):
+    """(Child, port) of nginx (one worker, in the foreground) serving tmp/static (a file `big.bin` of static_bytes);
+    with http2, the port speaks h2c with prior knowledge only (nginx does not do the h2c upgrade), or h2 over
+    TLS when tls=(certificate, key) is given too; HTTPS with tls."""
     port = port or free_port()
     os.makedirs(os.path.join(tmp, "static"), exist_ok=True)
     with open(os.path.join(tmp, "static", "big.bin"), "wb") as f:
@@ -184,7 +187,10 @@ def nginx(tmp, port=None, static_bytes=1 << 20, tls=None):
         f.write(b"<html>hello</html>\n")
     conf = os.path.join(tmp, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(tmp=tmp, port=port, tls=" ssl;\n        ssl_certificate {};\n        ssl_certificate_key {}".format(*tls) if tls else ""))
+        options = (" ssl" if tls else "") + (" http2" if http2 else "")
+        if tls:
+            options += ";\n        ssl_certificate {};\n        ssl_certificate_key {}".format(*tls)
+        f.write(NGINX_CONF.format(tmp=tmp, port=port, listen_options=options))
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     child = Child([binary, "-c", conf, "-e", os.path.join(tmp, "error.log")], stderr=subprocess.DEVNULL)
     return child, port

@@ -47,6 +47,10 @@ class TcpRelay:
 
     def close(self):
         self._closing = True
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)     # wakes the accept() (close() alone does not)
+        except OSError:
+            pass
         self._listener.close()
         for thread in self._threads:
             thread.join(timeout=5)

@@ -3,24 +3,28 @@ StreamDecoder on events laid out as bpf/l7_stream.h sends them: one parser per c
 order, times from the right edge of each syscall, a cut capture passed on as a gap (counted, the
 parser resynchronizes), a close frees the connection, idle connections expire, losses by reason.
 """
-from telegen.ebpf.l7_stream import EV_CLOSE, EVENT, StreamDecoder
-from telegen.l7.protocols import PROTO_REDIS
+import struct
+from functools import partial
+
+from telegen.ebpf.l7_stream import EV_CLOSE, EVENT, FLAG_TLS, StreamDecoder
+from telegen.l7.protocols import PROTO_POSTGRESQL, PROTO_REDIS
 from telegen.protocols.registry import PROTOCOLS
 from tests.support.http_events import stream_event as event
 
 REDIS = next(p for p in PROTOCOLS if p.proto == PROTO_REDIS)
+POSTGRESQL = next(p for p in PROTOCOLS if p.proto == PROTO_POSTGRESQL)
 OFFSET = 1_000
 
 
-def decoder():
+def decoder(protocol=REDIS):
     exchanges, losses = [], []
-    d = StreamDecoder(REDIS, lambda conn, ex: exchanges.append((conn, ex)), lambda r, n: losses.append((r, n)), OFFSET)
+    d = StreamDecoder(protocol, lambda conn, ex: exchanges.append((conn, ex)), lambda r, n: losses.append((r, n)), OFFSET)
     return d, exchanges, losses
 
 
 def test_the_event_layout_is_the_kernels():
-    """struct l7_data_event: header 24, four u64, two 24-byte endpoints, two u32, then data[]."""
-    assert EVENT.size == 24 + 32 + 48 + 8
+    """struct l7_data_event: header 24, four u64, two 24-byte endpoints, four u32, then data[]."""
+    assert EVENT.size == 24 + 32 + 48 + 16
 
 
 def test_commands_and_replies_make_exchanges_with_syscall_times():
@@ -66,3 +70,39 @@ def test_a_disabled_protocol_drops_counted_and_holds_nothing():
     d.enabled = False
     d.handle_bytes(event(2, b"+PONG\r\n", from_client=False))
     assert not exchanges and len(d) == 0 and losses == [("protocol_disabled", 1)]
+
+
+def pg(kind, body=b""):
+    return kind + struct.pack(">i", len(body) + 4) + body
+
+
+def test_postgresql_over_tls_is_one_connection_its_plaintext_parsed_after_the_clear_sslrequest():
+    """
+    The SSLRequest and 'S' in clear, the handshake's ciphertext, then FLAG_TLS plaintext under the
+    same connection: the StartupMessage is read from the plaintext, the query pairs, nothing lost.
+    """
+    d, exchanges, losses = decoder(POSTGRESQL)
+    ev = partial(event, proto=PROTO_POSTGRESQL, peer_port=5432)
+    startup = struct.pack(">i", 196608) + b"user\0app\0database\0shop\0\0"
+    d.handle_bytes(ev(1, struct.pack(">ii", 8, 80877103)))
+    d.handle_bytes(ev(2, b"S", from_client=False))
+    d.handle_bytes(ev(3, b"\x16\x03\x01\x02\x00" + bytes(200)))
+    d.handle_bytes(ev(4, b"\x16\x03\x03\x00\x7a" + bytes(300), from_client=False))
+    d.handle_bytes(ev(5, struct.pack(">i", len(startup) + 4) + startup, flags=FLAG_TLS))
+    d.handle_bytes(ev(6, pg(b"R", bytes(4)) + pg(b"Z", b"I"), from_client=False, flags=FLAG_TLS))
+    d.handle_bytes(ev(7, pg(b"Q", b"SELECT 1\0"), flags=FLAG_TLS))
+    d.handle_bytes(ev(8, pg(b"C", b"SELECT 1\0") + pg(b"Z", b"I"), from_client=False, flags=FLAG_TLS))
+    d.handle_bytes(ev(9, kind=EV_CLOSE))
+    assert [(ex.query, ex.namespace, ex.start_ns) for _, ex in exchanges] == [("SELECT 1", "shop", 7 + OFFSET)]
+    assert not losses and len(d) == 0
+
+
+def test_a_tls_connection_never_decrypted_counts_encrypted_once_at_its_close():
+    d, exchanges, losses = decoder(POSTGRESQL)
+    ev = partial(event, proto=PROTO_POSTGRESQL, peer_port=5432)
+    d.handle_bytes(ev(1, struct.pack(">ii", 8, 80877103)))
+    d.handle_bytes(ev(2, b"S", from_client=False))
+    d.handle_bytes(ev(3, b"\x17\x03\x03\x00\x20" + bytes(32)))
+    assert not losses
+    d.handle_bytes(ev(4, kind=EV_CLOSE))
+    assert not exchanges and losses == [("encrypted", 1)]

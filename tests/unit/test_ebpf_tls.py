@@ -13,6 +13,7 @@ MAPS = """\
 7f0000003000-7f0000004000 r--p 00000000 08:01 101 /usr/lib/x86_64-linux-gnu/libssl3.so
 7f0000005000-7f0000006000 r--p 00000000 08:01 102 /opt/app/lib/libssl.so.1.1 (deleted)
 7f0000007000-7f0000008000 r--p 00000000 08:01 103 /opt/app/lib/libcrypto.so.3
+7f0000008000-7f0000009000 r-xp 00000000 08:01 104 /usr/lib/x86_64-linux-gnu/libssl-6a9b88ec.so.3
 7f0000009000-7f000000a000 rw-p 00000000 00:00 0
 """
 
@@ -35,10 +36,14 @@ class FakeBPF:
 
 
 def test_only_openssls_libssl_is_taken_from_the_maps_through_the_process_root(tmp_path):
-    """NSS's libssl3.so, deleted files and other libraries are not; a file not at that path here is reached through /proc/PID/root."""
+    """
+    NSS's libssl3.so, deleted files and other libraries are not; a wheel's vendored copy
+    (libssl-HASH.so.3, psycopg[binary]) is; a file not at that path here is reached through /proc/PID/root.
+    """
     (tmp_path / "42").mkdir()
     (tmp_path / "42" / "maps").write_text(MAPS)
-    assert mapped_libraries(42, str(tmp_path)) == [f"{tmp_path}/42/root/usr/lib/x86_64-linux-gnu/libssl.so.3"]
+    assert mapped_libraries(42, str(tmp_path)) == [f"{tmp_path}/42/root/usr/lib/x86_64-linux-gnu/{name}"
+                                                   for name in ("libssl-6a9b88ec.so.3", "libssl.so.3")]
     assert mapped_libraries(43, str(tmp_path)) == []             # gone
 
 

@@ -134,11 +134,27 @@ def test_client_bytes_that_are_no_command_are_dropped():
     assert summary(feed_all(parser, conversation()[3:5])) == EXPECTED[:1]
 
 
-def test_ssl_request_stops_parsing():
+SSL = pkt(1, struct.pack("<IIB", CAPS | 0x800, 1 << 24, 45) + b"\0" * 23)
+
+
+def test_ssl_request_without_plaintext_is_one_encrypted_loss_at_the_end():
     parser = MySQLParser()
-    ssl = pkt(1, struct.pack("<IIB", CAPS | 0x800, 1 << 24, 45) + b"\0" * 23)
-    assert feed_all(parser, [(False, HANDSHAKE, 1), (True, ssl, 2), (True, b"\x16\x03\x01tls", 3)]) == []
+    assert feed_all(parser, [(False, HANDSHAKE, 1), (True, SSL, 2), (True, b"\x16\x03\x01tls", 3)]) == []
+    assert not parser.losses
+    parser.finish()
     assert parser.losses == {LOSS_ENCRYPTED: 1}
+
+
+def test_ssl_request_then_the_tls_plaintext_is_the_conversation():
+    """After start_tls() the HandshakeResponse41 comes with sequence id 2, the server's OK with 3."""
+    parser = MySQLParser()
+    assert feed_all(parser, [(False, HANDSHAKE, 1), (True, SSL, 2), (True, b"\x16\x03\x01\x02\x00tls", 3),
+                             (False, b"\x16\x03\x03\x00\x7aserver", 4)]) == []
+    parser.start_tls()
+    response = pkt(2, RESPONSE[4:])
+    exchanges = feed_all(parser, [(True, response, 5), (False, pkt(3, OK), 6)] + conversation()[3:])
+    parser.finish()
+    assert summary(exchanges) == EXPECTED and not parser.losses
 
 
 def test_classifier():

@@ -154,10 +154,24 @@ def test_long_query_is_truncated_and_large_rows_are_skipped_unbuffered():
     assert max(len(b) for b in parser._buf) == 0
 
 
-def test_ssl_accepted_stops_parsing():
+def test_ssl_accepted_without_plaintext_is_one_encrypted_loss_at_the_end():
     parser = PostgresParser()
     assert feed_all(parser, [(True, SSL_REQUEST, 1), (False, b"S", 2), (True, b"\x16\x03\x01 tls", 3)]) == []
+    assert not parser.losses
+    parser.finish()
     assert parser.losses == {LOSS_ENCRYPTED: 1}
+
+
+def test_ssl_accepted_then_the_tls_plaintext_is_the_conversation():
+    """The handshake's ciphertext is ignored; start_tls(): the StartupMessage and queries in the plaintext."""
+    parser = PostgresParser()
+    handshake = [(True, SSL_REQUEST, 1), (False, b"S", 2), (True, b"\x16\x03\x01\x02\x00 hello", 3),
+                 (False, b"\x16\x03\x03\x00\x7a server", 4), (True, b"\x14\x03\x03\x00\x01\x01 part", 5)]
+    assert feed_all(parser, handshake) == []
+    parser.start_tls()
+    exchanges = feed_all(parser, conversation()[2:])
+    parser.finish()
+    assert summary(exchanges) == EXPECTED and not parser.losses
 
 
 def test_classifier():

@@ -11,9 +11,10 @@ def test_identify_by_first_bytes():
     assert identify(client_first=startup).name == "postgresql"
     assert identify(server_first=handshake).name == "mysql"
     assert identify(client_first=resp).name == "redis"
+    assert identify(client_first=b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04").name == "http2"
     assert identify(client_first=b"GET / HTTP/1.1\r\n", server_first=b"HTTP/1.1 200 OK\r\n") is None
     assert identify(client_first=handshake) is None     # a server's handshake is no client's rule
-    assert [p.name for p in PROTOCOLS] == ["postgresql", "mysql", "redis"]
+    assert [p.name for p in PROTOCOLS] == ["postgresql", "mysql", "redis", "http2"]
 
 
 def test_each_protocol_makes_fresh_parsers():
