@@ -1,5 +1,5 @@
 /*
- * Stream protocols of the L7 capture (PostgreSQL, MySQL/MariaDB, Redis): connection
+ * Stream protocols of the L7 capture (PostgreSQL, MySQL/MariaDB, Redis, HTTP/2 and gRPC): connection
  * classification by first bytes and generic data events, shared by both capture modes.
  *
  * HTTP/1 keeps its in-kernel pairing (bpf/http_events.h). The protocols here are stateful
@@ -16,9 +16,11 @@
  * when it took the bytes (a stream connection, or one it just classified or refused), 0 when
  * http_payload() should have them. l7_close() sends a stream connection's last event.
  *
- * Only the client side of these protocols is reported (database client spans): a client-first
- * protocol is recognised in what a connection sends, a server-first one in what it receives, so
- * the server process on the same host (which receives the client-first bytes) is never counted.
+ * Only the client side of the database protocols is reported (database client spans): a
+ * client-first protocol is recognised in what a connection sends, a server-first one in what it
+ * receives, so the server process on the same host (which receives the client-first bytes) is
+ * never counted. HTTP/2 has spans on both sides: its preface sent makes a client connection,
+ * received a server one (events say which: `server`), see l7_payload().
  * Per-protocol switches (l7_enabled[proto], written live by user space) decide what is classified;
  * PROTO_HTTP1 off makes HTTP connections ROLE_OTHER here before http_payload() sees them.
  *
@@ -37,6 +39,7 @@
 #define PROTO_MAX 16
 #define EV_DATA 5
 #define L7_HEAD 12                /* bytes the classifier looks at */
+#define L7_IOVECS 8               /* iovecs of one readv/writev/recvmsg/sendmsg copied into an event */
 
 /* One read or write of a stream connection (kind EV_DATA), or its close (EV_CLOSE, ret 0). */
 struct l7_data_event {
@@ -47,15 +50,22 @@ struct l7_data_event {
     s64 ret;                      /* bytes the read or write moved */
     struct endpoint peer;
     struct endpoint local;
-    u32 from_client;              /* 1: the bytes went from the client to the server */
+    u16 from_client;              /* 1: the bytes went from the client to the server */
+    u16 server;                   /* 1: the traced process is the connection's server (HTTP/2 server spans) */
     u32 cap_len;                  /* bytes of data[] that are the stream's; ret - cap_len were not captured */
     char data[L7_DATA_CAPTURE];
 };
 
 /* l7_enabled[PROTO_*] = 1 when the protocol is switched on (agent.ebpf.protocols); live. */
 BPF_ARRAY(l7_enabled, u8, PROTO_MAX);
-/* Built here (too big for the stack), then sent with only its captured bytes. */
-BPF_PERCPU_ARRAY(l7_scratch, struct l7_data_event, 1);
+/* An event built here (too big for the stack), then sent with only its captured bytes; `spill`
+ * makes any copy of at most L7_DATA_CAPTURE bytes at an offset below L7_DATA_CAPTURE provably
+ * inside the value, which is what the verifier needs of l7_copy_iov()'s variable offsets. */
+struct l7_scratch_event {
+    struct l7_data_event e;
+    char spill[L7_DATA_CAPTURE];
+};
+BPF_PERCPU_ARRAY(l7_scratch, struct l7_scratch_event, 1);
 
 static __always_inline int l7_on(u32 proto)
 {
@@ -71,6 +81,19 @@ static __always_inline int l7_on(u32 proto)
 static __always_inline u32 be32(const u8 *b, int at)
 {
     return ((u32)b[at] << 24) | ((u32)b[at + 1] << 16) | ((u32)b[at + 2] << 8) | b[at + 3];
+}
+
+/* The HTTP/2 client preface's first 12 bytes, `PRI * HTTP/2` (h2c prior knowledge). */
+static __always_inline int l7_h2_preface(const u8 *b)
+{
+    return b[0] == 'P' && b[1] == 'R' && b[2] == 'I' && b[3] == ' ' && b[4] == '*' && b[5] == ' ' &&
+           b[6] == 'H' && b[7] == 'T' && b[8] == 'T' && b[9] == 'P' && b[10] == '/' && b[11] == '2';
+}
+
+/* An HTTP/2 SETTINGS frame header (not an ACK): length a multiple of 6, type 4, flags 0, stream 0. */
+static __always_inline int l7_h2_settings(const u8 *b)
+{
+    return b[0] == 0 && ((b[1] << 8) | b[2]) % 6 == 0 && b[3] == 4 && b[4] == 0 && b[5] == 0 && b[6] == 0 && b[7] == 0 && b[8] == 0;
 }
 
 /*
@@ -109,14 +132,59 @@ static __always_inline u32 l7_classify(const u8 *b, int sent)
     return 0;
 }
 
+/*
+ * The first L7_DATA_CAPTURE of the `ret` bytes a vectored call (HOW_IOV: buf is the iovec array;
+ * HOW_MSG: buf is a struct msghdr) moved, from up to L7_IOVECS iovecs in order, into s's data:
+ * the bytes captured. HTTP/2 peers write a frame header and its payload from separate buffers
+ * (nginx writev's many), so the first iovec alone is often 9 bytes of a 4 KiB write. Stops at
+ * `ret` bytes (a read fills its iovecs in order), so the iovec count is not needed.
+ */
+static __always_inline u32 l7_copy_iov(struct l7_scratch_event *s, u32 how, u64 buf, s64 ret)
+{
+    u64 vec = buf;
+    if (how == HOW_MSG) {
+        vec = 0;
+        bpf_probe_read_user(&vec, sizeof(vec), (void *)(buf + 16));      /* msg_iov */
+    }
+    if (!vec || ret <= 0)
+        return 0;
+    u32 n = 0;
+    u64 left = ret;
+#pragma unroll
+    for (int i = 0; i < L7_IOVECS; i++) {
+        struct iovec_user iov = {};
+        if (n >= L7_DATA_CAPTURE || !left ||
+            bpf_probe_read_user(&iov, sizeof(iov), (void *)(vec + i * sizeof(iov))) != 0)
+            break;
+        u64 len = iov.len < left ? iov.len : left;
+        left -= len;
+        if (len > L7_DATA_CAPTURE - n)
+            len = L7_DATA_CAPTURE - n;
+        /* The verifier needs both bounds in the registers the helper gets: the barriers keep
+         * clang from dropping the mask and the clamp as redundant. */
+        u64 off = n;
+        asm volatile("" : "+r"(off));
+        off &= L7_DATA_CAPTURE - 1;
+        u64 size = len;
+        asm volatile("" : "+r"(size));
+        if (size > L7_DATA_CAPTURE)
+            size = L7_DATA_CAPTURE;
+        if (bpf_probe_read_user(s->e.data + off, size, (void *)iov.base) != 0)
+            break;
+        n += size;
+    }
+    return n;
+}
+
 /* Send one read/write (or, with kind EV_CLOSE, the close) of stream connection c. */
 static __always_inline void l7_send(u32 kind, u64 conn_id, struct conn *c, struct pending *p, s64 ret,
                                     u64 ptr, u64 avail, int is_write, u64 now)
 {
     u32 zero = 0;
-    struct l7_data_event *e = l7_scratch.lookup(&zero);
-    if (!e)
+    struct l7_scratch_event *s = l7_scratch.lookup(&zero);
+    if (!s)
         return;
+    struct l7_data_event *e = &s->e;
     telegen_fill_header(&e->h, kind, now);
     e->h.proto = c->proto;
     if (c->owner)
@@ -128,8 +196,11 @@ static __always_inline void l7_send(u32 kind, u64 conn_id, struct conn *c, struc
     e->peer = c->peer;
     e->local = c->local;
     e->from_client = (c->role == ROLE_CLIENT) == is_write;
+    e->server = c->role == ROLE_SERVER;
     u32 n = 0;
-    if (ptr) {
+    if (ptr && p && (p->how == HOW_IOV || p->how == HOW_MSG) && avail < ret) {
+        n = l7_copy_iov(s, p->how, p->buf, ret);
+    } else if (ptr) {
         if (avail >= L7_DATA_CAPTURE) {
             n = L7_DATA_CAPTURE;
             bpf_probe_read_user(e->data, L7_DATA_CAPTURE, (void *)ptr);
@@ -147,18 +218,12 @@ static __always_inline void l7_send(u32 kind, u64 conn_id, struct conn *c, struc
 }
 
 /*
- * Bytes moved on connection c (see the top of this file): 1 when taken here, 0 when they are
- * http_payload()'s. Classifies a connection still unclassified (ROLE_UNSEEN, ROLE_ACCEPTED,
- * ROLE_CONNECTED) by its first bytes; HTTP/1 connections (ROLE_SERVER/CLIENT with no stream
- * protocol) and ROLE_OTHER ones cost one compare.
+ * An unclassified connection's bytes (ptr/avail: where the first are): 1 when they classify it
+ * (c->proto and c->role set: send them), -1 when they are taken without a protocol (HTTP/1 off, or
+ * an HTTP/2 SETTINGS before the preface), 0 when they are http_payload()'s.
  */
-static __always_inline int l7_payload(u64 conn_id, struct conn *c, struct pending *p, s64 ret, u64 ptr,
-                                      u64 avail, int is_write, u64 now)
+static __always_inline int l7_first_bytes(struct conn *c, u64 ptr, u64 avail, int is_write)
 {
-    if (c->proto) {
-        l7_send(EV_DATA, conn_id, c, p, ret, ptr, avail, is_write, now);
-        return 1;
-    }
     if (c->role != ROLE_UNSEEN && c->role != ROLE_ACCEPTED && c->role != ROLE_CONNECTED)
         return 0;
     u8 head[L7_HEAD] = {};
@@ -168,8 +233,29 @@ static __always_inline int l7_payload(u64 conn_id, struct conn *c, struct pendin
         bpf_probe_read_user(head, 8, (void *)ptr);     /* an SSLRequest is 8 bytes */
     else if (ptr && avail >= 6)
         bpf_probe_read_user(head, 6, (void *)ptr);
-    if (is_request((const char *)head))
-        return l7_on(PROTO_HTTP1) ? 0 : (c->role = ROLE_OTHER, 1);
+    if (is_request((const char *)head)) {
+        if (l7_on(PROTO_HTTP1))
+            return 0;
+        c->role = ROLE_OTHER;
+        return -1;
+    }
+    if (l7_on(PROTO_HTTP2)) {
+        /* HTTP/2 has both sides: the preface sent makes a client, received a server (the side the
+         * syscall capture learnt at accept/connect must agree). */
+        if (l7_h2_preface(head)) {
+            if ((c->role == ROLE_ACCEPTED && is_write) || (c->role == ROLE_CONNECTED && !is_write))
+                return 0;
+            if (c->role == ROLE_UNSEEN && !port_allowed(is_write ? c->peer.port : c->local.port, 1))
+                return 0;
+            c->proto = PROTO_HTTP2;
+            c->role = is_write ? ROLE_CLIENT : ROLE_SERVER;
+            return 1;
+        }
+        /* A server's SETTINGS may come before the client's preface (grpcio sends it on accept):
+         * the connection stays unclassified, the preface decides (the parser does without it). */
+        if (l7_h2_settings(head))
+            return -1;
+    }
     /* A client: the side that connected (syscall capture) or, unseen, the one the rule's direction says. */
     if (c->role == ROLE_ACCEPTED)
         return 0;
@@ -178,6 +264,24 @@ static __always_inline int l7_payload(u64 conn_id, struct conn *c, struct pendin
         return 0;                          /* http_payload() makes it ROLE_OTHER */
     c->proto = proto;
     c->role = ROLE_CLIENT;
+    return 1;
+}
+
+/*
+ * Bytes moved on connection c (see the top of this file): 1 when taken here, 0 when they are
+ * http_payload()'s. Classifies a connection still unclassified (ROLE_UNSEEN, ROLE_ACCEPTED,
+ * ROLE_CONNECTED) by its first bytes; HTTP/1 connections (ROLE_SERVER/CLIENT with no stream
+ * protocol) and ROLE_OTHER ones cost one compare.
+ */
+static __always_inline int l7_payload(u64 conn_id, struct conn *c, struct pending *p, s64 ret, u64 ptr,
+                                      u64 avail, int is_write, u64 now)
+{
+    if (!c->proto) {
+        int taken = l7_first_bytes(c, ptr, avail, is_write);
+        if (taken <= 0)
+            return taken == 0 ? 0 : 1;
+    }
+    /* One call site: l7_send()'s iovec copy is verified once per site, and there is a budget. */
     l7_send(EV_DATA, conn_id, c, p, ret, ptr, avail, is_write, now);
     return 1;
 }

@@ -5,7 +5,8 @@ The L7 capture probe (named "http", its first protocol): its kernel half, bpf/ht
 plus its user-space half, which is the same for both: they send the same events. One ring
 buffer carries every protocol's events; the DecoderRegistry hands each to the decoder of the
 protocol id in its header: HttpDecoder for HTTP/1 (paired in the kernel), a StreamDecoder
-(telegen/ebpf/l7_stream.py) per database protocol of telegen.protocols.registry. Every decoder's
+(telegen/ebpf/l7_stream.py) per stream protocol of telegen.protocols.registry (the databases,
+HTTP/2 and gRPC). Every decoder's
 exchanges go through one ExchangeSink (spans batched per turn and process, duration histograms).
 agent.ebpf.protocols switches each protocol, live: the kernel's l7_enabled array decides what
 new connections are classified as.
@@ -42,8 +43,10 @@ from telegen.ebpf.loader import LoadError
 from telegen.ebpf.probe import Probe, excluded_ports
 from telegen.l7.protocols import NAMES, PROTO_HTTP1
 from telegen.l7.records import HttpExchange
+from telegen.protocols import http2_semconv
 from telegen.protocols.registry import PROTOCOLS
 from telegen.signals import db as db_signals
+from telegen.signals.exchanges import SpanTemplate, fixed_span
 from telegen.signals.http import RedMetrics, RouteMatcher, SpanEncoder, url_path
 
 log = Logger()
@@ -134,6 +137,9 @@ class HttpProbe(Probe):
         self._sink = ExchangeSink(pipeline, processes, metrics, self._clock, self._red)
         self._sink.on_forget(self._forget_templates)
         self._red.add_metric(db_signals.METRIC, db_signals.DESCRIPTION, db_signals.DURATION_BUCKETS)
+        for metric, description in ((http2_semconv.RPC_SERVER_METRIC, "Duration of inbound RPCs."),
+                                    (http2_semconv.RPC_CLIENT_METRIC, "Duration of outbound RPCs.")):
+            self._red.add_metric(metric, description, http2_semconv.RPC_DURATION_BUCKETS_MS, "ms")
         mono_to_epoch = time.time_ns() - time.monotonic_ns()
         self._lost = {}                # protocol name -> Counter of decoder losses by reason
         http_loss = self._losses("http")
@@ -146,7 +152,8 @@ class HttpProbe(Probe):
         self._decoders.register(PROTO_HTTP1, self._decoder.handle_bytes)
         self._streams = {}
         for protocol in PROTOCOLS:
-            stream = StreamDecoder(protocol, self._db_exchange, self._losses(protocol.name), mono_to_epoch)
+            on_exchange = self._h2_exchange if protocol.name == "http2" else self._db_exchange
+            stream = StreamDecoder(protocol, on_exchange, self._losses(protocol.name), mono_to_epoch)
             self._streams[protocol.name] = stream
             self._decoders.register(protocol.proto, stream.handle_bytes)
         self._db_templates = {}
@@ -220,6 +227,7 @@ class HttpProbe(Probe):
         self._routes = RouteMatcher(net["routes"])
         self._exclude = _glob_regex(net["exclude_paths"])
         self._templates = {}           # they hold routes and exclusions
+        self._h2_templates = {}
 
     def attached(self, bpf):
         """Seed the kernel's port filter from config (the kernel captures nothing before) and start the periodic work."""
@@ -352,10 +360,56 @@ class HttpProbe(Probe):
                 None, span, self._red.series_recorder(db_signals.METRIC, pid, attrs, ex.end_ns))
         self._sink.add(ex.system, pid, template.span, template.record, ex.start_ns, ex.end_ns, None)
 
+    def _h2_exchange(self, conn, ex):
+        """
+        One HTTP/2 stream (the http2 StreamDecoder's) to the sink: an HTTP span with
+        network.protocol.version 2 or a gRPC span (telegen.protocols.http2_semconv), SERVER or
+        CLIENT as the kernel saw the connection's side, and its duration histogram. Paths are
+        excluded and routed as HTTP/1 paths are. Templates per connection endpoint and exchange
+        shape (request fields but traceparent, response fields, status, body sizes); a request's
+        traceparent is not made the span's parent (it differs per request: no template could hold it).
+        """
+        pid = conn.pid
+        if not self._sink.selected(pid):
+            return
+        req, resp = ex.request, ex.response
+        key = (pid, conn.server_side, conn.peer, conn.local, conn.local_port if conn.server_side else conn.peer_port,
+               ex.status, ex.reset, ex.request_body_size, ex.response_body_size,
+               tuple((k, v) for k, v in req.items() if k != b"traceparent"), tuple(resp.items()))
+        template = self._h2_templates.get(key)
+        if template is None:
+            template = self._h2_template(key, conn, ex)
+        if template.drop:
+            self._drop(template.drop)
+            return
+        self._sink.add("http2", pid, template.span, template.record, ex.start_ns, ex.end_ns, conn.peer_port)
+
+    def _h2_template(self, key, conn, ex):
+        if len(self._h2_templates) >= MAX_TEMPLATES:
+            self._h2_templates.clear()
+        path = url_path(ex.path) if ex.path else None
+        if path is not None and self._exclude is not None and self._exclude.match(path):
+            template = _ExchangeTemplate("excluded_path")
+        else:
+            route = self._routes.match(path) if path is not None else None
+            if conn.server_side:
+                span = http2_semconv.span_of(ex, conn.local, conn.local_port, True, conn.peer, None, route)
+            else:
+                span = http2_semconv.span_of(ex, conn.peer, conn.peer_port, False, route=route)
+            fixed = fixed_span(span.name, conn.server_side, span.attributes, span.status == http2_semconv.STATUS_ERROR,
+                               span.status_message)
+            add = self._red.series_recorder(span.metric, conn.pid, tuple(span.metric_attributes.items()), ex.end_ns)
+            # The sink records seconds; the rpc histograms are in ms.
+            record = add if span.metric_unit == "s" else (lambda seconds: add(seconds * 1000))
+            template = _ExchangeTemplate(None, SpanTemplate(fixed, None), record)
+        self._h2_templates[key] = template
+        return template
+
     def _forget_templates(self):
         """Histogram series of an exited process were dropped: the templates holding their recorders go."""
         self._templates.clear()
         self._db_templates.clear()
+        self._h2_templates.clear()
 
     def resource(self, pid):
         """Resource attributes of a process (the sink's)."""

@@ -20,21 +20,25 @@ from telegen.ebpf.http_decoder import format_address
 
 EV_CLOSE, EV_DATA = 3, 5
 # struct l7_data_event without data[]: header {ts, pid, tid, kind, proto}, conn_id, conn_start_ts,
-# enter_ts, ret, two endpoints {addr[16], port, family, pad}, from_client, cap_len.
-EVENT = struct.Struct("<QIIII" "QQQq" "16sH6x" "16sH6x" "II")
+# enter_ts, ret, two endpoints {addr[16], port, family, pad}, from_client, server, cap_len.
+EVENT = struct.Struct("<QIIII" "QQQq" "16sH6x" "16sH6x" "HHI")
 MAX_CONNECTIONS = 65536        # parsers held at once; beyond, a new connection is counted and ignored
 
 
 class StreamConnection:
-    """One connection's parser and what its spans need of the connection (the server's address)."""
+    """One connection's parser and what its spans need of the connection: the peer's address, and
+    for a server-side connection (HTTP/2 servers; `server_side`) its own."""
 
-    __slots__ = ("pid", "parser", "peer", "peer_port", "last_seen")
+    __slots__ = ("pid", "parser", "peer", "peer_port", "server_side", "local", "local_port", "last_seen")
 
-    def __init__(self, pid, parser, peer, peer_port):
+    def __init__(self, pid, parser, peer, peer_port, server_side=False, local=None, local_port=None):
         self.pid = pid
         self.parser = parser
         self.peer = peer
         self.peer_port = peer_port or None
+        self.server_side = server_side
+        self.local = local
+        self.local_port = local_port or None
         self.last_seen = 0
 
 
@@ -59,8 +63,8 @@ class StreamDecoder:
 
     def handle_bytes(self, raw):
         """The registry's handler for this protocol: one event (its bytes)."""
-        (ts, pid, _tid, kind, _proto, conn_id, conn_ts, enter_ts, ret, peer, peer_port, _local, _local_port,
-         from_client, cap_len) = EVENT.unpack_from(raw)
+        (ts, pid, _tid, kind, _proto, conn_id, conn_ts, enter_ts, ret, peer, peer_port, local, local_port,
+         from_client, server, cap_len) = EVENT.unpack_from(raw)
         key = (conn_id, conn_ts)
         conn = self._conns.get(key)
         if kind == EV_CLOSE:
@@ -75,7 +79,9 @@ class StreamDecoder:
             if len(self._conns) >= MAX_CONNECTIONS:
                 self._loss("too_many_connections", 1)
                 return
-            conn = self._conns[key] = StreamConnection(pid, self.protocol.new_parser(), format_address(peer), peer_port)
+            conn = self._conns[key] = StreamConnection(pid, self.protocol.new_parser(), format_address(peer), peer_port,
+                                                       bool(server), format_address(local) if server else None,
+                                                       local_port)
         conn.last_seen = ts
         data = raw[EVENT.size:EVENT.size + cap_len]
         # A client's request starts when its write began (syscall capture); everything else when the call returned.

@@ -16,7 +16,7 @@ import pymysql
 import pytest
 import redis
 
-from tests.support.agent_process import AgentProcess, wait_for
+from tests.support.agent_process import capture_agent, wait_for
 from tests.support.db_servers import MariaDB, Postgres, Redis, server_fixture
 from tests.support.openapi_check import schema_validator
 from tests.support.otlp_files import read_metrics, read_spans
@@ -37,17 +37,8 @@ def agent(request, tmp_path_factory, postgres, mariadb, redis_server):
     (other tests' load generators) must not fill its ring buffer or spend its CPU budget.
     """
     tmp = str(tmp_path_factory.mktemp(f"agent-{request.param}"))
-    ports = [s.port for s in (postgres, mariadb, redis_server)]
-    agent = AgentProcess(tmp, config={"agent": {"ebpf": {
-        "enabled": True, "ringbuf_size": 1 << 22, "capture": request.param,
-        "network": {"tcp": False, "include_ports": ports}}}})
-    agent.capture = request.param
-    agent.data_dir = os.path.join(tmp, "data")
-    agent.start()
+    agent = capture_agent(tmp, request.param, [s.port for s in (postgres, mariadb, redis_server)])
     try:
-        wait_for(lambda: agent.get("/ready").json()["checks"]["ebpf"] == "ok", timeout=180,
-                 message="ebpf ready (%s)" % agent.get("/ready").json()["checks"]["ebpf"])
-        assert agent.get("/status/ebpf").json()["capture"]["mode"] == request.param
         yield agent
     finally:
         agent.stop()

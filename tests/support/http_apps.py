@@ -191,3 +191,18 @@ def run_client(port, requests, concurrency=1):
     if proc.returncode != 0:
         raise RuntimeError(f"client failed with exit code {proc.returncode}")
     return proc.pid, json.loads(out)
+
+
+def nginx_fixture(http2):
+    """A module-scoped pytest fixture: the port of an nginx (h2c prior knowledge with http2) for the module."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def port(tmp_path_factory):
+        child, port = nginx(str(tmp_path_factory.mktemp("nginx")), http2=http2)
+        try:
+            wait_listening(port)
+            yield port
+        finally:
+            child.stop()
+    return port
