@@ -39,7 +39,7 @@
 #define PROTO_MAX 16
 #define EV_DATA 5
 #define L7_HEAD 12                /* bytes the classifier looks at */
-#define L7_IOVECS 8               /* iovecs of one readv/writev/recvmsg/sendmsg copied into an event */
+#define L7_IOVECS 32              /* iovecs of one readv/writev/recvmsg/sendmsg copied into an event */
 
 /* One read or write of a stream connection (kind EV_DATA), or its close (EV_CLOSE, ret 0). */
 struct l7_data_event {
@@ -64,6 +64,7 @@ BPF_ARRAY(l7_enabled, u8, PROTO_MAX);
 struct l7_scratch_event {
     struct l7_data_event e;
     char spill[L7_DATA_CAPTURE];
+    u64 left;                     /* l7_copy_iov(): bytes of the call not yet copied */
 };
 BPF_PERCPU_ARRAY(l7_scratch, struct l7_scratch_event, 1);
 
@@ -134,46 +135,48 @@ static __always_inline u32 l7_classify(const u8 *b, int sent)
 
 /*
  * The first L7_DATA_CAPTURE of the `ret` bytes a vectored call (HOW_IOV: buf is the iovec array;
- * HOW_MSG: buf is a struct msghdr) moved, from up to L7_IOVECS iovecs in order, into s's data:
- * the bytes captured. HTTP/2 peers write a frame header and its payload from separate buffers
- * (nginx writev's many), so the first iovec alone is often 9 bytes of a 4 KiB write. Stops at
- * `ret` bytes (a read fills its iovecs in order), so the iovec count is not needed.
+ * HOW_MSG: buf is a struct msghdr) moved, from up to L7_IOVECS iovecs in order, into s's data;
+ * the count is left in s->e.cap_len. HTTP/2 peers write frames from many buffers (nginx writev's
+ * a frame header and its payload apart, grpcio sendmsg's a header block in a dozen slices), so the
+ * first iovec alone is often 9 bytes of a larger write. Stops after `ret` bytes (a read fills its
+ * iovecs in order), so the iovec count is not needed.
+ *
+ * The copy's position and what is left live in the map value, not in registers: the verifier
+ * knows nothing of map memory, so every iteration starts from the same state and is checked once
+ * (kept in registers, each clamp's outcome made a state of its own and 16 iovecs passed the
+ * verifier's budget). The mask and the clamp then bound each copy inside data[] + spill[].
  */
-static __always_inline u32 l7_copy_iov(struct l7_scratch_event *s, u32 how, u64 buf, s64 ret)
+static __always_inline void l7_copy_iov(struct l7_scratch_event *s, u32 how, u64 buf, s64 ret)
 {
     u64 vec = buf;
+    s->e.cap_len = 0;
     if (how == HOW_MSG) {
         vec = 0;
         bpf_probe_read_user(&vec, sizeof(vec), (void *)(buf + 16));      /* msg_iov */
     }
     if (!vec || ret <= 0)
-        return 0;
-    u32 n = 0;
-    u64 left = ret;
+        return;
+    s->left = ret;
 #pragma unroll
     for (int i = 0; i < L7_IOVECS; i++) {
+        u32 n = *(volatile u32 *)&s->e.cap_len;
+        u64 left = *(volatile u64 *)&s->left;
         struct iovec_user iov = {};
         if (n >= L7_DATA_CAPTURE || !left ||
             bpf_probe_read_user(&iov, sizeof(iov), (void *)(vec + i * sizeof(iov))) != 0)
             break;
         u64 len = iov.len < left ? iov.len : left;
-        left -= len;
+        *(volatile u64 *)&s->left = left - len;
         if (len > L7_DATA_CAPTURE - n)
             len = L7_DATA_CAPTURE - n;
-        /* The verifier needs both bounds in the registers the helper gets: the barriers keep
-         * clang from dropping the mask and the clamp as redundant. */
-        u64 off = n;
-        asm volatile("" : "+r"(off));
-        off &= L7_DATA_CAPTURE - 1;
+        u64 off = n & (L7_DATA_CAPTURE - 1);
         u64 size = len;
-        asm volatile("" : "+r"(size));
         if (size > L7_DATA_CAPTURE)
             size = L7_DATA_CAPTURE;
         if (bpf_probe_read_user(s->e.data + off, size, (void *)iov.base) != 0)
             break;
-        n += size;
+        *(volatile u32 *)&s->e.cap_len = n + size;
     }
-    return n;
 }
 
 /* Send one read/write (or, with kind EV_CLOSE, the close) of stream connection c. */
@@ -199,7 +202,10 @@ static __always_inline void l7_send(u32 kind, u64 conn_id, struct conn *c, struc
     e->server = c->role == ROLE_SERVER;
     u32 n = 0;
     if (ptr && p && (p->how == HOW_IOV || p->how == HOW_MSG) && avail < ret) {
-        n = l7_copy_iov(s, p->how, p->buf, ret);
+        l7_copy_iov(s, p->how, p->buf, ret);
+        n = e->cap_len & (L7_DATA_CAPTURE * 2 - 1);
+        if (n > L7_DATA_CAPTURE)
+            n = L7_DATA_CAPTURE;
     } else if (ptr) {
         if (avail >= L7_DATA_CAPTURE) {
             n = L7_DATA_CAPTURE;
