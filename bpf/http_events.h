@@ -44,7 +44,7 @@ struct conn {
     u32 owner;                    /* socket capture: the tgid its events carry (0: the current task's) */
     u64 cookie;                   /* socket capture: the socket cookie (the connection's key) */
     u32 proto;                    /* a stream protocol's PROTO_* (bpf/l7_stream.h); 0: HTTP/1 or not classified */
-    u32 _pad;
+    u32 upgrade;                  /* an HTTP/1 101 passed: 1 until the client's preface (h2c), then 0 (l7_upgrade()) */
 };
 
 /* A syscall in flight on a tracked fd (or an accept), in the calling thread's task storage. */
@@ -340,10 +340,16 @@ static __always_inline void http_payload(u64 key, struct conn *c, struct pending
         else if (c->role == ROLE_CLIENT && is_response(head))
             kind = EV_RESPONSE;
     }
-    if (kind == EV_REQUEST)
+    if (kind == EV_REQUEST) {
         hold_request(key, c, p, ret, ptr, avail, now);
-    else if (kind == EV_RESPONSE)
+    } else if (kind == EV_RESPONSE) {
         send_response(key, c, p, ret, ptr, avail, now);
+        /* `HTTP/1.1 101`: the connection switches protocols after this (an h2c upgrade: l7_upgrade()). */
+        char status[4] = {};
+        if (avail >= 12 && bpf_probe_read_user(status, 4, (void *)(ptr + 8)) == 0 &&
+            status[0] == ' ' && status[1] == '1' && status[2] == '0' && status[3] == '1')
+            c->upgrade = 1;
+    }
     if (is_write) {
         c->tx_bytes += ret;
         c->last_tx_ts = now;

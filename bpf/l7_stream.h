@@ -273,6 +273,47 @@ static __always_inline int l7_first_bytes(struct conn *c, u64 ptr, u64 avail, in
     return 1;
 }
 
+/* Stream connection c closes: its last event, so user space frees the connection's parser. */
+static __always_inline void l7_close(u64 conn_id, struct conn *c, u64 now)
+{
+    l7_send(EV_CLOSE, conn_id, c, 0, 0, 0, 0, 0, now);
+}
+
+/*
+ * An HTTP/1 connection whose 101 passed (c->upgrade, set by http_payload()): an h2c upgrade goes on
+ * in HTTP/2 frames, so its bytes are HTTP/2 stream events from the 101 on (the user-space HTTP/1
+ * decoder hands the upgrade request and the 101 to the HTTP/2 parser). 1 when these bytes are to
+ * be sent as such; 0 otherwise (then ROLE_OTHER when it gave up, or HTTP/2 is off: HTTP/1's). The client's first bytes after the 101 must be the preface: anything else (a
+ * WebSocket, another protocol) ends it here, a close event for user space and ROLE_OTHER, as do
+ * L7_UPGRADE_WAIT server calls without the client's (a server pushing over a WebSocket), so other
+ * upgrades cost a few events, not a stream.
+ */
+#define L7_UPGRADE_WAIT 8
+static __always_inline int l7_upgrade(u64 conn_id, struct conn *c, u64 ptr, u64 avail, int is_write, u64 now)
+{
+    if (!l7_on(PROTO_HTTP2)) {
+        c->upgrade = 0;                    /* stays HTTP/1's, which ignores what follows a 101 */
+        return 0;
+    }
+    c->proto = PROTO_HTTP2;
+    if (is_write == (c->role == ROLE_CLIENT)) {
+        u8 head[L7_HEAD] = {};
+        if (ptr && avail >= L7_HEAD)
+            bpf_probe_read_user(head, L7_HEAD, (void *)ptr);
+        if (l7_h2_preface(head)) {
+            c->upgrade = 0;
+            return 1;
+        }
+    } else if (++c->upgrade <= L7_UPGRADE_WAIT) {
+        return 1;
+    }
+    l7_close(conn_id, c, now);
+    c->upgrade = 0;
+    c->proto = 0;
+    c->role = ROLE_OTHER;
+    return 0;
+}
+
 /*
  * Bytes moved on connection c (see the top of this file): 1 when taken here, 0 when they are
  * http_payload()'s. Classifies a connection still unclassified (ROLE_UNSEEN, ROLE_ACCEPTED,
@@ -282,7 +323,10 @@ static __always_inline int l7_first_bytes(struct conn *c, u64 ptr, u64 avail, in
 static __always_inline int l7_payload(u64 conn_id, struct conn *c, struct pending *p, s64 ret, u64 ptr,
                                       u64 avail, int is_write, u64 now)
 {
-    if (!c->proto) {
+    if (c->upgrade) {
+        if (!l7_upgrade(conn_id, c, ptr, avail, is_write, now))
+            return c->role == ROLE_OTHER;
+    } else if (!c->proto) {
         int taken = l7_first_bytes(c, ptr, avail, is_write);
         if (taken <= 0)
             return taken == 0 ? 0 : 1;
@@ -290,12 +334,6 @@ static __always_inline int l7_payload(u64 conn_id, struct conn *c, struct pendin
     /* One call site: l7_send()'s iovec copy is verified once per site, and there is a budget. */
     l7_send(EV_DATA, conn_id, c, p, ret, ptr, avail, is_write, now);
     return 1;
-}
-
-/* Stream connection c closes: its last event, so user space frees the connection's parser. */
-static __always_inline void l7_close(u64 conn_id, struct conn *c, u64 now)
-{
-    l7_send(EV_CLOSE, conn_id, c, 0, 0, 0, 0, 0, now);
 }
 
 #endif /* TELEGEN_L7_STREAM_H */

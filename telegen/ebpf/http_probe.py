@@ -44,6 +44,7 @@ from telegen.ebpf.probe import Probe, excluded_ports
 from telegen.l7.protocols import NAMES, PROTO_HTTP1
 from telegen.l7.records import HttpExchange
 from telegen.protocols import http2_semconv
+from telegen.protocols.http2 import upgrade_request_gap
 from telegen.protocols.registry import PROTOCOLS
 from telegen.signals import db as db_signals
 from telegen.signals.exchanges import SpanTemplate, fixed_span
@@ -147,7 +148,7 @@ class HttpProbe(Probe):
         def http_drop(reason):
             self._drop(reason)
             http_loss(reason, 1)
-        self._decoder = HttpDecoder(self._exchange, http_drop, mono_to_epoch, CAPTURE_BYTES)
+        self._decoder = HttpDecoder(self._exchange, http_drop, mono_to_epoch, CAPTURE_BYTES, self._upgrade)
         self._decoders = DecoderRegistry(self._drop)
         self._decoders.register(PROTO_HTTP1, self._decoder.handle_bytes)
         self._streams = {}
@@ -359,6 +360,28 @@ class HttpProbe(Probe):
             template = self._db_templates[key] = _ExchangeTemplate(
                 None, span, self._red.series_recorder(db_signals.METRIC, pid, attrs, ex.end_ns))
         self._sink.add(ex.system, pid, template.span, template.record, ex.start_ns, ex.end_ns, None)
+
+    def _upgrade(self, conn, key, request, request_ns, response, response_gap, response_ns):
+        """
+        A 101 on an HTTP/1 connection (HttpDecoder's on_upgrade): an h2c upgrade the HTTP/1
+        decoder paired with its request goes to the http2 stream decoder, which reads the
+        connection from the upgrade request on (True: no HTTP/1 exchange for it). Any other
+        upgrade (WebSocket...) is reported as HTTP/1's 101, and the few events the kernel sends of
+        it before giving up (bpf/l7_stream.h, l7_upgrade()) are ignored; an h2c upgrade whose
+        request the kernel did not pair with the 101 cannot be followed: counted.
+        """
+        stream = self._streams["http2"]
+        if not stream.enabled:
+            return False
+        gap = upgrade_request_gap(request) if request is not None else None
+        fd, conn_ts = key
+        if gap is None:
+            # Unpaired, or a head longer than the capture: it may have been h2c.
+            cut = request is None or (len(request) >= CAPTURE_BYTES and b"\r\n\r\n" not in request)
+            stream.hand_over(fd, conn_ts, None, (), counted=cut)
+            return False
+        stream.hand_over(fd, conn_ts, conn, ((True, request, request_ns, gap), (False, response, response_ns, response_gap)))
+        return True
 
     def _h2_exchange(self, conn, ex):
         """

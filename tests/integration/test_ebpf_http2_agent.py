@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from tests.support.agent_process import capture_agent, wait_for
-from tests.support.h2_peers import grpc_server
+from tests.support.h2_peers import H2Server, grpc_server
 from tests.support.http_apps import nginx_fixture
 from tests.support.otlp_files import read_metrics, read_spans
 
@@ -39,10 +39,21 @@ def grpc_port():
         server.stop(None)
 
 
+@pytest.fixture(scope="module")
+def upgrade_port():
+    """An `h2` server that accepts the h2c Upgrade (nginx does not)."""
+    server = H2Server().start()
+    try:
+        yield server.port
+    finally:
+        server.close()
+
+
 @pytest.fixture(scope="module", params=["socket", "syscalls"])
-def agent(request, tmp_path_factory, h2c_port, grpc_port):
+def agent(request, tmp_path_factory, h2c_port, grpc_port, upgrade_port):
     """The agent in one capture mode, capturing only the servers' ports."""
-    agent = capture_agent(str(tmp_path_factory.mktemp(f"agent-{request.param}")), request.param, [h2c_port, grpc_port])
+    agent = capture_agent(str(tmp_path_factory.mktemp(f"agent-{request.param}")), request.param,
+                          [h2c_port, grpc_port, upgrade_port])
     try:
         yield agent
     finally:
@@ -69,10 +80,10 @@ def exactly(agent, n, *args, **kwargs):
     return found
 
 
-def curl(url):
-    """(pid, "status version") of one curl --http2-prior-knowledge transfer."""
+def curl(url, how="--http2-prior-knowledge"):
+    """(pid, "status version") of one curl transfer (HTTP/2 by prior knowledge, or `--http2`: the h2c Upgrade)."""
     proc = subprocess.Popen(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}",
-                             "--http2-prior-knowledge", url], stdout=subprocess.PIPE, text=True)
+                             how, url], stdout=subprocess.PIPE, text=True)
     out, _ = proc.communicate(timeout=30)
     return proc.pid, out
 
@@ -103,6 +114,23 @@ def test_curl_prior_knowledge_server_and_client_spans(agent, h2c_port):
         assert (name, attrs["http.response.status_code"], span.status.code) == ("GET", status, UNSET)
         assert attrs["network.protocol.version"] == "2" and attrs["client.address"] == "127.0.0.1"
         assert span.start_time_unix_nano <= span.end_time_unix_nano
+
+
+def test_h2c_upgrade_is_handed_over_to_http2(agent, upgrade_port):
+    """curl --http2 asks for the upgrade in HTTP/1.1, the server answers 101 and then stream 1 in
+    frames: one HTTP/2 span per side for the upgraded request (no HTTP/1 span of the 101), and the
+    connection's next frames are HTTP/2's."""
+    # The server's accept() was blocking before the agent attached: the syscall capture never sees
+    # that call return, so the connection it accepts is not tracked. One request lets it return.
+    assert curl(f"http://127.0.0.1:{upgrade_port}/warm")[1] == "200 2"
+    pid, out = curl(f"http://127.0.0.1:{upgrade_port}/up", how="--http2")
+    assert out == "200 2"
+    for kind, kwargs in ((CLIENT, {"pid": pid}), (SERVER, {"pid": os.getpid(), "path": "/up"})):
+        [(name, attrs, span)] = exactly(agent, 1, kind, upgrade_port, **kwargs)
+        assert (name, attrs["url.path"], attrs["http.response.status_code"], attrs["network.protocol.version"]) == \
+            ("GET", "/up", 200, "2")
+    assert not [a for _, a, _ in spans(agent, CLIENT, upgrade_port) + spans(agent, SERVER, upgrade_port)
+                if a.get("http.response.status_code") == 101]
 
 
 def test_h2load_gives_exactly_n_server_and_client_spans(agent, h2c_port):
