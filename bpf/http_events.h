@@ -47,7 +47,7 @@ struct conn {
     u32 proto;                    /* a stream protocol's PROTO_* (bpf/l7_stream.h); 0: HTTP/1 or not classified */
     u32 flags;                    /* HTTP_FLAG_*, copied into its events */
     u32 held_head;                /* bpf/l7_stream.h: a MySQL packet header read on its own, until its payload */
-    u32 _pad;
+    u32 upgrade;                  /* an HTTP/1 101 passed: 1 until the client's preface (h2c), then 0 (l7_upgrade()) */
 };
 
 /* A syscall in flight on a tracked fd (or an accept), in the calling thread's task storage. */
@@ -155,6 +155,12 @@ static __always_inline int is_request(const char *b)
 static __always_inline int is_response(const char *b)
 {
     return b[0] == 'H' && b[1] == 'T' && b[2] == 'T' && b[3] == 'P' && b[4] == '/' && b[5] == '1' && b[6] == '.';
+}
+
+/* A response head (12 bytes at least) whose status is 101 Switching Protocols. */
+static __always_inline int is_switching(const char *b)
+{
+    return b[8] == ' ' && b[9] == '1' && b[10] == '0' && b[11] == '1';
 }
 
 /* An event's fields but its capture: the connection's totals before this read or write. */
@@ -344,6 +350,8 @@ static __always_inline int direct_response(u64 key, struct conn *c, struct pendi
     fill_meta(&e->response, EV_EXCHANGE, c, p, ret, now);
     e->response.cap_len = n;
     copy_held(e, held);
+    if (n >= 12 && is_switching(e->response.data))
+        c->upgrade = 1;
     http_events.ringbuf_submit(e, telegen_wakeup_flags(sizeof(*e)));
     held->h.kind = 0;
     return 1;
@@ -428,10 +436,15 @@ static __always_inline void http_payload(u64 key, struct conn *c, struct pending
         else if (c->role == ROLE_CLIENT && is_response(head))
             kind = EV_RESPONSE;
     }
-    if (kind == EV_REQUEST)
+    if (kind == EV_REQUEST) {
         hold_request(key, c, p, ret, ptr, avail, now);
-    else if (kind == EV_RESPONSE)
+    } else if (kind == EV_RESPONSE) {
         send_response(key, c, p, ret, ptr, avail, now);
+        /* `HTTP/1.1 101`: the connection switches protocols after this (an h2c upgrade: l7_upgrade()). */
+        char status[12] = {};
+        if (avail >= 12 && bpf_probe_read_user(status, 12, (void *)ptr) == 0 && is_switching(status))
+            c->upgrade = 1;
+    }
 count:
     if (is_write) {
         c->tx_bytes += ret;

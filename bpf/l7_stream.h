@@ -1,5 +1,5 @@
 /*
- * Stream protocols of the L7 capture (PostgreSQL, MySQL/MariaDB, Redis): connection
+ * Stream protocols of the L7 capture (PostgreSQL, MySQL/MariaDB, Redis, HTTP/2 and gRPC): connection
  * classification by first bytes and generic data events, shared by both capture modes.
  *
  * HTTP/1 keeps its in-kernel pairing (bpf/http_events.h). The protocols here are stateful
@@ -16,9 +16,11 @@
  * when it took the bytes (a stream connection, or one it just classified or refused), 0 when
  * http_payload() should have them. l7_close() sends a stream connection's last event.
  *
- * Only the client side of these protocols is reported (database client spans): a client-first
- * protocol is recognised in what a connection sends, a server-first one in what it receives, so
- * the server process on the same host (which receives the client-first bytes) is never counted.
+ * Only the client side of the database protocols is reported (database client spans): a
+ * client-first protocol is recognised in what a connection sends, a server-first one in what it
+ * receives, so the server process on the same host (which receives the client-first bytes) is
+ * never counted. HTTP/2 has spans on both sides: its preface sent makes a client connection,
+ * received a server one (events say which: `server`), see l7_payload().
  * Per-protocol switches (l7_enabled[proto], written live by user space) decide what is classified;
  * PROTO_HTTP1 off makes HTTP connections ROLE_OTHER here before http_payload() sees them.
  *
@@ -38,6 +40,7 @@
 #define EV_DATA 5
 #define L7_HEAD 12                /* bytes the classifier looks at */
 #define MYSQL_HELD_FLAG 0x01000000 /* in struct conn's held_head: a MySQL greeting's header is held */
+#define L7_IOVECS 32              /* iovecs of one readv/writev/recvmsg/sendmsg copied into an event */
 
 /* One read or write of a stream connection (kind EV_DATA), or its close (EV_CLOSE, ret 0). */
 struct l7_data_event {
@@ -48,7 +51,8 @@ struct l7_data_event {
     s64 ret;                      /* bytes the read or write moved */
     struct endpoint peer;
     struct endpoint local;
-    u32 from_client;              /* 1: the bytes went from the client to the server */
+    u16 from_client;              /* 1: the bytes went from the client to the server */
+    u16 server;                   /* 1: the traced process is the connection's server (HTTP/2 server spans) */
     u32 cap_len;                  /* bytes of data[] that are the stream's; ret - cap_len were not captured */
     u32 flags;                    /* the connection's HTTP_FLAG_* (HTTP_FLAG_TLS: plaintext from bpf/tls.h) */
     u32 _pad;
@@ -57,8 +61,15 @@ struct l7_data_event {
 
 /* l7_enabled[PROTO_*] = 1 when the protocol is switched on (agent.ebpf.protocols); live. */
 BPF_ARRAY(l7_enabled, u8, PROTO_MAX);
-/* Built here (too big for the stack), then sent with only its captured bytes. */
-BPF_PERCPU_ARRAY(l7_scratch, struct l7_data_event, 1);
+/* An event built here (too big for the stack), then sent with only its captured bytes; `spill`
+ * makes any copy of at most L7_DATA_CAPTURE bytes at an offset below L7_DATA_CAPTURE provably
+ * inside the value, which is what the verifier needs of l7_copy_iov()'s variable offsets. */
+struct l7_scratch_event {
+    struct l7_data_event e;
+    char spill[L7_DATA_CAPTURE];
+    u64 left;                     /* l7_copy_iov(): bytes of the call not yet copied */
+};
+BPF_PERCPU_ARRAY(l7_scratch, struct l7_scratch_event, 1);
 
 static __always_inline int l7_on(u32 proto)
 {
@@ -81,6 +92,19 @@ static __always_inline int l7_mysql_header(const u8 *b)
 {
     u32 plen = b[0] | (b[1] << 8) | (b[2] << 16);
     return plen >= 30 && plen <= 1024 && b[3] == 0;
+}
+
+/* The HTTP/2 client preface's first 12 bytes, `PRI * HTTP/2` (h2c prior knowledge). */
+static __always_inline int l7_h2_preface(const u8 *b)
+{
+    return b[0] == 'P' && b[1] == 'R' && b[2] == 'I' && b[3] == ' ' && b[4] == '*' && b[5] == ' ' &&
+           b[6] == 'H' && b[7] == 'T' && b[8] == 'T' && b[9] == 'P' && b[10] == '/' && b[11] == '2';
+}
+
+/* An HTTP/2 SETTINGS frame header (not an ACK): length a multiple of 6, type 4, flags 0, stream 0. */
+static __always_inline int l7_h2_settings(const u8 *b)
+{
+    return b[0] == 0 && ((b[1] << 8) | b[2]) % 6 == 0 && b[3] == 4 && b[4] == 0 && b[5] == 0 && b[6] == 0 && b[7] == 0 && b[8] == 0;
 }
 
 /*
@@ -119,6 +143,52 @@ static __always_inline u32 l7_classify(const u8 *b, int sent)
 }
 
 /*
+ * The first L7_DATA_CAPTURE of the `ret` bytes a vectored call (HOW_IOV: buf is the iovec array;
+ * HOW_MSG: buf is a struct msghdr) moved, from up to L7_IOVECS iovecs in order, into s's data;
+ * the count is left in s->e.cap_len. HTTP/2 peers write frames from many buffers (nginx writev's
+ * a frame header and its payload apart, grpcio sendmsg's a header block in a dozen slices), so the
+ * first iovec alone is often 9 bytes of a larger write. Stops after `ret` bytes (a read fills its
+ * iovecs in order), so the iovec count is not needed.
+ *
+ * The copy's position and what is left live in the map value, not in registers: the verifier
+ * knows nothing of map memory, so every iteration starts from the same state and is checked once
+ * (kept in registers, each clamp's outcome made a state of its own and 16 iovecs passed the
+ * verifier's budget). The mask and the clamp then bound each copy inside data[] + spill[].
+ */
+static __always_inline void l7_copy_iov(struct l7_scratch_event *s, u32 how, u64 buf, s64 ret)
+{
+    u64 vec = buf;
+    s->e.cap_len = 0;
+    if (how == HOW_MSG) {
+        vec = 0;
+        bpf_probe_read_user(&vec, sizeof(vec), (void *)(buf + 16));      /* msg_iov */
+    }
+    if (!vec || ret <= 0)
+        return;
+    s->left = ret;
+#pragma unroll
+    for (int i = 0; i < L7_IOVECS; i++) {
+        u32 n = *(volatile u32 *)&s->e.cap_len;
+        u64 left = *(volatile u64 *)&s->left;
+        struct iovec_user iov = {};
+        if (n >= L7_DATA_CAPTURE || !left ||
+            bpf_probe_read_user(&iov, sizeof(iov), (void *)(vec + i * sizeof(iov))) != 0)
+            break;
+        u64 len = iov.len < left ? iov.len : left;
+        *(volatile u64 *)&s->left = left - len;
+        if (len > L7_DATA_CAPTURE - n)
+            len = L7_DATA_CAPTURE - n;
+        u64 off = n & (L7_DATA_CAPTURE - 1);
+        u64 size = len;
+        if (size > L7_DATA_CAPTURE)
+            size = L7_DATA_CAPTURE;
+        if (bpf_probe_read_user(s->e.data + off, size, (void *)iov.base) != 0)
+            break;
+        *(volatile u32 *)&s->e.cap_len = n + size;
+    }
+}
+
+/*
  * Send one read/write (or, with kind EV_CLOSE, the close) of stream connection c. `held`, when
  * not 0, is a 4-byte packet header the connection read on its own before this read
  * (MYSQL_HELD_FLAG set in its sequence byte, which was 0): it goes first in data[], as if read together.
@@ -127,9 +197,10 @@ static __always_inline void l7_send(u32 kind, u64 conn_id, struct conn *c, struc
                                     u64 ptr, u64 avail, int is_write, u64 now, u32 held)
 {
     u32 zero = 0;
-    struct l7_data_event *e = l7_scratch.lookup(&zero);
-    if (!e)
+    struct l7_scratch_event *s = l7_scratch.lookup(&zero);
+    if (!s)
         return;
+    struct l7_data_event *e = &s->e;
     telegen_fill_header(&e->h, kind, now);
     e->h.proto = c->proto;
     if (c->owner)
@@ -141,6 +212,7 @@ static __always_inline void l7_send(u32 kind, u64 conn_id, struct conn *c, struc
     e->peer = c->peer;
     e->local = c->local;
     e->from_client = (c->role == ROLE_CLIENT) == is_write;
+    e->server = c->role == ROLE_SERVER;
     e->flags = c->flags;
     e->_pad = 0;
     u32 n = 0;
@@ -156,6 +228,11 @@ static __always_inline void l7_send(u32 kind, u64 conn_id, struct conn *c, struc
             bpf_probe_read_user(e->data + 4, n, (void *)ptr);
         }
         n += 4;
+    } else if (ptr && p && (p->how == HOW_IOV || p->how == HOW_MSG) && avail < ret) {
+        l7_copy_iov(s, p->how, p->buf, ret);
+        n = e->cap_len & (L7_DATA_CAPTURE * 2 - 1);
+        if (n > L7_DATA_CAPTURE)
+            n = L7_DATA_CAPTURE;
     } else if (ptr) {
         if (avail >= L7_DATA_CAPTURE) {
             n = L7_DATA_CAPTURE;
@@ -174,18 +251,13 @@ static __always_inline void l7_send(u32 kind, u64 conn_id, struct conn *c, struc
 }
 
 /*
- * Bytes moved on connection c (see the top of this file): 1 when taken here, 0 when they are
- * http_payload()'s. Classifies a connection still unclassified (ROLE_UNSEEN, ROLE_ACCEPTED,
- * ROLE_CONNECTED) by its first bytes; HTTP/1 connections (ROLE_SERVER/CLIENT with no stream
- * protocol) and ROLE_OTHER ones cost one compare.
+ * An unclassified connection's bytes (ptr/avail: where the first are, ret: how many moved): 1 when
+ * they classify it (c->proto and c->role set: send them, after *held when that is not 0), -1 when
+ * they are taken without a protocol (HTTP/1 off, an HTTP/2 SETTINGS before the preface, a MySQL
+ * header read on its own), 0 when they are http_payload()'s.
  */
-static __always_inline int l7_payload(u64 conn_id, struct conn *c, struct pending *p, s64 ret, u64 ptr,
-                                      u64 avail, int is_write, u64 now)
+static __always_inline int l7_first_bytes(struct conn *c, u64 ptr, u64 avail, s64 ret, int is_write, u32 *held)
 {
-    if (c->proto) {
-        l7_send(EV_DATA, conn_id, c, p, ret, ptr, avail, is_write, now, 0);
-        return 1;
-    }
     if (c->role != ROLE_UNSEEN && c->role != ROLE_ACCEPTED && c->role != ROLE_CONNECTED)
         return 0;
     u8 head[L7_HEAD] = {};
@@ -195,21 +267,42 @@ static __always_inline int l7_payload(u64 conn_id, struct conn *c, struct pendin
         bpf_probe_read_user(head, 8, (void *)ptr);     /* an SSLRequest is 8 bytes */
     else if (ptr && avail >= 4)
         bpf_probe_read_user(head, 4, (void *)ptr);
-    u32 held = c->held_head;
+    *held = c->held_head;
     c->held_head = 0;
-    if (is_request((const char *)head))
-        return l7_on(PROTO_HTTP1) ? 0 : (c->role = ROLE_OTHER, 1);
+    if (is_request((const char *)head)) {
+        if (l7_on(PROTO_HTTP1))
+            return 0;
+        c->role = ROLE_OTHER;
+        return -1;
+    }
+    if (l7_on(PROTO_HTTP2)) {
+        /* HTTP/2 has both sides: the preface sent makes a client, received a server (the side the
+         * syscall capture learnt at accept/connect must agree). */
+        if (l7_h2_preface(head)) {
+            if ((c->role == ROLE_ACCEPTED && is_write) || (c->role == ROLE_CONNECTED && !is_write))
+                return 0;
+            if (c->role == ROLE_UNSEEN && !port_allowed(is_write ? c->peer.port : c->local.port, 1))
+                return 0;
+            c->proto = PROTO_HTTP2;
+            c->role = is_write ? ROLE_CLIENT : ROLE_SERVER;
+            return 1;
+        }
+        /* A server's SETTINGS may come before the client's preface (grpcio sends it on accept):
+         * the connection stays unclassified, the preface decides (the parser does without it). */
+        if (l7_h2_settings(head))
+            return -1;
+    }
     /* A client: the side that connected (syscall capture) or, unseen, the one the rule's direction says. */
     if (c->role == ROLE_ACCEPTED)
         return 0;
     u32 proto = 0;
-    if (held) {
+    if (*held) {
         /* The payload after a MySQL header read on its own (mysql-connector reads 4 bytes, then the rest). */
         if (!is_write && head[0] == 10 && L7_DIGIT(head[1]))
             proto = PROTO_MYSQL;
     } else if (!is_write && ret == 4 && l7_mysql_header(head)) {
         c->held_head = (head[0] | (head[1] << 8) | (head[2] << 16)) | MYSQL_HELD_FLAG;
-        return 1;                          /* unclassified until its payload comes */
+        return -1;                         /* unclassified until its payload comes */
     } else {
         proto = l7_classify(head, is_write);
     }
@@ -217,7 +310,6 @@ static __always_inline int l7_payload(u64 conn_id, struct conn *c, struct pendin
         return 0;                          /* http_payload() makes it ROLE_OTHER */
     c->proto = proto;
     c->role = ROLE_CLIENT;
-    l7_send(EV_DATA, conn_id, c, p, ret, ptr, avail, is_write, now, held);
     return 1;
 }
 
@@ -225,6 +317,64 @@ static __always_inline int l7_payload(u64 conn_id, struct conn *c, struct pendin
 static __always_inline void l7_close(u64 conn_id, struct conn *c, u64 now)
 {
     l7_send(EV_CLOSE, conn_id, c, 0, 0, 0, 0, 0, now, 0);
+}
+
+/*
+ * An HTTP/1 connection whose 101 passed (c->upgrade, set by http_payload()): an h2c upgrade goes on
+ * in HTTP/2 frames, so its bytes are HTTP/2 stream events from the 101 on (the user-space HTTP/1
+ * decoder hands the upgrade request and the 101 to the HTTP/2 parser). 1 when these bytes are to
+ * be sent as such; 0 otherwise (then ROLE_OTHER when it gave up, or HTTP/2 is off: HTTP/1's). The client's first bytes after the 101 must be the preface: anything else (a
+ * WebSocket, another protocol) ends it here, a close event for user space and ROLE_OTHER, as do
+ * L7_UPGRADE_WAIT server calls without the client's (a server pushing over a WebSocket), so other
+ * upgrades cost a few events, not a stream.
+ */
+#define L7_UPGRADE_WAIT 8
+static __always_inline int l7_upgrade(u64 conn_id, struct conn *c, u64 ptr, u64 avail, int is_write, u64 now)
+{
+    if (!l7_on(PROTO_HTTP2)) {
+        c->upgrade = 0;                    /* stays HTTP/1's, which ignores what follows a 101 */
+        return 0;
+    }
+    c->proto = PROTO_HTTP2;
+    if (is_write == (c->role == ROLE_CLIENT)) {
+        u8 head[L7_HEAD] = {};
+        if (ptr && avail >= L7_HEAD)
+            bpf_probe_read_user(head, L7_HEAD, (void *)ptr);
+        if (l7_h2_preface(head)) {
+            c->upgrade = 0;
+            return 1;
+        }
+    } else if (++c->upgrade <= L7_UPGRADE_WAIT) {
+        return 1;
+    }
+    l7_close(conn_id, c, now);
+    c->upgrade = 0;
+    c->proto = 0;
+    c->role = ROLE_OTHER;
+    return 0;
+}
+
+/*
+ * Bytes moved on connection c (see the top of this file): 1 when taken here, 0 when they are
+ * http_payload()'s. Classifies a connection still unclassified (ROLE_UNSEEN, ROLE_ACCEPTED,
+ * ROLE_CONNECTED) by its first bytes; HTTP/1 connections (ROLE_SERVER/CLIENT with no stream
+ * protocol) and ROLE_OTHER ones cost one compare.
+ */
+static __always_inline int l7_payload(u64 conn_id, struct conn *c, struct pending *p, s64 ret, u64 ptr,
+                                      u64 avail, int is_write, u64 now)
+{
+    u32 held = 0;
+    if (c->upgrade) {
+        if (!l7_upgrade(conn_id, c, ptr, avail, is_write, now))
+            return c->role == ROLE_OTHER;
+    } else if (!c->proto) {
+        int taken = l7_first_bytes(c, ptr, avail, ret, is_write, &held);
+        if (taken <= 0)
+            return taken == 0 ? 0 : 1;
+    }
+    /* One call site: l7_send()'s iovec copy is verified once per site, and there is a budget. */
+    l7_send(EV_DATA, conn_id, c, p, ret, ptr, avail, is_write, now, held);
+    return 1;
 }
 
 #endif /* TELEGEN_L7_STREAM_H */

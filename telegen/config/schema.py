@@ -112,6 +112,7 @@ SCHEMA = Section({
                 "postgresql": Field("bool", True, "PostgreSQL client operations."),
                 "mysql": Field("bool", True, "MySQL/MariaDB client operations."),
                 "redis": Field("bool", True, "Redis client commands."),
+                "http2": Field("bool", True, "HTTP/2 (h2c) server and client exchanges, gRPC calls included."),
             }, doc="L7 protocols the network capture classifies connections as; live on reload (connections already classified keep their protocol in the kernel, their events are ignored)."),
             "db": Section({
                 "query_text": Field("bool", True, "db.query.text on database spans (literals replaced by ?); off: no statement text and no error message."),

@@ -138,10 +138,17 @@ class HttpDecoder:
     @param drop: called with a reason for every event or exchange that cannot become a span.
     @param mono_to_epoch: ns to add to bpf_ktime_get_ns() values (computed once at start).
     @param capture: HTTP_CAPTURE, the size of an event's data[] (where an exchange's request part starts).
+    @param on_upgrade: called when a 101 answers a request, as on_upgrade(connection, (fd, connection
+        start), request capture or None, request start, response capture, bytes of the response's
+        write not captured, response ns): True when the connection was handed to another decoder
+        (an h2c upgrade: the request's exchange is the HTTP/2 stream 1's, so no HTTP/1 exchange
+        is reported). The kernel sends what follows a 101 as the upgraded protocol's events.
+        `request capture` is None when the kernel did not pair the two (the request's bytes are gone).
     """
 
-    def __init__(self, on_exchange, drop, mono_to_epoch, capture):
+    def __init__(self, on_exchange, drop, mono_to_epoch, capture, on_upgrade=None):
         self._on_exchange = on_exchange
+        self._on_upgrade = on_upgrade
         self._drop = drop
         self._offset = mono_to_epoch
         self._tail = EVENT.size + capture
@@ -230,12 +237,16 @@ class HttpDecoder:
                 if pair is not None and pair.complete_len is not None and pair.complete_len <= ret:
                     begin = request_ts if server else request_enter
                     conn.upgraded = pair.status == SWITCHING_PROTOCOLS
+                    if conn.upgraded and self._on_upgrade is not None and self._on_upgrade(
+                            conn, (fd, conn_ts), request_data, begin + self._offset, data, ret - cap_len,
+                            ts + self._offset):
+                        return
                     self._on_exchange(conn, pair.request, pair.status, pair.body,
                                       begin + self._offset, ts + self._offset)
                     return
             if not self._requests(conn, request_data, request_ts, request_enter):
                 return
-        self._responses(conn, self._parse(parse_responses, data), ret, tx if server else rx, ts)
+        self._responses(conn, (fd, conn_ts), self._parse(parse_responses, data), ret, tx if server else rx, ts)
 
     def _requests(self, conn, data, exit_ts, enter_ts):
         """Queue the requests a capture starts with; False (counted) when there is none."""
@@ -249,7 +260,7 @@ class HttpDecoder:
             conn.waiting.append(_Exchange(req, start))
         return True
 
-    def _responses(self, conn, responses, ret, out_total, ts):
+    def _responses(self, conn, key, responses, ret, out_total, ts):
         if not responses:
             self._drop("unparsed_response")
             return
@@ -263,6 +274,8 @@ class HttpDecoder:
             ex.status = resp.first
             if resp.first == SWITCHING_PROTOCOLS:
                 conn.upgraded = True
+                if self._on_upgrade is not None:
+                    self._on_upgrade(conn, key, None, ex.start_ns, b"", 0, ts + self._offset)
                 self._emit(conn, ex, ts, 0)
                 return
             ex.resp_head_len = resp.head_len

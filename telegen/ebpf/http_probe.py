@@ -5,7 +5,8 @@ The L7 capture probe (named "http", its first protocol): its kernel half, bpf/ht
 plus its user-space half, which is the same for both: they send the same events. One ring
 buffer carries every protocol's events; the DecoderRegistry hands each to the decoder of the
 protocol id in its header: HttpDecoder for HTTP/1 (paired in the kernel), a StreamDecoder
-(telegen/ebpf/l7_stream.py) per database protocol of telegen.protocols.registry. Every decoder's
+(telegen/ebpf/l7_stream.py) per stream protocol of telegen.protocols.registry (the databases,
+HTTP/2 and gRPC). Every decoder's
 exchanges go through one ExchangeSink (spans batched per turn and process, duration histograms).
 agent.ebpf.protocols switches each protocol, live: the kernel's l7_enabled array decides what
 new connections are classified as.
@@ -43,8 +44,11 @@ from telegen.ebpf.probe import Probe, excluded_ports
 from telegen.ebpf.tls import ENTRIES, RETURN_FN, TlsLibraries
 from telegen.l7.protocols import NAMES, PROTO_HTTP1
 from telegen.l7.records import HttpExchange
+from telegen.protocols import http2_semconv
+from telegen.protocols.http2 import upgrade_request_gap
 from telegen.protocols.registry import PROTOCOLS
 from telegen.signals import db as db_signals
+from telegen.signals.exchanges import SpanTemplate, fixed_span
 from telegen.signals.http import RedMetrics, RouteMatcher, SpanEncoder, url_path
 
 log = Logger()
@@ -136,6 +140,9 @@ class HttpProbe(Probe):
         self._sink = ExchangeSink(pipeline, processes, metrics, self._clock, self._red)
         self._sink.on_forget(self._forget_templates)
         self._red.add_metric(db_signals.METRIC, db_signals.DESCRIPTION, db_signals.DURATION_BUCKETS)
+        for metric, description in ((http2_semconv.RPC_SERVER_METRIC, "Duration of inbound RPCs."),
+                                    (http2_semconv.RPC_CLIENT_METRIC, "Duration of outbound RPCs.")):
+            self._red.add_metric(metric, description, http2_semconv.RPC_DURATION_BUCKETS_MS, "ms")
         mono_to_epoch = time.time_ns() - time.monotonic_ns()
         self._lost = {}                # protocol name -> Counter of decoder losses by reason
         http_loss = self._losses("http")
@@ -143,12 +150,13 @@ class HttpProbe(Probe):
         def http_drop(reason):
             self._drop(reason)
             http_loss(reason, 1)
-        self._decoder = HttpDecoder(self._exchange, http_drop, mono_to_epoch, CAPTURE_BYTES)
+        self._decoder = HttpDecoder(self._exchange, http_drop, mono_to_epoch, CAPTURE_BYTES, self._upgrade)
         self._decoders = DecoderRegistry(self._drop)
         self._decoders.register(PROTO_HTTP1, self._decoder.handle_bytes)
         self._streams = {}
         for protocol in PROTOCOLS:
-            stream = StreamDecoder(protocol, self._db_exchange, self._losses(protocol.name), mono_to_epoch)
+            on_exchange = self._h2_exchange if protocol.name == "http2" else self._db_exchange
+            stream = StreamDecoder(protocol, on_exchange, self._losses(protocol.name), mono_to_epoch)
             self._streams[protocol.name] = stream
             self._decoders.register(protocol.proto, stream.handle_bytes)
         self._db_templates = {}
@@ -244,6 +252,7 @@ class HttpProbe(Probe):
         self._routes = RouteMatcher(net["routes"])
         self._exclude = _glob_regex(net["exclude_paths"])
         self._templates = {}           # they hold routes and exclusions
+        self._h2_templates = {}
 
     def attached(self, bpf):
         """Seed the kernel's port filter from config (the kernel captures nothing before) and start the periodic work."""
@@ -383,10 +392,78 @@ class HttpProbe(Probe):
                 None, span, self._red.series_recorder(db_signals.METRIC, pid, attrs, ex.end_ns))
         self._sink.add(ex.system, pid, template.span, template.record, ex.start_ns, ex.end_ns, None)
 
+    def _upgrade(self, conn, key, request, request_ns, response, response_gap, response_ns):
+        """
+        A 101 on an HTTP/1 connection (HttpDecoder's on_upgrade): an h2c upgrade the HTTP/1
+        decoder paired with its request goes to the http2 stream decoder, which reads the
+        connection from the upgrade request on (True: no HTTP/1 exchange for it). Any other
+        upgrade (WebSocket...) is reported as HTTP/1's 101, and the few events the kernel sends of
+        it before giving up (bpf/l7_stream.h, l7_upgrade()) are ignored; an h2c upgrade whose
+        request the kernel did not pair with the 101 cannot be followed: counted.
+        """
+        stream = self._streams["http2"]
+        if not stream.enabled:
+            return False
+        gap = upgrade_request_gap(request) if request is not None else None
+        fd, conn_ts = key
+        if gap is None:
+            # Unpaired, or a head longer than the capture: it may have been h2c.
+            cut = request is None or (len(request) >= CAPTURE_BYTES and b"\r\n\r\n" not in request)
+            stream.hand_over(fd, conn_ts, None, (), counted=cut)
+            return False
+        stream.hand_over(fd, conn_ts, conn, ((True, request, request_ns, gap), (False, response, response_ns, response_gap)))
+        return True
+
+    def _h2_exchange(self, conn, ex):
+        """
+        One HTTP/2 stream (the http2 StreamDecoder's) to the sink: an HTTP span with
+        network.protocol.version 2 or a gRPC span (telegen.protocols.http2_semconv), SERVER or
+        CLIENT as the kernel saw the connection's side, and its duration histogram. Paths are
+        excluded and routed as HTTP/1 paths are. Templates per connection endpoint and exchange
+        shape (request fields but traceparent, response fields, status, body sizes); a request's
+        traceparent is not made the span's parent (it differs per request: no template could hold it).
+        """
+        pid = conn.pid
+        if not self._sink.selected(pid):
+            return
+        req, resp = ex.request, ex.response
+        key = (pid, conn.server_side, conn.peer, conn.local, conn.local_port if conn.server_side else conn.peer_port,
+               ex.status, ex.reset, ex.request_body_size, ex.response_body_size,
+               tuple((k, v) for k, v in req.items() if k != b"traceparent"), tuple(resp.items()))
+        template = self._h2_templates.get(key)
+        if template is None:
+            template = self._h2_template(key, conn, ex)
+        if template.drop:
+            self._drop(template.drop)
+            return
+        self._sink.add("http2", pid, template.span, template.record, ex.start_ns, ex.end_ns, conn.peer_port)
+
+    def _h2_template(self, key, conn, ex):
+        if len(self._h2_templates) >= MAX_TEMPLATES:
+            self._h2_templates.clear()
+        path = url_path(ex.path) if ex.path else None
+        if path is not None and self._exclude is not None and self._exclude.match(path):
+            template = _ExchangeTemplate("excluded_path")
+        else:
+            route = self._routes.match(path) if path is not None else None
+            if conn.server_side:
+                span = http2_semconv.span_of(ex, conn.local, conn.local_port, True, conn.peer, None, route)
+            else:
+                span = http2_semconv.span_of(ex, conn.peer, conn.peer_port, False, route=route)
+            fixed = fixed_span(span.name, conn.server_side, span.attributes, span.status == http2_semconv.STATUS_ERROR,
+                               span.status_message)
+            add = self._red.series_recorder(span.metric, conn.pid, tuple(span.metric_attributes.items()), ex.end_ns)
+            # The sink records seconds; the rpc histograms are in ms.
+            record = add if span.metric_unit == "s" else (lambda seconds: add(seconds * 1000))
+            template = _ExchangeTemplate(None, SpanTemplate(fixed, None), record)
+        self._h2_templates[key] = template
+        return template
+
     def _forget_templates(self):
         """Histogram series of an exited process were dropped: the templates holding their recorders go."""
         self._templates.clear()
         self._db_templates.clear()
+        self._h2_templates.clear()
 
     def resource(self, pid):
         """Resource attributes of a process (the sink's)."""

@@ -26,22 +26,29 @@ from telegen.ebpf.http_decoder import format_address
 
 EV_CLOSE, EV_DATA = 3, 5
 # struct l7_data_event without data[]: header {ts, pid, tid, kind, proto}, conn_id, conn_start_ts,
-# enter_ts, ret, two endpoints {addr[16], port, family, pad}, from_client, cap_len, flags, pad.
-EVENT = struct.Struct("<QIIII" "QQQq" "16sH6x" "16sH6x" "III4x")
+# enter_ts, ret, two endpoints {addr[16], port, family, pad}, from_client, server, cap_len, flags, pad.
+EVENT = struct.Struct("<QIIII" "QQQq" "16sH6x" "16sH6x" "HHII4x")
 FLAG_TLS = 1                   # HTTP_FLAG_TLS: the bytes are TLS plaintext from the OpenSSL uprobes (bpf/tls.h)
 MAX_CONNECTIONS = 65536        # parsers held at once; beyond, a new connection is counted and ignored
+MAX_HANDOVERS = 4096           # connections handed over by the HTTP/1 decoder whose first event is still to come
+LOSS_UPGRADE_UNFOLLOWED = "upgrade_not_followed"    # a 101 whose request the kernel did not pair with it
+_IGNORED, _UNFOLLOWED = object(), object()           # hand-over marks: another protocol's upgrade; a lost one
 
 
 class StreamConnection:
-    """One connection's parser and what its spans need of the connection (the server's address)."""
+    """One connection's parser and what its spans need of the connection: the peer's address, and
+    for a server-side connection (HTTP/2 servers; `server_side`) its own."""
 
-    __slots__ = ("pid", "parser", "peer", "peer_port", "last_seen", "tls")
+    __slots__ = ("pid", "parser", "peer", "peer_port", "server_side", "local", "local_port", "last_seen", "tls")
 
-    def __init__(self, pid, parser, peer, peer_port):
+    def __init__(self, pid, parser, peer, peer_port, server_side=False, local=None, local_port=None):
         self.pid = pid
         self.parser = parser
         self.peer = peer
         self.peer_port = peer_port or None
+        self.server_side = server_side
+        self.local = local
+        self.local_port = local_port or None
         self.last_seen = 0
         self.tls = False               # its plaintext comes from the TLS uprobes (the parser was told)
 
@@ -60,15 +67,38 @@ class StreamDecoder:
         self._loss = loss
         self._offset = mono_to_epoch
         self._conns = {}
+        self._handovers = {}        # (connection start, low 32 bits of its id) -> StreamConnection, _IGNORED or _UNFOLLOWED
         self.enabled = True
 
     def __len__(self):
         return len(self._conns)
 
+    def hand_over(self, fd, conn_ts, conn, chunks, counted=False):
+        """
+        An HTTP/1 connection that switched to this protocol (an h2c upgrade answered 101): its
+        parser starts from the HTTP/1 decoder's captures, `chunks` as (from_client, bytes, ns since
+        the epoch, gap), and takes the kernel's events of the connection from the next one on.
+        `conn` is the HTTP/1 decoder's Connection (pid, side, addresses); None: the upgrade is not
+        followed, its events are dropped until the close (counted `upgrade_not_followed` when
+        `counted`: an upgrade that may have been h2c). Events name the connection by its id, the
+        HTTP/1 decoder by (fd, start), where fd is the id's low 32 bits in both capture modes.
+        """
+        if len(self._handovers) >= MAX_HANDOVERS:
+            self._handovers.clear()
+        if conn is None:
+            self._handovers[(conn_ts, fd)] = _UNFOLLOWED if counted else _IGNORED
+            return
+        stream = StreamConnection(conn.pid, self.protocol.new_parser(), conn.peer, conn.peer_port, conn.server_side,
+                                  conn.local if conn.server_side else None, conn.local_port)
+        for from_client, data, at, gap in chunks:
+            for exchange in stream.parser.feed(from_client, data, at, gap):
+                self._on_exchange(stream, exchange)
+        self._handovers[(conn_ts, fd)] = stream
+
     def handle_bytes(self, raw):
         """The registry's handler for this protocol: one event (its bytes)."""
-        (ts, pid, _tid, kind, _proto, conn_id, conn_ts, enter_ts, ret, peer, peer_port, _local, _local_port,
-         from_client, cap_len, flags) = EVENT.unpack_from(raw)
+        (ts, pid, _tid, kind, _proto, conn_id, conn_ts, enter_ts, ret, peer, peer_port, local, local_port,
+         from_client, server, cap_len, flags) = EVENT.unpack_from(raw)
         key = (conn_id, conn_ts)
         conn = self._conns.get(key)
         if kind == EV_CLOSE:
@@ -79,12 +109,24 @@ class StreamDecoder:
         if not self.enabled:
             self._loss("protocol_disabled", 1)
             return
+        if conn is None and self._handovers:
+            handed = self._handovers.pop((conn_ts, conn_id & 0xffffffff), None)
+            if handed is _UNFOLLOWED:
+                self._loss(LOSS_UPGRADE_UNFOLLOWED, 1)
+            if handed is _UNFOLLOWED or handed is _IGNORED:
+                conn = self._conns[key] = StreamConnection(pid, None, None, None)
+            elif handed is not None:
+                conn = self._conns[key] = handed
         if conn is None:
             if len(self._conns) >= MAX_CONNECTIONS:
                 self._loss("too_many_connections", 1)
                 return
-            conn = self._conns[key] = StreamConnection(pid, self.protocol.new_parser(), format_address(peer), peer_port)
+            conn = self._conns[key] = StreamConnection(pid, self.protocol.new_parser(), format_address(peer), peer_port,
+                                                       bool(server), format_address(local) if server else None,
+                                                       local_port)
         conn.last_seen = ts
+        if conn.parser is None:
+            return                  # an upgrade not followed: its events until the close
         if flags & FLAG_TLS and not conn.tls:
             conn.tls = True
             conn.parser.start_tls()
@@ -98,11 +140,14 @@ class StreamDecoder:
 
     def _end(self, conn):
         """A connection is forgotten: its parser's last word (finish()) and its losses counted."""
-        conn.parser.finish()
+        if conn.parser is not None:          # None: an upgrade not followed
+            conn.parser.finish()
         self._drain(conn)
 
     def _drain(self, conn):
         """Move a parser's loss counts to the protocol's counters."""
+        if conn.parser is None:
+            return
         losses = conn.parser.losses
         for reason, n in losses.items():
             self._loss(reason, n)

@@ -101,6 +101,19 @@ def classify(client_bytes):
     return client_bytes[:_CLASSIFIED] == PREFACE[:_CLASSIFIED]
 
 
+def upgrade_request_gap(head):
+    """For an HTTP/1.1 request capture (the start of a connection): the bytes of its body the capture
+    does not hold (the parser skips them by length), or None when it is no h2c upgrade request
+    whose head the capture holds whole."""
+    end = head.find(b"\r\n\r\n")
+    if end < 0 or not _UPGRADE_H2C.search(head, 0, end + 4):
+        return None
+    heads = parse_requests(head[:end + 4])
+    if not heads:
+        return None
+    return max(0, end + 4 + (heads[0].content_length or 0) - len(head))
+
+
 class HpackError(Exception):
     """A header block that does not decode against the table: the table is not the peer's."""
 

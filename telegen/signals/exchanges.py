@@ -176,11 +176,14 @@ class DurationHistograms:
         self._max = max_series
         self._info = dict(metrics_info)
         self._series = {name: {} for name in self._info}
+        self._units = {}
         self._start = {}
 
-    def add_metric(self, name, description, bounds):
-        """Declare one more metric (a protocol's sink registering its histogram)."""
+    def add_metric(self, name, description, bounds, unit="s"):
+        """Declare one more metric (a protocol's sink registering its histogram); its recorders
+        are given durations in `unit` (rpc.*.duration are in ms)."""
         self._info.setdefault(name, (description, bounds))
+        self._units.setdefault(name, unit)
         self._series.setdefault(name, {})
 
     def series_recorder(self, name, pid, attrs, now_ns):
@@ -226,7 +229,7 @@ class DurationHistograms:
                 per_pid.setdefault(pid, []).append(point)
             for pid, points in per_pid.items():
                 out.setdefault(pid, []).append(Metric(
-                    name=name, unit="s", description=description,
+                    name=name, unit=self._units.get(name, "s"), description=description,
                     histogram=Histogram(
                         aggregation_temporality=AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE,
                         data_points=points,

@@ -71,7 +71,7 @@ def test_redis_client_spans_and_status(agent, redis_server):
     spec = agent.get("/openapi.json").json()
     schema_validator(spec, "/status/ebpf", "get", 200).validate(status)
     protocols = {p["name"]: p for p in status["protocols"]}
-    assert set(protocols) == {"http", "postgresql", "mysql", "redis"}
+    assert set(protocols) == {"http", "postgresql", "mysql", "redis", "http2"}
     assert all(p["enabled"] for p in protocols.values())
     assert protocols["redis"]["exchanges"] >= 7
     # The connection's close freed its parser.

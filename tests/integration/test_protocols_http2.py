@@ -14,23 +14,11 @@ import pytest
 from telegen.protocols.http2 import LOSS_HEADER_UNKNOWN, LOSS_UPGRADE_REFUSED, Http2Parser, classify
 from telegen.protocols.http2_semconv import RPC_CLIENT_METRIC, STATUS_ERROR, STATUS_UNSET, span_of
 from tests.support.h2_peers import H2Server, grpc_server
-from tests.support.http_apps import nginx, wait_listening
+from tests.support.http_apps import nginx_fixture
 from tests.support.protocol_chunks import feed_all
 from tests.support.tcp_relay import TcpRelay
 
 pytestmark = pytest.mark.integration
-
-
-def nginx_fixture(http2):
-    @pytest.fixture(scope="module")
-    def port(tmp_path_factory):
-        child, port = nginx(str(tmp_path_factory.mktemp("nginx")), http2=http2)
-        try:
-            wait_listening(port)
-            yield port
-        finally:
-            child.stop()
-    return port
 
 
 h2c_port = nginx_fixture(http2=True)

@@ -145,3 +145,25 @@ def merge(base, overrides):
         else:
             out[key] = value
     return out
+
+
+def capture_agent(tmp, capture, ports):
+    """
+    A started AgentProcess with eBPF in one capture mode (`socket` or `syscalls`) capturing only
+    `ports` (the host's other traffic, other tests' load generators, must not fill its ring buffer
+    or spend its CPU budget), ready, with `data_dir` (its file sink) and `capture` set. Stop it.
+    """
+    agent = AgentProcess(tmp, config={"agent": {"ebpf": {
+        "enabled": True, "ringbuf_size": 1 << 22, "capture": capture,
+        "network": {"tcp": False, "include_ports": list(ports)}}}})
+    agent.capture = capture
+    agent.data_dir = os.path.join(tmp, "data")
+    agent.start()
+    try:
+        wait_for(lambda: agent.get("/ready").json()["checks"]["ebpf"] == "ok", timeout=180,
+                 message="ebpf ready (%s)" % agent.get("/ready").json()["checks"]["ebpf"])
+        assert agent.get("/status/ebpf").json()["capture"]["mode"] == capture
+    except BaseException:
+        agent.stop()
+        raise
+    return agent

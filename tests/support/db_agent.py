@@ -6,7 +6,7 @@ budget), and this test process's CLIENT spans read back from its file sink.
 """
 import os
 
-from tests.support.agent_process import AgentProcess, wait_for
+from tests.support.agent_process import capture_agent, wait_for
 from tests.support.db_clients import POSTGRES_SESSION_SPANS
 from tests.support.otlp_files import read_metrics, read_spans
 
@@ -19,15 +19,9 @@ def agent_config(capture, *servers, **protocols):
 
 
 def running_agent(capture, folder, *servers):
-    """Yield the agent started in `capture` mode with its eBPF ready; stopped after."""
-    agent = AgentProcess(folder, config=agent_config(capture, *servers))
-    agent.capture = capture
-    agent.data_dir = os.path.join(folder, "data")
-    agent.start()
+    """Yield the agent started in `capture` mode with its eBPF ready, capturing only the servers' ports; stopped after."""
+    agent = capture_agent(folder, capture, [s.port for s in servers])
     try:
-        wait_for(lambda: agent.get("/ready").json()["checks"]["ebpf"] == "ok", timeout=180,
-                 message="ebpf ready (%s)" % agent.get("/ready").json()["checks"]["ebpf"])
-        assert agent.get("/status/ebpf").json()["capture"]["mode"] == capture
         yield agent
     finally:
         agent.stop()

@@ -229,3 +229,18 @@ def client_results(proc, go=False):
 def run_client(port, requests, concurrency=1, tls=False):
     """Run the plan in a child process (HTTPS with tls); returns (pid, [[status, body_len] per request per worker])."""
     return client_results(start_client(port, requests, concurrency, tls))
+
+
+def nginx_fixture(http2):
+    """A module-scoped pytest fixture: the port of an nginx (h2c prior knowledge with http2) for the module."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def port(tmp_path_factory):
+        child, port = nginx(str(tmp_path_factory.mktemp("nginx")), http2=http2)
+        try:
+            wait_listening(port)
+            yield port
+        finally:
+            child.stop()
+    return port

@@ -6,13 +6,16 @@ parser resynchronizes), a close frees the connection, idle connections expire, l
 import struct
 from functools import partial
 
+from telegen.ebpf.http_decoder import Connection
 from telegen.ebpf.l7_stream import EV_CLOSE, EVENT, FLAG_TLS, StreamDecoder
-from telegen.l7.protocols import PROTO_POSTGRESQL, PROTO_REDIS
+from telegen.l7.protocols import PROTO_HTTP2, PROTO_POSTGRESQL, PROTO_REDIS
 from telegen.protocols.registry import PROTOCOLS
+from tests.support.h2_peers import UPGRADE_RESPONSE, Conversation
 from tests.support.http_events import stream_event as event
 
 REDIS = next(p for p in PROTOCOLS if p.proto == PROTO_REDIS)
 POSTGRESQL = next(p for p in PROTOCOLS if p.proto == PROTO_POSTGRESQL)
+HTTP2 = next(p for p in PROTOCOLS if p.proto == PROTO_HTTP2)
 OFFSET = 1_000
 
 
@@ -23,7 +26,7 @@ def decoder(protocol=REDIS):
 
 
 def test_the_event_layout_is_the_kernels():
-    """struct l7_data_event: header 24, four u64, two 24-byte endpoints, four u32, then data[]."""
+    """struct l7_data_event: header 24, four u64, two 24-byte endpoints, two u16, two u32 (one padding), then data[]."""
     assert EVENT.size == 24 + 32 + 48 + 16
 
 
@@ -106,3 +109,44 @@ def test_a_tls_connection_never_decrypted_counts_encrypted_once_at_its_close():
     assert not losses
     d.handle_bytes(ev(4, kind=EV_CLOSE))
     assert not exchanges and losses == [("encrypted", 1)]
+
+
+def h2_decoder():
+    exchanges, losses = [], []
+    d = StreamDecoder(HTTP2, lambda conn, ex: exchanges.append((conn, ex)), lambda r, n: losses.append((r, n)), OFFSET)
+    return d, exchanges, losses
+
+
+def test_an_h2c_upgrade_handed_over_starts_the_parser_and_takes_the_connections_events():
+    """The HTTP/1 decoder's captures of the upgrade request and its 101 start the parser; the kernel's
+    events of the connection (the socket cookie, whose low 32 bits the HTTP/1 events carry) go to it."""
+    talk = Conversation(start=False)
+    talk.raw(True, b"GET /up HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                   b"HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n")
+    talk.raw(False, UPGRADE_RESPONSE)
+    talk.server.initiate_upgrade_connection(b"AAMAAABkAAQAoAAAAAIAAAAA")
+    talk.client.initiate_upgrade_connection()
+    talk.flush_client()                                       # the preface, after the 101
+    talk.respond(1, 200, b"up")
+    (_, request, _), (_, response, _), *frames = talk.chunks
+    d, exchanges, losses = h2_decoder()
+    cookie = (7 << 32) | 42
+    http1 = Connection(True, 10, "127.0.0.1", 50000, "127.0.0.1", 8080)
+    d.hand_over(42, 1, http1, ((True, request, 100, 0), (False, response, 200, 0)))
+    for i, (from_client, data, _) in enumerate(frames):
+        d.handle_bytes(event(300 + i, data, from_client=from_client, conn=cookie, proto=PROTO_HTTP2, server=True))
+    [(conn, ex)] = exchanges
+    assert (ex.stream_id, ex.upgraded, ex.path, ex.status, ex.start_ns) == (1, True, "/up", 200, 100)
+    assert conn.server_side and (conn.local, conn.local_port, conn.peer_port) == ("127.0.0.1", 8080, 50000)
+    assert not losses and len(d) == 1
+
+
+def test_other_upgrades_are_ignored_and_unpaired_ones_counted_until_their_close():
+    d, exchanges, losses = h2_decoder()
+    d.hand_over(1, 1, None, ())                                # a WebSocket: quiet
+    d.hand_over(2, 1, None, (), counted=True)                  # a 101 whose request was not paired
+    for conn in (1, 2):
+        d.handle_bytes(event(5, b"\x81\x05hello", conn=conn, proto=PROTO_HTTP2))
+        d.handle_bytes(event(6, b"\x81\x05again", conn=conn, proto=PROTO_HTTP2))
+        d.handle_bytes(event(7, kind=EV_CLOSE, conn=conn, proto=PROTO_HTTP2))
+    assert not exchanges and losses == [("upgrade_not_followed", 1)] and len(d) == 0

@@ -9,11 +9,11 @@ from telegen.l7.records import HttpExchange
 from tests.support.http_events import OFFSET, REQ, RESP, event, exchange
 
 class Recorder:
-    def __init__(self):
+    def __init__(self, on_upgrade=None):
         self.exchanges = []
         self.drops = []
         self.decoder = HttpDecoder(lambda *parts: self.exchanges.append(HttpExchange.of(*parts)), self.drops.append,
-                                   OFFSET, CAPTURE_BYTES)
+                                   OFFSET, CAPTURE_BYTES, on_upgrade)
 
     def feed(self, *events):
         for e in events:
@@ -205,3 +205,21 @@ def test_tls_connections_are_told_apart_and_marked_https():
     assert (tls.tls, plain.tls) == (True, False)
     assert exchange_attributes(tls, "/a", None)["url.scheme"] == "https"
     assert exchange_attributes(plain, "/a", None)["url.scheme"] == "http"
+
+
+def test_a_101_is_offered_to_on_upgrade_which_can_take_the_exchange():
+    """on_upgrade gets the connection, its (fd, start), the paired captures and times (None for the
+    request when the kernel did not pair them); True (an h2c hand-over) means no HTTP/1 exchange."""
+    upgrade = b"GET /up HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\n\r\n"
+    switching = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n" + b"\0\0\0\x04\0\0\0\0\0"
+    offered = []
+
+    def on_upgrade(conn, key, request, request_ns, response, gap, response_ns):
+        offered.append((conn.server_side, key, request, request_ns - OFFSET, response, gap, response_ns - OFFSET))
+        return key[1] == 1
+    r = Recorder(on_upgrade)
+    r.feed(exchange(200, switching, upgrade, 100, rx=len(upgrade), ret=len(switching) + 50),
+           event(EV_REQUEST, 300, upgrade, conn_ts=2),
+           event(EV_RESPONSE, 350, switching, rx=len(upgrade), conn_ts=2))
+    assert offered == [(True, (5, 1), upgrade, 100, switching, 50, 200), (True, (5, 2), None, 300, b"", 0, 350)]
+    assert [(e.target, e.status) for e in r.exchanges] == [("/up", 101)]     # only the one not taken

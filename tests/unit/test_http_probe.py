@@ -10,7 +10,9 @@ from telegen.ebpf.http_decoder import EV_REQUEST, EV_RESPONSE
 from telegen.ebpf.btf import KernelBtf
 from telegen.ebpf.http_probe import SOCKET_FIELDS, HttpProbe
 from telegen.selfmetrics import SelfMetrics
+from telegen.l7.protocols import PROTO_HTTP2
 from tests.support.fakes import RecordingPipeline, StubProcesses
+from tests.support.h2_peers import Conversation
 from tests.support.http_events import RESP, event, stream_event
 
 
@@ -58,16 +60,16 @@ def test_port_filter_is_seeded_from_config_with_the_api_port_excluded():
 def test_protocol_switches_are_written_to_the_kernel_and_changed_in_place():
     """agent.ebpf.protocols -> l7_enabled[PROTO_*] (HTTP/1 also needs network.http); a reload rewrites it."""
     probe, bpf, _, _, _ = make()
-    assert bpf.tables[b"l7_enabled"] == {1: 1, 2: 1, 3: 1, 4: 1}
+    assert bpf.tables[b"l7_enabled"] == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
     new = defaults()
     new["agent"]["ebpf"]["protocols"].update(mysql=False)
     new["agent"]["ebpf"]["network"]["http"] = False
     assert probe.enabled(new) and probe.cflags(new) == probe.cflags(probe._config)     # no rebuild
     probe.reconfigure(new)
-    assert bpf.tables[b"l7_enabled"] == {1: 0, 2: 1, 3: 0, 4: 1}
+    assert bpf.tables[b"l7_enabled"] == {1: 0, 2: 1, 3: 0, 4: 1, 5: 1}
     assert {p["name"]: p["enabled"] for p in probe.protocols_status()} == {
-        "http": False, "postgresql": True, "mysql": False, "redis": True}
-    new["agent"]["ebpf"]["protocols"].update(postgresql=False, redis=False)
+        "http": False, "postgresql": True, "mysql": False, "redis": True, "http2": True}
+    new["agent"]["ebpf"]["protocols"].update(postgresql=False, redis=False, http2=False)
     assert not probe.enabled(new)
 
 
@@ -240,3 +242,37 @@ def test_agent_ebpf_tls_compiles_the_openssl_uprobes_in_or_out():
     assert not [f for f in probe.cflags(probe._config) if "TLS" in f]
     probe.attach_uprobes(FakeBPF())
     assert probe.uprobe_programs() == {} and "tls" not in probe.status()
+
+
+def test_http2_and_grpc_exchanges_make_server_and_client_spans_and_histograms():
+    """The http2 stream decoder's exchanges through the shared sink: the event's `server` flag
+    makes SERVER spans (client.address from the peer), else CLIENT spans; gRPC calls go to
+    rpc.*.duration in ms, HTTP ones to http.*.request.duration with version 2."""
+    probe, _, clock, pipeline, _ = make()
+    talk = Conversation()
+    talk.respond(talk.request("/ok"), body=b"hi")
+    grpc = [("content-type", "application/grpc")]
+    talk.respond(talk.request("/demo.Echo/Fail", method="POST", body=b"\0\0\0\0\0", headers=grpc),
+                 headers=grpc, trailers=[("grpc-status", "5"), ("grpc-message", "no such item")])
+    for conn, server in ((1, True), (2, False)):
+        for from_client, data, ts in talk.chunks:
+            probe._decoders.handle_bytes(stream_event(ts * 100, data, from_client=from_client, conn=conn, server=server,
+                                                      proto=PROTO_HTTP2, peer_port=50000 if server else 8080))
+    clock.advance(0)
+    spans = [Span.FromString(raw) for s, _, recs in pipeline.calls if s == "traces" for raw in recs]
+    facts = [(s.name, s.kind, s.status.code, {kv.key: kv.value for kv in s.attributes}) for s in spans]
+    assert [(name, kind, code) for name, kind, code, _ in facts] == [
+        ("GET", Span.SPAN_KIND_SERVER, 0), ("demo.Echo/Fail", Span.SPAN_KIND_SERVER, 0),
+        ("GET", Span.SPAN_KIND_CLIENT, 0), ("demo.Echo/Fail", Span.SPAN_KIND_CLIENT, 2)]
+    server_http, server_rpc, client_http, client_rpc = (attrs for _, _, _, attrs in facts)
+    assert server_http["network.protocol.version"].string_value == "2"
+    assert server_http["client.address"].string_value == "127.0.0.1"
+    assert server_http["network.peer.port"].int_value == 50000
+    assert client_http["server.port"].int_value == 8080
+    assert server_rpc["rpc.grpc.status_code"].int_value == 5 and client_rpc["rpc.method"].string_value == "Fail"
+    assert spans[3].status.message == "no such item"
+    probe.flush_metrics()
+    metrics = {m.name: m for s, _, recs in pipeline.calls if s == "metrics" for m in recs}
+    assert metrics["rpc.server.duration"].unit == "ms" and metrics["rpc.client.duration"].unit == "ms"
+    assert metrics["http.server.request.duration"].histogram.data_points[0].count == 1
+    assert {p["name"]: p["exchanges"] for p in probe.protocols_status()}["http2"] == 4
