@@ -63,6 +63,7 @@ BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
 class AgentDefaults:
     """The options bench/ebpf/run.py's start_agent reads: the agent as shipped (capture: auto)."""
     no_tcp = False
+    no_tls = False
     nice = 0
     capture = "auto"
 
