@@ -50,6 +50,7 @@ import run as bench  # noqa: E402  (bench/ebpf/run.py: nginx, wrk, agent and CPU
 from telegen.config.loader import defaults  # noqa: E402
 from telegen.ebpf import loader  # noqa: E402
 from telegen.ebpf.http_probe import HttpProbe, _tracepoints  # noqa: E402
+from telegen.l7.protocols import NAMES  # noqa: E402
 from tests.support import http_apps as apps  # noqa: E402
 from tests.support.otlp_receiver import OtlpReceiver  # noqa: E402
 
@@ -88,7 +89,7 @@ def load_http(capture, bpf_dir=None):
     """
     The HTTP probe's kernel half for `capture`, compiled and attached exactly as the agent does
     it (our pid is the self filter), with the port filter open as the agent's default config
-    writes it (settings[0] = 1). Until 2026-12-07 this left settings[0] at 0, which captures
+    writes it (settings[0] = 1) and the protocol switches on. Until 2026-12-07 this left settings[0] at 0, which captures
     nothing: every connection was classified as not HTTP, so the `sock` and `http` variants
     measured the capture's reject path, not the capture.
     """
@@ -97,6 +98,11 @@ def load_http(capture, bpf_dir=None):
     bpf = loader.compile_probe(HttpProbe(config, None, None, None), config, os.getpid(), bpf_dir=bpf_dir)
     settings = bpf[b"settings"]
     settings[settings.Key(0)] = settings.Leaf(1)
+    # The protocol switches too (l7_enabled, as the agent writes them from agent.ebpf.protocols):
+    # left at 0, HTTP/1 is off and every connection takes the reject path again.
+    enabled = bpf[b"l7_enabled"]
+    for proto, name in NAMES.items():
+        enabled[enabled.Key(proto)] = enabled.Leaf(1 if config["agent"]["ebpf"]["protocols"].get(name) else 0)
     return bpf
 
 
