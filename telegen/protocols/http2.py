@@ -148,7 +148,7 @@ class HpackTable:
                 if 0x80 < b <= _STATIC_LEN | 0x80:          # the common cases inline: a static entry,
                     name, value = _STATIC[b - 0x81]
                     pos += 1
-                elif b - 0xbe < len(self.entries) and b != 0xff:     # or one of the first 65 dynamic ones
+                elif 0xbe <= b < 0xff and b - 0xbe < len(self.entries):   # or one of the first 65 dynamic ones
                     name, value = self.entries[b - 0xbe]
                     pos += 1
                 else:

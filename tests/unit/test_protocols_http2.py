@@ -6,6 +6,8 @@ join mid-connection or lose bytes.
 """
 import struct
 
+import pytest
+
 from hpack import Encoder
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -88,6 +90,17 @@ def test_any_chunking_gives_the_same_exchanges(data):
     parser = Http2Parser()
     assert summary(feed_all(parser, out)) == MULTIPLEXED
     assert not parser.losses
+
+
+def test_indexed_field_zero_is_an_hpack_error_not_a_dynamic_entry():
+    """0x80 (index 0) is invalid (RFC 7541 6.1). The inline path for the first dynamic entries once
+    took it for entry -62 (found by the damaged-captures test below): an IndexError, or with enough
+    entries a wrong field."""
+    table = http2.HpackTable(complete=True)
+    for i in range(70):
+        table.decode(bytes([0x40, 1]) + b"x" + bytes([1]) + str(i % 10).encode())
+    with pytest.raises(http2.HpackError):
+        table.decode(b"\x80")
 
 
 @settings(max_examples=200, deadline=None)
