@@ -6,10 +6,11 @@ Starts Debian's PostgreSQL and redis-server (as the tests do), then for each cap
 default export, as bench/ebpf/run.py measures HTTP/1) to a receiver in this process, and drives each server
 with its own benchmark client for a fixed number of operations: `pgbench -S` (libpq, simple query
 protocol, one primary-key SELECT per transaction) and `redis-benchmark -t get` (one GET per
-request, no pipelining). For each run it reports the operations the client made, the CLIENT spans
-of that client's pid the receiver got, the agent's CPU (utime + stime from /proc) over the run and
-its drain, and the BPF run time of the capture's programs per operation (kernel.bpf_stats_enabled,
-switched on for the run and restored). A run with no agent gives the clients' own rate.
+request, no pipelining). For each run it reports the operations the client made, the SERVER and
+CLIENT spans of the server's port the receiver got, the agent's CPU (utime + stime from /proc) over
+the run and its drain per operation, and the BPF run time of the capture's programs per operation
+(kernel.bpf_stats_enabled, switched on for the run and restored). A run with no agent gives the
+clients' own rate. bench/protocols/every.py runs the same measurement over every protocol.
 
 --tls: the servers over TLS only (a self-signed certificate; PostgreSQL ssl=on, redis-server on a
 tls-port), pgbench with sslmode=require and redis-benchmark --tls: the spans then come from the
@@ -34,6 +35,7 @@ from tests.support.http_apps import self_signed  # noqa: E402
 from tests.support.otlp_receiver import OtlpReceiver  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
+SERVER, CLIENT = 2, 3     # Span.SPAN_KIND_*
 
 
 def cpu_seconds(pid):
@@ -55,72 +57,117 @@ def bpf_run_ns(pid):
     return total, count
 
 
-def pgbench(pg, ops):
-    """pgbench -S for `ops` transactions over 2 connections; (pid, seconds)."""
+def pgbench(pg, ops, rate=None):
+    """pgbench -S for `ops` transactions over 2 connections (throttled to `rate` per second in all with rate); seconds."""
     started = time.monotonic()
     proc = subprocess.Popen([f"{pg.bindir}/pgbench", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-S",
-                             "-n", "-c", "2", "-t", str(ops // 2), "telegen"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=dict(os.environ, PGSSLMODE="require" if pg.tls else "disable"))
+                             "-n", "-c", "2", "-t", str(ops // 2), *(["-R", str(rate)] if rate else []), "telegen"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, PGSSLMODE="require" if pg.tls else "disable"))
     proc.wait()
     assert proc.returncode == 0
-    return proc.pid, time.monotonic() - started
+    return time.monotonic() - started
 
 
 def redis_bench(redis, ops):
+    """redis-benchmark GET, `ops` requests over 2 connections (it has no rate limit); seconds."""
     started = time.monotonic()
     proc = subprocess.Popen(["redis-benchmark", "-h", "127.0.0.1", "-p", str(redis.port), "-t", "get", "-n", str(ops),
                              "-c", "2", "-q", *(["--tls", "--insecure"] if redis.tls else [])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc.wait()
     assert proc.returncode == 0
-    return proc.pid, time.monotonic() - started
+    return time.monotonic() - started
 
 
-def spans_of(receiver, pid, system):
-    return sum(1 for r, s in receiver.spans() if r.get("process.pid") == pid
-               and any(kv.key == "db.system.name" and kv.value.string_value == system for kv in s.attributes))
+class Load:
+    """One client against one server: `drive()` makes `ops` operations and returns the seconds it took;
+    the spans counted are those with server.port == port; `protocol` names its /status/ebpf losses."""
+
+    def __init__(self, name, protocol, port, ops, drive):
+        self.name, self.protocol, self.port, self.ops, self.drive = name, protocol, port, ops, drive
 
 
-def run(mode, pg, redis, ops, receiver):
-    tmp = tempfile.mkdtemp(prefix="telegen-bench-db-")
+def spans_of(receiver, port):
+    """(SERVER, CLIENT) spans the receiver holds of the server on `port`."""
+    counts = {SERVER: 0, CLIENT: 0}
+    for _, span in receiver.spans():
+        if span.kind in counts and any(kv.key == "server.port" and kv.value.int_value == port for kv in span.attributes):
+            counts[span.kind] += 1
+    return counts[SERVER], counts[CLIENT]
+
+
+def run(mode, loads, receiver):
+    """Rows (mode, load, ops/s, SERVER spans, CLIENT spans, agent CPU us/op, BPF us/op, losses) of one agent's run
+    (none with mode "off") over every load in turn."""
+    tmp = tempfile.mkdtemp(prefix="telegen-bench-protocols-")
     agent = None
     if mode != "off":
         agent = AgentProcess(tmp, config={
             "otlp": {"endpoint": receiver.endpoint("grpc"), "protocol": "grpc", "insecure": True, "compression": "gzip"},
             "agent": {"ebpf": {"enabled": True, "capture": mode,
-                               "network": {"tcp": False, "include_ports": [pg.port, redis.port]}},
+                               "network": {"tcp": False, "include_ports": [load.port for load in loads]}},
                       "host_metrics": {"interval": "15s"}}})
         agent.start()
         wait_for(lambda: agent.get("/ready").json()["checks"]["ebpf"] == "ok", timeout=300, message="ebpf ready")
     rows = []
     try:
-        for name, system, load in (("pgbench -S", "postgresql", lambda: pgbench(pg, ops)),
-                                   ("redis-benchmark GET", "redis", lambda: redis_bench(redis, ops))):
+        for load in loads:
             if agent is None:
-                _, seconds = load()
-                rows.append((mode, name, ops / seconds, "", "", "", ""))
+                rows.append((mode, load, load.ops / load.drive(), "", "", "", "", ""))
                 continue
+            before = spans_of(receiver, load.port)
             cpu0, (bpf0, _) = cpu_seconds(agent.process.pid), bpf_run_ns(agent.process.pid)
-            pid, seconds = load()
+            seconds = load.drive()
             # Wait until the spans stop growing for longer than the export queue's batch_timeout
             # (5 s: a partial batch waits that long), then take the CPU.
-            last = -1
+            last = None
             while True:
                 time.sleep(6)
-                n = spans_of(receiver, pid, system)
-                if n == last:
+                counts = spans_of(receiver, load.port)
+                if counts == last:
                     break
-                last = n
+                last = counts
             cpu1, (bpf1, _) = cpu_seconds(agent.process.pid), bpf_run_ns(agent.process.pid)
             status = agent.get("/status/ebpf").json()
-            losses = {p["name"]: p["losses"] for p in status["protocols"]}[system]
-            losses["ring_lost(all)"] = status["ringbuf"]["events_lost"]
-            rows.append((mode, name, ops / seconds, n, (cpu1 - cpu0) / max(n, 1) * 1e6, (bpf1 - bpf0) / ops / 1000,
-                         losses))
+            losses = {k: v for k, v in {p["name"]: p["losses"] for p in status["protocols"]}[load.protocol].items() if v}
+            if status["ringbuf"]["events_lost"]:
+                losses["ring_lost(all)"] = status["ringbuf"]["events_lost"]
+            rows.append((mode, load, load.ops / seconds, last[0] - before[0], last[1] - before[1],
+                         (cpu1 - cpu0) / load.ops * 1e6, (bpf1 - bpf0) / load.ops / 1000, losses or "none"))
     finally:
         if agent is not None:
             agent.stop()
     return rows
+
+
+def measure(loads, modes):
+    """Run every load without the agent, then under one agent per capture mode; print the table."""
+    receiver = OtlpReceiver().start()
+    with open("/proc/sys/kernel/bpf_stats_enabled") as f:
+        stats = f.read().strip()
+    try:
+        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
+            f.write("1")
+        rows = []
+        for mode in ["off"] + modes:
+            rows += run(mode, loads, receiver)
+    finally:
+        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
+            f.write(stats)
+        receiver.stop()
+    print("| capture | client | ops | ops/s | SERVER spans | CLIENT spans | agent CPU us/op | BPF us/op (all programs)"
+          " | losses (cumulative) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for mode, load, rate, server, client, cpu, bpf, losses in rows:
+        cells = [str(load.ops), f"{rate:,.0f}", str(server), str(client), f"{cpu:.1f}" if cpu != "" else "",
+                 f"{bpf:.2f}" if bpf != "" else "", str(losses)]
+        print(f"| {mode} | {load.name} | " + " | ".join(cells) + " |")
+
+
+def setup_pgbench(pg):
+    subprocess.run([f"{pg.bindir}/pgbench", "-i", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "telegen"],
+                   check=True, capture_output=True, env=dict(os.environ, PGSSLMODE="require" if pg.tls else "disable"))
 
 
 def main():
@@ -131,29 +178,14 @@ def main():
     args = parser.parse_args()
     tls = self_signed(tempfile.mkdtemp(prefix="telegen-bench-tls-")) if args.tls else None
     pg, redis = Postgres(tls=tls), Redis(tls=tls)
-    receiver = OtlpReceiver().start()
-    with open("/proc/sys/kernel/bpf_stats_enabled") as f:
-        stats = f.read().strip()
     try:
-        subprocess.run([f"{pg.bindir}/pgbench", "-i", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "telegen"],
-                       check=True, capture_output=True, env=dict(os.environ, PGSSLMODE="require" if tls else "disable"))
-        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
-            f.write("1")
-        rows = []
-        for mode in ["off"] + args.modes.split(","):
-            rows += run(mode, pg, redis, args.ops, receiver)
+        setup_pgbench(pg)
+        measure([Load("pgbench -S", "postgresql", pg.port, args.ops, lambda: pgbench(pg, args.ops)),
+                 Load("redis-benchmark GET", "redis", redis.port, args.ops, lambda: redis_bench(redis, args.ops))],
+                args.modes.split(","))
     finally:
-        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
-            f.write(stats)
         pg.stop()
         redis.stop()
-        receiver.stop()
-    print(f"| capture | client | ops/s | spans (of {args.ops}) | agent CPU us/span | BPF us/op (all programs) | losses (cumulative) |")
-    print("|---|---|---|---|---|---|---|")
-    for mode, name, rate, spans, cpu, bpf, losses in rows:
-        cells = [f"{rate:,.0f}", str(spans), f"{cpu:.1f}" if cpu != "" else "", f"{bpf:.2f}" if bpf != "" else "",
-                 str(losses)]
-        print(f"| {mode} | {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
