@@ -42,6 +42,7 @@ from telegen.ebpf.l7_stream import StreamDecoder
 from telegen.ebpf.loader import LoadError
 from telegen.ebpf.probe import Probe, excluded_ports
 from telegen.ebpf.tls import ENTRIES, RETURN_FN, TlsLibraries
+from telegen.l7.http import parse_traceparent
 from telegen.l7.protocols import NAMES, PROTO_HTTP1
 from telegen.l7.records import HttpExchange
 from telegen.protocols import http2_semconv
@@ -420,8 +421,10 @@ class HttpProbe(Probe):
         network.protocol.version 2 or a gRPC span (telegen.protocols.http2_semconv), SERVER or
         CLIENT as the kernel saw the connection's side, and its duration histogram. Paths are
         excluded and routed as HTTP/1 paths are. Templates per connection endpoint and exchange
-        shape (request fields but traceparent, response fields, status, body sizes); a request's
-        traceparent is not made the span's parent (it differs per request: no template could hold it).
+        shape (request fields but traceparent, response fields, status, body sizes). A request's
+        valid W3C traceparent makes the span a child of the caller's span, as for HTTP/1; it
+        differs per request, so it is not part of the template key: the span gets a copy of the
+        template with that parent instead.
         """
         pid = conn.pid
         if not self._sink.selected(pid):
@@ -436,7 +439,13 @@ class HttpProbe(Probe):
         if template.drop:
             self._drop(template.drop)
             return
-        self._sink.add("http2", pid, template.span, template.record, ex.start_ns, ex.end_ns, conn.peer_port)
+        span = template.span
+        traceparent = req.get(b"traceparent")
+        if traceparent is not None:
+            parent = parse_traceparent(traceparent)
+            if parent is not None:
+                span = SpanTemplate(span.fixed, parent)
+        self._sink.add("http2", pid, span, template.record, ex.start_ns, ex.end_ns, conn.peer_port)
 
     def _h2_template(self, key, conn, ex):
         if len(self._h2_templates) >= MAX_TEMPLATES:

@@ -80,10 +80,11 @@ def exactly(agent, n, *args, **kwargs):
     return found
 
 
-def curl(url, how="--http2-prior-knowledge"):
+def curl(url, how="--http2-prior-knowledge", headers=()):
     """(pid, "status version") of one curl transfer (HTTP/2 by prior knowledge, or `--http2`: the h2c Upgrade)."""
     proc = subprocess.Popen(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}",
-                             how, url], stdout=subprocess.PIPE, text=True)
+                             how, *(arg for header in headers for arg in ("-H", header)), url],
+                            stdout=subprocess.PIPE, text=True)
     out, _ = proc.communicate(timeout=30)
     return proc.pid, out
 
@@ -114,6 +115,16 @@ def test_curl_prior_knowledge_server_and_client_spans(agent, h2c_port):
         assert (name, attrs["http.response.status_code"], span.status.code) == ("GET", status, UNSET)
         assert attrs["network.protocol.version"] == "2" and attrs["client.address"] == "127.0.0.1"
         assert span.start_time_unix_nano <= span.end_time_unix_nano
+
+
+def test_a_traceparent_makes_both_spans_children_of_the_callers_span(agent, h2c_port):
+    trace, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    pid, out = curl(f"http://127.0.0.1:{h2c_port}/traced", headers=[f"traceparent: 00-{trace}-{parent}-01"])
+    assert out == "404 2"
+    [(_, _, client)] = exactly(agent, 1, CLIENT, h2c_port, pid=pid)
+    [(_, _, server)] = exactly(agent, 1, SERVER, h2c_port, path="/traced")
+    for span in (client, server):
+        assert (span.trace_id.hex(), span.parent_span_id.hex()) == (trace, parent)
 
 
 def test_h2c_upgrade_is_handed_over_to_http2(agent, upgrade_port):

@@ -276,3 +276,25 @@ def test_http2_and_grpc_exchanges_make_server_and_client_spans_and_histograms():
     assert metrics["rpc.server.duration"].unit == "ms" and metrics["rpc.client.duration"].unit == "ms"
     assert metrics["http.server.request.duration"].histogram.data_points[0].count == 1
     assert {p["name"]: p["exchanges"] for p in probe.protocols_status()}["http2"] == 4
+
+
+def test_an_http2_requests_traceparent_makes_its_span_a_child_of_the_caller():
+    """Two requests of one shape with different traceparents (and one without, one invalid):
+    each span joins its own caller's trace; the shared template does not carry a parent over."""
+    probe, _, clock, pipeline, _ = make()
+    talk = Conversation()
+    parents = [("1" * 32, "a" * 16), ("2" * 32, "b" * 16)]
+    for trace, parent in parents:
+        talk.respond(talk.request("/ok", headers=[("traceparent", f"00-{trace}-{parent}-01")]))
+    talk.respond(talk.request("/ok"))
+    talk.respond(talk.request("/ok", headers=[("traceparent", "00-not-a-valid-header-01")]))
+    for from_client, data, ts in talk.chunks:
+        probe._decoders.handle_bytes(stream_event(ts * 100, data, from_client=from_client, conn=1, server=True,
+                                                  proto=PROTO_HTTP2, peer_port=50000))
+    clock.advance(0)
+    spans = [Span.FromString(raw) for s, _, recs in pipeline.calls if s == "traces" for raw in recs]
+    assert len(spans) == 4
+    for span, (trace, parent) in zip(spans, parents):
+        assert (span.trace_id.hex(), span.parent_span_id.hex()) == (trace, parent)
+    for span in spans[2:]:
+        assert span.parent_span_id == b"" and span.trace_id.hex() not in {t for t, _ in parents}
