@@ -26,6 +26,15 @@ table are the k entries seen last, whatever came before), references past them a
 field is left out of the exchange, never guessed, and the block is counted `header_unknown`. A
 dynamic table size update to 0 empties the real table, after which it is fully known again.
 Exchanges are emitted with what is known (a span without its unknown fields), not dropped.
+
+Lost bytes (a read or write longer than the capture, events the ring buffer lost: the stream
+decoder passes both as gaps) are accounted per exchange, not per gap, so that every stream is a
+span or one count in EXCHANGE_LOSSES. A client numbers its streams 1, 3, 5, ... in the order it
+opens them, so once the capture knows the numbering from the start (it saw the preface, or lost
+only the connection's first bytes), a stream id skipped past bytes the client side lost is a
+request lost (`stream_lost`), found when a later stream's request or response comes; bytes lost
+from the server may have held the end of any open response, so those streams are counted
+`request_without_response`; what is still open at the end is counted too (finish()).
 """
 import re
 import struct
@@ -52,6 +61,11 @@ LOSS_GOAWAY = "goaway"                        # streams the peer's GOAWAY says i
 LOSS_TOO_MANY = "too_many_streams"            # the oldest open stream dropped to bound memory
 LOSS_UPGRADE_REFUSED = "upgrade_refused"      # an h2c upgrade the server answered other than with 101
 LOSS_NOT_HTTP2 = "not_http2"                  # an HTTP/1.1 start without Upgrade: h2c
+LOSS_STREAM_LOST = "stream_lost"              # a stream the client opened in bytes the capture lost
+# The reasons counted once per exchange that made no span (the others count damage: a block whose
+# fields are unknown, bytes that did not parse): spans + these == the streams the peers exchanged.
+EXCHANGE_LOSSES = frozenset((LOSS_STREAM_LOST, LOSS_NO_RESPONSE, LOSS_UNMATCHED, LOSS_NO_HEADERS, LOSS_GOAWAY,
+                             LOSS_TOO_MANY))
 
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
@@ -331,6 +345,7 @@ class Http2Parser(FramedParser):
     """
 
     system = SYSTEM
+    counts_gaps = False      # the exchanges a gap costs are counted instead (the module docstring)
 
     def __init__(self, limit=DEFAULT_LIMIT):
         super().__init__(limit)
@@ -344,6 +359,8 @@ class Http2Parser(FramedParser):
         self._orphans = set()
         self._max_frame = [_DEFAULT_MAX_FRAME, _DEFAULT_MAX_FRAME]   # what each side may send
         self._from_start = False                         # the client's first bytes were seen
+        self._numbered = False                           # every client stream id from 1 on is accounted for
+        self._lossy = [False, False]                     # each direction lost bytes at least once
 
     def _consume(self, d, data, ts):
         if self._state[d] != _IGNORED:
@@ -434,7 +451,7 @@ class Http2Parser(FramedParser):
             self._frame(d, msg, total, ts)
         elif d == CLIENT and msg == PREFACE:
             if state == _START:
-                self._from_start = True
+                self._from_start = self._numbered = True
                 self._first_id = [1, 2]
             self._start_frames(CLIENT, True)
         elif d == CLIENT:
@@ -459,7 +476,7 @@ class Http2Parser(FramedParser):
         self._streams[1] = ex
         self._first_id = [1, 2]
         self._last_id[CLIENT] = 1
-        self._from_start = True
+        self._from_start = self._numbered = True
         self._state = [_PREFACE, _H1]
 
     def _upgrade_response(self, head, ts):
@@ -580,6 +597,8 @@ class Http2Parser(FramedParser):
             self._open(sid, fields, unknown, ts, CLIENT).request_done = bool(end_stream)
 
     def _open(self, sid, fields, unknown, ts, side):
+        if side == CLIENT and self._numbered and self._lossy[CLIENT]:
+            self._stream_lost(sid, 0)
         if len(self._streams) >= MAX_OPEN_STREAMS:
             self._streams.pop(next(iter(self._streams)))
             self.losses[LOSS_TOO_MANY] += 1
@@ -626,11 +645,21 @@ class Http2Parser(FramedParser):
         """A frame of a stream not open: closed already (silent), or opened before the capture
         (or its HEADERS were lost): counted once per stream."""
         side = CLIENT if sid & 1 else SERVER
+        if side == CLIENT and self._numbered and sid > self._last_id[CLIENT]:
+            self.opened(sid)
+            return
         first = self._first_id[side]
         if sid == 0 or sid in self._orphans or (first is not None and first <= sid <= self._last_id[side]):
             return
         self._forget([sid])
         self.losses[reason] += 1
+
+    def _stream_lost(self, sid, this):
+        """Client stream ids below sid and past the last one seen: requests lost in bytes the
+        capture did not carry (`this`: 1 when sid itself is one, a stream seen only by its response)."""
+        lost = (sid - 1) // 2 - (self._last_id[CLIENT] + 1) // 2 + this
+        if lost > 0:
+            self.losses[LOSS_STREAM_LOST] += lost
 
     def _forget(self, sids):
         """Remember streams whose later frames are not to be counted again (a bounded set)."""
@@ -649,7 +678,26 @@ class Http2Parser(FramedParser):
         ex.end_ns = ts
         self._emit(ex)
 
+    def opened(self, last_stream):
+        if self._numbered and last_stream > self._last_id[CLIENT]:
+            self._stream_lost(last_stream, 1)
+            self._last_id[CLIENT] = last_stream
+
+    def finish(self):
+        """Streams still open when the connection ends never got their response."""
+        if self._streams:
+            self.losses[LOSS_NO_RESPONSE] += len(self._streams)
+            self._streams.clear()
+
     # Losses.
+
+    def _gap(self, d, nbytes):
+        if d == CLIENT and self._state[CLIENT] == _START and not self._buf[CLIENT]:
+            # The connection's first bytes were lost (the kernel classified it by its preface, so
+            # this is its start): its streams are still numbered from 1.
+            self._numbered = True
+            self._first_id = [1, 2]
+        super()._gap(d, nbytes)
 
     def _lose_framing(self, d):
         self.losses[LOSS_DESYNC] += 1
@@ -661,6 +709,7 @@ class Http2Parser(FramedParser):
         their responses still come; bytes lost from the server may have held the end of any open
         response, so those streams are dropped."""
         self._reset(d)
+        self._lossy[d] = True
         if self._state[d] != _IGNORED:
             self._state[d] = _FRAMES
         self._synced[d] = False
