@@ -141,7 +141,7 @@ class HpackTable:
     is an unknown field.
     """
 
-    __slots__ = ("entries", "size", "max_size", "complete")
+    __slots__ = ("entries", "size", "max_size", "complete", "_memo")
 
     def __init__(self, complete):
         self.entries = []
@@ -150,11 +150,27 @@ class HpackTable:
         # evicting ones it still refers to would make them unknown.
         self.max_size = _DEFAULT_TABLE if complete else _TABLE_CAP
         self.complete = complete
+        self._memo = {}               # block -> decode() result for the table as it is now
 
-    def decode(self, block, wanted=WANTED):
-        """(wanted fields as {name: value}, number of fields that could not be known)."""
+    def decode(self, block):
+        """(wanted fields as {name: value}, number of fields that could not be known).
+
+        Peers send the same blocks over and over (a client's requests for one path, a server's
+        responses within a second), so results are remembered: a block that refers to no dynamic
+        entry is a function of its bytes (any table, any connection: _STATIC_BLOCKS, its insertions
+        replayed), one that refers to some but inserts none is one of this table's state
+        (`_memo`, emptied whenever the table changes). Size updates are never remembered.
+        """
+        hit = _STATIC_BLOCKS.get(block) or self._memo.get(block)
+        if hit is not None:
+            fields, unknown, inserted = hit
+            for name, value in inserted:
+                self._insert(name, value)
+            return dict(fields), unknown
         out = {}
         unknown = 0
+        inserted = []
+        dynamic = resized = False
         pos, n = 0, len(block)
         while pos < n:
             b = block[pos]
@@ -165,26 +181,38 @@ class HpackTable:
                 elif 0xbe <= b < 0xff and b - 0xbe < len(self.entries):   # or one of the first 65 dynamic ones
                     name, value = self.entries[b - 0xbe]
                     pos += 1
+                    dynamic = True
                 else:
                     index, pos = _integer(block, pos, 0x7f)
                     name, value = self._entry(index)
+                    dynamic = dynamic or index > _STATIC_LEN
             elif b & 0x40:                                  # literal, inserted in the table
                 index, pos = _integer(block, pos, 0x3f)
                 name, pos = self._name(block, pos, index)
                 value, pos = _string(block, pos)
+                dynamic = dynamic or index > _STATIC_LEN
                 self._insert(name, value)
+                inserted.append((name, value))
             elif b & 0x20:                                  # dynamic table size update
                 size, pos = _integer(block, pos, 0x1f)
                 self._resize(size)
+                resized = True
                 continue
             else:                                           # literal, not (or never) indexed
                 index, pos = _integer(block, pos, 0x0f)
                 name, pos = self._name(block, pos, index)
-                value, pos = _string(block, pos, name in wanted)
+                value, pos = _string(block, pos, name in WANTED)
+                dynamic = dynamic or index > _STATIC_LEN
             if name is None:
                 unknown += 1
-            elif name in wanted:
+            elif name in WANTED:
                 out[name] = value
+        if not resized and len(block) <= _REMEMBERED_BLOCK and (not dynamic or not inserted):
+            memo = self._memo if dynamic else _STATIC_BLOCKS
+            if len(memo) >= _REMEMBERED_BLOCKS:
+                memo.clear()
+            memo[block] = (out, unknown, inserted)
+            out = dict(out)
         return out, unknown
 
     def _entry(self, index):
@@ -205,11 +233,15 @@ class HpackTable:
     def _insert(self, name, value):
         # An entry whose name is unknown counts only what is known of its size: evicting later
         # than the peer is harmless (the peer never refers to what it evicted), earlier is not.
+        if self._memo:
+            self._memo.clear()
         self.entries.insert(0, (name, value))
         self.size += _ENTRY_OVERHEAD + len(name or b"") + len(value)
         self._evict()
 
     def _resize(self, size):
+        if self._memo:
+            self._memo.clear()
         if size > _TABLE_CAP:
             self.complete = False       # entries past the cap are forgotten: references to them are unknown
             size = _TABLE_CAP
@@ -269,6 +301,11 @@ def _string(block, pos, decode=True):
             _huffman_cache[raw] = text
     return text, end
 
+
+# decode()'s remembered blocks: up to 1024 bytes, 4096 of them (per table, and shared for blocks
+# that refer to no dynamic entry).
+_REMEMBERED_BLOCK, _REMEMBERED_BLOCKS = 1024, 4096
+_STATIC_BLOCKS: dict = {}
 
 # Huffman-decoded strings by their code: peers repeat names and values (a server's `date` changes
 # once a second, user agents and paths repeat across connections), and decoding is the costliest

@@ -427,3 +427,19 @@ def test_every_stream_is_an_exchange_or_one_counted_loss_whatever_bytes_are_lost
     assert parser.losses[LOSS_STREAM_LOST] == 4 and parser.losses[LOSS_NO_RESPONSE] == 1
     assert [e.path for e in out] == ["/1", "/3", "/5"]     # /2's response and /6's request came alone
 
+
+def test_remembered_blocks_decode_as_the_table_stands():
+    """decode() remembers blocks: one of static references and insertions gives the same fields
+    and leaves the same table on any table (its insertions replayed); one that refers to a
+    dynamic entry is remembered for this table's state only, which every insertion changes."""
+    insert_path = bytes([0x44, 2]) + b"/a"            # :path /a, literal with incremental indexing (static name 4)
+    first, second = HpackTable(complete=True), HpackTable(complete=True)
+    assert first.decode(insert_path) == second.decode(insert_path) == ({b":path": b"/a"}, 0)
+    assert first.entries == second.entries == [(b":path", b"/a")] and first.size == second.size
+    newest = bytes([0xbe])                            # indexed, dynamic entry 62: the newest
+    assert first.decode(newest) == ({b":path": b"/a"}, 0)
+    first.decode(bytes([0x44, 2]) + b"/b")
+    assert first.decode(newest) == ({b":path": b"/b"}, 0)
+    fields, _ = first.decode(newest)
+    fields[b":path"] = b"changed"                     # callers get their own dict
+    assert first.decode(newest) == ({b":path": b"/b"}, 0)
