@@ -48,6 +48,8 @@ struct conn {
     u32 flags;                    /* HTTP_FLAG_*, copied into its events */
     u32 held_head;                /* bpf/l7_stream.h: a MySQL packet header read on its own, until its payload */
     u32 upgrade;                  /* an HTTP/1 101 passed: 1 until the client's preface (h2c), then 0 (l7_upgrade()) */
+    u32 h2_max_sid;               /* HTTP/2: the highest stream id of the client's HEADERS (bpf/l7_stream.h) */
+    u64 h2_next;                  /* HTTP/2: the client direction's offset of its next frame header */
 };
 
 /* A syscall in flight on a tracked fd (or an accept), in the calling thread's task storage. */

@@ -49,15 +49,34 @@ struct l7_data_event {
     u64 conn_start_ts;            /* with conn_id, names the connection (fds are reused) */
     u64 enter_ts;                 /* a client write's syscall entry (syscall capture), else the event's ts */
     s64 ret;                      /* bytes the read or write moved */
+    u64 sent;                     /* stream bytes the traced process sent on the connection before this call */
+    u64 received;                 /* and received: user space finds the bytes of events the ring buffer lost */
     struct endpoint peer;
     struct endpoint local;
     u16 from_client;              /* 1: the bytes went from the client to the server */
     u16 server;                   /* 1: the traced process is the connection's server (HTTP/2 server spans) */
     u32 cap_len;                  /* bytes of data[] that are the stream's; ret - cap_len were not captured */
     u32 flags;                    /* the connection's HTTP_FLAG_* (HTTP_FLAG_TLS: plaintext from bpf/tls.h) */
-    u32 _pad;
+    u32 max_sid;                  /* HTTP/2: the highest stream id the client opened so far (l7_h2_streams()) */
     char data[L7_DATA_CAPTURE];
 };
+
+/* A close the ring buffer had no room for (it was full): user space takes these from the map on
+ * its expiry tick, so that a connection's end, and what the ring lost of its last bytes, is still
+ * known (telegen/ebpf/l7_stream.py). */
+struct l7_close_key {
+    u64 conn_id;
+    u64 conn_start_ts;
+};
+struct l7_lost_close {
+    u64 ts;
+    u64 sent;
+    u64 received;
+    u32 max_sid;
+    u16 proto;
+    u16 server;
+};
+BPF_TABLE("lru_hash", struct l7_close_key, struct l7_lost_close, l7_lost_closes, 4096);
 
 /* l7_enabled[PROTO_*] = 1 when the protocol is switched on (agent.ebpf.protocols); live. */
 BPF_ARRAY(l7_enabled, u8, PROTO_MAX);
@@ -189,6 +208,30 @@ static __always_inline void l7_copy_iov(struct l7_scratch_event *s, u32 how, u64
 }
 
 /*
+ * The HTTP/2 client's frames in the captured bytes of one of its writes (data[0] is at stream
+ * offset `at`, n bytes captured): the highest stream id its HEADERS opened goes into every event,
+ * so that streams whose bytes the ring buffer lost at a connection's end are still counted (by
+ * the close's max_sid). Frame headers are followed by length from the preface on (c->h2_next); one
+ * that falls outside the captured bytes stops the walk for good (max_sid stays a lower bound).
+ */
+#define L7_H2_FRAMES 64
+static __always_inline void l7_h2_streams(struct l7_scratch_event *s, struct conn *c, u64 at, u32 n)
+{
+    for (int i = 0; i < L7_H2_FRAMES; i++) {
+        u64 next = c->h2_next;
+        if (next < at || next + 9 > at + n)
+            break;
+        u8 *f = (u8 *)s->e.data + ((next - at) & (L7_DATA_CAPTURE - 1));
+        if (f[3] == 1) {                   /* HEADERS */
+            u32 sid = be32(f, 5) & 0x7fffffff;
+            if (sid > c->h2_max_sid)
+                c->h2_max_sid = sid;
+        }
+        c->h2_next = next + 9 + (((u32)f[0] << 16) | ((u32)f[1] << 8) | f[2]);
+    }
+}
+
+/*
  * Send one read/write (or, with kind EV_CLOSE, the close) of stream connection c. `held`, when
  * not 0, is a 4-byte packet header the connection read on its own before this read
  * (MYSQL_HELD_FLAG set in its sequence byte, which was 0): it goes first in data[], as if read together.
@@ -214,7 +257,8 @@ static __always_inline void l7_send(u32 kind, u64 conn_id, struct conn *c, struc
     e->from_client = (c->role == ROLE_CLIENT) == is_write;
     e->server = c->role == ROLE_SERVER;
     e->flags = c->flags;
-    e->_pad = 0;
+    e->sent = c->tx_bytes;
+    e->received = c->rx_bytes;
     u32 n = 0;
     if (held) {
         held &= ~MYSQL_HELD_FLAG;
@@ -243,11 +287,34 @@ static __always_inline void l7_send(u32 kind, u64 conn_id, struct conn *c, struc
         }
     }
     e->cap_len = n;
+    if (kind == EV_DATA && c->proto == PROTO_HTTP2 && e->from_client)
+        l7_h2_streams(s, c, is_write ? e->sent : e->received, n);
+    e->max_sid = c->h2_max_sid;
+    /* Counted whether or not the event fits in the ring buffer: the next event's offsets say how
+     * many bytes a lost one carried (its close's, how many the lost last ones did). */
+    if (kind == EV_DATA && e->ret > 0) {
+        if (is_write)
+            c->tx_bytes += e->ret;
+        else
+            c->rx_bytes += e->ret;
+    }
+    /* A call with nothing captured (sendfile, a truncating read) is not sent: the next event's
+     * offsets, or the close's, carry its length (nginx sendfile's every DATA payload, a third of
+     * an HTTP/2 server's events). */
+    if (kind == EV_DATA && !n)
+        return;
     u64 size = __builtin_offsetof(struct l7_data_event, data) + n;
     if (size > sizeof(*e))
         size = sizeof(*e);
-    if (http_events.ringbuf_output(e, size, telegen_wakeup_flags(size)) != 0)
+    if (http_events.ringbuf_output(e, size, telegen_wakeup_flags(size)) != 0) {
         telegen_count_lost(TELEGEN_RB_http_events);
+        if (kind == EV_CLOSE) {
+            struct l7_close_key k = {.conn_id = conn_id, .conn_start_ts = c->start_ts};
+            struct l7_lost_close v = {.ts = now, .sent = e->sent, .received = e->received, .max_sid = e->max_sid,
+                                      .proto = c->proto, .server = e->server};
+            l7_lost_closes.update(&k, &v);
+        }
+    }
 }
 
 /*
@@ -285,6 +352,7 @@ static __always_inline int l7_first_bytes(struct conn *c, u64 ptr, u64 avail, s6
                 return 0;
             c->proto = PROTO_HTTP2;
             c->role = is_write ? ROLE_CLIENT : ROLE_SERVER;
+            c->h2_next = 24;               /* the preface; the stream offsets start with it */
             return 1;
         }
         /* A server's SETTINGS may come before the client's preface (grpcio sends it on accept):
@@ -342,6 +410,7 @@ static __always_inline int l7_upgrade(u64 conn_id, struct conn *c, u64 ptr, u64 
             bpf_probe_read_user(head, L7_HEAD, (void *)ptr);
         if (l7_h2_preface(head)) {
             c->upgrade = 0;
+            c->h2_next = (is_write ? c->tx_bytes : c->rx_bytes) + 24;
             return 1;
         }
     } else if (++c->upgrade <= L7_UPGRADE_WAIT) {

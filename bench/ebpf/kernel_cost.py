@@ -193,16 +193,17 @@ def one_run(variant, tmp, receiver, port, nginx_pid, seconds):
             waker.wait()
 
 
-def stats_during_wrk(pid, names, port, seconds):
+def stats_during_wrk(pid, names, port, seconds, load=None):
     """
     BPF run time per wrk request of each program in names ({program id: name}) that process pid
     holds, from bpf_stats switched on for this one run: {name: (ns per request, runs per request, ns per run)}.
+    `load(port, seconds)` replaces wrk (it returns {"requests": n} too).
     """
     with open(BPF_STATS, "w") as f:
         f.write("1")
     try:
         before = prog_stats(pid)
-        run = bench.wrk(port, seconds)
+        run = (load or bench.wrk)(port, seconds)
         after = prog_stats(pid)
     finally:
         with open(BPF_STATS, "w") as f:

@@ -4,7 +4,8 @@ real agent (`twistd telegen`, file sink) in one capture mode, capturing only ngi
 
 Reports the requests h2load made, the http2 exchanges the agent made spans of (server side from
 nginx and client side from h2load: 2 per request when nothing is lost), the losses by reason
-(/status/ebpf), and the agent's CPU (utime + stime from /proc) from the start of the load until
+(/status/ebpf) and their sum over the reasons that count exchanges (EXCHANGE_LOSSES: spans + that
+sum is 2 per request when the accounting is exact), the events the ring buffer lost, and the agent's CPU (utime + stime from /proc) from the start of the load until
 the span count stops moving.
 
 Usage (root): .venv/bin/python bench/protocols/http2_capture.py MODE REQUESTS [STREAMS]
@@ -19,6 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from telegen.protocols.http2 import EXCHANGE_LOSSES  # noqa: E402
 from tests.support.agent_process import capture_agent  # noqa: E402
 from tests.support.http_apps import nginx, wait_listening  # noqa: E402
 
@@ -44,21 +46,27 @@ def main(mode, n, streams):
             before, cpu0 = http2_status(agent)["exchanges"], cpu_seconds(pid)
             out = subprocess.run(["h2load", "-n", str(n), "-c", "4", "-m", str(streams),
                                   f"http://127.0.0.1:{port}/index.html"], capture_output=True, text=True).stdout
-            last = -1
-            while True:                      # until the count stops moving (or all are in)
-                now = http2_status(agent)["exchanges"]
-                if now - before >= 2 * n or now == last:
+            last, still = -1, 0
+            while still < 4:                 # until all are accounted for or the count stands still for 12 s
+                status = http2_status(agent)
+                now = status["exchanges"] + sum(v for r, v in status["losses"].items() if r in EXCHANGE_LOSSES)
+                if now - before >= 2 * n:
                     break
+                still = still + 1 if now == last else 0
                 last = now
                 time.sleep(3)
             status = http2_status(agent)
             spans = status["exchanges"] - before
+            ring = agent.get("/status/ebpf").json()["ringbuf"]
             used = cpu_seconds(pid) - cpu0
             print(json.dumps({"mode": mode, "requests": n, "streams": streams,
                               "h2load": [line for line in out.splitlines() if line.startswith("finished in")],
                               "spans": spans, "agent_cpu_s": round(used, 2),
                               "agent_cpu_us_per_span": round(used * 1e6 / spans, 1) if spans else None,
-                              "losses": status["losses"]}))
+                              "losses": status["losses"],
+                              "exchange_losses": sum(n for r, n in status["losses"].items() if r in EXCHANGE_LOSSES),
+                              "open_connections": status["open_connections"],
+                              "ringbuf_events_lost": ring["events_lost"]}))
         finally:
             agent.stop()
     finally:

@@ -490,10 +490,25 @@ class HttpProbe(Probe):
         """Finish responses of idle connections and forget connections whose close was missed."""
         now = time.monotonic_ns()
         self._decoder.expire(now, IDLE_NS)
+        if self._bpf is not None:
+            self.poll_lost_closes()
         for stream in self._streams.values():
             stream.expire(now, STREAM_IDLE_NS)
         if self._tls is not None:
             self.poll_tls_lost()
+
+    def poll_lost_closes(self):
+        """Closes of stream connections the ring buffer had no room for (bpf/l7_stream.h keeps them
+        in l7_lost_closes), to their decoders, which account for the connections' ends once the
+        ring has passed them (StreamDecoder.lost_close)."""
+        table = self._bpf[b"l7_lost_closes"]
+        streams = {stream.protocol.proto: stream for stream in self._streams.values()}
+        for key, lost in list(table.items()):
+            stream = streams.get(lost.proto)
+            if stream is not None:
+                stream.lost_close(key.conn_id, key.conn_start_ts, lost.ts, lost.sent, lost.received, lost.server,
+                                  lost.max_sid)
+            del table[key]
 
     def poll_tls_lost(self):
         """Add the growth of the kernel's TLS loss counters (per CPU, by reason) to telegen_ebpf_events_dropped_total."""

@@ -61,6 +61,9 @@ class ConnectionParser:
     """
 
     system = ""
+    # Every gap counts `gap` once. False: only one that cost more than a payload being skipped
+    # (FramedParser; HTTP/2, where a read holds frames of many streams, counts what it cost per exchange).
+    counts_gaps = True
 
     def __init__(self, limit=DEFAULT_LIMIT):
         self.limit = limit
@@ -73,7 +76,8 @@ class ConnectionParser:
         if data:
             self._consume(d, data, ts_ns)
         if gap:
-            self.losses[LOSS_GAP] += 1
+            if self.counts_gaps:
+                self.losses[LOSS_GAP] += 1
             self._gap(d, gap)
         out, self._out = self._out, []
         return out
@@ -84,6 +88,10 @@ class ConnectionParser:
         A protocol that asks for TLS in clear (PostgreSQL, MySQL) reads its start-up again from
         them; the others (Redis over TLS, whose plaintext is all the parser ever sees) go on.
         """
+
+    def opened(self, last_stream):
+        """The kernel saw the client open streams up to id `last_stream` (HTTP/2; at the close):
+        a parser with stream ids counts those it never saw."""
 
     def finish(self):
         """The connection ended (closed, or forgotten idle): count what it left unread."""
@@ -160,6 +168,8 @@ class FramedParser(ConnectionParser):
         if self._skip[d] >= nbytes and not self._buf[d]:
             self._skip[d] -= nbytes
             return
+        if not self.counts_gaps:
+            self.losses[LOSS_GAP] += 1
         self._lost(d)
 
     def _reset(self, d):

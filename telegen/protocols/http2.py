@@ -26,6 +26,15 @@ table are the k entries seen last, whatever came before), references past them a
 field is left out of the exchange, never guessed, and the block is counted `header_unknown`. A
 dynamic table size update to 0 empties the real table, after which it is fully known again.
 Exchanges are emitted with what is known (a span without its unknown fields), not dropped.
+
+Lost bytes (a read or write longer than the capture, events the ring buffer lost: the stream
+decoder passes both as gaps) are accounted per exchange, not per gap, so that every stream is a
+span or one count in EXCHANGE_LOSSES. A client numbers its streams 1, 3, 5, ... in the order it
+opens them, so once the capture knows the numbering from the start (it saw the preface, or lost
+only the connection's first bytes), a stream id skipped past bytes the client side lost is a
+request lost (`stream_lost`), found when a later stream's request or response comes; bytes lost
+from the server may have held the end of any open response, so those streams are counted
+`request_without_response`; what is still open at the end is counted too (finish()).
 """
 import re
 import struct
@@ -52,6 +61,11 @@ LOSS_GOAWAY = "goaway"                        # streams the peer's GOAWAY says i
 LOSS_TOO_MANY = "too_many_streams"            # the oldest open stream dropped to bound memory
 LOSS_UPGRADE_REFUSED = "upgrade_refused"      # an h2c upgrade the server answered other than with 101
 LOSS_NOT_HTTP2 = "not_http2"                  # an HTTP/1.1 start without Upgrade: h2c
+LOSS_STREAM_LOST = "stream_lost"              # a stream the client opened in bytes the capture lost
+# The reasons counted once per exchange that made no span (the others count damage: a block whose
+# fields are unknown, bytes that did not parse): spans + these == the streams the peers exchanged.
+EXCHANGE_LOSSES = frozenset((LOSS_STREAM_LOST, LOSS_NO_RESPONSE, LOSS_UNMATCHED, LOSS_NO_HEADERS, LOSS_GOAWAY,
+                             LOSS_TOO_MANY))
 
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
@@ -127,7 +141,7 @@ class HpackTable:
     is an unknown field.
     """
 
-    __slots__ = ("entries", "size", "max_size", "complete")
+    __slots__ = ("entries", "size", "max_size", "complete", "_memo")
 
     def __init__(self, complete):
         self.entries = []
@@ -136,11 +150,27 @@ class HpackTable:
         # evicting ones it still refers to would make them unknown.
         self.max_size = _DEFAULT_TABLE if complete else _TABLE_CAP
         self.complete = complete
+        self._memo = {}               # block -> decode() result for the table as it is now
 
-    def decode(self, block, wanted=WANTED):
-        """(wanted fields as {name: value}, number of fields that could not be known)."""
+    def decode(self, block):
+        """(wanted fields as {name: value}, number of fields that could not be known).
+
+        Peers send the same blocks over and over (a client's requests for one path, a server's
+        responses within a second), so results are remembered: a block that refers to no dynamic
+        entry is a function of its bytes (any table, any connection: _STATIC_BLOCKS, its insertions
+        replayed), one that refers to some but inserts none is one of this table's state
+        (`_memo`, emptied whenever the table changes). Size updates are never remembered.
+        """
+        hit = _STATIC_BLOCKS.get(block) or self._memo.get(block)
+        if hit is not None:
+            fields, unknown, inserted = hit
+            for name, value in inserted:
+                self._insert(name, value)
+            return dict(fields), unknown
         out = {}
         unknown = 0
+        inserted = []
+        dynamic = resized = False
         pos, n = 0, len(block)
         while pos < n:
             b = block[pos]
@@ -151,26 +181,38 @@ class HpackTable:
                 elif 0xbe <= b < 0xff and b - 0xbe < len(self.entries):   # or one of the first 65 dynamic ones
                     name, value = self.entries[b - 0xbe]
                     pos += 1
+                    dynamic = True
                 else:
                     index, pos = _integer(block, pos, 0x7f)
                     name, value = self._entry(index)
+                    dynamic = dynamic or index > _STATIC_LEN
             elif b & 0x40:                                  # literal, inserted in the table
                 index, pos = _integer(block, pos, 0x3f)
                 name, pos = self._name(block, pos, index)
                 value, pos = _string(block, pos)
+                dynamic = dynamic or index > _STATIC_LEN
                 self._insert(name, value)
+                inserted.append((name, value))
             elif b & 0x20:                                  # dynamic table size update
                 size, pos = _integer(block, pos, 0x1f)
                 self._resize(size)
+                resized = True
                 continue
             else:                                           # literal, not (or never) indexed
                 index, pos = _integer(block, pos, 0x0f)
                 name, pos = self._name(block, pos, index)
-                value, pos = _string(block, pos, name in wanted)
+                value, pos = _string(block, pos, name in WANTED)
+                dynamic = dynamic or index > _STATIC_LEN
             if name is None:
                 unknown += 1
-            elif name in wanted:
+            elif name in WANTED:
                 out[name] = value
+        if not resized and len(block) <= _REMEMBERED_BLOCK and (not dynamic or not inserted):
+            memo = self._memo if dynamic else _STATIC_BLOCKS
+            if len(memo) >= _REMEMBERED_BLOCKS:
+                memo.clear()
+            memo[block] = (out, unknown, inserted)
+            out = dict(out)
         return out, unknown
 
     def _entry(self, index):
@@ -191,11 +233,15 @@ class HpackTable:
     def _insert(self, name, value):
         # An entry whose name is unknown counts only what is known of its size: evicting later
         # than the peer is harmless (the peer never refers to what it evicted), earlier is not.
+        if self._memo:
+            self._memo.clear()
         self.entries.insert(0, (name, value))
         self.size += _ENTRY_OVERHEAD + len(name or b"") + len(value)
         self._evict()
 
     def _resize(self, size):
+        if self._memo:
+            self._memo.clear()
         if size > _TABLE_CAP:
             self.complete = False       # entries past the cap are forgotten: references to them are unknown
             size = _TABLE_CAP
@@ -255,6 +301,11 @@ def _string(block, pos, decode=True):
             _huffman_cache[raw] = text
     return text, end
 
+
+# decode()'s remembered blocks: up to 1024 bytes, 4096 of them (per table, and shared for blocks
+# that refer to no dynamic entry).
+_REMEMBERED_BLOCK, _REMEMBERED_BLOCKS = 1024, 4096
+_STATIC_BLOCKS: dict = {}
 
 # Huffman-decoded strings by their code: peers repeat names and values (a server's `date` changes
 # once a second, user agents and paths repeat across connections), and decoding is the costliest
@@ -331,6 +382,7 @@ class Http2Parser(FramedParser):
     """
 
     system = SYSTEM
+    counts_gaps = False      # the exchanges a gap costs are counted instead (the module docstring)
 
     def __init__(self, limit=DEFAULT_LIMIT):
         super().__init__(limit)
@@ -344,6 +396,8 @@ class Http2Parser(FramedParser):
         self._orphans = set()
         self._max_frame = [_DEFAULT_MAX_FRAME, _DEFAULT_MAX_FRAME]   # what each side may send
         self._from_start = False                         # the client's first bytes were seen
+        self._numbered = False                           # every client stream id from 1 on is accounted for
+        self._lossy = [False, False]                     # each direction lost bytes at least once
 
     def _consume(self, d, data, ts):
         if self._state[d] != _IGNORED:
@@ -434,7 +488,7 @@ class Http2Parser(FramedParser):
             self._frame(d, msg, total, ts)
         elif d == CLIENT and msg == PREFACE:
             if state == _START:
-                self._from_start = True
+                self._from_start = self._numbered = True
                 self._first_id = [1, 2]
             self._start_frames(CLIENT, True)
         elif d == CLIENT:
@@ -459,7 +513,7 @@ class Http2Parser(FramedParser):
         self._streams[1] = ex
         self._first_id = [1, 2]
         self._last_id[CLIENT] = 1
-        self._from_start = True
+        self._from_start = self._numbered = True
         self._state = [_PREFACE, _H1]
 
     def _upgrade_response(self, head, ts):
@@ -580,6 +634,8 @@ class Http2Parser(FramedParser):
             self._open(sid, fields, unknown, ts, CLIENT).request_done = bool(end_stream)
 
     def _open(self, sid, fields, unknown, ts, side):
+        if side == CLIENT and self._numbered and self._lossy[CLIENT]:
+            self._stream_lost(sid, 0)
         if len(self._streams) >= MAX_OPEN_STREAMS:
             self._streams.pop(next(iter(self._streams)))
             self.losses[LOSS_TOO_MANY] += 1
@@ -626,11 +682,21 @@ class Http2Parser(FramedParser):
         """A frame of a stream not open: closed already (silent), or opened before the capture
         (or its HEADERS were lost): counted once per stream."""
         side = CLIENT if sid & 1 else SERVER
+        if side == CLIENT and self._numbered and sid > self._last_id[CLIENT]:
+            self.opened(sid)
+            return
         first = self._first_id[side]
         if sid == 0 or sid in self._orphans or (first is not None and first <= sid <= self._last_id[side]):
             return
         self._forget([sid])
         self.losses[reason] += 1
+
+    def _stream_lost(self, sid, this):
+        """Client stream ids below sid and past the last one seen: requests lost in bytes the
+        capture did not carry (`this`: 1 when sid itself is one, a stream seen only by its response)."""
+        lost = (sid - 1) // 2 - (self._last_id[CLIENT] + 1) // 2 + this
+        if lost > 0:
+            self.losses[LOSS_STREAM_LOST] += lost
 
     def _forget(self, sids):
         """Remember streams whose later frames are not to be counted again (a bounded set)."""
@@ -649,7 +715,26 @@ class Http2Parser(FramedParser):
         ex.end_ns = ts
         self._emit(ex)
 
+    def opened(self, last_stream):
+        if self._numbered and last_stream > self._last_id[CLIENT]:
+            self._stream_lost(last_stream, 1)
+            self._last_id[CLIENT] = last_stream
+
+    def finish(self):
+        """Streams still open when the connection ends never got their response."""
+        if self._streams:
+            self.losses[LOSS_NO_RESPONSE] += len(self._streams)
+            self._streams.clear()
+
     # Losses.
+
+    def _gap(self, d, nbytes):
+        if d == CLIENT and self._state[CLIENT] == _START and not self._buf[CLIENT]:
+            # The connection's first bytes were lost (the kernel classified it by its preface, so
+            # this is its start): its streams are still numbered from 1.
+            self._numbered = True
+            self._first_id = [1, 2]
+        super()._gap(d, nbytes)
 
     def _lose_framing(self, d):
         self.losses[LOSS_DESYNC] += 1
@@ -661,6 +746,7 @@ class Http2Parser(FramedParser):
         their responses still come; bytes lost from the server may have held the end of any open
         response, so those streams are dropped."""
         self._reset(d)
+        self._lossy[d] = True
         if self._state[d] != _IGNORED:
             self._state[d] = _FRAMES
         self._synced[d] = False

@@ -16,6 +16,7 @@ import subprocess
 import grpc
 import pytest
 
+from telegen.protocols.http2 import EXCHANGE_LOSSES
 from tests.support.agent_process import capture_agent, wait_for
 from tests.support.h2_peers import H2Server, grpc_server
 from tests.support.http_apps import nginx_fixture
@@ -182,3 +183,25 @@ def test_grpc_unary_streaming_and_error_spans_on_both_sides(agent, grpc_port):
     status = agent.get("/status/ebpf").json()
     protocols = {p["name"]: p for p in status["protocols"]}
     assert protocols["http2"]["enabled"] and protocols["http2"]["exchanges"] >= 6
+
+
+def test_h2load_at_full_speed_every_exchange_is_a_span_or_a_counted_loss(agent, h2c_port):
+    """h2load at full speed (tens of thousands of requests a second, 10 streams in flight on each
+    of 4 connections) outruns the agent: the ring buffer fills and loses events, closes included.
+    Each side's exchanges are still all accounted for: spans + the losses that count exchanges ==
+    2 per request (the server's and the client's), exactly (stream offsets and the client's
+    highest stream id in every event, lost closes from the kernel's map)."""
+    def http2():
+        status = {p["name"]: p for p in agent.get("/status/ebpf").json()["protocols"]}["http2"]
+        return status["exchanges"], sum(n for r, n in status["losses"].items() if r in EXCHANGE_LOSSES)
+
+    spans0, losses0 = http2()
+    n = 20000
+    out = subprocess.run(["h2load", "-n", str(n), "-c", "4", "-m", "10", f"http://127.0.0.1:{h2c_port}/index.html"],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert f"{n} succeeded" in out, out
+    wait_for(lambda: sum(http2()) - spans0 - losses0 >= 2 * n, timeout=60,
+             message=f"2 * {n} exchanges accounted for (have {http2()}, from {spans0, losses0})")
+    spans, losses = http2()
+    assert (spans - spans0) + (losses - losses0) == 2 * n
+    assert spans > spans0

@@ -32,8 +32,9 @@ RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 
 
 def stream_event(ts, data=b"", *, from_client=True, ret=None, enter_ts=None, kind=l7_stream.EV_DATA, conn=7, pid=10,
-                 proto=PROTO_REDIS, peer_port=6379, server=False, flags=0):
-    """The bytes of one struct l7_data_event (data[] holds only the captured bytes, as the kernel sends it)."""
+                 proto=PROTO_REDIS, peer_port=6379, server=False, flags=0, sent=0, received=0, max_sid=0):
+    """The bytes of one struct l7_data_event (data[] holds only the captured bytes, as the kernel sends it);
+    `sent` and `received`: the stream offsets before it (0 always: the decoder takes it that no event was lost)."""
     ret = len(data) if ret is None else ret
-    return l7_stream.EVENT.pack(ts, pid, pid, kind, proto, conn, 1, enter_ts or ts, ret, LOOPBACK, peer_port,
-                                LOOPBACK, 50000, int(from_client), int(server), len(data), flags) + data
+    return l7_stream.EVENT.pack(ts, pid, pid, kind, proto, conn, 1, enter_ts or ts, ret, sent, received, LOOPBACK, peer_port,
+                                LOOPBACK, 50000, int(from_client), int(server), len(data), flags, max_sid) + data

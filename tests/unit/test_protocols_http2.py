@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from telegen.protocols import http2
 from telegen.protocols.common import LOSS_DESYNC, LOSS_GAP, LOSS_NO_RESPONSE, LOSS_TRUNCATED
 from telegen.protocols.http2 import (
-    LOSS_GOAWAY, LOSS_HEADER_UNKNOWN, LOSS_NO_HEADERS, LOSS_NOT_HTTP2, LOSS_TOO_MANY, LOSS_UPGRADE_REFUSED, PREFACE,
+    EXCHANGE_LOSSES, LOSS_GOAWAY, LOSS_HEADER_UNKNOWN, LOSS_STREAM_LOST, LOSS_NO_HEADERS, LOSS_NOT_HTTP2, LOSS_TOO_MANY, LOSS_UPGRADE_REFUSED, PREFACE,
     HpackError, HpackTable, Http2Parser, classify)
 from tests.support.h2_peers import UPGRADE_RESPONSE, Conversation
 from tests.support.protocol_chunks import assert_chunking_invariant, feed_all, mutated
@@ -313,14 +313,14 @@ def test_gap_inside_data_costs_nothing_else_and_elsewhere_resynchronizes():
     out = parser.feed(False, data[:len(data) - 9000], ts, gap=9000)
     out += feed_all(parser, chunks[i + 1:])
     assert [(e.path, e.response_body_size) for e in out] == [("/big", 10000), ("/next", 1)]
-    assert parser.losses == {LOSS_GAP: 1}
+    assert parser.losses == {}             # a gap that takes only DATA payload costs nothing
     # A gap that takes frame headers: the open stream is dropped, the next chunks resynchronize.
     parser = Http2Parser()
     feed_all(parser, chunks[:i])
     assert parser.feed(False, data[:5], ts, gap=len(data) - 5) == []
     out = feed_all(parser, chunks[i + 1:])
     assert [(e.path, e.status) for e in out] == [("/next", 200)]
-    assert parser.losses[LOSS_GAP] == 1 and parser.losses[LOSS_NO_RESPONSE] == 1
+    assert parser.losses == {LOSS_GAP: 1, LOSS_NO_RESPONSE: 1}
 
 
 def test_bytes_that_are_no_frame_desynchronize_until_a_chunk_starts_with_one():
@@ -399,3 +399,47 @@ def test_bytes_lost_from_the_client_cost_the_request_body_size_only():
     assert [(e.path, e.status, e.request_body_size, e.response_body_size) for e in out] == [
         ("/upload", 201, None, 4), ("/after", 200, None, 1)]
     assert parser.losses == {LOSS_GAP: 1}
+
+
+@pytest.mark.parametrize("lose_start", [False, True])
+def test_every_stream_is_an_exchange_or_one_counted_loss_whatever_bytes_are_lost(lose_start):
+    """Chunks lost as the ring buffer loses events (each passed as a gap of its length): a request
+    alone (its response counts it), a whole exchange in the middle (the next stream id counts it),
+    a response alone, the last two exchanges (the close's highest stream id counts them), and
+    optionally the connection's first bytes: spans + exchange losses == streams, each counted once."""
+    c = Conversation()
+    plan = {}                                  # request number -> which of its chunks are lost
+    for i in range(1, 9):
+        before = len(c.chunks)
+        c.respond(c.request(f"/{i}"), 200, b"x")
+        plan[i] = list(range(before, len(c.chunks)))
+    lost = set(plan[2][:1]) | set(plan[4]) | set(plan[6][1:]) | set(plan[7]) | set(plan[8])
+    if lose_start:
+        lost.add(0)
+    parser = Http2Parser()
+    out = []
+    for k, (from_client, data, ts) in enumerate(c.chunks):
+        out += parser.feed(from_client, b"", ts, len(data)) if k in lost else parser.feed(from_client, data, ts)
+    parser.opened(15)
+    parser.finish()
+    counted = sum(n for reason, n in parser.losses.items() if reason in EXCHANGE_LOSSES)
+    assert len(out) + counted == 8, (out, parser.losses)
+    assert parser.losses[LOSS_STREAM_LOST] == 4 and parser.losses[LOSS_NO_RESPONSE] == 1
+    assert [e.path for e in out] == ["/1", "/3", "/5"]     # /2's response and /6's request came alone
+
+
+def test_remembered_blocks_decode_as_the_table_stands():
+    """decode() remembers blocks: one of static references and insertions gives the same fields
+    and leaves the same table on any table (its insertions replayed); one that refers to a
+    dynamic entry is remembered for this table's state only, which every insertion changes."""
+    insert_path = bytes([0x44, 2]) + b"/a"            # :path /a, literal with incremental indexing (static name 4)
+    first, second = HpackTable(complete=True), HpackTable(complete=True)
+    assert first.decode(insert_path) == second.decode(insert_path) == ({b":path": b"/a"}, 0)
+    assert first.entries == second.entries == [(b":path", b"/a")] and first.size == second.size
+    newest = bytes([0xbe])                            # indexed, dynamic entry 62: the newest
+    assert first.decode(newest) == ({b":path": b"/a"}, 0)
+    first.decode(bytes([0x44, 2]) + b"/b")
+    assert first.decode(newest) == ({b":path": b"/b"}, 0)
+    fields, _ = first.decode(newest)
+    fields[b":path"] = b"changed"                     # callers get their own dict
+    assert first.decode(newest) == ({b":path": b"/b"}, 0)
