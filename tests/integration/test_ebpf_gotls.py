@@ -1,0 +1,158 @@
+"""
+HTTPS plaintext from Go's crypto/tls (bpf/tls.h, uprobes on crypto/tls.(*Conn).Write/Read and on
+their RET instructions in the Go executable) end to end on the real kernel, in both capture
+modes: a Go net/http server over TLS (self-signed certificate) driven by a Go client speaking
+HTTP/2 (ALPN h2, Go's default) and HTTP/1.1 only, and by curl -k (OpenSSL: its client spans come
+from the libssl uprobes). Each exchange is one span per side with url.scheme https and the
+protocol version spoken; the ciphertext makes none. A stripped Go binary is listed as not probed.
+
+The agent runs in this process (tests/support/ebpf_agent.py), once per capture mode; the Go
+programs are built once for the module (tests/support/go_tls.py). Each test finds its data by
+the server's port or the client's pid: other engineers make traffic on this machine too.
+"""
+import os
+import subprocess
+from collections import Counter
+
+import pytest
+import pytest_twisted
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from twisted.internet import threads
+
+from telegen.ebpf.tls import GO_FUNCTIONS
+from tests.support import go_tls
+from tests.support import http_apps as apps
+from tests.support.ebpf_agent import (  # noqa: F401 (receiver: a fixture)
+    Agent, by_pid, drops, exactly, from_now, ready, receiver, running, shape)
+from tests.support.twisted_wait import until
+
+pytestmark = [pytest.mark.ebpf, pytest.mark.integration]
+
+STATUS = {"/ok": 200, "/echo": 200, "/missing": 404, "/boom": 500, "/big/200000": 200}
+PATHS = list(STATUS)
+# Not tls_unlinked: it counts the plaintext of every unlinked TLS connection of the host, whatever
+# its port (other engineers' TLS traffic); the exact span counts say none of the tests' was lost.
+PARSE_DROPS = ("unparsed_request", "unparsed_response", "response_without_request")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("go"))
+    return go_tls.build(folder), go_tls.build(folder, stripped=True)
+
+
+@pytest.fixture(scope="module")
+def go_server(built, tmp_path_factory):
+    child, port = go_tls.server(built[0], apps.self_signed(str(tmp_path_factory.mktemp("tls"))))
+    yield child, port
+    child.stop()
+
+
+@pytest.fixture(scope="module", params=["socket", "syscalls"])
+def agent(receiver, request, go_server):
+    """The agent in one capture mode, capturing the Go server's port only."""
+    agent = Agent(receiver, capture=request.param)
+    agent.config["agent"]["ebpf"]["network"]["include_ports"] = [(go_server[1], go_server[1])]
+    yield from running(agent)
+
+
+def go_status(agent, binary):
+    return [exe for exe in agent.http.status()["tls"]["go_executables"] if os.path.samefile(exe["path"], binary)]
+
+
+async def probed(agent, binary):
+    """The Go executable's status once its uprobes are attached (the server runs it: found by the process scan)."""
+    await ready(agent)
+    [exe] = await until(lambda: go_status(agent, binary), timeout=30, message=f"Go TLS uprobes on {binary}")
+    return exe
+
+
+def assert_https(spans, port, version):
+    """https spans of that version to port, errors per the conventions (5xx for servers, 4xx too for clients)."""
+    for _, attrs, span in spans:
+        assert (attrs["url.scheme"], attrs["network.protocol.version"], attrs["server.port"]) == ("https", version, port)
+        error_from = 500 if span.kind == Span.SPAN_KIND_SERVER else 400
+        assert (span.status.code == Status.STATUS_CODE_ERROR) == (attrs["http.response.status_code"] >= error_from)
+        assert 0 < span.end_time_unix_nano - span.start_time_unix_nano < 10 * 10**9
+
+
+EXPECTED = Counter(("POST" if p == "/echo" else "GET", p, s) for p, s in STATUS.items())
+
+
+@pytest.mark.parametrize("proto, version", [(2, "2"), (1, "1.1")])
+@pytest_twisted.ensureDeferred
+async def test_go_client_and_go_server_give_one_https_span_per_exchange_each(agent, receiver, built, go_server, proto,
+                                                                             version):
+    """A Go client (HTTP/2 by ALPN, or HTTP/1.1 only) to the Go server: N SERVER and N CLIENT https spans of that version."""
+    exe = await probed(agent, built[0])
+    assert exe["symbols"] == list(GO_FUNCTIONS) and exe["error"] is None
+    assert exe["returns"] >= 2
+    server, port = go_server
+    server_found = from_now(lambda: by_pid(receiver, Span.SPAN_KIND_SERVER, server.pid))
+    urls = [f"https://127.0.0.1:{port}{p}" for p in PATHS]
+    pid, lines = await threads.deferToThread(go_tls.run_client, built[0], urls, proto)
+    assert lines == [f"{STATUS[p]} HTTP/{'2.0' if proto == 2 else '1.1'}" for p in PATHS]
+
+    server_spans = await exactly(agent, server_found, len(PATHS), "Go server spans")
+    assert shape(server_spans) == EXPECTED
+    assert_https(server_spans, port, version)
+    assert {a["client.address"] for _, a, _ in server_spans} == {"127.0.0.1"}
+    client_spans = await exactly(agent, lambda: by_pid(receiver, Span.SPAN_KIND_CLIENT, pid), len(PATHS), "Go client spans")
+    assert shape(client_spans) == EXPECTED
+    assert_https(client_spans, port, version)
+    assert all(a["user_agent.original"].startswith("Go-http-client/") for _, a, _ in client_spans)
+    big = [a for _, a, _ in server_spans + client_spans if a["url.path"] == "/big/200000"]
+    assert [a["http.response.body.size"] for a in big] == [200000, 200000]
+    assert drops(agent, PARSE_DROPS) == dict.fromkeys(PARSE_DROPS, 0)
+
+
+def run_curl(*args):
+    """(pid, "STATUS VERSION" per transfer) of one curl run on one connection."""
+    proc = subprocess.Popen(["curl", "-sk", "-w", "%{http_code} %{http_version}\\n", *args],
+                            stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    return proc.pid, out.split("\n")[:-1]
+
+
+@pytest.mark.parametrize("how, version", [("--http2", "2"), ("--http1.1", "1.1")])
+@pytest_twisted.ensureDeferred
+async def test_curl_against_the_go_server(agent, receiver, built, go_server, how, version):
+    """curl -k (OpenSSL) to the Go server: SERVER spans from the Go uprobes, CLIENT spans from the libssl ones."""
+    await probed(agent, built[0])
+    server, port = go_server
+    server_found = from_now(lambda: by_pid(receiver, Span.SPAN_KIND_SERVER, server.pid))
+    paths = ["/ok", "/missing", "/boom"]
+    args = [how]
+    for p in paths:
+        args += ["-o", "/dev/null", f"https://127.0.0.1:{port}{p}"]
+    pid, out = await threads.deferToThread(run_curl, *args)
+    assert out == [f"{STATUS[p]} {version}" for p in paths]
+    expected = Counter(("GET", p, STATUS[p]) for p in paths)
+    server_spans = await exactly(agent, server_found, 3, "Go server spans")
+    assert shape(server_spans) == expected
+    assert_https(server_spans, port, version)
+    client_spans = await exactly(agent, lambda: by_pid(receiver, Span.SPAN_KIND_CLIENT, pid), 3, "curl's client spans")
+    assert shape(client_spans) == expected
+    assert_https(client_spans, port, version)
+    assert drops(agent, PARSE_DROPS) == dict.fromkeys(PARSE_DROPS, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_lists_the_go_uprobes_and_a_stripped_binary_as_not_probed(agent, built, tmp_path_factory):
+    """/status/ebpf: the executable with its symbols and RET count, the programs attached; a stripped one with its error, counted."""
+    await probed(agent, built[0])
+    stripped, _ = go_tls.server(built[1], apps.self_signed(str(tmp_path_factory.mktemp("tls-stripped"))))
+    try:
+        [exe] = await until(lambda: go_status(agent, built[1]), timeout=30, message="the stripped binary listed")
+    finally:
+        stripped.stop()
+    assert exe == {"path": exe["path"], "symbols": [], "returns": 0,
+                   "error": "stripped: no symbol table, crypto/tls.(*Conn) not found"}
+    assert agent.http.status()["tls"]["go_not_probed"] >= 1
+    programs = {p["name"]: p for p in agent.ebpf.status()["programs"]}
+    assert programs["gotls_enter_write"]["uprobe"] == "crypto/tls.(*Conn).Write"
+    assert programs["gotls_enter_read"]["uprobe"] == "crypto/tls.(*Conn).Read"
+    assert programs["gotls_return"]["uprobe"] == "ret:crypto/tls.(*Conn).Write,crypto/tls.(*Conn).Read"
+    assert all(programs[p]["attached"] and programs[p]["type"] == "kprobe"
+               for p in ("gotls_enter_write", "gotls_enter_read", "gotls_return"))
