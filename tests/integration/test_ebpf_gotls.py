@@ -11,6 +11,7 @@ programs are built once for the module (tests/support/go_tls.py). Each test find
 the server's port or the client's pid: other engineers make traffic on this machine too.
 """
 import os
+import shutil
 import subprocess
 from collections import Counter
 
@@ -156,3 +157,30 @@ async def test_status_lists_the_go_uprobes_and_a_stripped_binary_as_not_probed(a
     assert programs["gotls_return"]["uprobe"] == "ret:crypto/tls.(*Conn).Write,crypto/tls.(*Conn).Read"
     assert all(programs[p]["attached"] and programs[p]["type"] == "kprobe"
                for p in ("gotls_enter_write", "gotls_enter_read", "gotls_return"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_go_program_started_after_the_agent_is_probed_from_its_exec(agent, receiver, built, go_server, tmp_path):
+    """
+    A copy of the executable (another inode: no uprobes yet) started after the agent: its exec
+    event (or the rescan) attaches the uprobes to that file before it makes its requests.
+    """
+    await ready(agent)
+    _, port = go_server
+    copy = tmp_path / "gotls-copy"
+    shutil.copy(built[0], copy)
+    client = go_tls.start_client(str(copy), [f"https://127.0.0.1:{port}/ok", f"https://127.0.0.1:{port}/missing"], 2,
+                                 wait=True)
+    try:
+        assert client.stdout.readline() == "ready\n"
+        [exe] = await until(lambda: go_status(agent, copy), timeout=30, message="uprobes on the copy")
+        assert exe["symbols"] == list(GO_FUNCTIONS)
+        pid, lines = await threads.deferToThread(go_tls.client_results, client, True)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert lines == ["200 HTTP/2.0", "404 HTTP/2.0"]
+    spans = await exactly(agent, lambda: by_pid(receiver, Span.SPAN_KIND_CLIENT, pid), 2, "the copy's client spans")
+    assert shape(spans) == Counter({("GET", "/ok", 200): 1, ("GET", "/missing", 404): 1})
+    assert_https(spans, port, "2")
