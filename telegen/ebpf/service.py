@@ -353,7 +353,7 @@ class EbpfService(service.Service):
         attached = self._attached()
         return {
             "enabled": self.enabled,
-            "programs_loaded": sum(1 for st in attached for p in st.programs if p["attached"]),
+            "programs_loaded": sum(1 for st in attached for p in self._programs(st) if p["attached"]),
             "maps_created": sum(len(st.maps) for st in attached),
             "ringbuf_size": self.config["agent"]["ebpf"]["ringbuf_size"],
         }
