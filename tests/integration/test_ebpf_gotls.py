@@ -69,8 +69,9 @@ async def probed(agent, binary):
 
 
 def assert_https(spans, port, version):
-    """https spans of that version to port, errors per the conventions (5xx for servers, 4xx too for clients)."""
+    """https spans of that version to port named by their method, errors per the conventions (5xx for servers, 4xx too for clients)."""
     for _, attrs, span in spans:
+        assert span.name == attrs["http.request.method"]                 # no route known for these paths
         assert (attrs["url.scheme"], attrs["network.protocol.version"], attrs["server.port"]) == ("https", version, port)
         error_from = 500 if span.kind == Span.SPAN_KIND_SERVER else 400
         assert (span.status.code == Status.STATUS_CODE_ERROR) == (attrs["http.response.status_code"] >= error_from)
