@@ -4,7 +4,8 @@ their RET instructions in the Go executable) end to end on the real kernel, in b
 modes: a Go net/http server over TLS (self-signed certificate) driven by a Go client speaking
 HTTP/2 (ALPN h2, Go's default) and HTTP/1.1 only, and by curl -k (OpenSSL: its client spans come
 from the libssl uprobes). Each exchange is one span per side with url.scheme https and the
-protocol version spoken; the ciphertext makes none. A stripped Go binary is listed as not probed.
+protocol version spoken; the ciphertext makes none. A position-independent build is probed like
+the other; a stripped one is listed as not probed.
 
 The agent runs in this process (tests/support/ebpf_agent.py), once per capture mode; the Go
 programs are built once for the module (tests/support/go_tls.py). Each test finds its data by
@@ -38,22 +39,35 @@ PARSE_DROPS = ("unparsed_request", "unparsed_response", "response_without_reques
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
+    """(executable, its stripped build, its position-independent build), built once for the module."""
     folder = str(tmp_path_factory.mktemp("go"))
-    return go_tls.build(folder), go_tls.build(folder, stripped=True)
+    return go_tls.build(folder), go_tls.build(folder, stripped=True), go_tls.build(folder, pie=True)
 
 
 @pytest.fixture(scope="module")
-def go_server(built, tmp_path_factory):
-    child, port = go_tls.server(built[0], apps.self_signed(str(tmp_path_factory.mktemp("tls"))))
+def certificate(tmp_path_factory):
+    return apps.self_signed(str(tmp_path_factory.mktemp("tls")))
+
+
+@pytest.fixture(scope="module")
+def go_server(built, certificate):
+    child, port = go_tls.server(built[0], certificate)
+    yield child, port
+    child.stop()
+
+
+@pytest.fixture(scope="module")
+def pie_server(built, certificate):
+    child, port = go_tls.server(built[2], certificate)
     yield child, port
     child.stop()
 
 
 @pytest.fixture(scope="module", params=["socket", "syscalls"])
-def agent(receiver, request, go_server):
-    """The agent in one capture mode, capturing the Go server's port only."""
+def agent(receiver, request, go_server, pie_server):
+    """The agent in one capture mode, capturing the Go servers' ports only."""
     agent = Agent(receiver, capture=request.param)
-    agent.config["agent"]["ebpf"]["network"]["include_ports"] = [(go_server[1], go_server[1])]
+    agent.config["agent"]["ebpf"]["network"]["include_ports"] = [(port, port) for _, port in (go_server, pie_server)]
     yield from running(agent)
 
 
@@ -141,10 +155,10 @@ async def test_curl_against_the_go_server(agent, receiver, built, go_server, how
 
 
 @pytest_twisted.ensureDeferred
-async def test_status_lists_the_go_uprobes_and_a_stripped_binary_as_not_probed(agent, built, tmp_path_factory):
+async def test_status_lists_the_go_uprobes_and_a_stripped_binary_as_not_probed(agent, built, certificate):
     """/status/ebpf: the executable with its symbols and RET count, the programs attached; a stripped one with its error, counted."""
     await probed(agent, built[0])
-    stripped, _ = go_tls.server(built[1], apps.self_signed(str(tmp_path_factory.mktemp("tls-stripped"))))
+    stripped, _ = go_tls.server(built[1], certificate)
     try:
         [exe] = await until(lambda: go_status(agent, built[1]), timeout=30, message="the stripped binary listed")
     finally:
@@ -185,3 +199,20 @@ async def test_a_go_program_started_after_the_agent_is_probed_from_its_exec(agen
     spans = await exactly(agent, lambda: by_pid(receiver, Span.SPAN_KIND_CLIENT, pid), 2, "the copy's client spans")
     assert shape(spans) == Counter({("GET", "/ok", 200): 1, ("GET", "/missing", 404): 1})
     assert_https(spans, port, "2")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_position_independent_go_build_is_probed_on_both_sides(agent, receiver, built, pie_server):
+    """-buildmode=pie (ELF type DYN): the symbols' offsets still place the uprobes; server and client spans over HTTP/2."""
+    exe = await probed(agent, built[2])
+    assert exe["symbols"] == list(GO_FUNCTIONS) and exe["error"] is None
+    server, port = pie_server
+    server_found = from_now(lambda: by_pid(receiver, Span.SPAN_KIND_SERVER, server.pid))
+    pid, lines = await threads.deferToThread(go_tls.run_client, built[2], [f"https://127.0.0.1:{port}/ok",
+                                                                            f"https://127.0.0.1:{port}/boom"], 2)
+    assert lines == ["200 HTTP/2.0", "500 HTTP/2.0"]
+    expected = Counter({("GET", "/ok", 200): 1, ("GET", "/boom", 500): 1})
+    for found, what in ((server_found, "PIE server spans"), (lambda: by_pid(receiver, Span.SPAN_KIND_CLIENT, pid), "PIE client spans")):
+        spans = await exactly(agent, found, 2, what)
+        assert shape(spans) == expected
+        assert_https(spans, port, "2")

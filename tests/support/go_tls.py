@@ -11,13 +11,17 @@ from tests.support.http_apps import Child
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "go", "gotls")
 
 
-def build(folder, stripped=False):
-    """Build the program into folder; the executable's path. stripped: without a symbol table (-ldflags=-s -w)."""
-    out = os.path.join(folder, "gotls-stripped" if stripped else "gotls")
+def build(folder, stripped=False, pie=False):
+    """
+    Build the program into folder; the executable's path. stripped: without a symbol table
+    (-ldflags=-s -w); pie: position-independent (ELF type DYN, as distributions often build Go).
+    """
+    out = os.path.join(folder, "gotls" + ("-stripped" if stripped else "") + ("-pie" if pie else ""))
     env = dict(os.environ, GOPROXY="off", GO111MODULE="off", GOFLAGS="", CGO_ENABLED="0",
                GOCACHE=os.path.join(folder, "gocache"), GOPATH=os.path.join(folder, "gopath"))
-    subprocess.run(["go", "build", *(["-ldflags=-s -w"] if stripped else []), "-o", out, "."],
-                   cwd=SOURCE, env=env, check=True, capture_output=True, timeout=600)
+    flags = (["-ldflags=-s -w"] if stripped else []) + (["-buildmode=pie"] if pie else [])
+    subprocess.run(["go", "build", *flags, "-o", out, "."], cwd=SOURCE, env=env, check=True, capture_output=True,
+                   timeout=600)
     return out
 
 
