@@ -68,13 +68,13 @@ def main():
     bpf = None
     try:
         bpf = BPF(text=PROGRAM)
-        for symbol, rets in go_tls_functions(binary).items():
+        for symbol, (start, rets) in go_tls_functions(binary).items():
             kind = {"crypto/tls.(*Conn).Read": "enter_read", "crypto/tls.(*Conn).Write": "enter_write"}.get(symbol)
             if kind is None:
                 continue
             for offset in rets:
-                bpf.attach_uprobe(name=binary.encode(), sym=symbol.encode(), sym_off=offset, fn_name=b"on_ret", pid=-1)
-            bpf.attach_uprobe(name=binary.encode(), sym=symbol.encode(), fn_name=kind.encode(), pid=-1)
+                bpf.attach_uprobe(name=binary.encode(), addr=start + offset, fn_name=b"on_ret", pid=-1)
+            bpf.attach_uprobe(name=binary.encode(), addr=start, fn_name=kind.encode(), pid=-1)
         counts = bpf[b"counts"]
         print("| client | Read calls returning data | of which returned on another thread | Write calls | of which on another thread |")
         print("|---|---|---|---|---|")

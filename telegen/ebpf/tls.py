@@ -21,16 +21,17 @@ statically linked OpenSSL (no libssl.so mapped), BoringSSL/rustls/GnuTLS are not
 
 Go: each process's executable (/proc/PID/exe), found the same ways, is examined once per file: a
 Go program (a .go.buildinfo or .gopclntab section) built by Go >= 1.18 (its buildinfo names the
-version inline; the register ABI the BPF side reads came with 1.17) with a symbol table that has
-crypto/tls.(*Conn).Write and Read gets an entry uprobe on each and a uprobe on each of their RET
-instructions (found by disassembling the two functions with binutils' objdump): Go copies a
-goroutine's stack when it grows, which breaks the return address a uretprobe plants. A stripped
-Go program (no .symtab) cannot be probed: it is listed with that error, counted and logged, never
-skipped silently.
+version inline; the register ABI the BPF side reads came with 1.17) that has
+crypto/tls.(*Conn).Write and Read (in its symbol table or, stripped, in Go's own function table,
+the pclntab) gets an entry uprobe on each and a uprobe on each of their RET instructions (found by
+disassembling the functions with binutils' objdump): Go copies a goroutine's stack when it grows,
+which breaks the return address a uretprobe plants. A Go program that cannot be probed is listed
+with why, counted and logged, never skipped silently.
 """
 import glob
 import os
 import re
+import struct
 import subprocess
 
 from twisted.internet import threads
@@ -59,7 +60,9 @@ GO_FUNCTIONS = {"crypto/tls.(*Conn).Write": ("gotls_enter_write", "gotls_return"
                 "crypto/tls.(*Conn).handshakeContext": ("gotls_enter_handshake", "gotls_handshake_return")}
 GO_REQUIRED = ("crypto/tls.(*Conn).Write", "crypto/tls.(*Conn).Read")
 GO_SECTIONS = (".go.buildinfo", ".gopclntab")
-GO_STRIPPED = "stripped: no symbol table, crypto/tls.(*Conn) not found"
+GO_STRIPPED = "stripped, and no function table (Go >= 1.18 pclntab) found: crypto/tls.(*Conn) not found"
+# The first 8 bytes of a Go >= 1.18 pclntab header on amd64 (magic, two pad bytes, quantum 1, pointer size 8).
+_PCLNTAB_HEADS = (b"\xf1\xff\xff\xff\x00\x00\x01\x08", b"\xf0\xff\xff\xff\x00\x00\x01\x08")   # 1.20+, 1.18-1.19
 _BUILDINFO_MAGIC = b"\xff Go buildinf:"
 _RET = re.compile(r"^\s*([0-9a-f]+):\s+ret[q]?\b", re.M)
 
@@ -95,11 +98,55 @@ def ret_offsets(path, start, size):
     return [int(m.group(1), 16) - start for m in _RET.finditer(out)]
 
 
+def _pclntab_start(data, sections, names):
+    """
+    The file offset of the pclntab: its own section (.data.rel.ro.gopclntab in internally linked
+    PIE builds), or found by its header in .data.rel.ro (externally linked PIE builds).
+    """
+    for name in (".gopclntab", ".data.rel.ro.gopclntab"):
+        if name in names:
+            return sections[names.index(name)][4]
+    if ".data.rel.ro" not in names:
+        return None
+    sh = sections[names.index(".data.rel.ro")]
+    for head in _PCLNTAB_HEADS:
+        at = data.find(head, sh[4], sh[4] + sh[5])
+        while at >= 0 and at % 8:
+            at = data.find(head, at + 1, sh[4] + sh[5])
+        if at >= 0:
+            return at
+    return None
+
+
+def pclntab_functions(data, sections, names, wanted):
+    """
+    {name: (address, size)} of the wanted functions from Go's own function table (pclntab, Go
+    >= 1.18 layout), which stripping keeps: {} when it has none of them, None when there is no
+    table this reads. The size runs to the next function (its padding included).
+    """
+    start = _pclntab_start(data, sections, names)
+    if start is None or data[start:start + 8] not in _PCLNTAB_HEADS:
+        return None
+    nfunc, _, text, funcname_off, _, _, _, functab_off = struct.unpack_from("<8Q", data, start + 8)
+    funcnames, functab = start + funcname_off, start + functab_off
+    want = {name.encode(): name for name in wanted}
+    out = {}
+    # functab: nfunc (entry offset from text, _func offset from functab) pairs and an end entry;
+    # _func starts with its entry offset and the offset of its name in the name table.
+    for i, (entry, func) in enumerate(struct.iter_unpack("<II", data[functab:functab + 8 * nfunc])):
+        at = funcnames + struct.unpack_from("<i", data, functab + func + 4)[0]
+        name = data[at:data.find(b"\0", at)]
+        if name in want:
+            out[want[name]] = (text + entry, struct.unpack_from("<I", data, functab + 8 * (i + 1))[0] - entry)
+    return out
+
+
 def go_tls_functions(path):
     """
-    {symbol: [RET offsets]} of the crypto/tls.(*Conn) Write, Read and handshakeContext of the Go
-    executable at path; None when it is not a Go program, or one without crypto/tls; NotProbed when it is one
-    that cannot be probed.
+    {symbol: (address, [RET offsets])} of the crypto/tls.(*Conn) Write, Read and
+    handshakeContext of the Go executable at path, from its symbol table or, stripped, from
+    Go's own function table; None when it is not a Go program, or one without crypto/tls;
+    NotProbed when it is one that cannot be probed.
     """
     try:
         data = elf.map_file(path)
@@ -110,23 +157,26 @@ def go_tls_functions(path):
         names = elf.section_names(data, sections)
         if not any(name in names for name in GO_SECTIONS):
             return None
-        if ".symtab" not in names:
-            raise NotProbed(GO_STRIPPED)
-        found = elf.find_symbols(data, sections, GO_FUNCTIONS)
-        if not found:
+        if ".symtab" in names:
+            found = elf.find_symbols(data, sections, GO_FUNCTIONS)
+        else:
+            found = pclntab_functions(data, sections, names, GO_FUNCTIONS)
+        if found == {}:
             return None
         version = go_version(data, sections, names)
         if version is None or not re.match(r"go1\.(1[89]|[2-9][0-9])", version):
             raise NotProbed(f"Go {version or 'older than 1.18'}: only Go >= 1.18 builds are probed")
+        if found is None:
+            raise NotProbed(GO_STRIPPED)
     finally:
         data.close()
     if not set(GO_REQUIRED) <= set(found):
         raise NotProbed("missing " + ", ".join(sorted(set(GO_REQUIRED) - set(found))))
     try:
-        rets = {symbol: ret_offsets(path, start, size) for symbol, (start, size) in found.items()}
+        rets = {symbol: (start, ret_offsets(path, start, size)) for symbol, (start, size) in found.items()}
     except (OSError, subprocess.SubprocessError) as e:
         raise NotProbed(f"disassembling with objdump failed: {e}") from e
-    empty = [symbol for symbol, offsets in rets.items() if not offsets]
+    empty = [symbol for symbol, (_, offsets) in rets.items() if not offsets]
     if empty:
         raise NotProbed("no RET instruction found in " + ", ".join(empty))
     return rets
@@ -257,12 +307,13 @@ class TlsLibraries:
                 record["error"] = f"{symbol}: not found"
                 continue
             try:
+                # By address (BCC turns it into the file offset): a stripped build has no symbol to name.
                 # The RETs first, as the uretprobes above: an entry without its return would stay in flight.
-                for offset in functions[symbol]:
-                    self._bpf.attach_uprobe(name=path.encode(), sym=symbol.encode(), sym_off=offset,
-                                            fn_name=ret.encode(), pid=-1)
+                start, offsets = functions[symbol]
+                for offset in offsets:
+                    self._bpf.attach_uprobe(name=path.encode(), addr=start + offset, fn_name=ret.encode(), pid=-1)
                     record["returns"] += 1
-                self._bpf.attach_uprobe(name=path.encode(), sym=symbol.encode(), fn_name=entry.encode(), pid=-1)
+                self._bpf.attach_uprobe(name=path.encode(), addr=start, fn_name=entry.encode(), pid=-1)
             except Exception as e:        # BCC raises Exception
                 record["error"] = f"{symbol}: {e}"
                 continue

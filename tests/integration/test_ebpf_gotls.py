@@ -4,8 +4,8 @@ their RET instructions in the Go executable) end to end on the real kernel, in b
 modes: a Go net/http server over TLS (self-signed certificate) driven by a Go client speaking
 HTTP/2 (ALPN h2, Go's default) and HTTP/1.1 only, and by curl -k (OpenSSL: its client spans come
 from the libssl uprobes). Each exchange is one span per side with url.scheme https and the
-protocol version spoken; the ciphertext makes none. A position-independent build is probed like
-the other; a stripped one is listed as not probed.
+protocol version spoken; the ciphertext makes none. Stripped and position-independent builds are
+probed like the other; one whose function table cannot be read is listed as not probed.
 
 The agent runs in this process (tests/support/ebpf_agent.py), once per capture mode; the Go
 programs are built once for the module (tests/support/go_tls.py). Each test finds its data by
@@ -21,7 +21,7 @@ import pytest_twisted
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from twisted.internet import threads
 
-from telegen.ebpf.tls import GO_FUNCTIONS
+from telegen.ebpf.tls import GO_FUNCTIONS, GO_STRIPPED
 from tests.support import go_tls
 from tests.support import http_apps as apps
 from tests.support.ebpf_agent import (  # noqa: F401 (receiver: a fixture)
@@ -39,9 +39,10 @@ PARSE_DROPS = ("unparsed_request", "unparsed_response", "response_without_reques
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """(executable, its stripped build, its position-independent build), built once for the module."""
+    """(executable, its stripped build, its stripped position-independent build (as Debian builds Go)), built once."""
     folder = str(tmp_path_factory.mktemp("go"))
-    return go_tls.build(folder), go_tls.build(folder, stripped=True), go_tls.build(folder, pie=True)
+    return (go_tls.build(folder), go_tls.build(folder, stripped=True),
+            go_tls.build(folder, stripped=True, pie=True))
 
 
 @pytest.fixture(scope="module")
@@ -155,23 +156,38 @@ async def test_curl_against_the_go_server(agent, receiver, built, go_server, how
 
 
 @pytest_twisted.ensureDeferred
-async def test_status_lists_the_go_uprobes_and_a_stripped_binary_as_not_probed(agent, built, certificate):
-    """/status/ebpf: the executable with its symbols and RET count, the programs attached; a stripped one with its error, counted."""
+async def test_status_lists_the_go_uprobes_a_stripped_build_probed_and_an_unreadable_one_not(agent, built, certificate,
+                                                                                             tmp_path):
+    """
+    /status/ebpf: each executable with its symbols and RET count, the programs attached; a
+    stripped build (functions from Go's pclntab) like the other; one whose function table cannot
+    be read (its header zeroed here) listed with why and counted.
+    """
     await probed(agent, built[0])
     stripped, _ = go_tls.server(built[1], certificate)
     try:
         [exe] = await until(lambda: go_status(agent, built[1]), timeout=30, message="the stripped binary listed")
     finally:
         stripped.stop()
-    assert exe == {"path": exe["path"], "symbols": [], "returns": 0,
-                   "error": "stripped: no symbol table, crypto/tls.(*Conn) not found"}
-    assert agent.http.status()["tls"]["go_not_probed"] >= 1
+    assert (exe["symbols"], exe["returns"] > 0, exe["error"]) == (list(GO_FUNCTIONS), True, None)
+    unreadable = tmp_path / "gotls-unreadable"
+    with open(built[1], "rb") as f:
+        image = f.read()
+    magic = image.find(b"\xf0\xff\xff\xff\x00\x00\x01\x08")     # the Go 1.19 pclntab header
+    unreadable.write_bytes(image[:magic] + bytes(8) + image[magic + 8:])
+    before = agent.http.status()["tls"]["go_not_probed"]
+    assert agent.http._tls.attach(str(unreadable))                  # as the process scan would on its exec
+    assert go_status(agent, unreadable) == [{"path": str(unreadable), "symbols": [], "returns": 0, "error": GO_STRIPPED}]
+    assert agent.http.status()["tls"]["go_not_probed"] == before + 1
     programs = {p["name"]: p for p in agent.ebpf.status()["programs"]}
     assert programs["gotls_enter_write"]["uprobe"] == "crypto/tls.(*Conn).Write"
     assert programs["gotls_enter_read"]["uprobe"] == "crypto/tls.(*Conn).Read"
+    assert programs["gotls_enter_handshake"]["uprobe"] == "crypto/tls.(*Conn).handshakeContext"
     assert programs["gotls_return"]["uprobe"] == "ret:crypto/tls.(*Conn).Write,crypto/tls.(*Conn).Read"
+    assert programs["gotls_handshake_return"]["uprobe"] == "ret:crypto/tls.(*Conn).handshakeContext"
     assert all(programs[p]["attached"] and programs[p]["type"] == "kprobe"
-               for p in ("gotls_enter_write", "gotls_enter_read", "gotls_return"))
+               for p in ("gotls_enter_write", "gotls_enter_read", "gotls_enter_handshake", "gotls_return",
+                         "gotls_handshake_return"))
 
 
 @pytest_twisted.ensureDeferred
@@ -202,8 +218,8 @@ async def test_a_go_program_started_after_the_agent_is_probed_from_its_exec(agen
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_position_independent_go_build_is_probed_on_both_sides(agent, receiver, built, pie_server):
-    """-buildmode=pie (ELF type DYN): the symbols' offsets still place the uprobes; server and client spans over HTTP/2."""
+async def test_a_stripped_position_independent_go_build_is_probed_on_both_sides(agent, receiver, built, pie_server):
+    """-buildmode=pie -ldflags=-s (ELF type DYN, no .symtab: functions from the pclntab): server and client spans over HTTP/2."""
     exe = await probed(agent, built[2])
     assert exe["symbols"] == list(GO_FUNCTIONS) and exe["error"] is None
     server, port = pie_server

@@ -32,9 +32,12 @@ class FakeBPF:
             raise Exception(f"could not determine address of symbol {sym.decode()}")
         self.uprobes.append((kind, name.decode(), sym.decode(), fn_name.decode(), pid))
 
-    def attach_uprobe(self, name, sym, fn_name, pid, sym_off=0):
-        self._attach("uprobe" if not sym_off else f"uprobe+{sym_off}", name, sym, fn_name, pid)
-        self.tables[b"go_tls_on"] = self.tables.get(b"go_tls_on", GoOn())
+    def attach_uprobe(self, name, fn_name, pid, sym=b"", addr=None):
+        if addr is not None:                 # Go: by address
+            self.uprobes.append((f"uprobe@{addr}", name.decode(), fn_name.decode(), pid))
+            self.tables[b"go_tls_on"] = self.tables.get(b"go_tls_on", GoOn())
+            return
+        self._attach("uprobe", name, sym, fn_name, pid)
 
     def __getitem__(self, name):
         return self.tables[name]
@@ -121,7 +124,7 @@ def test_a_go_executable_gets_its_ret_uprobes_before_each_entry_and_is_examined_
     exe, other = tmp_path / "server", tmp_path / "python"
     exe.write_bytes(b"go")
     other.write_bytes(b"py")
-    rets = {symbol: [10 + i, 20 + i] for i, symbol in enumerate(GO_FUNCTIONS)}
+    rets = {symbol: (1000 * (i + 1), [10 + i, 20 + i]) for i, symbol in enumerate(GO_FUNCTIONS)}
     examined = []
 
     def functions(path):
@@ -132,9 +135,9 @@ def test_a_go_executable_gets_its_ret_uprobes_before_each_entry_and_is_examined_
     files = TlsLibraries(bpf)
     assert files.attach_all([str(exe), str(other), str(exe), str(other)]) == 1
     assert examined == [str(exe), str(other)]
-    assert bpf.uprobes == [(kind, str(exe), symbol, fn, -1) for symbol, (entry, ret) in GO_FUNCTIONS.items()
-                           for kind, fn in ((f"uprobe+{rets[symbol][0]}", ret), (f"uprobe+{rets[symbol][1]}", ret),
-                                            ("uprobe", entry))]
+    assert bpf.uprobes == [(f"uprobe@{rets[symbol][0] + offset}", str(exe), fn, -1)
+                           for symbol, (entry, ret) in GO_FUNCTIONS.items()
+                           for offset, fn in ((rets[symbol][1][0], ret), (rets[symbol][1][1], ret), (0, entry))]
     assert bpf[b"go_tls_on"] == {0: 1}
     assert files.go_status() == [{"path": str(exe), "symbols": list(GO_FUNCTIONS), "returns": 6, "error": None}]
     assert files.status() == []
