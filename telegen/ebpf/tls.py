@@ -62,7 +62,7 @@ GO_REQUIRED = ("crypto/tls.(*Conn).Write", "crypto/tls.(*Conn).Read")
 GO_SECTIONS = (".go.buildinfo", ".gopclntab")
 GO_STRIPPED = "stripped, and no function table (Go >= 1.18 pclntab) found: crypto/tls.(*Conn) not found"
 # The first 8 bytes of a Go >= 1.18 pclntab header on amd64 (magic, two pad bytes, quantum 1, pointer size 8).
-_PCLNTAB_HEADS = (b"\xf1\xff\xff\xff\x00\x00\x01\x08", b"\xf0\xff\xff\xff\x00\x00\x01\x08")   # 1.20+, 1.18-1.19
+PCLNTAB_HEADS = (b"\xf1\xff\xff\xff\x00\x00\x01\x08", b"\xf0\xff\xff\xff\x00\x00\x01\x08")   # 1.20+, 1.18-1.19
 _BUILDINFO_MAGIC = b"\xff Go buildinf:"
 _RET = re.compile(r"^\s*([0-9a-f]+):\s+ret[q]?\b", re.M)
 
@@ -109,7 +109,7 @@ def _pclntab_start(data, sections, names):
     if ".data.rel.ro" not in names:
         return None
     sh = sections[names.index(".data.rel.ro")]
-    for head in _PCLNTAB_HEADS:
+    for head in PCLNTAB_HEADS:
         at = data.find(head, sh[4], sh[4] + sh[5])
         while at >= 0 and at % 8:
             at = data.find(head, at + 1, sh[4] + sh[5])
@@ -125,7 +125,7 @@ def pclntab_functions(data, sections, names, wanted):
     table this reads. The size runs to the next function (its padding included).
     """
     start = _pclntab_start(data, sections, names)
-    if start is None or data[start:start + 8] not in _PCLNTAB_HEADS:
+    if start is None or data[start:start + 8] not in PCLNTAB_HEADS:
         return None
     nfunc, _, text, funcname_off, _, _, _, functab_off = struct.unpack_from("<8Q", data, start + 8)
     funcnames, functab = start + funcname_off, start + functab_off

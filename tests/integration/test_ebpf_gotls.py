@@ -21,7 +21,7 @@ import pytest_twisted
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from twisted.internet import threads
 
-from telegen.ebpf.tls import GO_FUNCTIONS, GO_STRIPPED
+from telegen.ebpf.tls import GO_FUNCTIONS, GO_STRIPPED, PCLNTAB_HEADS
 from tests.support import go_tls
 from tests.support import http_apps as apps
 from tests.support.ebpf_agent import (  # noqa: F401 (receiver: a fixture)
@@ -173,7 +173,7 @@ async def test_status_lists_the_go_uprobes_a_stripped_build_probed_and_an_unread
     unreadable = tmp_path / "gotls-unreadable"
     with open(built[1], "rb") as f:
         image = f.read()
-    magic = image.find(b"\xf0\xff\xff\xff\x00\x00\x01\x08")     # the Go 1.19 pclntab header
+    [magic] = [at for at in map(image.find, PCLNTAB_HEADS) if at >= 0]     # the pclntab header
     unreadable.write_bytes(image[:magic] + bytes(8) + image[magic + 8:])
     before = agent.http.status()["tls"]["go_not_probed"]
     assert agent.http._tls.attach(str(unreadable))                  # as the process scan would on its exec
