@@ -1,7 +1,8 @@
 /*
- * TLS plaintext through OpenSSL uprobes (agent.ebpf.tls), for both capture modes: pasted at the
- * end of bpf/http_sock.c and bpf/http.c (one BPF object each, so the uprobes share the capture's
- * maps, pairing and ring buffer). Compiled in only with -DTELEGEN_TLS.
+ * TLS plaintext through OpenSSL uprobes and Go crypto/tls uprobes (agent.ebpf.tls; Go: below,
+ * "Go's crypto/tls"), for both capture modes: pasted at the end of bpf/http_sock.c and bpf/http.c
+ * (one BPF object each, so the uprobes share the capture's maps, pairing and ring buffer).
+ * Compiled in only with -DTELEGEN_TLS.
  *
  * telegen/ebpf/tls.py attaches, in every libssl.so a process maps (by file: one uprobe per
  * library inode covers every process mapping it):
@@ -48,6 +49,7 @@ struct tls_call {
     u64 buf;
     u64 len_ptr;                           /* _ex: where the length is written; 0: the return value is it */
     u64 ts;                                /* entry time (a client's request starts there) */
+    u64 size;                              /* Go: the buffer's length (b's len) */
     u32 is_write;
     u32 active;
 };
@@ -62,7 +64,7 @@ struct tls_conn {
     struct conn c;                         /* plaintext totals and role; endpoints from the socket */
     u64 key;                               /* its request slot: the socket's key | TLS_KEY_BIT */
     u32 fd;                                /* the socket's fd (syscalls) or cookie (socket) in events */
-    u32 _pad;
+    u32 held;                              /* Go: 0x100 | the byte a 1-byte Read returned (held back), or 0 */
 };
 
 BPF_TASK_STORAGE(tls_inflight, struct tls_call);
@@ -94,6 +96,48 @@ int tls_enter_write_ex(struct pt_regs *ctx) { return tls_enter(ctx, 1, 1); }
 int tls_enter_read_ex(struct pt_regs *ctx) { return tls_enter(ctx, 0, 1); }
 
 /*
+ * Go's crypto/tls (statically linked: no libssl), uprobes on (*Conn).Write and (*Conn).Read in
+ * each Go executable (telegen/ebpf/tls.py): at the entry (register ABI, Go >= 1.17: the *Conn in
+ * RAX, the slice's pointer and length in RBX and RCX) and on every RET instruction of each (no
+ * uretprobe: the kernel's return trampoline rewrites the return address on the goroutine's stack,
+ * which Go copies elsewhere when the stack grows), where RAX is n. The call in flight is keyed
+ * by goroutine (its g, R14 in Go's ABI, constant across the call), not by thread: a Read that
+ * finds no data parks its goroutine in the netpoller, and the read that brings the data runs
+ * later, possibly on another thread (M). The socket hook finds the goroutine of the syscall it
+ * runs in from the saved user registers (R14 is still g at Go's syscall instruction) and links
+ * the socket to the *Conn as tls_socket_io() does for an SSL*, normally during the handshake
+ * (handshakeContext is probed for that). go_tls_on[0] is set by user space once a Go executable
+ * has the uprobes: until then the socket hook does not look. A Write on a linked *Conn sends its
+ * plaintext at the entry, a Read at its RET.
+ */
+struct go_key {
+    u64 g;
+    u32 tgid;
+    u32 _pad;
+};
+
+#ifndef MAX_GO_CALLS
+#define MAX_GO_CALLS 16384
+#endif
+BPF_TABLE("lru_hash", struct go_key, struct tls_call, go_inflight, MAX_GO_CALLS);
+BPF_ARRAY(go_tls_on, u32, 1);
+
+/* The Go TLS call in flight in the goroutine whose syscall this is (0: none, or no Go executable probed). */
+static __always_inline struct tls_call *go_current_call(void)
+{
+    u32 zero = 0;
+    u32 *on = go_tls_on.lookup(&zero);
+    if (!on || !*on)
+        return 0;
+    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+    struct go_key k = {.g = 0, .tgid = bpf_get_current_pid_tgid() >> 32, ._pad = 0};
+    if (!regs || bpf_probe_read_kernel(&k.g, sizeof(k.g), &regs->r14) != 0)
+        return 0;
+    struct tls_call *t = go_inflight.lookup(&k);
+    return t && t->active ? t : 0;
+}
+
+/*
  * The capture's data hook saw socket I/O on connection `key` (its conn `c`, `fd` as events name
  * it). Inside an SSL_* call of this thread, the socket is that SSL*'s: link them on first sight.
  * Returns 1 when the bytes are TLS (the caller neither parses nor counts them), 0 otherwise.
@@ -113,6 +157,8 @@ static __always_inline int tls_socket_io(struct conn *c, u64 key, u32 fd)
         return 0;
     struct tls_call *t = tls_inflight.task_storage_get(bpf_get_current_task_btf(), 0, 0);
     if (!t || !t->active)
+        t = go_current_call();
+    if (!t)
         return 0;
     /* A stream connection's clear start came first: an SSL_* call begun before it is a stale entry. */
     if (c->proto && t->ts < c->start_ts)
@@ -141,21 +187,14 @@ static __always_inline int tls_socket_io(struct conn *c, u64 key, u32 fd)
     return 1;
 }
 
-int tls_return(struct pt_regs *ctx)
+/*
+ * A TLS call `t` returned `ret` (bytes of plaintext, or <= 0): its plaintext through the linked
+ * TLS connection's decoders, or counted lost when its socket was never seen inside one of its calls.
+ */
+static __always_inline int tls_plaintext(struct tls_call *t, s64 ret, int go)
 {
-    struct tls_call *t = tls_inflight.task_storage_get(bpf_get_current_task_btf(), 0, 0);
-    if (!t || !t->active)
-        return 0;
-    t->active = 0;
-    s64 ret = (int)PT_REGS_RC(ctx);
     if (ret <= 0)
         return 0;
-    if (t->len_ptr) {
-        u64 n = 0;
-        if (bpf_probe_read_user(&n, sizeof(n), (void *)t->len_ptr) != 0 || n == 0)
-            return 0;
-        ret = n;
-    }
     struct tls_key k = {.ssl = t->ssl, .tgid = bpf_get_current_pid_tgid() >> 32, ._pad = 0};
     struct tls_conn *tc = tls_conns.lookup(&k);
     if (!tc) {
@@ -165,12 +204,111 @@ int tls_return(struct pt_regs *ctx)
             (*lost)++;
         return 0;
     }
-    struct pending p = {.buf = t->buf, .ts = t->is_write ? t->ts : 0, .fd = tc->fd, .how = HOW_PLAIN};
+    u64 buf = t->buf;
+    if (go && !t->is_write) {
+        /*
+         * net/http's server reads one byte in the background while a handler runs (to notice a
+         * client gone); when the next request comes meanwhile, its first byte arrives alone and
+         * the rest in the next Read, which bufio makes right after that byte in its buffer. The
+         * byte is held back and the next Read's plaintext taken from one byte earlier when that
+         * byte is there, so the request's head is whole.
+         */
+        u8 byte = 0;
+        if (t->size == 1 && ret == 1) {
+            if (bpf_probe_read_user(&byte, 1, (void *)buf) == 0)
+                tc->held = 0x100 | byte;
+            return 0;
+        }
+        if (tc->held) {
+            if (bpf_probe_read_user(&byte, 1, (void *)(buf - 1)) == 0 && byte == (tc->held & 0xff)) {
+                buf -= 1;
+                ret += 1;
+            }
+            tc->held = 0;
+        }
+    }
+    struct pending p = {.buf = buf, .ts = t->is_write ? t->ts : 0, .fd = tc->fd, .how = HOW_PLAIN};
     u64 now = bpf_ktime_get_ns();
     /* The stream protocols first, under the socket's own connection id (one parser per connection). */
-    if (!l7_payload(tc->key & ~TLS_KEY_BIT, &tc->c, &p, ret, t->buf, ret, t->is_write, now))
-        http_payload(tc->key, &tc->c, &p, ret, t->buf, ret, t->is_write, now);
+    if (!l7_payload(tc->key & ~TLS_KEY_BIT, &tc->c, &p, ret, buf, ret, t->is_write, now))
+        http_payload(tc->key, &tc->c, &p, ret, buf, ret, t->is_write, now);
     return 0;
+}
+
+int tls_return(struct pt_regs *ctx)
+{
+    struct tls_call *t = tls_inflight.task_storage_get(bpf_get_current_task_btf(), 0, 0);
+    if (!t || !t->active)
+        return 0;
+    t->active = 0;
+    s64 ret = (int)PT_REGS_RC(ctx);
+    if (ret > 0 && t->len_ptr) {
+        u64 n = 0;
+        if (bpf_probe_read_user(&n, sizeof(n), (void *)t->len_ptr) != 0)
+            return 0;
+        ret = n;
+    }
+    return tls_plaintext(t, ret, 0);
+}
+
+#define GO_HANDSHAKE 2                     /* tls_call.is_write of a handshake in flight: no plaintext */
+
+static __always_inline int go_enter(struct pt_regs *ctx, u32 is_write)
+{
+    struct go_key k = {.g = ctx->r14, .tgid = bpf_get_current_pid_tgid() >> 32, ._pad = 0};
+    struct tls_call t = {.ssl = ctx->ax, .buf = ctx->bx, .len_ptr = 0, .ts = bpf_ktime_get_ns(),
+                         .size = ctx->cx, .is_write = is_write, .active = 1};
+    if (is_write == 1) {
+        /*
+         * A Write on a linked *Conn goes out now, all of b (Write returns len(b) unless it fails):
+         * at its RET it could come after the reply's Read, which another goroutine makes (net/http's
+         * read loop), when the writer waits for a P after its write syscall.
+         */
+        struct tls_key tk = {.ssl = t.ssl, .tgid = k.tgid, ._pad = 0};
+        if (tls_conns.lookup(&tk)) {
+            go_inflight.delete(&k);
+            return tls_plaintext(&t, (s64)t.size, 1);
+        }
+    }
+    go_inflight.update(&k, &t);
+    return 0;
+}
+
+int gotls_enter_write(struct pt_regs *ctx) { return go_enter(ctx, 1); }
+int gotls_enter_read(struct pt_regs *ctx) { return go_enter(ctx, 0); }
+
+/*
+ * (*Conn).handshakeContext: its socket I/O links the socket to the *Conn. Without it the link
+ * would wait for a Read or Write that does socket I/O, and the first Read often does none: the
+ * handshake's own read already took the request that followed the client's Finished into the
+ * *Conn's buffer. Called inside a Read or Write (an implicit handshake), it leaves their entry.
+ */
+int gotls_enter_handshake(struct pt_regs *ctx)
+{
+    struct go_key k = {.g = ctx->r14, .tgid = bpf_get_current_pid_tgid() >> 32, ._pad = 0};
+    struct tls_call *t = go_inflight.lookup(&k);
+    if (t && t->active && t->ssl == ctx->ax)
+        return 0;
+    return go_enter(ctx, GO_HANDSHAKE);
+}
+
+int gotls_handshake_return(struct pt_regs *ctx)
+{
+    struct go_key k = {.g = ctx->r14, .tgid = bpf_get_current_pid_tgid() >> 32, ._pad = 0};
+    struct tls_call *t = go_inflight.lookup(&k);
+    if (t && t->is_write == GO_HANDSHAKE)
+        t->active = 0;
+    return 0;
+}
+
+int gotls_return(struct pt_regs *ctx)
+{
+    struct go_key k = {.g = ctx->r14, .tgid = bpf_get_current_pid_tgid() >> 32, ._pad = 0};
+    struct tls_call *t = go_inflight.lookup(&k);
+    if (!t || !t->active || t->is_write == GO_HANDSHAKE)
+        return 0;
+    t->active = 0;
+    return tls_plaintext(t, (s64)ctx->ax, 1);
 }
 
 /* Connection `key` (a ROLE_TLS socket) closes: its TLS connection's held request and close go out. */

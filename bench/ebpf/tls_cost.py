@@ -15,6 +15,7 @@ Run as root from the checkout:
     .venv/bin/python bench/ebpf/tls_cost.py [--rounds 5] [--requests 3000] [--capture socket|syscalls]
 """
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -79,48 +80,63 @@ def program_stats(bpf):
     return runs, ns
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+def arguments(doc, requests, switches=None):
+    """--rounds, --requests and --capture of a TLS cost bench, and its own switches ({flag: help})."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[1])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--requests", type=int, default=requests)
     parser.add_argument("--capture", choices=("socket", "syscalls"), default="socket")
-    args = parser.parse_args()
-    tmp = tempfile.mkdtemp(prefix="telegen-tls-bench-")
-    os.chmod(tmp, 0o755)
-    nginx, port = apps.nginx(os.path.join(tmp, "nginx"), tls=apps.self_signed(tmp))
+    for flag, text in (switches or {}).items():
+        parser.add_argument(flag, action="store_true", help=text)
+    return parser.parse_args()
+
+
+@contextlib.contextmanager
+def probe_with_stats(capture):
+    """The HTTP probe compiled in this process, capturing every port, with kernel.bpf_stats_enabled on (both undone after)."""
     config = defaults()
-    config["agent"]["ebpf"].update(capture=args.capture, ringbuf_size=1 << 16)
-    probe = HttpProbe(config, None, None, None)
-    bpf = None
+    config["agent"]["ebpf"].update(capture=capture, ringbuf_size=1 << 16)
     with open("/proc/sys/kernel/bpf_stats_enabled") as f:
         stats_before = f.read().strip()
-    rows = {"attached": [], "detached": []}
+    bpf = None
     try:
-        apps.wait_listening(port)
-        bpf = loader.compile_probe(probe, config, os.getpid())
+        bpf = loader.compile_probe(HttpProbe(config, None, None, None), config, os.getpid())
         bpf[b"settings"][bpf[b"settings"].Key(0)] = bpf[b"settings"].Leaf(1)      # capture every port
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
             f.write("1")
-        uprobes(bpf, False)                   # compile_probe attached them to every libssl found; the system one's are toggled from here
-        attached = False
-        run_client(port, 200, nginx.pid)      # warm up (certificate, page cache)
-        for _ in range(args.rounds):
-            for state in ("detached", "attached"):
-                if (state == "attached") != attached:
-                    uprobes(bpf, state == "attached")
-                    attached = state == "attached"
-                runs0, ns0 = program_stats(bpf)
-                wall, client_cpu, nginx_cpu = run_client(port, args.requests, nginx.pid)
-                rows[state].append({"us_per_request": 1e6 * wall / args.requests,
-                                    "client_cpu_us": 1e6 * client_cpu / args.requests,
-                                    "nginx_cpu_us": 1e6 * nginx_cpu / args.requests,
-                                    "entries_per_request": (program_stats(bpf)[0] - runs0) / args.requests,
-                                    "bpf_us_per_request": (program_stats(bpf)[1] - ns0) / 1e3 / args.requests})
+        yield bpf
     finally:
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
             f.write(stats_before)
         if bpf is not None:
             bpf.cleanup()
+
+
+def main():
+    args = arguments(__doc__, 3000)
+    tmp = tempfile.mkdtemp(prefix="telegen-tls-bench-")
+    os.chmod(tmp, 0o755)
+    nginx, port = apps.nginx(os.path.join(tmp, "nginx"), tls=apps.self_signed(tmp))
+    rows = {"attached": [], "detached": []}
+    try:
+        apps.wait_listening(port)
+        with probe_with_stats(args.capture) as bpf:
+            uprobes(bpf, False)               # compile_probe attached them to every libssl found; the system one's are toggled from here
+            attached = False
+            run_client(port, 200, nginx.pid)  # warm up (certificate, page cache)
+            for _ in range(args.rounds):
+                for state in ("detached", "attached"):
+                    if (state == "attached") != attached:
+                        uprobes(bpf, state == "attached")
+                        attached = state == "attached"
+                    runs0, ns0 = program_stats(bpf)
+                    wall, client_cpu, nginx_cpu = run_client(port, args.requests, nginx.pid)
+                    rows[state].append({"us_per_request": 1e6 * wall / args.requests,
+                                        "client_cpu_us": 1e6 * client_cpu / args.requests,
+                                        "nginx_cpu_us": 1e6 * nginx_cpu / args.requests,
+                                        "entries_per_request": (program_stats(bpf)[0] - runs0) / args.requests,
+                                        "bpf_us_per_request": (program_stats(bpf)[1] - ns0) / 1e3 / args.requests})
+    finally:
         nginx.stop()
     print(json.dumps(rows, indent=2))
     print()

@@ -97,7 +97,7 @@ SCHEMA = Section({
             "max_cpu": Field("float", 1.0, "Cores the event consumer may use while CPUs are not contended.", min=0.01, max=64.0),
             "drain_interval": Field("duration", 1.0, "Drain ring buffers this often (the kernel wakes the reader sooner only when a ring buffer is an eighth full); bounds how long an event waits.", min=0.001, max=10),
             "capture": Field("enum", "auto", "HTTP capture: socket (socket-level tp_btf tracepoints), syscalls (syscall tracepoints), auto (socket when it loads, else syscalls).", choices=("auto", "socket", "syscalls")),
-            "tls": Field("bool", True, "TLS plaintext: uprobes on OpenSSL's SSL_read/SSL_write (and _ex) in every libssl.so processes map; HTTPS exchanges become HTTP spans with url.scheme https, PostgreSQL, MySQL and Redis over TLS their database spans."),
+            "tls": Field("bool", True, "TLS plaintext: uprobes on OpenSSL's SSL_read/SSL_write (and _ex) in every libssl.so processes map, and on crypto/tls.(*Conn).Read/Write in Go executables; HTTPS exchanges become HTTP spans with url.scheme https, PostgreSQL, MySQL and Redis over TLS their database spans."),
             "network": Section({
                 "enabled": Field("bool", True, "Network capture (HTTP and TCP)."),
                 "http": Field("bool", True, "HTTP/1.x spans and RED metrics."),

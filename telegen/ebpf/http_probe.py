@@ -41,7 +41,7 @@ from telegen.ebpf.l7 import DecoderRegistry
 from telegen.ebpf.l7_stream import StreamDecoder
 from telegen.ebpf.loader import LoadError
 from telegen.ebpf.probe import Probe, excluded_ports
-from telegen.ebpf.tls import ENTRIES, RETURN_FN, TlsLibraries
+from telegen.ebpf.tls import ENTRIES, GO_FUNCTIONS, RETURN_FN, TlsLibraries
 from telegen.l7.http import parse_traceparent
 from telegen.l7.protocols import NAMES, PROTO_HTTP1
 from telegen.l7.records import HttpExchange
@@ -230,11 +230,11 @@ class HttpProbe(Probe):
         return {"http_events": self._decoders.handle_bytes}
 
     def attach_uprobes(self, bpf):
-        """With agent.ebpf.tls: the OpenSSL uprobes (bpf/tls.h) on every libssl found now (telegen.ebpf.tls)."""
+        """With agent.ebpf.tls: the TLS uprobes (bpf/tls.h) on every libssl and Go executable found now (telegen.ebpf.tls)."""
         self._tls = None
         if not self._config["agent"]["ebpf"]["tls"]:
             return
-        for fn in (*ENTRIES.values(), RETURN_FN):
+        for fn in (*ENTRIES.values(), RETURN_FN, *{fn for fns in GO_FUNCTIONS.values() for fn in fns}):
             bpf.load_func(fn.encode(), bpf.KPROBE)          # listed in /status/ebpf even before a library is found
         self._tls = TlsLibraries(bpf, self._processes)
         self._tls.start()
@@ -245,6 +245,11 @@ class HttpProbe(Probe):
         attached = {s for lib in self._tls.status() for s in lib["symbols"]}
         programs = {fn: symbol if symbol in attached else None for symbol, fn in ENTRIES.items()}
         programs[RETURN_FN] = ("uretprobe:" + ",".join(s for s in ENTRIES if s in attached)) if attached else None
+        go_attached = {s for exe in self._tls.go_status() for s in exe["symbols"]}
+        for symbol, (entry, ret) in GO_FUNCTIONS.items():
+            programs[entry] = symbol if symbol in go_attached else None
+            returns = [s for s, fns in GO_FUNCTIONS.items() if fns[1] == ret and s in go_attached]
+            programs[ret] = ("ret:" + ",".join(returns)) if returns else None
         return programs
 
     def _read_paths(self, config):
@@ -524,7 +529,10 @@ class HttpProbe(Probe):
         out = {"exchanges": self.exchanges, "open_connections": len(self._decoder) + sum(map(len, self._streams.values()))}
         if self._tls is not None:
             self.poll_tls_lost()
-            out["tls"] = {"libraries": self._tls.status(), "lost": dict(zip(TLS_LOST_REASONS, self._tls_lost))}
+            go = self._tls.go_status()
+            out["tls"] = {"libraries": self._tls.status(), "go_executables": go,
+                          "go_not_probed": sum(1 for exe in go if exe["error"]),
+                          "lost": dict(zip(TLS_LOST_REASONS, self._tls_lost))}
         return out
 
     def protocols_status(self):

@@ -245,12 +245,19 @@ class EbpfService(service.Service):
                     self.metrics.ebpf_ringbuf_lost.inc(total - st.lost[slot])
                     st.lost[slot] = total
 
+    @staticmethod
+    def _programs(st):
+        """The probe's programs, the uprobe ones as attached now: a library or executable found after the load gets them later."""
+        uprobes = st.probe.uprobe_programs()
+        return [dict(p, attached=uprobes[p["name"]] is not None, uprobe=uprobes[p["name"]]) if p["name"] in uprobes else p
+                for p in st.programs]
+
     def _update_gauges(self):
         programs, maps = {}, {}
         for st in self._loaded:
             if st.state != "attached":
                 continue
-            for p in st.programs:
+            for p in self._programs(st):
                 if p["attached"]:
                     programs[p["type"]] = programs.get(p["type"], 0) + 1
             for m in st.maps.values():
@@ -297,7 +304,7 @@ class EbpfService(service.Service):
         programs, maps, buffers = [], [], []
         size = self.config["agent"]["ebpf"]["ringbuf_size"]
         for st in self._attached():
-            for p in st.programs:
+            for p in self._programs(st):
                 programs.append(dict(p, probe=st.probe.name))
             for name, m in sorted(st.maps.items()):
                 qualified = f"{st.probe.name}.{name}"
@@ -346,7 +353,7 @@ class EbpfService(service.Service):
         attached = self._attached()
         return {
             "enabled": self.enabled,
-            "programs_loaded": sum(1 for st in attached for p in st.programs if p["attached"]),
+            "programs_loaded": sum(1 for st in attached for p in self._programs(st) if p["attached"]),
             "maps_created": sum(len(st.maps) for st in attached),
             "ringbuf_size": self.config["agent"]["ebpf"]["ringbuf_size"],
         }

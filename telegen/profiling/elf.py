@@ -34,18 +34,15 @@ class ElfSymbols:
     """
 
     def __init__(self, data):
-        if data[:4] != b"\x7fELF" or len(data) < _EHDR.size:
-            raise ElfError("not an ELF file")
-        if data[4] != 2 or data[5] != 1:
-            raise ElfError("only 64-bit little-endian ELF is supported")
-        (_, _, _, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum, _) = _EHDR.unpack_from(data)
+        _check(data)
+        (_, _, _, _, _, phoff, _, _, _, phentsize, phnum, _, _, _) = _EHDR.unpack_from(data)
         try:
             self._segments = [
                 (p[2], p[5], p[3]) for p in (_PHDR.unpack_from(data, phoff + i * phentsize) for i in range(phnum))
                 if p[0] == PT_LOAD]                               # (p_offset, p_filesz, p_vaddr)
-            sections = [_SHDR.unpack_from(data, shoff + i * shentsize) for i in range(shnum)] if shoff else []
         except struct.error as e:
             raise ElfError(f"truncated ELF: {e}") from e
+        sections = section_headers(data)
         self.build_id = _build_id(data, sections)
         symbols = _functions(data, sections, SHT_SYMTAB) or _functions(data, sections, SHT_DYNSYM)
         symbols.sort()
@@ -56,12 +53,7 @@ class ElfSymbols:
     @classmethod
     def from_path(cls, path):
         """Map the file rather than read it: only the headers, symbol and string tables get paged in."""
-        with open(path, "rb") as f:
-            try:
-                data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            except ValueError as e:          # an empty file cannot be mapped
-                raise ElfError(f"cannot map {path}: {e}") from e
-        return cls(data)
+        return cls(map_file(path))
 
     def vaddr(self, file_offset):
         """The link-time virtual address of a file offset (inside a PT_LOAD segment), or None."""
@@ -81,6 +73,64 @@ class ElfSymbols:
         if vaddr >= start + max(size, 1):
             return None
         return _string(self._data, name_at)
+
+
+def map_file(path):
+    """The file mapped read-only (only what is read gets paged in)."""
+    with open(path, "rb") as f:
+        try:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError as e:          # an empty file cannot be mapped
+            raise ElfError(f"cannot map {path}: {e}") from e
+
+
+def _check(data):
+    if data[:4] != b"\x7fELF" or len(data) < _EHDR.size:
+        raise ElfError("not an ELF file")
+    if data[4] != 2 or data[5] != 1:
+        raise ElfError("only 64-bit little-endian ELF is supported")
+
+
+def section_headers(data):
+    """The section header tuples (sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size, sh_link, ...)."""
+    _check(data)
+    shoff, shentsize, shnum = (_EHDR.unpack_from(data)[i] for i in (6, 11, 12))
+    try:
+        return [_SHDR.unpack_from(data, shoff + i * shentsize) for i in range(shnum)] if shoff else []
+    except struct.error as e:
+        raise ElfError(f"truncated ELF: {e}") from e
+
+
+def section_names(data, sections):
+    """The names of the sections (from the section header string table), in header order."""
+    shstrndx = _EHDR.unpack_from(data)[13]
+    if not sections or shstrndx >= len(sections):
+        return []
+    base = sections[shstrndx][4]
+    return [_string(data, base + sh[0]) for sh in sections]
+
+
+def find_symbols(data, sections, names):
+    """{name: (value, size)} of the .symtab symbols named exactly so ({} without a .symtab)."""
+    for sh in sections:
+        if sh[1] != SHT_SYMTAB or sh[6] >= len(sections):
+            continue
+        strtab = sections[sh[6]]
+        strings = memoryview(data)[strtab[4]:strtab[4] + strtab[5]]
+        wanted = {}
+        for name in names:                   # a name's offset in the string table, then the symbol naming it
+            at = bytes(strings).find(b"\0" + name.encode() + b"\0")
+            if at >= 0:
+                wanted[at + 1] = name
+        end = min(sh[4] + sh[5], len(data))
+        found = {}
+        with memoryview(data)[sh[4]:end - (end - sh[4]) % _SYM.size] as table:
+            for st_name, _, _, shndx, value, size in _SYM.iter_unpack(table):
+                if st_name in wanted and shndx and value:
+                    found[wanted[st_name]] = (value, size)
+        strings.release()
+        return found
+    return {}
 
 
 def _string(data, offset):

@@ -13,6 +13,7 @@ from telegen.ebpf import loader
 from telegen.ebpf.http_probe import HttpProbe
 from telegen.ebpf.loader import LoadError
 from telegen.ebpf.probe import Probe
+from telegen.ebpf.tls import GO_FUNCTIONS
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.integration]
 
@@ -64,10 +65,15 @@ def test_the_shipped_http_probe_loads_and_attaches_every_tracepoint(capture):
         programs = loader.describe_programs(bpf, probe.uprobe_programs())
         # The OpenSSL uprobes (agent.ebpf.tls, on by default), on the system libssl: kprobe programs.
         uprobes = {p["name"]: p for p in programs if "uprobe" in p}
-        assert {name: (p["type"], p["attached"], p["uprobe"]) for name, p in uprobes.items()} == {
+        openssl = {name: p for name, p in uprobes.items() if not name.startswith("gotls_")}
+        assert {name: (p["type"], p["attached"], p["uprobe"]) for name, p in openssl.items()} == {
             "tls_enter_read": ("kprobe", True, "SSL_read"), "tls_enter_read_ex": ("kprobe", True, "SSL_read_ex"),
             "tls_enter_write": ("kprobe", True, "SSL_write"), "tls_enter_write_ex": ("kprobe", True, "SSL_write_ex"),
             "tls_return": ("kprobe", True, "uretprobe:SSL_write,SSL_read,SSL_write_ex,SSL_read_ex")}
+        # Go's crypto/tls ones: attached once a Go executable using it runs here (other engineers' may).
+        assert sorted(set(uprobes) - set(openssl)) == sorted({fn for fns in GO_FUNCTIONS.values() for fn in fns})
+        assert all(p["type"] == "kprobe" and p["attached"] == (p["uprobe"] is not None)
+                   for name, p in uprobes.items() if name not in openssl)
         [system] = [lib for lib in probe._tls.status() if os.path.samefile(lib["path"], "/lib/x86_64-linux-gnu/libssl.so.3")]
         assert system["symbols"] == ["SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"] and system["error"] is None
         programs = [p for p in programs if p["name"] not in uprobes]

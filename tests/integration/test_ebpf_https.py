@@ -21,7 +21,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from twisted.internet import threads
 
 from tests.support import http_apps as apps
-from tests.support.ebpf_agent import STATUS, Agent, by_pid, exactly, ready, receiver, running, spans_where  # noqa: F401 (fixture)
+from tests.support.ebpf_agent import (  # noqa: F401 (receiver: a fixture)
+    STATUS, Agent, by_pid, drops, exactly, from_now, ready, receiver, running, shape, spans_where)
 from tests.support.twisted_wait import until
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.integration]
@@ -68,23 +69,6 @@ def assert_https(spans, port):
 PARSE_DROPS = ("unparsed_request", "unparsed_response", "response_without_request", "tls_unlinked")
 
 
-def drops(agent):
-    """The agent's drops that would say plaintext or ciphertext went astray (it captures the tests' ports only)."""
-    agent.http.poll_tls_lost()
-    return {r: agent.metrics.registry.get_sample_value("telegen_ebpf_events_dropped_total", {"reason": r}) or 0
-            for r in PARSE_DROPS}
-
-
-def from_now(found):
-    """found() without the spans it returns now: the servers serve every test of the module, in both capture modes."""
-    before = {span.span_id for _, _, span in found()}
-    return lambda: [s for s in found() if s[2].span_id not in before]
-
-
-def shape(spans):
-    return Counter((a["http.request.method"], a["url.path"], a["http.response.status_code"]) for _, a, _ in spans)
-
-
 # GET unless a body is given; /missing closes its connection (the next request opens another).
 PLAN = [{"method": "POST" if body else "GET", "path": path, **({"body": body} if body else {}),
          **({"keepalive": False} if path == "/missing" else {})}
@@ -117,7 +101,7 @@ async def test_python_https_server_and_client_give_one_span_per_exchange_each(ag
     assert shape(client_spans) == expected
     assert_https(client_spans, port)
     assert all(a["network.peer.port"] == port for _, a, _ in client_spans)
-    assert drops(agent) == dict.fromkeys(PARSE_DROPS, 0)
+    assert drops(agent, PARSE_DROPS) == dict.fromkeys(PARSE_DROPS, 0)
 
 
 def run_curl(*urls):
@@ -152,7 +136,7 @@ async def test_curl_against_nginx_over_tls(agent, receiver, nginx_https):
     assert all(a["user_agent.original"].startswith("curl/") for _, a, _ in client_spans)
     # Nothing on that port was taken for plaintext HTTP.
     assert [s for s in on_port() if s[1]["url.scheme"] != "https"] == []
-    assert drops(agent) == dict.fromkeys(PARSE_DROPS, 0)
+    assert drops(agent, PARSE_DROPS) == dict.fromkeys(PARSE_DROPS, 0)
 
 
 @pytest_twisted.ensureDeferred

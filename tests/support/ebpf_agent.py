@@ -3,6 +3,8 @@ The agent's capture path in the test process (EbpfService with the process and H
 real ExportPipeline, a real OTLP receiver), and what the eBPF HTTP tests ask of it: readiness in
 the expected capture mode, spans by kind, pid and attributes, exact counts after a flush.
 """
+from collections import Counter
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer
@@ -93,3 +95,21 @@ async def exactly(agent, found, n, what):
     result = found()
     assert len(result) == n, f"{what}: expected {n}, got {len(result)}"
     return result
+
+
+def drops(agent, reasons):
+    """{reason: count} of the agent's telegen_ebpf_events_dropped_total for those reasons (the TLS losses polled first)."""
+    agent.http.poll_tls_lost()
+    return {r: agent.metrics.registry.get_sample_value("telegen_ebpf_events_dropped_total", {"reason": r}) or 0
+            for r in reasons}
+
+
+def from_now(found):
+    """found() without the spans it returns now: a module's servers serve every test of it, in both capture modes."""
+    before = {span.span_id for _, _, span in found()}
+    return lambda: [s for s in found() if s[2].span_id not in before]
+
+
+def shape(spans):
+    """Counter of (method, path, status) of HTTP spans."""
+    return Counter((a["http.request.method"], a["url.path"], a["http.response.status_code"]) for _, a, _ in spans)
