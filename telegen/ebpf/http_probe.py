@@ -236,7 +236,7 @@ class HttpProbe(Probe):
             return
         for fn in (*ENTRIES.values(), RETURN_FN, *{fn for fns in GO_FUNCTIONS.values() for fn in fns}):
             bpf.load_func(fn.encode(), bpf.KPROBE)          # listed in /status/ebpf even before a library is found
-        self._tls = TlsLibraries(bpf, self._processes)
+        self._tls = TlsLibraries(bpf, self._processes, go=self._config["agent"]["ebpf"]["tls_go"])
         self._tls.start()
 
     def uprobe_programs(self):

@@ -245,10 +245,12 @@ class TlsLibraries:
 
     @param bpf: the HTTP probe's BCC object (compiled with -DTELEGEN_TLS).
     @param processes: the process table (exec events), or None.
+    @param go: also Go executables (agent.ebpf.tls_go); else only libssl libraries are probed.
     """
 
-    def __init__(self, bpf, processes=None, proc_root="/proc"):
+    def __init__(self, bpf, processes=None, proc_root="/proc", go=True):
         self._bpf = bpf
+        self._probe_go = go
         self._processes = processes
         self._proc_root = proc_root
         self._files = {}             # (st_dev, st_ino) -> {"path", "symbols", "error"} (+ "returns" for Go)
@@ -270,7 +272,7 @@ class TlsLibraries:
         if LIBSSL.search(path):
             self._files[key] = self._attach_libssl(path)
             return True
-        record = self._attach_go(path)
+        record = self._attach_go(path) if self._probe_go else None
         if record is None:
             self._not_go.add(key)
             return False

@@ -163,3 +163,17 @@ def test_the_go_version_is_read_from_the_inline_buildinfo(version, inline):
     head = b"\xff Go buildinf:" + bytes([8, 2 if inline else 0]) + bytes(16)
     data = head + (bytes([len(version)]) + version if version else b"") + bytes(8)
     assert tls.go_version(data, [(0, 0, 0, 0, 0, len(data))], [".go.buildinfo"]) == (version.decode() if version else None)
+
+
+def test_with_tls_go_off_executables_are_not_examined_and_libssl_still_is(tmp_path, monkeypatch):
+    """agent.ebpf.tls_go false: a Go program costs nothing (not even the ELF reading), OpenSSL is still probed."""
+    exe, lib = tmp_path / "server", tmp_path / "libssl.so.3"
+    exe.write_bytes(b"go")
+    lib.write_bytes(b"ssl")
+    examined = []
+    monkeypatch.setattr(tls, "go_tls_functions", lambda path: examined.append(path))
+    bpf = FakeBPF()
+    files = TlsLibraries(bpf, go=False)
+    assert files.attach_all([str(exe), str(lib), str(exe)]) == 1
+    assert examined == [] and files.go_status() == [] and b"go_tls_on" not in bpf.tables
+    assert [path for _, path, *_ in bpf.uprobes] == [str(lib)] * 2 * len(ENTRIES)
