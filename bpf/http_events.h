@@ -109,6 +109,17 @@ BPF_PERCPU_ARRAY(request_scratch, struct http_event, 1);
 BPF_SK_STORAGE(sk_requests, struct http_event);
 #endif
 
+/*
+ * 1 while the last reserve on http_events failed (the ring is full: the consumer is behind), 0
+ * once one succeeded, on any CPU. While it is 1 a request is held without its head (cap_len 0:
+ * direct_request()), since no exchange record could carry it; every response still tries its
+ * reserve, which learns whether the ring has room again, and a request held so is counted lost.
+ * One flag for all CPUs, written only when it changes: a per-CPU flag can stay 1 on a CPU where
+ * requests arrive while their responses' reserves run on another (with one, 6 of the 11 syscall
+ * capture tests of test_ebpf_http.py lost their spans on a busy shared host).
+ */
+BPF_ARRAY(ring_full, u32, 1);
+
 /* A connection's request slot: in the socket's storage when `sk` is set, else pending_requests[key]. */
 struct slot_ref {
     u64 key;
@@ -220,22 +231,48 @@ static __always_inline void fill_event(struct http_event *e, u32 kind, struct co
     e->cap_len = read_capture(e->data, ptr, avail);
 }
 
+/* Note whether a reserve on http_events succeeded (ring_full); returns e. */
+static __always_inline void *noted(void *e)
+{
+    u32 zero = 0;
+    u32 *full = ring_full.lookup(&zero);
+    u32 now_full = !e;
+    if (full && *full != now_full)
+        *full = now_full;
+    return e;
+}
+
+static __always_inline int ring_was_full(void)
+{
+    u32 zero = 0;
+    u32 *full = ring_full.lookup(&zero);
+    return full && *full;
+}
+
+/* A reserve on http_events: noted, and counted lost when it fails. */
+static __always_inline void *http_reserved(void *e)
+{
+    return telegen_reserved(noted(e), TELEGEN_RB_http_events);
+}
+
 static __always_inline void send_event(u32 kind, struct conn *c, struct pending *p, s64 ret,
                                        u64 ptr, u64 avail, u64 now)
 {
-    struct http_event *e = telegen_reserved(http_events.ringbuf_reserve(sizeof(struct http_event)),
-                                            TELEGEN_RB_http_events);
+    struct http_event *e = http_reserved(http_events.ringbuf_reserve(sizeof(struct http_event)));
     if (!e)
         return;
     fill_event(e, kind, c, p, ret, ptr, avail, now);
     http_events.ringbuf_submit(e, telegen_wakeup_flags(sizeof(*e)));
 }
 
-/* Send a held (already filled) request event as it is. */
+/* Send a held (already filled) request event as it is; one held without its head (ring_full) is lost. */
 static __always_inline void send_copy(struct http_event *held)
 {
-    struct http_event *e = telegen_reserved(http_events.ringbuf_reserve(sizeof(struct http_event)),
-                                            TELEGEN_RB_http_events);
+    if (!held->cap_len) {
+        telegen_count_lost(TELEGEN_RB_http_events);
+        return;
+    }
+    struct http_event *e = http_reserved(http_events.ringbuf_reserve(sizeof(struct http_event)));
     if (!e)
         return;
     bpf_probe_read_kernel(e, sizeof(struct http_event), held);
@@ -327,8 +364,15 @@ static __always_inline void send_response(struct http_event *held, struct conn *
         send_event(EV_RESPONSE, c, p, ret, ptr, avail, now);
         return;
     }
-    struct http_exchange_event *e = telegen_reserved(
-        http_events.ringbuf_reserve(sizeof(struct http_exchange_event)), TELEGEN_RB_http_events);
+    struct http_exchange_event *e = http_reserved(http_events.ringbuf_reserve(sizeof(struct http_exchange_event)));
+    if (!held->cap_len) {                  /* held without its head while the ring was full: lost */
+        if (e) {
+            http_events.ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+            telegen_count_lost(TELEGEN_RB_http_events);
+        }
+        held->h.kind = 0;
+        return;
+    }
     if (e) {
         fill_event(&e->response, EV_EXCHANGE, c, p, ret, ptr, avail, now);
         copy_held(e, held);
@@ -352,6 +396,16 @@ static __always_inline int direct_request(struct http_event *slot, struct conn *
 {
     if (!slot || slot->h.kind)
         return 0;
+    if (ring_was_full()) {
+        /* No record can carry its head now: only whether a request starts, held as lost (cap_len 0). */
+        char head[8] = {};
+        bpf_probe_read_user(head, sizeof(head), (void *)ptr);
+        if (is_request(head)) {
+            slot->h.kind = EV_REQUEST;
+            slot->cap_len = 0;
+        }
+        return 1;
+    }
     u32 n = read_capture(slot->data, ptr, avail);
     if (is_request(slot->data)) {          /* else: no message start, the slot stays empty */
         fill_meta(slot, EV_REQUEST, c, p, ret, now);
@@ -365,7 +419,7 @@ static __always_inline int direct_response(struct http_event *held, struct conn 
 {
     if (!held || !held->h.kind)
         return 0;
-    struct http_exchange_event *e = http_events.ringbuf_reserve(sizeof(struct http_exchange_event));
+    struct http_exchange_event *e = noted(http_events.ringbuf_reserve(sizeof(struct http_exchange_event)));
     if (!e) {                              /* ring full: lost, if this starts the response */
         char head[8] = {};
         bpf_probe_read_user(head, sizeof(head), (void *)ptr);
@@ -378,6 +432,12 @@ static __always_inline int direct_response(struct http_event *held, struct conn 
     u32 n = read_capture(e->response.data, ptr, avail);
     if (!is_response(e->response.data)) {
         http_events.ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+        return 1;
+    }
+    if (!held->cap_len) {                  /* its request was held without its head (ring_full) */
+        http_events.ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+        telegen_count_lost(TELEGEN_RB_http_events);
+        held->h.kind = 0;
         return 1;
     }
     fill_meta(&e->response, EV_EXCHANGE, c, p, ret, now);
