@@ -103,7 +103,7 @@ async def test_a_request_held_when_its_connection_closes_leaves_with_the_close(a
     """
     The held request of a connection that closes unanswered leaves the kernel at the close (socket
     capture: out of the socket's storage, which goes with the socket), on both sides: user space
-    then counts each as no_response, and nothing is left held to pair with a later response.
+    then counts each as no_response, and neither becomes a span.
     """
     await ready(agent)
     port = apps.free_port()
