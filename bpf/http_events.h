@@ -110,15 +110,19 @@ BPF_SK_STORAGE(sk_requests, struct http_event);
 #endif
 
 /*
- * 1 while the last reserve on http_events failed (the ring is full: the consumer is behind), 0
- * once one succeeded, on any CPU. While it is 1 a request is held without its head (cap_len 0:
- * direct_request()), since no exchange record could carry it; every response still tries its
- * reserve, which learns whether the ring has room again, and a request held so is counted lost.
- * One flag for all CPUs, written only when it changes: a per-CPU flag can stay 1 on a CPU where
+ * When the last reserve on http_events failed (bpf_ktime_get_ns(); the ring is full: the consumer
+ * is behind), 0 once one succeeded, on any CPU. For RING_RETRY_NS after a failure a request is
+ * held without its head (cap_len 0: direct_request()), since no exchange record could carry it,
+ * and its response counts it lost without trying a reserve (a failed reserve still takes the
+ * ring's lock, a cache line both CPUs fight over); after that the next request is copied again
+ * and its response's reserve learns whether the ring has room. At most RING_RETRY_NS of exchanges
+ * more are lost after the consumer made room; each loss is counted, one per exchange.
+ * One value for all CPUs, written only when it changes: a per-CPU flag can stay set on a CPU where
  * requests arrive while their responses' reserves run on another (with one, 6 of the 11 syscall
  * capture tests of test_ebpf_http.py lost their spans on a busy shared host).
  */
-BPF_ARRAY(ring_full, u32, 1);
+#define RING_RETRY_NS 1000000ULL
+BPF_ARRAY(ring_full, u64, 1);
 
 /* A connection's request slot: in the socket's storage when `sk` is set, else pending_requests[key]. */
 struct slot_ref {
@@ -235,18 +239,22 @@ static __always_inline void fill_event(struct http_event *e, u32 kind, struct co
 static __always_inline void *noted(void *e)
 {
     u32 zero = 0;
-    u32 *full = ring_full.lookup(&zero);
-    u32 now_full = !e;
-    if (full && *full != now_full)
-        *full = now_full;
+    u64 *full = ring_full.lookup(&zero);
+    if (!full)
+        return e;
+    if (!e)
+        *full = bpf_ktime_get_ns();        /* rare: while full, reserves are tried once per RING_RETRY_NS */
+    else if (*full)
+        *full = 0;
     return e;
 }
 
-static __always_inline int ring_was_full(void)
+/* A reserve failed less than RING_RETRY_NS before `now`, none succeeded since. */
+static __always_inline int ring_was_full(u64 now)
 {
     u32 zero = 0;
-    u32 *full = ring_full.lookup(&zero);
-    return full && *full;
+    u64 *full = ring_full.lookup(&zero);
+    return full && *full && now - *full < RING_RETRY_NS;
 }
 
 /* A reserve on http_events: noted, and counted lost when it fails. */
@@ -364,15 +372,17 @@ static __always_inline void send_response(struct http_event *held, struct conn *
         send_event(EV_RESPONSE, c, p, ret, ptr, avail, now);
         return;
     }
-    struct http_exchange_event *e = http_reserved(http_events.ringbuf_reserve(sizeof(struct http_exchange_event)));
     if (!held->cap_len) {                  /* held without its head while the ring was full: lost */
-        if (e) {
-            http_events.ringbuf_discard(e, BPF_RB_NO_WAKEUP);
-            telegen_count_lost(TELEGEN_RB_http_events);
+        if (!ring_was_full(now)) {         /* a reserve, only to learn whether the ring has room */
+            void *probe = noted(http_events.ringbuf_reserve(sizeof(struct http_exchange_event)));
+            if (probe)
+                http_events.ringbuf_discard(probe, BPF_RB_NO_WAKEUP);
         }
+        telegen_count_lost(TELEGEN_RB_http_events);
         held->h.kind = 0;
         return;
     }
+    struct http_exchange_event *e = http_reserved(http_events.ringbuf_reserve(sizeof(struct http_exchange_event)));
     if (e) {
         fill_event(&e->response, EV_EXCHANGE, c, p, ret, ptr, avail, now);
         copy_held(e, held);
@@ -396,7 +406,7 @@ static __always_inline int direct_request(struct http_event *slot, struct conn *
 {
     if (!slot || slot->h.kind)
         return 0;
-    if (ring_was_full()) {
+    if (ring_was_full(now)) {
         /* No record can carry its head now: only whether a request starts, held as lost (cap_len 0). */
         char head[8] = {};
         bpf_probe_read_user(head, sizeof(head), (void *)ptr);
@@ -419,7 +429,10 @@ static __always_inline int direct_response(struct http_event *held, struct conn 
 {
     if (!held || !held->h.kind)
         return 0;
-    struct http_exchange_event *e = noted(http_events.ringbuf_reserve(sizeof(struct http_exchange_event)));
+    struct http_exchange_event *e = 0;
+    /* A request held without its head while the ring is full is lost anyway: no reserve tried. */
+    if (held->cap_len || !ring_was_full(now))
+        e = noted(http_events.ringbuf_reserve(sizeof(struct http_exchange_event)));
     if (!e) {                              /* ring full: lost, if this starts the response */
         char head[8] = {};
         bpf_probe_read_user(head, sizeof(head), (void *)ptr);
