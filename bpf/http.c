@@ -122,8 +122,10 @@ static __always_inline int track_exit(s64 ret, int is_write)
 
     u64 ptr = 0, avail = 0;
     user_payload(p.how, p.buf, ret, &ptr, &avail);
-    if (!l7_payload(key, c, &p, ret, ptr, avail, is_write, now))
-        http_payload(key, c, &p, ret, ptr, avail, is_write, now);
+    if (!l7_payload(key, c, &p, ret, ptr, avail, is_write, now)) {
+        struct slot_ref r = {.key = key, .sk = 0};
+        http_payload(&r, c, &p, ret, ptr, avail, is_write, now);
+    }
     return 0;
 }
 
@@ -259,7 +261,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
     if (c->proto) {
         l7_close(key, c, bpf_ktime_get_ns());
     } else if (c->role == ROLE_SERVER || c->role == ROLE_CLIENT) {
-        release_request(key);
+        struct slot_ref r = {.key = key, .sk = 0};
+        release_request(&r);
         struct pending p = {.buf = 0, .ts = 0, .fd = args->fd, .how = 0};
         send_event(EV_CLOSE, c, &p, 0, 0, 0, bpf_ktime_get_ns());
     }

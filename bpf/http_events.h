@@ -94,15 +94,44 @@ struct iovec_user {
 };
 
 /*
- * One request slot per HTTP connection (by connection key), filled in place when a request
- * starts (h.kind = EV_REQUEST) and emptied (h.kind = 0) when its response leaves with it; close
- * deletes the slot. Filling in place spares a 600-byte map update and a delete per exchange.
- * LRU: with more busy connections than slots the least recently used slot is evicted, and a
- * request it held is later counted as response_without_request in user space. request_scratch
- * is the blank a new slot is created from, and the fallback when no slot can be had.
+ * One request slot per HTTP connection, filled in place when a request starts (h.kind =
+ * EV_REQUEST) and emptied (h.kind = 0) when its response leaves with it. Filling in place spares
+ * a 600-byte map update and a delete per exchange. Where the slot lives is the capture mode's
+ * (struct slot_ref): the socket capture keeps it in the socket's own storage (sk_requests,
+ * created on the connection's first request, freed with the socket: no eviction however many
+ * connections are busy, and no key hash to look up); the syscall capture and the TLS
+ * connections, which have no socket at hand, in pending_requests by connection key. That one is LRU: with more busy connections than slots the least recently used
+ * slot is evicted, and a request it held is later counted as response_without_request in user
+ * space; close deletes its slot. request_scratch is the blank a new LRU slot is created from, and
+ * the fallback when no slot can be had.
  */
 BPF_TABLE("lru_hash", u64, struct http_event, pending_requests, MAX_PENDING_REQUESTS);
 BPF_PERCPU_ARRAY(request_scratch, struct http_event, 1);
+#ifdef HTTP_SOCKET_SLOTS
+BPF_SK_STORAGE(sk_requests, struct http_event);
+#endif
+
+/*
+ * When the last reserve on http_events failed (bpf_ktime_get_ns(); the ring is full: the consumer
+ * is behind), 0 once one succeeded, on any CPU. For RING_RETRY_NS after a failure a request is
+ * held without its head (cap_len 0: direct_request()), since no exchange record could carry it,
+ * and its response counts it lost without trying a reserve (a failed reserve still takes the
+ * ring's lock, a cache line both CPUs fight over); after that the next request is copied again
+ * and its response's reserve learns whether the ring has room. At most RING_RETRY_NS of exchanges
+ * more are lost after the consumer made room; each loss is counted, one per exchange.
+ * One value for all CPUs, written only when it changes: a per-CPU flag can stay set on a CPU where
+ * requests arrive while their responses' reserves run on another (with one, 6 of the 11 syscall
+ * capture tests of test_ebpf_http.py lost their spans on a busy shared host).
+ */
+#define RING_RETRY_NS 1000000ULL
+BPF_ARRAY(ring_full, u64, 1);
+
+/* A connection's request slot: in the socket's storage when `sk` is set, else pending_requests[key]. */
+struct slot_ref {
+    u64 key;
+    void *sk;
+};
+
 /* port_rules[port]: 1 = listed in include_ports, 2 = excluded (exclude_ports and the agent's own API port). */
 BPF_ARRAY(port_rules, u8, 65536);
 /*
@@ -208,63 +237,115 @@ static __always_inline void fill_event(struct http_event *e, u32 kind, struct co
     e->cap_len = read_capture(e->data, ptr, avail);
 }
 
+/* Note whether a reserve on http_events succeeded (ring_full); returns e. */
+static __always_inline void *noted(void *e)
+{
+    u32 zero = 0;
+    u64 *full = ring_full.lookup(&zero);
+    if (!full)
+        return e;
+    if (!e)
+        *full = bpf_ktime_get_ns();        /* rare: while full, reserves are tried once per RING_RETRY_NS */
+    else if (*full)
+        *full = 0;
+    return e;
+}
+
+/* A reserve failed less than RING_RETRY_NS before `now`, none succeeded since. */
+static __always_inline int ring_was_full(u64 now)
+{
+    u32 zero = 0;
+    u64 *full = ring_full.lookup(&zero);
+    return full && *full && now - *full < RING_RETRY_NS;
+}
+
+/* A reserve on http_events: noted, and counted lost when it fails. */
+static __always_inline void *http_reserved(void *e)
+{
+    return telegen_reserved(noted(e), TELEGEN_RB_http_events);
+}
+
 static __always_inline void send_event(u32 kind, struct conn *c, struct pending *p, s64 ret,
                                        u64 ptr, u64 avail, u64 now)
 {
-    struct http_event *e = telegen_reserved(http_events.ringbuf_reserve(sizeof(struct http_event)),
-                                            TELEGEN_RB_http_events);
+    struct http_event *e = http_reserved(http_events.ringbuf_reserve(sizeof(struct http_event)));
     if (!e)
         return;
     fill_event(e, kind, c, p, ret, ptr, avail, now);
     http_events.ringbuf_submit(e, telegen_wakeup_flags(sizeof(*e)));
 }
 
-/* Send a held (already filled) request event as it is. */
+/* Send a held (already filled) request event as it is; one held without its head (ring_full) is lost. */
 static __always_inline void send_copy(struct http_event *held)
 {
-    struct http_event *e = telegen_reserved(http_events.ringbuf_reserve(sizeof(struct http_event)),
-                                            TELEGEN_RB_http_events);
+    if (!held->cap_len) {
+        telegen_count_lost(TELEGEN_RB_http_events);
+        return;
+    }
+    struct http_event *e = http_reserved(http_events.ringbuf_reserve(sizeof(struct http_event)));
     if (!e)
         return;
     bpf_probe_read_kernel(e, sizeof(struct http_event), held);
     http_events.ringbuf_submit(e, telegen_wakeup_flags(sizeof(*e)));
 }
 
-/* Connection `key` closes: send the request its slot holds, if any, on its own (EV_REQUEST). */
-static __always_inline void release_request(u64 key)
+/* The connection's request slot, 0 when it has none yet. */
+static __always_inline struct http_event *slot_lookup(struct slot_ref *r)
 {
-    struct http_event *held = pending_requests.lookup(&key);
+#ifdef HTTP_SOCKET_SLOTS
+    if (r->sk)
+        return sk_requests.sk_storage_get(r->sk, 0, 0);
+#endif
+    return pending_requests.lookup(&r->key);
+}
+
+/* The connection closes: send the request its slot holds, if any, on its own (EV_REQUEST). */
+static __always_inline void release_request(struct slot_ref *r)
+{
+    struct http_event *held = slot_lookup(r);
     if (!held)
         return;
     if (held->h.kind)
         send_copy(held);
-    pending_requests.delete(&key);
+#ifdef HTTP_SOCKET_SLOTS
+    if (r->sk) {
+        held->h.kind = 0;                  /* the storage goes with the socket */
+        return;
+    }
+#endif
+    pending_requests.delete(&r->key);
 }
 
-/* The connection's request slot, created empty on its first request; 0 when the map refuses. */
-static __always_inline struct http_event *request_slot(u64 key, struct http_event *blank)
+/* The connection's request slot, created empty on its first request; 0 when none can be had. */
+static __always_inline struct http_event *slot_create(struct slot_ref *r, struct http_event *blank)
 {
-    struct http_event *slot = pending_requests.lookup(&key);
-    if (slot)
-        return slot;
+#ifdef HTTP_SOCKET_SLOTS
+    if (r->sk)
+        return sk_requests.sk_storage_get(r->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+#endif
     blank->h.kind = 0;
-    pending_requests.update(&key, blank);
-    return pending_requests.lookup(&key);
+    pending_requests.update(&r->key, blank);
+    return pending_requests.lookup(&r->key);
 }
 
-/* A request started on connection `key`: hold it in the slot until its response (or send it now). */
-static __always_inline void hold_request(u64 key, struct conn *c, struct pending *p, s64 ret,
-                                         u64 ptr, u64 avail, u64 now)
+/*
+ * A request started on the connection (`slot`: its request slot, 0 when it has none yet): hold
+ * it in the slot until its response (or send it now when no slot can be had).
+ */
+static __always_inline void hold_request(struct slot_ref *r, struct http_event *slot, struct conn *c,
+                                         struct pending *p, s64 ret, u64 ptr, u64 avail, u64 now)
 {
-    u32 zero = 0;
-    struct http_event *blank = request_scratch.lookup(&zero);
-    if (!blank)
-        return;
-    struct http_event *slot = request_slot(key, blank);
     if (!slot) {
-        fill_event(blank, EV_REQUEST, c, p, ret, ptr, avail, now);
-        send_copy(blank);
-        return;
+        u32 zero = 0;
+        struct http_event *blank = request_scratch.lookup(&zero);
+        if (!blank)
+            return;
+        slot = slot_create(r, blank);
+        if (!slot) {
+            fill_event(blank, EV_REQUEST, c, p, ret, ptr, avail, now);
+            send_copy(blank);
+            return;
+        }
     }
     if (slot->h.kind)
         send_copy(slot);                   /* pipelined: the earlier one goes alone */
@@ -285,17 +366,25 @@ static __always_inline void copy_held(struct http_exchange_event *e, struct http
     __builtin_memcpy(e->request_data, held->data, HTTP_CAPTURE);
 }
 
-/* A response started on connection `key`: one EV_EXCHANGE with the held request, else EV_RESPONSE. */
-static __always_inline void send_response(u64 key, struct conn *c, struct pending *p, s64 ret,
+/* A response started (`held`: the request slot, if any): one EV_EXCHANGE with its request, else EV_RESPONSE. */
+static __always_inline void send_response(struct http_event *held, struct conn *c, struct pending *p, s64 ret,
                                           u64 ptr, u64 avail, u64 now)
 {
-    struct http_event *held = pending_requests.lookup(&key);
     if (!held || !held->h.kind) {
         send_event(EV_RESPONSE, c, p, ret, ptr, avail, now);
         return;
     }
-    struct http_exchange_event *e = telegen_reserved(
-        http_events.ringbuf_reserve(sizeof(struct http_exchange_event)), TELEGEN_RB_http_events);
+    if (!held->cap_len) {                  /* held without its head while the ring was full: lost */
+        if (!ring_was_full(now)) {         /* a reserve, only to learn whether the ring has room */
+            void *probe = noted(http_events.ringbuf_reserve(sizeof(struct http_exchange_event)));
+            if (probe)
+                http_events.ringbuf_discard(probe, BPF_RB_NO_WAKEUP);
+        }
+        telegen_count_lost(TELEGEN_RB_http_events);
+        held->h.kind = 0;
+        return;
+    }
+    struct http_exchange_event *e = http_reserved(http_events.ringbuf_reserve(sizeof(struct http_exchange_event)));
     if (e) {
         fill_event(&e->response, EV_EXCHANGE, c, p, ret, ptr, avail, now);
         copy_held(e, held);
@@ -314,12 +403,21 @@ static __always_inline void send_response(u64 key, struct conn *c, struct pendin
  * with no slot yet, a request body or pipelined request while one is held, a response with no
  * request held, a full ring), which then behaves exactly as without them.
  */
-static __always_inline int direct_request(u64 key, struct conn *c, struct pending *p, s64 ret,
+static __always_inline int direct_request(struct http_event *slot, struct conn *c, struct pending *p, s64 ret,
                                           u64 ptr, u64 avail, u64 now)
 {
-    struct http_event *slot = pending_requests.lookup(&key);
     if (!slot || slot->h.kind)
         return 0;
+    if (ring_was_full(now)) {
+        /* No record can carry its head now: only whether a request starts, held as lost (cap_len 0). */
+        char head[8] = {};
+        bpf_probe_read_user(head, sizeof(head), (void *)ptr);
+        if (is_request(head)) {
+            slot->h.kind = EV_REQUEST;
+            slot->cap_len = 0;
+        }
+        return 1;
+    }
     u32 n = read_capture(slot->data, ptr, avail);
     if (is_request(slot->data)) {          /* else: no message start, the slot stays empty */
         fill_meta(slot, EV_REQUEST, c, p, ret, now);
@@ -328,13 +426,15 @@ static __always_inline int direct_request(u64 key, struct conn *c, struct pendin
     return 1;
 }
 
-static __always_inline int direct_response(u64 key, struct conn *c, struct pending *p, s64 ret,
+static __always_inline int direct_response(struct http_event *held, struct conn *c, struct pending *p, s64 ret,
                                            u64 ptr, u64 avail, u64 now)
 {
-    struct http_event *held = pending_requests.lookup(&key);
     if (!held || !held->h.kind)
         return 0;
-    struct http_exchange_event *e = http_events.ringbuf_reserve(sizeof(struct http_exchange_event));
+    struct http_exchange_event *e = 0;
+    /* A request held without its head while the ring is full is lost anyway: no reserve tried. */
+    if (held->cap_len || !ring_was_full(now))
+        e = noted(http_events.ringbuf_reserve(sizeof(struct http_exchange_event)));
     if (!e) {                              /* ring full: lost, if this starts the response */
         char head[8] = {};
         bpf_probe_read_user(head, sizeof(head), (void *)ptr);
@@ -349,6 +449,12 @@ static __always_inline int direct_response(u64 key, struct conn *c, struct pendi
         http_events.ringbuf_discard(e, BPF_RB_NO_WAKEUP);
         return 1;
     }
+    if (!held->cap_len) {                  /* its request was held without its head (ring_full) */
+        http_events.ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+        telegen_count_lost(TELEGEN_RB_http_events);
+        held->h.kind = 0;
+        return 1;
+    }
     fill_meta(&e->response, EV_EXCHANGE, c, p, ret, now);
     e->response.cap_len = n;
     copy_held(e, held);
@@ -359,15 +465,16 @@ static __always_inline int direct_response(u64 key, struct conn *c, struct pendi
     return 1;
 }
 
-/* The direct paths above for a connection of known side; 0 when the general path must decide. */
-static __always_inline int direct_payload(u64 key, struct conn *c, struct pending *p, s64 ret, u64 ptr,
+/* The direct paths above for a connection of known side (`slot`: its request slot, 0 when none
+ * yet); 0 when the general path must decide. */
+static __always_inline int direct_payload(struct http_event *slot, struct conn *c, struct pending *p, s64 ret, u64 ptr,
                                           u64 avail, int is_write, u64 now)
 {
     if (!ptr || avail < 8 || (c->role != ROLE_SERVER && c->role != ROLE_CLIENT))
         return 0;                          /* under 8 bytes the head is read as before (zero-padded) */
     if ((c->role == ROLE_CLIENT) == (is_write != 0))
-        return direct_request(key, c, p, ret, ptr, avail, now);
-    return direct_response(key, c, p, ret, ptr, avail, now);
+        return direct_request(slot, c, p, ret, ptr, avail, now);
+    return direct_response(slot, c, p, ret, ptr, avail, now);
 }
 
 /*
@@ -398,16 +505,18 @@ static __always_inline void user_payload(u32 how, u64 buf, s64 ret, u64 *ptr, u6
 }
 
 /*
- * `ret` bytes moved on HTTP-tracked connection `key` (ptr/avail: where its first bytes are, 0 when
- * unknown): classify the connection by its first bytes, send a request or response start, count
+ * `ret` bytes moved on HTTP-tracked connection c (r: where its request slot is; ptr/avail: where
+ * its first bytes are, 0 when unknown): classify the connection by its first bytes, send a request or response start, count
  * the bytes. ROLE_ACCEPTED/ROLE_CONNECTED (syscall capture) know their side from accept/connect;
  * ROLE_UNSEEN (socket capture) learns it here: a request received makes a server, a request sent
  * a client, and only then is the port filter known to apply to the local or the peer port.
  */
-static __always_inline void http_payload(u64 key, struct conn *c, struct pending *p, s64 ret, u64 ptr,
+static __always_inline void http_payload(struct slot_ref *r, struct conn *c, struct pending *p, s64 ret, u64 ptr,
                                          u64 avail, int is_write, u64 now)
 {
-    if (direct_payload(key, c, p, ret, ptr, avail, is_write, now))
+    /* Looked up once here: a connection whose side is not known yet has no slot. */
+    struct http_event *slot = (c->role == ROLE_SERVER || c->role == ROLE_CLIENT) ? slot_lookup(r) : 0;
+    if (direct_payload(slot, c, p, ret, ptr, avail, is_write, now))
         goto count;
     char head[8] = {};
     if (ptr && avail >= 4)
@@ -439,9 +548,9 @@ static __always_inline void http_payload(u64 key, struct conn *c, struct pending
             kind = EV_RESPONSE;
     }
     if (kind == EV_REQUEST) {
-        hold_request(key, c, p, ret, ptr, avail, now);
+        hold_request(r, slot, c, p, ret, ptr, avail, now);
     } else if (kind == EV_RESPONSE) {
-        send_response(key, c, p, ret, ptr, avail, now);
+        send_response(slot, c, p, ret, ptr, avail, now);
         /* `HTTP/1.1 101`: the connection switches protocols after this (an h2c upgrade: l7_upgrade()). */
         char status[12] = {};
         if (avail >= 12 && bpf_probe_read_user(status, 12, (void *)ptr) == 0 && is_switching(status))

@@ -13,8 +13,8 @@
  * A connection's state (struct conn) lives in the socket's own storage: created on its first
  * send or receive, freed with the socket. Its side is learnt from its first bytes (a request
  * received: server; sent: client); everything else (pairing, events) is bpf/http_events.h, so
- * user space decodes both modes alike. The socket cookie stands for the fd in events and keys the
- * held request.
+ * user space decodes both modes alike. The socket cookie stands for the fd in events; the held
+ * request is in the socket's storage too (HTTP_SOCKET_SLOTS).
  *
  * Kernel structs are read with plain loads at offsets taken from the running kernel's BTF
  * (telegen/ebpf/btf.py passes them as -D flags), never from the kernel headers BCC compiles
@@ -22,6 +22,7 @@
  * x86-64 only (syscall numbers, pt_regs).
  */
 #include "telegen.h"
+#define HTTP_SOCKET_SLOTS                  /* request slots in socket storage (bpf/http_events.h) */
 #include "http_events.h"
 #include "l7_stream.h"
 #include "tls.h"
@@ -138,8 +139,10 @@ static __always_inline int on_data(void *sk, int ret, u32 flags, int is_write)
         p.how = HOW_NONE;                  /* consumed, never copied: the buffer holds stale bytes */
     u64 ptr = 0, avail = 0;
     user_payload(p.how, p.buf, ret, &ptr, &avail);
-    if (!l7_payload(c->cookie, c, &p, ret, ptr, avail, is_write, now))
-        http_payload(c->cookie, c, &p, ret, ptr, avail, is_write, now);
+    if (!l7_payload(c->cookie, c, &p, ret, ptr, avail, is_write, now)) {
+        struct slot_ref r = {.key = c->cookie, .sk = sk};
+        http_payload(&r, c, &p, ret, ptr, avail, is_write, now);
+    }
     return 0;
 }
 
@@ -172,7 +175,8 @@ int tp_btf__inet_sock_set_state(u64 *ctx)
         c->role = ROLE_OTHER;
         return 0;
     }
-    release_request(c->cookie);
+    struct slot_ref r = {.key = c->cookie, .sk = sk};
+    release_request(&r);
     struct pending p = {.buf = 0, .ts = 0, .fd = (u32)c->cookie, .how = HOW_NONE};
     send_event(EV_CLOSE, c, &p, 0, 0, 0, bpf_ktime_get_ns());
     c->role = ROLE_OTHER;                  /* closed: nothing more is reported */

@@ -230,8 +230,10 @@ static __always_inline int tls_plaintext(struct tls_call *t, s64 ret, int go)
     struct pending p = {.buf = buf, .ts = t->is_write ? t->ts : 0, .fd = tc->fd, .how = HOW_PLAIN};
     u64 now = bpf_ktime_get_ns();
     /* The stream protocols first, under the socket's own connection id (one parser per connection). */
-    if (!l7_payload(tc->key & ~TLS_KEY_BIT, &tc->c, &p, ret, buf, ret, t->is_write, now))
-        http_payload(tc->key, &tc->c, &p, ret, buf, ret, t->is_write, now);
+    if (!l7_payload(tc->key & ~TLS_KEY_BIT, &tc->c, &p, ret, buf, ret, t->is_write, now)) {
+        struct slot_ref r = {.key = tc->key, .sk = 0};     /* no socket here: pending_requests */
+        http_payload(&r, &tc->c, &p, ret, buf, ret, t->is_write, now);
+    }
     return 0;
 }
 
@@ -325,7 +327,8 @@ static __always_inline void tls_closed(u64 key)
     if (tc->c.proto) {
         l7_close(key, &tc->c, bpf_ktime_get_ns());
     } else if (tc->c.role == ROLE_SERVER || tc->c.role == ROLE_CLIENT) {
-        release_request(tc->key);
+        struct slot_ref r = {.key = tc->key, .sk = 0};
+        release_request(&r);
         struct pending p = {.buf = 0, .ts = 0, .fd = tc->fd, .how = HOW_NONE};
         send_event(EV_CLOSE, &tc->c, &p, 0, 0, 0, bpf_ktime_get_ns());
     }

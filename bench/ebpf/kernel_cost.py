@@ -17,6 +17,10 @@ What HTTP capture costs the traced applications themselves: wrk against nginx on
           capture auto: socket on kernels with the hooks), exporting OTLP/gRPC to a receiver in
           this process
   agent_syscalls  the same with agent.ebpf.capture: syscalls
+  agent_stopped  agent, SIGSTOPped once its probes are attached: its kernel side (every probe,
+          the ring soon full) without its consumer's CPU, wakeups and cache footprint, so
+          agent vs agent_stopped is what the consumer costs and agent_stopped vs sock what the
+          agent's other probes cost
 
 alternated --rounds times (the host drifts by tens of percent within minutes, so each variant is
 compared with the off run of its own round, then medians are taken). Per run: requests/s and the
@@ -37,6 +41,7 @@ import argparse
 import mmap
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -54,9 +59,10 @@ from telegen.l7.protocols import NAMES  # noqa: E402
 from tests.support import http_apps as apps  # noqa: E402
 from tests.support.otlp_receiver import OtlpReceiver  # noqa: E402
 
-VARIANTS = ("off", "empty", "http", "sock", "http_drained", "sock_drained", "waker", "agent", "agent_syscalls")
+VARIANTS = ("off", "empty", "http", "sock", "http_drained", "sock_drained", "waker", "agent", "agent_syscalls",
+            "agent_stopped")
 CAPTURES = {"http": "syscalls", "waker": "syscalls", "sock": "socket", "http_drained": "syscalls",
-            "sock_drained": "socket", "agent": "auto", "agent_syscalls": "syscalls"}
+            "sock_drained": "socket", "agent": "auto", "agent_syscalls": "syscalls", "agent_stopped": "auto"}
 WAKER = "import time\nwhile True:\n    time.sleep(0.001)\n"
 BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
 
@@ -156,13 +162,28 @@ def prog_stats(pid):
     return out
 
 
+def context_switches(pid):
+    """Context switches (voluntary and not) of all of process pid's threads so far: each one of the
+    agent's is a wakeup that took a CPU from nginx or wrk."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                total += sum(int(line.split()[1]) for line in f if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")))
+        except OSError:
+            continue                       # a thread that ended
+    return total
+
+
 def measured(port, nginx_pid, seconds, agent_pid=None):
-    """One wrk run: requests/s and the CPU nginx and wrk spent per request (us)."""
+    """One wrk run: requests/s, the CPU nginx and wrk spent per request (us), the agent's CPU and wakeups."""
     shares = bench.CpuShares(nginx_pid, agent_pid)
+    switches = context_switches(agent_pid) if agent_pid else 0
     run = bench.wrk(port, seconds)
     cpu = shares.shares()
+    switches = (context_switches(agent_pid) - switches) / seconds if agent_pid else 0.0
     return {"rps": run["rps"], "nginx_us": 1e4 * cpu["nginx"] / run["rps"], "wrk_us": 1e4 * cpu["wrk"] / run["rps"],
-            "agent_pct": cpu.get("agent", 0.0)}
+            "agent_pct": cpu.get("agent", 0.0), "bench_pct": cpu["bench"], "agent_switches": switches}
 
 
 def one_run(variant, tmp, receiver, port, nginx_pid, seconds):
@@ -177,11 +198,15 @@ def one_run(variant, tmp, receiver, port, nginx_pid, seconds):
             emptier.start()
         if variant == "waker":
             waker = subprocess.Popen([sys.executable, "-c", WAKER])
-        elif variant in ("agent", "agent_syscalls"):
-            options = AgentDefaults if variant == "agent" else AgentSyscalls
+        elif variant in ("agent", "agent_syscalls", "agent_stopped"):
+            options = AgentSyscalls if variant == "agent_syscalls" else AgentDefaults
             agent = bench.start_agent(tmp, receiver, options, ("grpc", "gzip"))
+            if variant == "agent_stopped":
+                os.kill(agent.process.pid, signal.SIGSTOP)
         return measured(port, nginx_pid, seconds, agent.process.pid if agent else None)
     finally:
+        if agent is not None and variant == "agent_stopped":
+            os.kill(agent.process.pid, signal.SIGCONT)
         if emptier is not None:
             emptier.stop()
         if bpf is not None:
@@ -284,8 +309,9 @@ def main():
         server.stop()
 
     print(f"| variant | req/s, median | throughput vs off, median of per-round ratios | {args.server} us CPU/request | "
-          "wrk us CPU/request | off's (nginx + wrk) CPU per request / this one's, median |")
-    print("|---|---|---|---|---|---|")
+          "wrk us CPU/request | off's (nginx + wrk) CPU per request / this one's, median | "
+          "agent % of a core | agent context switches/s | bench process (OTLP receiver) % of a core |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for variant in variants:
         runs = rows[variant]
         ratio = statistics.median(r["rps"] / off["rps"] for r, off in zip(runs, rows["off"]))
@@ -296,7 +322,9 @@ def main():
         print(f"| {variant} | {statistics.median(r['rps'] for r in runs):,.0f} | {ratio:.2f} "
               f"({', '.join(format(r['rps'] / off['rps'], '.2f') for r, off in zip(runs, rows['off']))}) | "
               f"{statistics.median(r['nginx_us'] for r in runs):.2f} | {statistics.median(r['wrk_us'] for r in runs):.2f} | "
-              f"{cpu_ratio:.2f} |")
+              f"{cpu_ratio:.2f} | {statistics.median(r['agent_pct'] for r in runs):.1f} | "
+              f"{statistics.median(r['agent_switches'] for r in runs):,.0f} | "
+              f"{statistics.median(r['bench_pct'] for r in runs):.1f} |")
     for capture, per_program in programs.items():
         print()
         print(f"| capture {capture}: program | BPF ns per request | runs per request | ns per run |")
