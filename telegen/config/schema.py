@@ -98,7 +98,7 @@ SCHEMA = Section({
             "drain_interval": Field("duration", 1.0, "Drain ring buffers this often (the kernel wakes the reader sooner only when a ring buffer is an eighth full); bounds how long an event waits.", min=0.001, max=10),
             "capture": Field("enum", "auto", "HTTP capture: socket (socket-level tp_btf tracepoints), syscalls (syscall tracepoints), auto (socket when it loads, else syscalls).", choices=("auto", "socket", "syscalls")),
             "tls": Field("bool", True, "TLS plaintext: uprobes on OpenSSL's SSL_read/SSL_write (and _ex) in every libssl.so processes map, and on crypto/tls.(*Conn).Read/Write in Go executables (agent.ebpf.tls_go); HTTPS exchanges become HTTP spans with url.scheme https, PostgreSQL, MySQL and Redis over TLS their database spans."),
-            "tls_go": Field("bool", True, "With agent.ebpf.tls, also Go programs' crypto/tls (uprobes on each entry and RET of (*Conn).Read/Write/handshakeContext): each hit costs the Go program about 20 us of CPU on this kind of VM, +200-300 us per HTTPS request; false leaves Go programs' TLS unseen and costs them nothing."),
+            "tls_go": Field("bool", False, "With agent.ebpf.tls, also Go programs' crypto/tls (uprobes on each entry and RET of (*Conn).Read/Write/handshakeContext, 26 per Go executable). Off by default for its cost: each hit costs the Go program about 20 us of CPU on a VM (+200-300 us per HTTPS request), and each uprobe takes the kernel ~0.1 s to remove when the agent stops (a host running dockerd, containerd and docker: ~8 s)."),
             "network": Section({
                 "enabled": Field("bool", True, "Network capture (HTTP and TCP)."),
                 "http": Field("bool", True, "HTTP/1.x spans and RED metrics."),

@@ -80,6 +80,8 @@ SOCKET_FIELDS = {
     "OFF_REGS_CS": ("pt_regs", "cs"),
 }
 CAPTURE_MODES = {"auto": ("socket", "syscalls"), "socket": ("socket",), "syscalls": ("syscalls",)}
+# The Go crypto/tls uprobe programs (agent.ebpf.tls_go), entries and RETs.
+_GO_PROGRAMS = tuple(sorted({fn for fns in GO_FUNCTIONS.values() for fn in fns}))
 TLS_LOST_REASONS = ("tls_unlinked",)     # bpf/tls.h tls_lost slots, as telegen_ebpf_events_dropped_total reasons
 
 
@@ -230,13 +232,18 @@ class HttpProbe(Probe):
         return {"http_events": self._decoders.handle_bytes}
 
     def attach_uprobes(self, bpf):
-        """With agent.ebpf.tls: the TLS uprobes (bpf/tls.h) on every libssl and Go executable found now (telegen.ebpf.tls)."""
+        """
+        With agent.ebpf.tls: the TLS uprobes (bpf/tls.h) on every libssl found now, and with
+        agent.ebpf.tls_go on every Go executable too (telegen.ebpf.tls).
+        """
         self._tls = None
-        if not self._config["agent"]["ebpf"]["tls"]:
+        ebpf = self._config["agent"]["ebpf"]
+        if not ebpf["tls"]:
             return
-        for fn in (*ENTRIES.values(), RETURN_FN, *{fn for fns in GO_FUNCTIONS.values() for fn in fns}):
+        go = ebpf["tls_go"]
+        for fn in (*ENTRIES.values(), RETURN_FN, *(_GO_PROGRAMS if go else ())):
             bpf.load_func(fn.encode(), bpf.KPROBE)          # listed in /status/ebpf even before a library is found
-        self._tls = TlsLibraries(bpf, self._processes, go=self._config["agent"]["ebpf"]["tls_go"])
+        self._tls = TlsLibraries(bpf, self._processes, go=go)
         self._tls.start()
 
     def uprobe_programs(self):
@@ -245,6 +252,8 @@ class HttpProbe(Probe):
         attached = {s for lib in self._tls.status() for s in lib["symbols"]}
         programs = {fn: symbol if symbol in attached else None for symbol, fn in ENTRIES.items()}
         programs[RETURN_FN] = ("uretprobe:" + ",".join(s for s in ENTRIES if s in attached)) if attached else None
+        if not self._config["agent"]["ebpf"]["tls_go"]:
+            return programs
         go_attached = {s for exe in self._tls.go_status() for s in exe["symbols"]}
         for symbol, (entry, ret) in GO_FUNCTIONS.items():
             programs[entry] = symbol if symbol in go_attached else None

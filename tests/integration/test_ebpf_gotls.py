@@ -66,8 +66,9 @@ def pie_server(built, certificate):
 
 @pytest.fixture(scope="module", params=["socket", "syscalls"])
 def agent(receiver, request, go_server, pie_server):
-    """The agent in one capture mode, capturing the Go servers' ports only."""
+    """The agent in one capture mode with Go's crypto/tls probes on (agent.ebpf.tls_go, off by default), capturing the Go servers' ports only."""
     agent = Agent(receiver, capture=request.param)
+    agent.config["agent"]["ebpf"]["tls_go"] = True
     agent.config["agent"]["ebpf"]["network"]["include_ports"] = [(port, port) for _, port in (go_server, pie_server)]
     yield from running(agent)
 

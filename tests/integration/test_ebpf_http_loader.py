@@ -58,6 +58,7 @@ def test_the_shipped_http_probe_loads_and_attaches_every_tracepoint(capture):
     config = defaults()
     config["agent"]["ebpf"]["ringbuf_size"] = 1 << 16
     config["agent"]["ebpf"]["capture"] = capture
+    config["agent"]["ebpf"]["tls_go"] = True           # off by default; here every program must load
     probe = HttpProbe(config, None, None, None)
     bpf = loader.compile_probe(probe, config, os.getpid())
     try:
