@@ -504,6 +504,18 @@ static __always_inline void user_payload(u32 how, u64 buf, s64 ret, u64 *ptr, u6
     }
 }
 
+/* The connection's totals after `ret` bytes moved. */
+static __always_inline void count_bytes(struct conn *c, s64 ret, int is_write, u64 now)
+{
+    if (is_write) {
+        c->tx_bytes += ret;
+        c->last_tx_ts = now;
+    } else {
+        c->rx_bytes += ret;
+        c->last_rx_ts = now;
+    }
+}
+
 /*
  * `ret` bytes moved on HTTP-tracked connection c (r: where its request slot is; ptr/avail: where
  * its first bytes are, 0 when unknown): classify the connection by its first bytes, send a request or response start, count
@@ -557,13 +569,49 @@ static __always_inline void http_payload(struct slot_ref *r, struct conn *c, str
             c->upgrade = 1;
     }
 count:
-    if (is_write) {
-        c->tx_bytes += ret;
-        c->last_tx_ts = now;
-    } else {
-        c->rx_bytes += ret;
-        c->last_rx_ts = now;
-    }
+    count_bytes(c, ret, is_write, now);
 }
+
+#ifdef HTTP_SOCKET_SLOTS
+/*
+ * While the ring is full (ring_was_full()) no record can carry a message, so on an HTTP/1
+ * connection of known side nothing is read from user memory: not the registers, not an iovec, not
+ * a head (on these VMs a user-memory read costs 130-200 ns, the registers' lookup ~50, and they
+ * were most of what an exchange cost the kernel at saturation). The bytes are counted, and a
+ * message starts where the connection turns: its first read after a write, or its first write
+ * after a read (HTTP/1: a request, then its response). A request start holds an empty slot
+ * (cap_len 0, as direct_request() does while full), its response's start counts it lost, one loss
+ * per exchange as when the heads were read (like it, turns count an exchange with a 1xx answer as
+ * two, and requests pipelined in one read as one); what turns miss is a 101 answered while the
+ * ring is full: the upgraded connection's turns are counted as lost exchanges.
+ * 1 when it took the event (the ring is full and the connection HTTP/1 of known side).
+ */
+static __always_inline int turn_while_full(struct slot_ref *r, struct conn *c, s64 ret, int is_write, u64 now)
+{
+    if (c->proto || c->upgrade || (c->role != ROLE_SERVER && c->role != ROLE_CLIENT) || !ring_was_full(now))
+        return 0;
+    int turned = is_write ? c->last_rx_ts > c->last_tx_ts : c->last_tx_ts > c->last_rx_ts;
+    if (turned) {
+        struct http_event *slot = slot_lookup(r);
+        if ((c->role == ROLE_CLIENT) == (is_write != 0)) {
+            if (!slot)
+                slot = sk_requests.sk_storage_get(r->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+            if (slot) {                    /* else its response counts it */
+                if (slot->h.kind)
+                    telegen_count_lost(TELEGEN_RB_http_events);    /* the one before was not answered */
+                slot->h.kind = EV_REQUEST;
+                slot->cap_len = 0;
+            }
+        } else {
+            /* The held request is lost with its response; a response with none held is lost as its event. */
+            telegen_count_lost(TELEGEN_RB_http_events);
+            if (slot)
+                slot->h.kind = 0;
+        }
+    }
+    count_bytes(c, ret, is_write, now);
+    return 1;
+}
+#endif
 
 #endif /* TELEGEN_HTTP_EVENTS_H */

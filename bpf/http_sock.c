@@ -133,16 +133,17 @@ static __always_inline int on_data(void *sk, int ret, u32 flags, int is_write)
     if (c->role == ROLE_OTHER)
         return 0;
     u64 now = bpf_ktime_get_ns();
+    struct slot_ref r = {.key = c->cookie, .sk = sk};
+    if (turn_while_full(&r, c, ret, is_write, now))
+        return 0;
     struct pending p = {.buf = 0, .ts = 0, .fd = (u32)c->cookie, .how = HOW_NONE};
     p.how = user_call(is_write, &p.buf);
     if (!is_write && (flags & MSG_TRUNC_))
         p.how = HOW_NONE;                  /* consumed, never copied: the buffer holds stale bytes */
     u64 ptr = 0, avail = 0;
     user_payload(p.how, p.buf, ret, &ptr, &avail);
-    if (!l7_payload(c->cookie, c, &p, ret, ptr, avail, is_write, now)) {
-        struct slot_ref r = {.key = c->cookie, .sk = sk};
+    if (!l7_payload(c->cookie, c, &p, ret, ptr, avail, is_write, now))
         http_payload(&r, c, &p, ret, ptr, avail, is_write, now);
-    }
     return 0;
 }
 

@@ -57,9 +57,10 @@ def http_reader(agent):
 async def test_exchanges_while_the_ring_is_full_are_counted_lost_and_pairing_resumes_after(agent, receiver, python_server):
     """
     With nobody reading, the ring fills and the kernel holds requests without their heads
-    (bpf/http_events.h, ring_full): every exchange after that is one counted loss per side, never
-    a span with an empty or another request's head; once the ring is drained again every exchange
-    is a span with its own request.
+    (bpf/http_events.h, ring_full), reading nothing on keep-alive connections (turn_while_full:
+    the server's response goes out in two writes, the client reads it in one or more): every
+    exchange after that is one counted loss per side, never a span with an empty or another
+    request's head; once the ring is drained again every exchange is a span with its own request.
     """
     await ready(agent)
     server, port = python_server
