@@ -49,6 +49,7 @@ struct conn {
     u32 held_head;                /* bpf/l7_stream.h: a MySQL packet header read on its own, until its payload */
     u32 upgrade;                  /* an HTTP/1 101 passed: 1 until the client's preface (h2c), then 0 (l7_upgrade()) */
     u32 h2_max_sid;               /* HTTP/2: the highest stream id of the client's HEADERS (bpf/l7_stream.h) */
+    u32 wrote_last;               /* the last bytes moved were written (1) or read (0): turn_while_full() */
     u64 h2_next;                  /* HTTP/2: the client direction's offset of its next frame header */
 };
 
@@ -112,18 +113,19 @@ BPF_SK_STORAGE(sk_requests, struct http_event);
 #endif
 
 /*
- * When the last reserve on http_events failed (bpf_ktime_get_ns(); the ring is full: the consumer
- * is behind), 0 once one succeeded, on any CPU. For RING_RETRY_NS after a failure a request is
+ * When the last reserve on http_events failed (bpf_jiffies64(): the ring is full, the consumer is
+ * behind), 0 once one succeeded, on any CPU. Until the next timer tick after a failure a request is
  * held without its head (cap_len 0: direct_request()), since no exchange record could carry it,
  * and its response counts it lost without trying a reserve (a failed reserve still takes the
  * ring's lock, a cache line both CPUs fight over); after that the next request is copied again
- * and its response's reserve learns whether the ring has room. At most RING_RETRY_NS of exchanges
- * more are lost after the consumer made room; each loss is counted, one per exchange.
+ * and its response's reserve learns whether the ring has room. At most a tick of exchanges (1-4 ms)
+ * more are lost after the consumer made room; each loss is counted, one per exchange. Jiffies, not
+ * the clock: reading them costs nothing (inlined), bpf_ktime_get_ns() ~55 ns on these VMs, which
+ * turn_while_full() spares.
  * One value for all CPUs, written only when it changes: a per-CPU flag can stay set on a CPU where
  * requests arrive while their responses' reserves run on another (with one, 6 of the 11 syscall
  * capture tests of test_ebpf_http.py lost their spans on a busy shared host).
  */
-#define RING_RETRY_NS 1000000ULL
 BPF_ARRAY(ring_full, u64, 1);
 
 /* A connection's request slot: in the socket's storage when `sk` is set, else pending_requests[key]. */
@@ -245,18 +247,18 @@ static __always_inline void *noted(void *e)
     if (!full)
         return e;
     if (!e)
-        *full = bpf_ktime_get_ns();        /* rare: while full, reserves are tried once per RING_RETRY_NS */
+        *full = bpf_jiffies64();           /* rare: while full, reserves are tried once per tick */
     else if (*full)
         *full = 0;
     return e;
 }
 
-/* A reserve failed less than RING_RETRY_NS before `now`, none succeeded since. */
-static __always_inline int ring_was_full(u64 now)
+/* A reserve failed in this timer tick, none succeeded since. */
+static __always_inline int ring_was_full(void)
 {
     u32 zero = 0;
     u64 *full = ring_full.lookup(&zero);
-    return full && *full && now - *full < RING_RETRY_NS;
+    return full && *full && *full == bpf_jiffies64();
 }
 
 /* A reserve on http_events: noted, and counted lost when it fails. */
@@ -375,7 +377,7 @@ static __always_inline void send_response(struct http_event *held, struct conn *
         return;
     }
     if (!held->cap_len) {                  /* held without its head while the ring was full: lost */
-        if (!ring_was_full(now)) {         /* a reserve, only to learn whether the ring has room */
+        if (!ring_was_full()) {         /* a reserve, only to learn whether the ring has room */
             void *probe = noted(http_events.ringbuf_reserve(sizeof(struct http_exchange_event)));
             if (probe)
                 http_events.ringbuf_discard(probe, BPF_RB_NO_WAKEUP);
@@ -408,7 +410,7 @@ static __always_inline int direct_request(struct http_event *slot, struct conn *
 {
     if (!slot || slot->h.kind)
         return 0;
-    if (ring_was_full(now)) {
+    if (ring_was_full()) {
         /* No record can carry its head now: only whether a request starts, held as lost (cap_len 0). */
         char head[8] = {};
         bpf_probe_read_user(head, sizeof(head), (void *)ptr);
@@ -433,7 +435,7 @@ static __always_inline int direct_response(struct http_event *held, struct conn 
         return 0;
     struct http_exchange_event *e = 0;
     /* A request held without its head while the ring is full is lost anyway: no reserve tried. */
-    if (held->cap_len || !ring_was_full(now))
+    if (held->cap_len || !ring_was_full())
         e = noted(http_events.ringbuf_reserve(sizeof(struct http_exchange_event)));
     if (!e) {                              /* ring full: lost, if this starts the response */
         char head[8] = {};
@@ -504,16 +506,24 @@ static __always_inline void user_payload(u32 how, u64 buf, s64 ret, u64 *ptr, u6
     }
 }
 
-/* The connection's totals after `ret` bytes moved. */
-static __always_inline void count_bytes(struct conn *c, s64 ret, int is_write, u64 now)
+/* The connection's byte totals after `ret` bytes moved, and which way they went. */
+static __always_inline void count_bytes(struct conn *c, s64 ret, int is_write)
 {
-    if (is_write) {
+    c->wrote_last = is_write;
+    if (is_write)
         c->tx_bytes += ret;
-        c->last_tx_ts = now;
-    } else {
+    else
         c->rx_bytes += ret;
+}
+
+/* The same, and when: the last read's and write's times end a message in user space. */
+static __always_inline void count_io(struct conn *c, s64 ret, int is_write, u64 now)
+{
+    count_bytes(c, ret, is_write);
+    if (is_write)
+        c->last_tx_ts = now;
+    else
         c->last_rx_ts = now;
-    }
 }
 
 /*
@@ -569,7 +579,7 @@ static __always_inline void http_payload(struct slot_ref *r, struct conn *c, str
             c->upgrade = 1;
     }
 count:
-    count_bytes(c, ret, is_write, now);
+    count_io(c, ret, is_write, now);
 }
 
 #ifdef HTTP_SOCKET_SLOTS
@@ -586,12 +596,11 @@ count:
  * ring is full: the upgraded connection's turns are counted as lost exchanges.
  * 1 when it took the event (the ring is full and the connection HTTP/1 of known side).
  */
-static __always_inline int turn_while_full(struct slot_ref *r, struct conn *c, s64 ret, int is_write, u64 now)
+static __always_inline int turn_while_full(struct slot_ref *r, struct conn *c, s64 ret, int is_write)
 {
-    if (c->proto || c->upgrade || (c->role != ROLE_SERVER && c->role != ROLE_CLIENT) || !ring_was_full(now))
+    if (c->proto || c->upgrade || (c->role != ROLE_SERVER && c->role != ROLE_CLIENT) || !ring_was_full())
         return 0;
-    int turned = is_write ? c->last_rx_ts > c->last_tx_ts : c->last_tx_ts > c->last_rx_ts;
-    if (turned) {
+    if (is_write != c->wrote_last) {
         struct http_event *slot = slot_lookup(r);
         if ((c->role == ROLE_CLIENT) == (is_write != 0)) {
             if (!slot)
@@ -609,7 +618,7 @@ static __always_inline int turn_while_full(struct slot_ref *r, struct conn *c, s
                 slot->h.kind = 0;
         }
     }
-    count_bytes(c, ret, is_write, now);
+    count_bytes(c, ret, is_write);         /* no clock read: the times stay those of the last message seen */
     return 1;
 }
 #endif

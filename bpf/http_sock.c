@@ -132,10 +132,10 @@ static __always_inline int on_data(void *sk, int ret, u32 flags, int is_write)
 #endif
     if (c->role == ROLE_OTHER)
         return 0;
-    u64 now = bpf_ktime_get_ns();
     struct slot_ref r = {.key = c->cookie, .sk = sk};
-    if (turn_while_full(&r, c, ret, is_write, now))
+    if (turn_while_full(&r, c, ret, is_write))
         return 0;
+    u64 now = bpf_ktime_get_ns();
     struct pending p = {.buf = 0, .ts = 0, .fd = (u32)c->cookie, .how = HOW_NONE};
     p.how = user_call(is_write, &p.buf);
     if (!is_write && (flags & MSG_TRUNC_))
