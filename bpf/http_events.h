@@ -377,7 +377,7 @@ static __always_inline void send_response(struct http_event *held, struct conn *
         return;
     }
     if (!held->cap_len) {                  /* held without its head while the ring was full: lost */
-        if (!ring_was_full()) {         /* a reserve, only to learn whether the ring has room */
+        if (!ring_was_full()) {            /* a reserve, only to learn whether the ring has room */
             void *probe = noted(http_events.ringbuf_reserve(sizeof(struct http_exchange_event)));
             if (probe)
                 http_events.ringbuf_discard(probe, BPF_RB_NO_WAKEUP);
