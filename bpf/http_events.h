@@ -601,10 +601,8 @@ static __always_inline int turn_while_full(struct slot_ref *r, struct conn *c, s
     if (c->proto || c->upgrade || (c->role != ROLE_SERVER && c->role != ROLE_CLIENT) || !ring_was_full())
         return 0;
     if (is_write != c->wrote_last) {
-        struct http_event *slot = slot_lookup(r);
+        struct http_event *slot = sk_requests.sk_storage_get(r->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
         if ((c->role == ROLE_CLIENT) == (is_write != 0)) {
-            if (!slot)
-                slot = sk_requests.sk_storage_get(r->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
             if (slot) {                    /* else its response counts it */
                 if (slot->h.kind)
                     telegen_count_lost(TELEGEN_RB_http_events);    /* the one before was not answered */

@@ -292,12 +292,8 @@ static __always_inline void l7_send(u32 kind, u64 conn_id, struct conn *c, struc
     e->max_sid = c->h2_max_sid;
     /* Counted whether or not the event fits in the ring buffer: the next event's offsets say how
      * many bytes a lost one carried (its close's, how many the lost last ones did). */
-    if (kind == EV_DATA && e->ret > 0) {
-        if (is_write)
-            c->tx_bytes += e->ret;
-        else
-            c->rx_bytes += e->ret;
-    }
+    if (kind == EV_DATA && e->ret > 0)
+        count_bytes(c, e->ret, is_write);
     /* A call with nothing captured (sendfile, a truncating read) is not sent: the next event's
      * offsets, or the close's, carry its length (nginx sendfile's every DATA payload, a third of
      * an HTTP/2 server's events). */
