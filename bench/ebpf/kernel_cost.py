@@ -17,6 +17,9 @@ What HTTP capture costs the traced applications themselves: wrk against nginx on
           capture auto: socket on kernels with the hooks), exporting OTLP/gRPC to a receiver in
           this process
   agent_syscalls  the same with agent.ebpf.capture: syscalls
+  agent@X  agent with agent.ebpf.min_cpu X, one variant per value of --min-cpu (in agent's place):
+          what the consumer's budget under contention costs the server, against the share of
+          requests still delivered as spans during the run (the last column)
   agent_stopped  agent, SIGSTOPped once its probes are attached: its kernel side (every probe,
           the ring soon full) without its consumer's CPU, wakeups and cache footprint, so
           agent vs agent_stopped is what the consumer costs and agent_stopped vs sock what the
@@ -35,7 +38,7 @@ calibrated `--burn-us` (100) of CPU per request, the issue's "realistic server".
 the checkout:
 
     .venv/bin/python bench/ebpf/kernel_cost.py [--rounds 5] [--seconds 5] [--variants off sock http ...]
-        [--server nginx|burn] [--burn-us 100]
+        [--server nginx|burn] [--burn-us 100] [--min-cpu 0.05 0.03 ...]
 """
 import argparse
 import mmap
@@ -73,10 +76,21 @@ class AgentDefaults:
     no_tls = False
     nice = 0
     capture = "auto"
+    min_cpu = None
 
 
 class AgentSyscalls(AgentDefaults):
     capture = "syscalls"
+
+
+def agent_options(variant):
+    """The start_agent options of an agent variant: "agent", "agent_syscalls", "agent_stopped" or
+    "agent@0.03" (the agent with agent.ebpf.min_cpu 0.03, from --min-cpu)."""
+    if variant == "agent_syscalls":
+        return AgentSyscalls
+    if variant.startswith("agent@"):
+        return type("AgentMinCpu", (AgentDefaults,), {"min_cpu": float(variant[len("agent@"):])})
+    return AgentDefaults
 
 
 def burn_server(tmp, burn_us):
@@ -175,15 +189,22 @@ def context_switches(pid):
     return total
 
 
-def measured(port, nginx_pid, seconds, agent_pid=None):
-    """One wrk run: requests/s, the CPU nginx and wrk spent per request (us), the agent's CPU and wakeups."""
+def measured(port, nginx_pid, seconds, receiver, agent_pid=None):
+    """
+    One wrk run: requests/s, the CPU nginx and wrk spent per request (us), the agent's CPU and
+    wakeups, and the server's SERVER spans the receiver got during the run per request (what the
+    agent still delivers at saturation; the rest is shed and counted).
+    """
     shares = bench.CpuShares(nginx_pid, agent_pid)
     switches = context_switches(agent_pid) if agent_pid else 0
+    receiver.clear()
     run = bench.wrk(port, seconds)
     cpu = shares.shares()
     switches = (context_switches(agent_pid) - switches) / seconds if agent_pid else 0.0
+    spans = bench.spans_of(receiver, port)[0] if agent_pid else 0
     return {"rps": run["rps"], "nginx_us": 1e4 * cpu["nginx"] / run["rps"], "wrk_us": 1e4 * cpu["wrk"] / run["rps"],
-            "agent_pct": cpu.get("agent", 0.0), "bench_pct": cpu["bench"], "agent_switches": switches}
+            "agent_pct": cpu.get("agent", 0.0), "bench_pct": cpu["bench"], "agent_switches": switches,
+            "span_share": spans / run["requests"]}
 
 
 def one_run(variant, tmp, receiver, port, nginx_pid, seconds):
@@ -198,12 +219,11 @@ def one_run(variant, tmp, receiver, port, nginx_pid, seconds):
             emptier.start()
         if variant == "waker":
             waker = subprocess.Popen([sys.executable, "-c", WAKER])
-        elif variant in ("agent", "agent_syscalls", "agent_stopped"):
-            options = AgentSyscalls if variant == "agent_syscalls" else AgentDefaults
-            agent = bench.start_agent(tmp, receiver, options, ("grpc", "gzip"))
+        elif variant.startswith("agent"):
+            agent = bench.start_agent(tmp, receiver, agent_options(variant), ("grpc", "gzip"))
             if variant == "agent_stopped":
                 os.kill(agent.process.pid, signal.SIGSTOP)
-        return measured(port, nginx_pid, seconds, agent.process.pid if agent else None)
+        return measured(port, nginx_pid, seconds, receiver, agent.process.pid if agent else None)
     finally:
         if agent is not None and variant == "agent_stopped":
             os.kill(agent.process.pid, signal.SIGCONT)
@@ -279,8 +299,13 @@ def main():
     parser.add_argument("--server", choices=("nginx", "burn"), default="nginx",
                         help="nginx (~10 us of CPU per request) or burn_server.c (--burn-us per request)")
     parser.add_argument("--burn-us", type=float, default=100.0)
+    parser.add_argument("--min-cpu", type=float, nargs="+", default=[],
+                        help="run the agent variant once per agent.ebpf.min_cpu given (agent@0.05, agent@0.03, ...)")
     args = parser.parse_args()
     variants = ["off"] + [v for v in args.variants if v != "off"]
+    if args.min_cpu:
+        at = variants.index("agent") if "agent" in variants else len(variants)
+        variants[at:at + 1] = [f"agent@{value:g}" for value in args.min_cpu]
     tmp = tempfile.mkdtemp(prefix="telegen-kcost-")
     os.chmod(tmp, 0o755)
     if args.server == "burn":
@@ -300,8 +325,9 @@ def main():
         programs = {f"{capture} ({'drained' if drained else 'no consumer'})":
                     bpf_time_per_request(port, args.seconds, capture, drained)
                     for drained in (False, True) for capture in ("socket", "syscalls")}
-        for variant, options in (("agent", AgentDefaults), ("agent_syscalls", AgentSyscalls)):
-            if variant in variants:
+        for variant in variants:
+            if variant.startswith("agent") and variant != "agent_stopped":
+                options = agent_options(variant)
                 programs[f"{options.capture}, {variant}"] = agent_bpf_time_per_request(
                     tmp, receiver, port, args.seconds, options)
     finally:
@@ -310,8 +336,9 @@ def main():
 
     print(f"| variant | req/s, median | throughput vs off, median of per-round ratios | {args.server} us CPU/request | "
           "wrk us CPU/request | off's (nginx + wrk) CPU per request / this one's, median | "
-          "agent % of a core | agent context switches/s | bench process (OTLP receiver) % of a core |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "agent % of a core | agent context switches/s | bench process (OTLP receiver) % of a core | "
+          "SERVER spans received during the run / requests |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for variant in variants:
         runs = rows[variant]
         ratio = statistics.median(r["rps"] / off["rps"] for r, off in zip(runs, rows["off"]))
@@ -324,7 +351,8 @@ def main():
               f"{statistics.median(r['nginx_us'] for r in runs):.2f} | {statistics.median(r['wrk_us'] for r in runs):.2f} | "
               f"{cpu_ratio:.2f} | {statistics.median(r['agent_pct'] for r in runs):.1f} | "
               f"{statistics.median(r['agent_switches'] for r in runs):,.0f} | "
-              f"{statistics.median(r['bench_pct'] for r in runs):.1f} |")
+              f"{statistics.median(r['bench_pct'] for r in runs):.1f} | "
+              f"{statistics.median(r['span_share'] for r in runs):.3f} |")
     for capture, per_program in programs.items():
         print()
         print(f"| capture {capture}: program | BPF ns per request | runs per request | ns per run |")

@@ -193,11 +193,13 @@ def export_setting(text):
 def start_agent(tmp, receiver, args, export):
     """A fresh agent exporting with `export` = (otlp.protocol, otlp.compression)."""
     protocol, compression = export
+    ebpf = {"enabled": True, "capture": args.capture, "tls": not args.no_tls, "network": {"tcp": not args.no_tcp}}
+    if args.min_cpu is not None:
+        ebpf["min_cpu"] = args.min_cpu
     agent = AgentProcess(tmp, config={
         "otlp": {"endpoint": receiver.endpoint(protocol), "protocol": protocol, "insecure": True,
                  "compression": compression},
-        "agent": {"ebpf": {"enabled": True, "capture": args.capture, "tls": not args.no_tls, "network": {"tcp": not args.no_tcp}},
-                  "host_metrics": {"interval": "15s"}}})
+        "agent": {"ebpf": ebpf, "host_metrics": {"interval": "15s"}}})
     agent.start()
     wait_for(lambda: agent.get("/ready").json()["checks"]["ebpf"] == "ok", timeout=300, message="probes attached")
     if args.nice:
@@ -271,6 +273,7 @@ def main():
     parser.add_argument("--no-tcp", action="store_true", help="turn the tcp probe off (isolates the HTTP cost)")
     parser.add_argument("--nice", type=int, default=0, help="niceness of the agent's reactor thread (yield CPU to apps)")
     parser.add_argument("--capture", choices=("auto", "socket", "syscalls"), default="auto", help="agent.ebpf.capture")
+    parser.add_argument("--min-cpu", type=float, help="agent.ebpf.min_cpu (default: the agent's)")
     parser.add_argument("--https", action="store_true", help="nginx, wrk and h2load over TLS (spans from the OpenSSL uprobes)")
     parser.add_argument("--no-tls", action="store_true", help="agent.ebpf.tls off (no OpenSSL uprobes: with --https, the cost of the rest)")
     args = parser.parse_args()
