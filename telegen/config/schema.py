@@ -93,7 +93,7 @@ SCHEMA = Section({
         "ebpf": Section({
             "enabled": Field("bool", True, "Load the eBPF programs."),
             "ringbuf_size": Field("size", 16 * 1024 * 1024, "HTTP ring buffer bytes (power of two, >= 4096); the TCP and process buffers use at most 1 MiB.", min=4096, max=1 << 30, power_of_two=True),
-            "min_cpu": Field("float", 0.05, "Cores the event consumer keeps while the host's CPUs are contended; the kernel drops (and counts) what it cannot take.", min=0.01, max=64.0),
+            "min_cpu": Field("float", 0.03, "Cores the event consumer keeps while the host's CPUs are contended; the kernel drops (and counts) what it cannot take.", min=0.01, max=64.0),
             "max_cpu": Field("float", 1.0, "Cores the event consumer may use while CPUs are not contended.", min=0.01, max=64.0),
             "drain_interval": Field("duration", 1.0, "Drain ring buffers this often (the kernel wakes the reader sooner only when a ring buffer is an eighth full); bounds how long an event waits.", min=0.001, max=10),
             "capture": Field("enum", "auto", "HTTP capture: socket (socket-level tp_btf tracepoints), syscalls (syscall tracepoints), auto (socket when it loads, else syscalls).", choices=("auto", "socket", "syscalls")),
